@@ -1,0 +1,58 @@
+"""Request dependencies: settings, Redis, the job store, and the calling account."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from shared.accounts import authenticate
+from shared.catalog import Catalog
+from shared.events import PubSubHub
+from shared.jobs import JobStore
+from shared.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_redis(request: Request):
+    return request.app.state.redis
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_hub(request: Request) -> PubSubHub:
+    return request.app.state.hub
+
+
+def get_catalog_dep(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+RedisDep = Annotated[object, Depends(get_redis)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+HubDep = Annotated[PubSubHub, Depends(get_hub)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog_dep)]
+
+
+async def current_account(
+    request: Request,
+    x_api_key: Annotated[str | None, Header()] = None,
+    x_selected_account_id: Annotated[str | None, Header()] = None,
+) -> str:
+    if not x_api_key:
+        raise HTTPException(401, "missing API key: send it in the x-api-key header")
+    account_id = await authenticate(request.app.state.redis, x_api_key)
+    if account_id is None:
+        raise HTTPException(401, "invalid API key")
+    if x_selected_account_id and x_selected_account_id != account_id:
+        raise HTTPException(403, "this API key cannot act for the account in x-selected-account-id")
+    return account_id
+
+
+CurrentAccount = Annotated[str, Depends(current_account)]

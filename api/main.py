@@ -1,0 +1,58 @@
+"""The FastAPI application: thin, it authenticates, validates, records, enqueues and relays."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from api.routes import chat, health, jobs
+from shared.accounts import add_api_key, ensure_account
+from shared.catalog import get_catalog
+from shared.connections import async_redis
+from shared.events import PubSubHub
+from shared.jobs import JobStore
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        redis = async_redis(settings.redis_url, max_connections=1000)
+        app.state.settings = settings
+        app.state.redis = redis
+        app.state.catalog = get_catalog(settings.catalog_path)
+        app.state.store = JobStore(redis, settings)
+        app.state.hub = PubSubHub(redis)
+        await app.state.hub.start()
+        if settings.bootstrap_dev_account:
+            await ensure_account(redis, settings.dev_account)
+            await add_api_key(redis, settings.dev_account, settings.dev_api_key)
+        try:
+            yield
+        finally:
+            await app.state.hub.close()
+            await redis.aclose()
+
+    app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan)
+    app.include_router(health.router)
+    app.include_router(chat.router)
+    app.include_router(jobs.router)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError):
+        log.error("Redis error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "the job store is unavailable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,41 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import RedisDep, SettingsDep
+from shared import keys
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz():
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(redis: RedisDep, settings: SettingsDep):
+    """Ready when Redis answers and at least one worker has reported recently."""
+    report: dict = {"redis": "ok", "workers": {}}
+    try:
+        await redis.ping()
+        fresh_after = time.time() - settings.worker_heartbeat_seconds * 3
+        hostnames = await redis.zrangebyscore(keys.WORKERS, fresh_after, "+inf")
+        async with redis.pipeline(transaction=False) as pipe:
+            for hostname in hostnames:
+                pipe.hget(keys.worker(hostname), "queues")
+            queue_lists = await pipe.execute()
+    except Exception as exc:
+        report["redis"] = f"unreachable: {type(exc).__name__}"
+        return JSONResponse({"status": "not_ready", **report}, status_code=503)
+    for hostname, queues in zip(hostnames, queue_lists):
+        for queue in (queues or "").split(","):
+            if queue:
+                report["workers"].setdefault(queue, []).append(hostname)
+    ready = bool(hostnames)
+    return JSONResponse({"status": "ready" if ready else "not_ready", **report}, status_code=200 if ready else 503)

@@ -1,0 +1,86 @@
+"""Asynchronous jobs: submit, read, follow the token stream, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
+from api.sse import KEEPALIVE, SSE_HEADERS, sse
+from api.submission import submit
+from shared import keys
+from shared.events import follow
+from shared.jobs import END, ERROR, public_view
+from shared.schemas import ChatCompletionRequest
+
+router = APIRouter(prefix="/v4/jobs")
+
+
+def _not_found(job_id: str) -> HTTPException:
+    return HTTPException(404, f"job {job_id!r} not found")
+
+
+@router.post("", status_code=202)
+async def create_job(body: ChatCompletionRequest, account: CurrentAccount, catalog: CatalogDep, store: StoreDep):
+    record = await submit(body, account, catalog, store)
+    view = public_view(record)
+    return JSONResponse(view, status_code=202, headers={"Location": f"/v4/jobs/{record['id']}"})
+
+
+@router.get("/{job_id}")
+async def get_job(job_id: str, account: CurrentAccount, store: StoreDep):
+    record = await store.get_for(job_id, account)
+    if record is None:
+        raise _not_found(job_id)
+    return public_view(record)
+
+
+@router.post("/{job_id}/cancel")
+async def cancel_job(job_id: str, account: CurrentAccount, store: StoreDep):
+    if await store.get_for(job_id, account) is None:
+        raise _not_found(job_id)
+    await store.cancel(job_id)
+    return public_view(await store.get(job_id))
+
+
+def _parse_last_event_id(value: str | None) -> int:
+    if value in (None, ""):
+        return 0
+    try:
+        seq = int(value)
+    except ValueError:
+        raise HTTPException(400, f"Last-Event-ID must be an event id this API sent (an integer), not {value!r}") from None
+    if seq < 0:
+        raise HTTPException(400, "Last-Event-ID must not be negative")
+    return seq
+
+
+@router.get("/{job_id}/stream")
+async def stream_job(
+    job_id: str, request: Request, account: CurrentAccount, store: StoreDep, hub: HubDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[str | None, Query(alias="last_event_id")] = None,
+):
+    """Every event of the job from the start (or after ``Last-Event-ID``), then live ones."""
+    start = _parse_last_event_id(last_event_id if last_event_id is not None else after)
+    if await store.get_for(job_id, account) is None:
+        raise _not_found(job_id)
+    redis = store.redis
+
+    async def events():
+        yield b"retry: 1000\n\n"
+        async for event in follow(redis, hub, job_id, after=start):
+            if event is None:
+                yield KEEPALIVE
+                if await redis.exists(keys.job(job_id)) == 0:
+                    return
+            elif event.type == END:
+                yield sse(event.data, event="end", event_id=event.seq)
+            elif event.type == ERROR:
+                yield sse(event.data, event="error", event_id=event.seq)
+            else:
+                yield sse(event.data, event_id=event.seq)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -1,0 +1,29 @@
+"""Turning a chat-completion request into a queued job (shared by sync and async routes)."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import HTTPException
+
+from shared.catalog import Catalog
+from shared.jobs import JobStore
+from shared.prompts import RequestError, prepare_job_spec
+from shared.schemas import ChatCompletionRequest
+
+
+async def submit(
+    body: ChatCompletionRequest, account_id: str, catalog: Catalog, store: JobStore
+) -> dict[str, str]:
+    if body.account_id is not None and body.account_id != account_id:
+        raise HTTPException(403, "this API key cannot act for the account_id in the body")
+    spec = catalog.get(body.model)
+    if spec is None:
+        raise HTTPException(
+            400, f"model {body.model!r} is not available; GET /v4/models lists the models you can use"
+        )
+    try:
+        # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
+        job_spec = await anyio.to_thread.run_sync(prepare_job_spec, body, spec)
+    except RequestError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)

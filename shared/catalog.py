@@ -1,0 +1,96 @@
+"""The model catalog: which models exist, who serves them, and what they accept."""
+
+from __future__ import annotations
+
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import keys
+
+Family = Literal["openai", "anthropic", "gemini", "mistral", "bedrock", "llm_engine", "local"]
+
+BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
+
+
+class CatalogError(Exception):
+    """The catalog file is unreadable or describes a model badly."""
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    family: Family
+    upstream: str
+    context_window: int = Field(ge=1)
+    max_output: int = Field(ge=1)
+    price_input: float = Field(0.0, ge=0)
+    price_output: float = Field(0.0, ge=0)
+    parameters: tuple[str, ...] = ()
+    chat_template: bool = False
+    default_max_tokens: int | None = None
+    bos_token: str = ""
+    eos_token: str = ""
+    # Raw-prompt families: the template used when the request carries none.
+    template: str | None = None
+    # Passed through to the provider as-is (an operator's knob, e.g. a deployment's options).
+    extra: dict[str, Any] = Field(default_factory=dict)
+    # Where to send the call, overriding the family's configured base URL.
+    base_url: str | None = None
+
+    @property
+    def queue(self) -> str:
+        return keys.QUEUE_LOCAL if self.family == "local" else keys.QUEUE_INTERACTIVE
+
+    @property
+    def raw_prompt(self) -> bool:
+        return self.family in ("local", "llm_engine")
+
+
+class Catalog:
+    def __init__(self, models: dict[str, ModelSpec]):
+        self.models = models
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self.models.get(model_id)
+
+    def __iter__(self):
+        return iter(self.models.values())
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read model catalog {path}: {exc}") from exc
+    models = data.get("models", {})
+    if not isinstance(models, dict):
+        raise CatalogError(f"{path}: [models] must be a table of model entries")
+    return models
+
+
+def load_catalog(override_path: str = "") -> Catalog:
+    entries = _read(BUILTIN_CATALOG)
+    if override_path:
+        for model_id, fields in _read(Path(override_path)).items():
+            entries[model_id] = {**entries.get(model_id, {}), **fields}
+    models: dict[str, ModelSpec] = {}
+    for model_id, fields in entries.items():
+        try:
+            models[model_id] = ModelSpec(id=model_id, **fields)
+        except (ValidationError, TypeError) as exc:
+            raise CatalogError(f"model {model_id!r} in the catalog: {exc}") from exc
+    return Catalog(models)
+
+
+@lru_cache(maxsize=4)
+def get_catalog(override_path: str = "") -> Catalog:
+    return load_catalog(override_path)

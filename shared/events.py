@@ -1,0 +1,175 @@
+"""A job's token events: the per-job stream (source of truth) and live pub/sub.
+
+Each event has a sequence number 1, 2, 3, ... (its stream id is ``0-<seq>``), a type
+(``token``, ``end``, ``error``) and a JSON data string that is sent to clients as it is.
+Live messages on ``chatfleet:job:{id}:live`` are ``"<seq>\\n<type>\\n<data>"``.
+
+Pub/sub is at-most-once, so a follower treats live messages as a fast path only: it reads the
+stream for whatever it has not seen (on start, after a gap in the sequence, after a
+reconnection, and when idle), which is what makes late joins and resumes exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import NamedTuple
+
+from shared import keys
+
+log = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({"end", "error"})
+
+
+class Event(NamedTuple):
+    seq: int
+    type: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+
+def parse_live(payload: str) -> Event:
+    seq, type_, data = payload.split("\n", 2)
+    return Event(int(seq), type_, data)
+
+
+async def read_events(redis, job_id: str, after: int = 0, count: int | None = None) -> list[Event]:
+    entries = await redis.xrange(keys.job_events(job_id), min=f"0-{after + 1}", count=count)
+    return [Event(int(entry_id.split("-")[1]), fields["t"], fields["d"]) for entry_id, fields in entries]
+
+
+_RESYNC = object()
+
+
+class PubSubHub:
+    """One pub/sub connection per process, fanned out to any number of local followers."""
+
+    QUEUE_SIZE = 10_000
+
+    def __init__(self, redis):
+        self._redis = redis
+        self._pubsub = None
+        self._subscribers: dict[str, set[asyncio.Queue]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._reader: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def active(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        self._reader = asyncio.create_task(self._read_forever(), name="pubsub-hub")
+
+    async def close(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+
+    @contextlib.asynccontextmanager
+    async def subscription(self, channel: str) -> AsyncIterator[asyncio.Queue]:
+        queue: asyncio.Queue = asyncio.Queue(self.QUEUE_SIZE)
+        async with self._lock:
+            first = channel not in self._subscribers
+            self._subscribers.setdefault(channel, set()).add(queue)
+            if first:
+                self._confirmed[channel] = asyncio.Event()
+                await self._pubsub.subscribe(channel)
+        try:
+            # Until the server confirms the subscription a message could slip past; the
+            # follower reads the stream after this, and idles into a re-read, so it cannot.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._confirmed[channel].wait(), 1.0)
+            yield queue
+        finally:
+            async with self._lock:
+                subs = self._subscribers.get(channel)
+                if subs is not None:
+                    subs.discard(queue)
+                    if not subs:
+                        del self._subscribers[channel]
+                        self._confirmed.pop(channel, None)
+                        with contextlib.suppress(Exception):
+                            await self._pubsub.unsubscribe(channel)
+
+    def _deliver(self, channel: str, item) -> None:
+        for queue in self._subscribers.get(channel, ()):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                # A slow follower: drop what it has queued and make it re-read the stream.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(_RESYNC)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                if not self._subscribers:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                if message is None:
+                    continue
+                channel = message["channel"]
+                if message["type"] == "subscribe":
+                    if channel in self._confirmed:
+                        self._confirmed[channel].set()
+                elif message["type"] == "message":
+                    self._deliver(channel, parse_live(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection lost: messages may be gone, resync all
+                log.warning("pub/sub connection lost (%s); followers re-read their streams", exc)
+                for channel in list(self._subscribers):
+                    self._deliver(channel, _RESYNC)
+                await asyncio.sleep(0.5)
+
+
+async def follow(
+    redis, hub: PubSubHub, job_id: str, after: int = 0, idle_seconds: float = 5.0
+) -> AsyncIterator[Event | None]:
+    """Yield the job's events after ``after`` in order, each once, until a terminal one.
+
+    Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive).
+    """
+    last = after
+    async with hub.subscription(keys.job_channel(job_id)) as queue:
+        need_read = True
+        while True:
+            if need_read:
+                need_read = False
+                for event in await read_events(redis, job_id, last):
+                    yield event
+                    last = event.seq
+                    if event.terminal:
+                        return
+            try:
+                item = await asyncio.wait_for(queue.get(), idle_seconds)
+            except asyncio.TimeoutError:
+                need_read = True
+                yield None
+                continue
+            if item is _RESYNC:
+                need_read = True
+                continue
+            if item.seq <= last:
+                continue
+            if item.seq != last + 1:
+                need_read = True
+                continue
+            yield item
+            last = item.seq
+            if item.terminal:
+                return

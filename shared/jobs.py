@@ -1,0 +1,206 @@
+"""Job records in Redis and every state transition of a job, each one atomic.
+
+A job is a hash ``chatfleet:job:{id}`` plus its event stream. Jobs may run more than once
+(the broker redelivers, a dead worker's lease lapses); a lease fences each attempt so that
+only the attempt that owns the job can publish events or finish it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from shared import keys
+from shared.scripts import Scripts
+from shared.settings import Settings
+from shared.taskmessage import run_job_message
+
+END = "end"
+ERROR = "error"
+TOKEN = "token"
+
+PUBLIC_FIELDS = ("status", "model", "account_id", "attempts")
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def iso(ts: str | float | None) -> str | None:
+    if ts in (None, ""):
+        return None
+    return (
+        datetime.fromtimestamp(float(ts), tz=timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def _loads(value: str | None) -> Any:
+    return None if value in (None, "") else orjson.loads(value)
+
+
+@dataclass
+class Claim:
+    outcome: str  # claimed | missing | terminal | busy | exhausted
+    detail: str = ""
+
+    @property
+    def attempts(self) -> int:
+        return int(self.detail) if self.detail else 0
+
+
+class JobStore:
+    def __init__(self, redis, settings: Settings):
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+
+    # --- API side -------------------------------------------------------------------------
+
+    async def create(
+        self, *, account_id: str, model: str, queue: str, spec: dict[str, Any], job_id: str | None = None
+    ) -> dict[str, str]:
+        """Record the job and queue it in one transaction."""
+        job_id = job_id or new_job_id()
+        now = time.time()
+        record = {
+            "id": job_id,
+            "account_id": account_id,
+            "model": model,
+            "queue": queue,
+            "status": "queued",
+            "spec": orjson.dumps(spec).decode(),
+            "created_at": repr(now),
+            "updated_at": repr(now),
+            "attempts": "0",
+        }
+        retention = self.settings.job_retention_seconds
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.job(job_id), mapping=record)
+            pipe.expire(keys.job(job_id), retention)
+            pipe.zadd(keys.account_jobs(account_id), {job_id: now})
+            pipe.expire(keys.account_jobs(account_id), retention)
+            pipe.lpush(queue, run_job_message(job_id, queue))
+            await pipe.execute()
+        return record
+
+    async def get(self, job_id: str) -> dict[str, str] | None:
+        record = await self.redis.hgetall(keys.job(job_id))
+        return record or None
+
+    async def get_for(self, job_id: str, account_id: str) -> dict[str, str] | None:
+        """The job if it belongs to ``account_id``; None otherwise, exactly as if missing."""
+        record = await self.get(job_id)
+        if record is None or record.get("account_id") != account_id:
+            return None
+        return record
+
+    async def cancel(self, job_id: str) -> tuple[str, str]:
+        now = time.time()
+        result = await self.scripts.cancel_job(
+            keys=[
+                keys.job(job_id), keys.job_cancel(job_id), keys.job_lease(job_id),
+                keys.RUNNING_JOBS, keys.job_events(job_id), keys.job_channel(job_id),
+            ],
+            args=[repr(now), self.settings.job_retention_seconds, job_id,
+                  orjson.dumps({"status": "cancelled"}).decode()],
+        )
+        return result[0], (result[1] if len(result) > 1 else "")
+
+    # --- worker side ----------------------------------------------------------------------
+
+    async def claim(self, job_id: str, token: str) -> Claim:
+        result = await self.scripts.claim_job(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS],
+            args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()),
+                  self.settings.max_deliveries, job_id],
+        )
+        return Claim(result[0], result[1] if len(result) > 1 else "")
+
+    async def renew(self, job_id: str, token: str) -> tuple[bool, bool]:
+        owned, cancel = await self.scripts.renew_lease(
+            keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
+            args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
+        )
+        return bool(owned), bool(cancel)
+
+    async def publish(self, job_id: str, token: str, events: list[tuple[int, str, str]]) -> int:
+        """Append and publish events; -1 if the attempt lost the job, else the cancel flag."""
+        args: list[Any] = [token, self.settings.stream_max_events, self.settings.job_retention_seconds]
+        for event in events:
+            args.extend(event)
+        return int(await self.scripts.publish_events(
+            keys=[keys.job_events(job_id), keys.job_channel(job_id), keys.job_lease(job_id),
+                  keys.job_cancel(job_id)],
+            args=args,
+        ))
+
+    async def finish(
+        self, job_id: str, token: str, status: str, fields: dict[str, str],
+        events: list[tuple[int, str, str]],
+    ) -> bool:
+        now = time.time()
+        fields = {**fields, "finished_at": repr(now)}
+        args: list[Any] = [token, status, repr(now), self.settings.job_retention_seconds,
+                           self.settings.stream_max_events, job_id, len(fields)]
+        for name, value in fields.items():
+            args.extend((name, value))
+        for event in events:
+            args.extend(event)
+        return bool(await self.scripts.finish_job(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS,
+                  keys.job_events(job_id), keys.job_channel(job_id)],
+            args=args,
+        ))
+
+    async def fail_unclaimed(self, job_id: str, code: str, message: str) -> None:
+        """Fail a job no attempt may own any more (its deliveries are used up)."""
+        token = f"final-{uuid.uuid4().hex}"
+        lease = keys.job_lease(job_id)
+        if not await self.redis.set(lease, token, nx=True, px=int(self.settings.lease_seconds * 1000)):
+            return
+        seq = await last_event_seq(self.redis, job_id) + 1
+        error = orjson.dumps({"code": code, "message": message}).decode()
+        await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)])
+
+    async def lapsed_jobs(self, now: float) -> list[str]:
+        return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)
+
+    async def requeue_lapsed(self, job_id: str) -> bool:
+        queue = await self.redis.hget(keys.job(job_id), "queue")
+        if queue is None:
+            await self.redis.zrem(keys.RUNNING_JOBS, job_id)
+            return False
+        return bool(await self.scripts.requeue_lapsed(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue],
+            args=[job_id, repr(time.time()), run_job_message(job_id, queue)],
+        ))
+
+
+async def last_event_seq(redis, job_id: str) -> int:
+    last = await redis.xrevrange(keys.job_events(job_id), count=1)
+    return int(last[0][0].split("-")[1]) if last else 0
+
+
+def public_view(record: dict[str, str]) -> dict[str, Any]:
+    """The job as ``GET /v4/jobs/{id}`` shows it."""
+    return {
+        "id": record["id"],
+        "object": "job",
+        "status": record["status"],
+        "model": record.get("model"),
+        "account_id": record.get("account_id"),
+        "created_at": iso(record.get("created_at")),
+        "updated_at": iso(record.get("updated_at")),
+        "started_at": iso(record.get("started_at")),
+        "finished_at": iso(record.get("finished_at")),
+        "attempts": int(record.get("attempts") or 0),
+        "result": _loads(record.get("result")),
+        "error": _loads(record.get("error")),
+        "stream_url": f"/v4/jobs/{record['id']}/stream",
+    }

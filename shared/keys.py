@@ -1,0 +1,72 @@
+"""Every Redis key and channel the fleet uses, named once.
+
+Celery's own keys (queue lists, ``unacked``, ``_kombu.*``) live beside these under the names
+of the queues below.
+"""
+
+from __future__ import annotations
+
+PREFIX = "chatfleet"
+
+# Celery queues (Redis lists of the same name).
+QUEUE_INTERACTIVE = "chatfleet.interactive"
+QUEUE_LOCAL = "chatfleet.local"
+
+# Name of the one Celery task; it carries only the job id.
+RUN_JOB_TASK = "chatfleet.run_job"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (status, request, result, timestamps, attempts)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: every event of the job, ids ``0-1``, ``0-2``, ... (backs replay and resume)."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def job_channel(job_id: str) -> str:
+    """Pub/sub channel: the same events, live, for subscribers that are already listening."""
+    return f"{PREFIX}:job:{job_id}:live"
+
+
+def job_cancel(job_id: str) -> str:
+    """String: present once cancellation of the job was requested."""
+    return f"{PREFIX}:job:{job_id}:cancel"
+
+
+def job_lease(job_id: str) -> str:
+    """String with a TTL: the token of the worker attempt that currently runs the job."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def account_jobs(account_id: str) -> str:
+    """Sorted set: the account's job ids scored by creation time."""
+    return f"{PREFIX}:account:{account_id}:jobs"
+
+
+def account(account_id: str) -> str:
+    """Hash: the account (name, limits)."""
+    return f"{PREFIX}:account:{account_id}"
+
+
+ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
+
+
+def api_key(key_hash: str) -> str:
+    """Hash: an API key by the SHA-256 of its secret (account id, key id, created_at)."""
+    return f"{PREFIX}:apikey:{key_hash}"
+
+
+# Sorted set: running job ids scored by the time their lease lapses (for the lease reaper).
+RUNNING_JOBS = f"{PREFIX}:jobs:running"
+# Lock held by the one worker that sweeps lapsed leases at a time.
+REAPER_LOCK = f"{PREFIX}:lock:reaper"
+# Sorted set: worker hostnames scored by their last heartbeat (unix seconds).
+WORKERS = f"{PREFIX}:workers"
+
+
+def worker(hostname: str) -> str:
+    """Hash: what a worker consumes and when it last reported."""
+    return f"{PREFIX}:worker:{hostname}"

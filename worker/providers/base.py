@@ -1,0 +1,69 @@
+"""What every provider adapter implements: stream a completion as text deltas, then usage."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.catalog import ModelSpec
+
+
+@dataclass
+class GenerationRequest:
+    spec: ModelSpec
+    messages: list[dict[str, str]]
+    prompt: str | None
+    params: dict[str, Any]
+    # Text an earlier attempt already delivered to subscribers: the adapter continues after it
+    # (and reports usage as for one call) instead of starting over.
+    continuation: str = ""
+    job_id: str = ""
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.params.get("max_tokens")
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class Completion:
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class ProviderError(Exception):
+    """An upstream failure. ``retryable`` ones (429, 5xx, timeouts, cut streams) are retried by
+    the runner with backoff; the others end the job with ``code`` and ``message``."""
+
+    message: str
+    code: str = "provider_error"
+    status: int | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Provider(ABC):
+    family: str
+
+    @abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        """Yield TextDelta items as text arrives, then exactly one Completion."""
+
+    def missing_configuration(self) -> str | None:
+        """The setting that must be set before this provider can be used, or None."""
+        return None
+
+    async def close(self) -> None:
+        return None

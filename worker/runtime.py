@@ -1,0 +1,221 @@
+"""The worker process's engine: one asyncio loop that runs every job of the process.
+
+Provider calls are I/O: a process holds hundreds of them at once. Celery's threads pool hands
+each job to a pool thread, which only submits the job's coroutine to this loop and waits; the
+loop multiplexes all the network calls. Around the jobs the loop keeps, for the whole process
+and in batched Redis round trips: lease renewal, cancellation checks, a heartbeat, and the
+reaper that hands back jobs whose worker died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from shared import keys
+from shared.catalog import get_catalog
+from shared.connections import async_redis
+from shared.jobs import JobStore
+from shared.settings import Settings, get_settings
+from worker.providers.base import Provider
+from worker.providers.local import LocalProvider
+from worker.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 0.25
+
+
+@dataclass
+class RunningJob:
+    token: str
+    task: asyncio.Task
+    reason: str | None = None
+
+
+class WorkerRuntime:
+    def __init__(self, settings: Settings, hostname: str, queues: list[str]):
+        self.settings = settings
+        self.hostname = hostname
+        self.queues = queues
+        self.running: dict[str, RunningJob] = {}
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run_loop, name="chatfleet-loop", daemon=True)
+        self._background: list[asyncio.Task] = []
+        self._started = threading.Event()
+        self.providers: dict[str, Provider] = {}
+
+    # --- lifecycle (called from Celery's threads) -------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._startup(), self.loop).result()
+        self._started.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+
+    def run_job(self, job_id: str) -> str:
+        """Run one job to its end; blocks the calling (pool) thread, not the loop."""
+        self._started.wait()
+        return asyncio.run_coroutine_threadsafe(self._run_job(job_id), self.loop).result()
+
+    # --- inside the loop ---------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _startup(self) -> None:
+        self.redis = async_redis(self.settings.redis_url, max_connections=self.settings.worker_concurrency + 20)
+        self.store = JobStore(self.redis, self.settings)
+        self.providers = build_providers(self.settings)
+        self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
+        self._background = [
+            asyncio.create_task(self._watch_running(), name="watch-running"),
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._reap_lapsed(), name="reaper"),
+        ]
+        if keys.QUEUE_LOCAL in self.queues:
+            local = self.providers.get("local")
+            if isinstance(local, LocalProvider):
+                await self.loop.run_in_executor(None, local.model.load)
+
+    async def _shutdown(self) -> None:
+        for task in self._background:
+            task.cancel()
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.close()
+        with contextlib.suppress(Exception):
+            await self.redis.zrem(keys.WORKERS, self.hostname)
+            await self.redis.delete(keys.worker(self.hostname))
+            await self.redis.aclose()
+
+    async def _run_job(self, job_id: str) -> str:
+        token = f"{self.hostname}/{uuid.uuid4().hex[:12]}"
+        entry = RunningJob(token, asyncio.current_task())
+        self.running[job_id] = entry
+        try:
+            return await self.runner.run(job_id, token, lambda: entry.reason)
+        finally:
+            if self.running.get(job_id) is entry:
+                del self.running[job_id]
+
+    async def _watch_running(self) -> None:
+        """Every 250 ms: which running jobs were cancelled; every lease/3: renew the leases.
+        Both in one pipelined round trip for all jobs of the process."""
+        renew_every = self.settings.lease_seconds / 3
+        last_renew = 0.0
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            if not self.running:
+                continue
+            jobs = list(self.running.items())
+            renew = time.monotonic() - last_renew >= renew_every
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for job_id, entry in jobs:
+                        if renew:
+                            self.store.scripts.renew_lease(
+                                keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
+                                args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
+                                client=pipe,
+                            )
+                        else:
+                            pipe.exists(keys.job_cancel(job_id))
+                    results = await pipe.execute()
+            except Exception as exc:
+                log.warning("could not check running jobs: %s", exc)
+                continue
+            if renew:
+                last_renew = time.monotonic()
+            for (job_id, entry), result in zip(jobs, results):
+                if renew:
+                    owned, cancel = result
+                    if not owned:
+                        self._stop(entry, "lost")
+                    elif cancel:
+                        self._stop(entry, "cancel")
+                elif result:
+                    self._stop(entry, "cancel")
+
+    @staticmethod
+    def _stop(entry: RunningJob, reason: str) -> None:
+        if entry.reason is None:
+            entry.reason = reason
+            entry.task.cancel()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                now = time.time()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.hset(keys.worker(self.hostname), mapping={
+                        "hostname": self.hostname, "queues": ",".join(self.queues),
+                        "pid": os.getpid(), "running": len(self.running), "seen_at": repr(now),
+                    })
+                    pipe.expire(keys.worker(self.hostname), int(self.settings.worker_heartbeat_seconds * 3) + 1)
+                    pipe.zadd(keys.WORKERS, {self.hostname: now})
+                    await pipe.execute()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+
+    async def _reap_lapsed(self) -> None:
+        """Hand back the jobs of dead workers: their leases lapsed without being renewed."""
+        interval = max(self.settings.lease_seconds / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                if not await self.redis.set(keys.REAPER_LOCK, self.hostname, nx=True, px=int(interval * 1000)):
+                    continue
+                for job_id in await self.store.lapsed_jobs(time.time()):
+                    if await self.store.requeue_lapsed(job_id):
+                        log.warning("requeued a job whose worker was lost", extra={"job_id": job_id})
+            except Exception as exc:
+                log.warning("reaper pass failed: %s", exc)
+
+
+def build_providers(settings: Settings) -> dict[str, Provider]:
+    return {"local": LocalProvider(settings)}
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_pid: int | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime(hostname: str | None = None, queues: list[str] | None = None) -> WorkerRuntime:
+    """The process's runtime, started on first use (once per process, fork-safe)."""
+    global _runtime, _runtime_pid
+    with _runtime_lock:
+        if _runtime is None or _runtime_pid != os.getpid():
+            _runtime = WorkerRuntime(
+                get_settings(), hostname or f"worker@{socket.gethostname()}:{os.getpid()}",
+                queues or [keys.QUEUE_INTERACTIVE, keys.QUEUE_LOCAL],
+            )
+            _runtime_pid = os.getpid()
+            _runtime.start()
+        return _runtime
+
+
+def stop_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None and _runtime_pid == os.getpid():
+            _runtime.stop()
+        _runtime = None

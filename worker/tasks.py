@@ -1,0 +1,29 @@
+"""The one task: run a job, by id. The job's content stays in Redis, never in the message."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import signals
+
+from shared import keys
+from worker.celery_app import app
+from worker.runtime import get_runtime, stop_runtime
+
+log = logging.getLogger(__name__)
+
+
+@app.task(name=keys.RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: str) -> str:
+    return get_runtime().run_job(job_id)
+
+
+@signals.worker_ready.connect
+def _start_runtime(sender=None, **_):
+    queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
+    get_runtime(hostname=sender.hostname if sender is not None else None, queues=queues)
+
+
+@signals.worker_shutdown.connect
+def _stop_runtime(**_):
+    stop_runtime()

@@ -1,0 +1,126 @@
+"""Fixtures that start real processes: Redis, Celery workers and the API, on loopback."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.devstack import Fleet, api_argv, free_port, start_redis, wait_ready, worker_argv
+from shared import keys
+
+DEV_KEY = "cf-test-dev-key"
+OTHER_KEY = "cf-test-other-key"
+TEST_CATALOG = Path(__file__).with_name("data") / "test_catalog.toml"
+
+
+@dataclass
+class Stack:
+    fleet: Fleet
+    redis_url: str
+    base_url: str
+    env: dict[str, str]
+    log_dir: Path
+
+    def client(self, key: str = DEV_KEY, headers: dict[str, str] | None = None, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"x-api-key": key, **(headers or {})},
+                            timeout=60, **kwargs)
+
+    def start_worker(self, name: str, queues: list[str], concurrency: int) -> None:
+        self.fleet.spawn(name, worker_argv(name, queues, concurrency), self.env, self.log_dir)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.fleet.tail(name)}" for name in list(self.fleet.logs))
+
+
+def stack_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFLEET_")}
+    env.update({
+        "CHATFLEET_REDIS_URL": redis_url,
+        "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
+        "CHATFLEET_DEV_API_KEY": DEV_KEY,
+        "CHATFLEET_CATALOG_PATH": str(TEST_CATALOG),
+        "CHATFLEET_DATA_DIR": str(tmp),
+        "CHATFLEET_LEASE_SECONDS": "3",
+        "CHATFLEET_WORKER_HEARTBEAT_SECONDS": "1",
+        "CHATFLEET_LOCAL_MODEL_CONTEXT": "4096",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, **extra: str) -> Stack:
+    fleet = Fleet()
+    log_dir = tmp / "log"
+    redis_url = start_redis(fleet, free_port(), tmp / "redis", log_dir)
+    env = stack_env(redis_url, tmp, CHATFLEET_LOCAL_MODEL_SLOTS=str(local_slots), **extra)
+    port = free_port()
+    stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir)
+    queues = [keys.QUEUE_LOCAL]
+    stack.start_worker("worker-local", [keys.QUEUE_LOCAL], local_slots)
+    if interactive:
+        stack.start_worker("worker-interactive", [keys.QUEUE_INTERACTIVE], 50)
+        queues.append(keys.QUEUE_INTERACTIVE)
+    fleet.spawn("api", api_argv("127.0.0.1", port), env, log_dir)
+    try:
+        wait_ready(stack.base_url, queues, timeout=90, fleet=fleet)
+        _add_other_account(redis_url)
+    except Exception:
+        print(stack.logs())
+        fleet.stop_all()
+        raise
+    return stack
+
+
+def _add_other_account(redis_url: str) -> None:
+    import asyncio
+
+    from shared.accounts import add_api_key, ensure_account
+    from shared.connections import async_redis
+
+    async def add():
+        redis = async_redis(redis_url)
+        await ensure_account(redis, "other")
+        await add_api_key(redis, "other", OTHER_KEY)
+        await redis.aclose()
+
+    asyncio.run(add())
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    """One fleet shared by the integration tests that do not break it."""
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    s.fleet.stop_all()
+
+
+@pytest.fixture
+def own_stack(tmp_path) -> Iterator[callable]:
+    """A private fleet for a test that kills or restarts parts of it."""
+    started: list[Stack] = []
+
+    def make(**kwargs) -> Stack:
+        s = start_stack(tmp_path / f"s{len(started)}", **kwargs)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.fleet.stop_all()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -130,7 +130,7 @@ class WorkerRuntime:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for job_id, entry in jobs:
                         if renew:
-                            self.store.scripts.renew_lease(
+                            await self.store.scripts.renew_lease(
                                 keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
                                 args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
                                 client=pipe,

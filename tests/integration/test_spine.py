@@ -343,3 +343,14 @@ def test_readyz_reports_workers_and_healthz(stack):
     body = r.json()
     assert body["status"] == "ready" and body["redis"] == "ok"
     assert "chatfleet.local" in body["workers"] and "chatfleet.interactive" in body["workers"]
+
+
+def test_job_longer_than_its_lease_keeps_running_on_one_attempt(stack):
+    # The test stack's lease is 3 s; ~500 tokens take several seconds on this machine.
+    with stack.client() as client:
+        job = client.post("/v4/jobs", json={**ask("Describe the sky."), "model": LONG,
+                                            "model_parameters": {"max_tokens": 500}}).json()
+        done = poll_until_done(client, job["id"], timeout=90)
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    assert done["result"]["token_usage"]["completion"] == 500

@@ -1,0 +1,104 @@
+"""Faults: a worker killed mid-job, a job that keeps killing its workers, Redis restarted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+
+from deploy.devstack import start_redis
+from shared import keys
+from tests.conftest import wait_for
+from tests.integration.test_spine import content_of, iter_sse, poll_until_done, read_sse
+
+pytestmark = pytest.mark.integration
+
+
+def long_job(max_tokens: int) -> dict:
+    return {"model": "smollm2-longrun", "messages": [{"content": "Tell me everything about rivers."}],
+            "model_parameters": {"max_tokens": max_tokens}}
+
+
+def test_killed_worker_job_resumes_elsewhere_without_gap_or_duplicate(own_stack):
+    stack = own_stack(interactive=False)
+    with stack.client() as client:
+        job = client.post("/v4/jobs", json=long_job(400)).json()
+        events: list[dict] = []
+        seen_20 = threading.Event()
+
+        def subscribe():  # one subscriber connected through the whole fault
+            with stack.client() as c, c.stream("GET", f"/v4/jobs/{job['id']}/stream") as r:
+                for e in iter_sse(r):
+                    events.append(e)
+                    if len(events) == 20:
+                        seen_20.set()
+
+        follower = threading.Thread(target=subscribe)
+        follower.start()
+        assert seen_20.wait(30)
+        stack.fleet.kill("worker-local")  # SIGKILL: no chance to clean up
+        assert client.get(f"/v4/jobs/{job['id']}").json()["status"] == "running"
+        stack.start_worker("worker-local-2", [keys.QUEUE_LOCAL], 2)
+        done = poll_until_done(client, job["id"], timeout=90)
+        follower.join(30)
+
+    assert done["status"] == "succeeded", stack.logs()
+    assert done["attempts"] == 2
+    ids = [int(e["id"]) for e in events]
+    assert ids == list(range(1, len(ids) + 1))  # no gap, no duplicate
+    text = done["result"]["chat_completion"]["message"]["content"]
+    assert content_of(events) == text
+    # The second attempt continued after what was delivered: ~400 tokens in all, not 400 + 20.
+    usage = done["result"]["token_usage"]
+    assert 390 <= usage["completion"] <= 410, usage
+    assert events[-1]["event"] == "end"
+
+
+def test_job_that_keeps_losing_its_worker_is_failed_not_looped(own_stack):
+    stack = own_stack(interactive=False, CHATFLEET_MAX_DELIVERIES="1")
+    with stack.client() as client:
+        job = client.post("/v4/jobs", json=long_job(3000)).json()
+        with client.stream("GET", f"/v4/jobs/{job['id']}/stream") as r:
+            read_sse(r, limit=3)
+        stack.fleet.kill("worker-local")
+        stack.start_worker("worker-local-2", [keys.QUEUE_LOCAL], 2)
+        done = poll_until_done(client, job["id"], timeout=60)
+        with client.stream("GET", f"/v4/jobs/{job['id']}/stream") as r:
+            events = read_sse(r)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "redelivery_limit"
+    assert done["attempts"] == 1
+    assert events[-1]["event"] == "error"
+    assert json.loads(events[-1]["data"])["code"] == "redelivery_limit"
+
+
+def test_redis_restart_loses_no_job(own_stack, tmp_path):
+    """Redis with AOF restarts while jobs are queued and running: all of them finish."""
+    stack = own_stack(interactive=False)
+    with stack.client() as client:
+        ids = [client.post("/v4/jobs", json=long_job(60)).json()["id"] for _ in range(6)]
+        wait_for(lambda: any(client.get(f"/v4/jobs/{i}").json()["status"] == "running" for i in ids),
+                 20, what="a job to run")
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    redis_proc = stack.fleet.procs["redis"]
+    data_dir = next(a for a in redis_proc.args if a.endswith("redis"))
+    os.kill(redis_proc.pid, signal.SIGTERM)  # a clean restart: AOF is flushed on shutdown
+    redis_proc.wait(10)
+    del stack.fleet.procs["redis"]
+    start_redis(stack.fleet, port, __import__("pathlib").Path(data_dir), stack.log_dir, name="redis-2")
+
+    with stack.client() as client:
+        def all_done():
+            try:
+                jobs = [client.get(f"/v4/jobs/{i}").json() for i in ids]
+            except httpx.HTTPError:
+                return None
+            return jobs if all(j.get("status") in ("succeeded", "failed", "cancelled") for j in jobs) else None
+        jobs = wait_for(all_done, 120, 0.5, "every job to finish after the restart")
+    assert [j["status"] for j in jobs] == ["succeeded"] * 6, (jobs, stack.logs())
+    for j in jobs:
+        assert j["result"]["token_usage"]["completion"] >= 55

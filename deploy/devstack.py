@@ -132,9 +132,11 @@ def api_argv(host: str, port: int) -> list[str]:
             "--no-access-log", "--timeout-graceful-shutdown", "5"]
 
 
-def flower_argv(port: int, basic_auth: str) -> list[str]:
+def flower_argv(port: int) -> list[str]:
+    """Flower's credentials come from FLOWER_BASIC_AUTH in its environment, not its argv,
+    so that they do not show in the process list."""
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "flower",
-            f"--port={port}", "--address=127.0.0.1", f"--basic-auth={basic_auth}"]
+            f"--port={port}", "--address=127.0.0.1"]
 
 
 def wait_ready(base_url: str, queues: list[str], timeout: float = 120.0, fleet: Fleet | None = None) -> dict:
@@ -191,7 +193,8 @@ def main() -> int:
         fleet.spawn("worker-local", worker_argv("local", [keys.QUEUE_LOCAL], settings.local_model_slots),
                     env, log_dir)
         fleet.spawn("api", api_argv(settings.api_host, settings.api_port), env, log_dir)
-        fleet.spawn("flower", flower_argv(settings.flower_port, flower_auth), env, log_dir)
+        fleet.spawn("flower", flower_argv(settings.flower_port), {**env, "FLOWER_BASIC_AUTH": flower_auth},
+                    log_dir)
 
         base = f"http://{settings.api_host}:{settings.api_port}"
         wait_ready(base, [keys.QUEUE_INTERACTIVE, keys.QUEUE_LOCAL], fleet=fleet)

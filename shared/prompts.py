@@ -66,6 +66,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self._check()
         return super().getattr(obj, attribute)
 
+    def unsafe_undefined(self, obj, attribute):
+        # Refuse at once instead of rendering an empty value, so the client learns why.
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__} is not allowed")
+
     def getitem(self, obj, argument):
         self._check()
         return super().getitem(obj, argument)
@@ -101,7 +105,8 @@ def render_template(source: str, messages: list[dict[str, str]], spec: ModelSpec
     size = 0
     try:
         for piece in template.generate(
-            messages=messages, bos_token=spec.bos_token, eos_token=spec.eos_token
+            messages=messages, bos_token=spec.bos_token, eos_token=spec.eos_token,
+            add_generation_prompt=True,
         ):
             size += len(piece)
             if size > TEMPLATE_OUTPUT_CHARS:

@@ -41,7 +41,7 @@ def run_job_message(job_id: str, queue: str) -> bytes:
             "root_id": job_id,
             "parent_id": None,
             # What Flower shows as the task's arguments: the job id only, never content.
-            "argsrepr": repr((job_id,)),
+            "argsrepr": repr([job_id]),
             "kwargsrepr": "{}",
             "origin": _ORIGIN,
             "ignore_result": True,

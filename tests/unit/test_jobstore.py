@@ -1,0 +1,124 @@
+"""Every job state transition, against the Lua scripts themselves (fakeredis runs them)."""
+
+import asyncio
+import base64
+import json
+
+import fakeredis
+import orjson
+import pytest
+
+from shared import keys
+from shared.events import read_events
+from shared.jobs import END, TOKEN, JobStore
+from shared.settings import Settings
+
+
+@pytest.fixture
+def store():
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def new_job(store, queue=keys.QUEUE_LOCAL):
+    record = await store.create(account_id="acct", model="m", queue=queue, spec={"model": "m"})
+    return record["id"]
+
+
+def test_create_records_and_queues_in_one_step(store):
+    async def go():
+        job_id = await new_job(store)
+        record = await store.get(job_id)
+        assert record["status"] == "queued" and record["account_id"] == "acct"
+        assert await store.redis.ttl(keys.job(job_id)) > 0
+        (raw,) = await store.redis.lrange(keys.QUEUE_LOCAL, 0, -1)
+        message = json.loads(raw)
+        assert message["headers"]["id"] == job_id
+        assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
+        assert await store.get_for(job_id, "someone-else") is None
+    run(go())
+
+
+def test_a_job_is_owned_by_one_attempt_at_a_time(store):
+    async def go():
+        job_id = await new_job(store)
+        assert (await store.claim(job_id, "a")).outcome == "claimed"
+        busy = await store.claim(job_id, "b")
+        assert busy.outcome == "busy"
+        assert await store.publish(job_id, "b", [(1, TOKEN, "{}")]) == -1  # fenced
+        assert await store.publish(job_id, "a", [(1, TOKEN, "{}")]) == 0
+        assert not await store.finish(job_id, "b", "succeeded", {}, [])
+        assert await store.finish(job_id, "a", "succeeded", {"result": "{}"}, [(2, END, "{}")])
+        assert (await store.claim(job_id, "c")).outcome == "terminal"
+        assert [e.seq for e in await read_events(store.redis, job_id)] == [1, 2]
+        record = await store.get(job_id)
+        assert record["status"] == "succeeded" and record["attempts"] == "1"
+        assert await store.redis.zscore(keys.RUNNING_JOBS, job_id) is None
+    run(go())
+
+
+def test_event_ids_must_grow(store):
+    async def go():
+        job_id = await new_job(store)
+        await store.claim(job_id, "a")
+        await store.publish(job_id, "a", [(1, TOKEN, "x")])
+        with pytest.raises(Exception):
+            await store.publish(job_id, "a", [(1, TOKEN, "again")])
+    run(go())
+
+
+def test_cancel_a_queued_job_ends_it_at_once(store):
+    async def go():
+        job_id = await new_job(store)
+        assert await store.cancel(job_id) == ("cancelled", "")
+        assert (await store.get(job_id))["status"] == "cancelled"
+        events = await read_events(store.redis, job_id)
+        assert [(e.seq, e.type) for e in events] == [(1, END)]
+        assert (await store.claim(job_id, "a")).outcome == "terminal"
+        assert await store.cancel(job_id) == ("terminal", "cancelled")
+    run(go())
+
+
+def test_cancel_a_running_job_flags_it_for_its_worker(store):
+    async def go():
+        job_id = await new_job(store)
+        await store.claim(job_id, "a")
+        assert await store.cancel(job_id) == ("requested", "")
+        assert (await store.get(job_id))["status"] == "running"
+        assert await store.publish(job_id, "a", [(1, TOKEN, "x")]) == 1
+        assert await store.renew(job_id, "a") == (True, True)
+    run(go())
+
+
+def test_redelivery_cap(store):
+    async def go():
+        job_id = await new_job(store)
+        for token in ("a", "b"):
+            assert (await store.claim(job_id, token)).outcome == "claimed"
+            await store.redis.delete(keys.job_lease(job_id))  # the worker died
+        claim = await store.claim(job_id, "c")
+        assert claim.outcome == "exhausted" and claim.attempts == 2
+        await store.fail_unclaimed(job_id, "redelivery_limit", "gave up")
+        record = await store.get(job_id)
+        assert record["status"] == "failed" and record["attempts"] == "2"
+        assert orjson.loads(record["error"])["code"] == "redelivery_limit"
+    run(go())
+
+
+def test_lapsed_lease_is_requeued_once(store):
+    async def go():
+        job_id = await new_job(store)
+        await store.redis.delete(keys.QUEUE_LOCAL)
+        await store.claim(job_id, "a")
+        assert not await store.requeue_lapsed(job_id)  # lease still held
+        await store.redis.delete(keys.job_lease(job_id))
+        assert job_id in await store.lapsed_jobs(now=10**12)
+        assert await store.requeue_lapsed(job_id)
+        assert not await store.requeue_lapsed(job_id)
+        assert (await store.get(job_id))["status"] == "queued"
+        assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
+    run(go())

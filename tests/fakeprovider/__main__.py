@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 
 from .server import make_server
@@ -27,6 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-record-bodies", action="store_true", help="record requests without their bodies")
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
+    try:  # 1,000+ concurrent streams need as many descriptors
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover
+        pass
+    # uvicorn re-raises the signal it caught once it has shut down: make that a clean exit
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     server, sock, _ = make_server(
         a.host,

@@ -104,6 +104,12 @@ def validate_behaviour(b: Any) -> dict[str, Any]:
     _check_knobs(b, where="behaviour")
     if "status" in b and (not isinstance(b["status"], int) or not 400 <= b["status"] <= 599):
         raise ConfigError("behaviour: status must be an integer 400..599")
+    if "headers" in b and not (
+        isinstance(b["headers"], dict) and all(isinstance(v, (str, int, float)) for v in b["headers"].values())
+    ):
+        raise ConfigError("behaviour: headers must be an object of header name -> value")
+    if "path" in b and not isinstance(b["path"], str):
+        raise ConfigError("behaviour: path must be a glob string")
     if "error_after" in b and "status" not in b:
         raise ConfigError("behaviour: error_after needs a status")
     fam = b.get("family")

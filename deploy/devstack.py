@@ -7,6 +7,7 @@ tests and the benchmarks, so what is tested is what runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -26,6 +27,24 @@ from shared.connections import redis_answers
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: a session of its own (Ctrl-C reaches only the launcher,
+    which stops the fleet in order), and SIGTERM when the launcher dies, however it dies,
+    so that no process of the fleet outlives it."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex((host, port)) == 0
 
 
 def free_port() -> int:
@@ -65,7 +84,7 @@ class Fleet:
             out = open(self.logs[name], "ab")
         proc = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.procs[name] = proc
         return proc
@@ -87,9 +106,21 @@ class Fleet:
     def kill(self, name: str) -> None:
         self.stop(name, signal.SIGKILL)
 
-    def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            self.stop(name)
+    def stop_all(self, timeout: float = 15.0) -> None:
+        """SIGTERM to every process at once, then SIGKILL to whatever is left at the deadline."""
+        procs, self.procs = self.procs, {}
+        for proc in procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in procs.values():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
 
     def tail(self, name: str, lines: int = 40) -> str:
         path = self.logs.get(name)
@@ -169,6 +200,7 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)  # also when started with SIGINT ignored (a background job)
     try:
         redis_url = settings.redis_url
         if redis_answers(redis_url):
@@ -182,6 +214,12 @@ def main() -> int:
             start_redis(fleet, parsed.port or 6379, settings.data_path / "redis", log_dir)
             redis_note = f"{redis_url} (bundled redis-server, data in {settings.data_path / 'redis'})"
 
+        for what, port in (("API", settings.api_port), ("Flower", settings.flower_port)):
+            if port_in_use("127.0.0.1", port):
+                raise RuntimeError(
+                    f"port {port} for the {what} is in use (is another fleet running?); stop it or "
+                    f"set CHATFLEET_{'API' if what == 'API' else 'FLOWER'}_PORT"
+                )
         flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
         env.update({
             "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
@@ -206,8 +244,8 @@ def main() -> int:
         )
         print(
             f"chatfleet ready in {elapsed:.1f}s | API {base} | Flower http://127.0.0.1:{settings.flower_port} "
-            f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | logs {log_dir}\n"
-            f"try: {curl}",
+            f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | logs {log_dir} "
+            f"| try: {curl}",
             flush=True,
         )
         while True:

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from api.routes import chat, health, jobs
+from api.routes import chat, health, jobs, models
 from shared.accounts import add_api_key, ensure_account
 from shared.catalog import get_catalog
 from shared.connections import async_redis
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(chat.router)
     app.include_router(jobs.router)
+    app.include_router(models.router)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError):

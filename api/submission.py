@@ -8,6 +8,7 @@ from fastapi import HTTPException
 from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.prompts import RequestError, prepare_job_spec
+from shared.provider_config import get_provider_settings
 from shared.schemas import ChatCompletionRequest
 
 
@@ -20,6 +21,12 @@ async def submit(
     if spec is None:
         raise HTTPException(
             400, f"model {body.model!r} is not available; GET /v4/models lists the models you can use"
+        )
+    missing = get_provider_settings().missing_for(spec)
+    if missing:
+        raise HTTPException(
+            400, f"model {spec.id!r} is served by the {spec.family} provider, which is not configured "
+                 f"on this fleet: the operator must set {missing}"
         )
     try:
         # Rendering an untrusted chat template is bounded but not free: keep it off the loop.

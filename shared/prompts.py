@@ -7,6 +7,7 @@ model's default template, or the provider's own chat format).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -165,6 +166,34 @@ def check_parameters(request: ChatCompletionRequest, spec: ModelSpec) -> None:
         )
 
 
+# Tokens are counted before any provider is called with an estimate that errs low: at most one
+# token per 6 bytes of UTF-8 text, plus 3 per message for the chat format's framing. Real BPE
+# tokenizers give fewer bytes per token than that on almost any text (English runs ~4, code ~3,
+# CJK ~2-3), so a prompt refused here certainly does not fit, and one that passes but does not
+# fit is refused by the provider with a context_length_exceeded error. The local model's
+# worker counts exactly with llama.cpp before generating.
+BYTES_PER_TOKEN_BOUND = 6
+MESSAGE_OVERHEAD_TOKENS = 3
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]], prompt: str | None) -> int:
+    if prompt is not None:
+        return math.ceil(len(prompt.encode()) / BYTES_PER_TOKEN_BOUND)
+    return sum(math.ceil(len(m["content"].encode()) / BYTES_PER_TOKEN_BOUND) + MESSAGE_OVERHEAD_TOKENS
+               for m in messages)
+
+
+def check_context(spec: ModelSpec, messages, prompt: str | None, max_tokens: int | None) -> None:
+    estimate = estimate_prompt_tokens(messages, prompt)
+    wanted = estimate + (max_tokens or 0)
+    if wanted > spec.context_window:
+        raise RequestError(
+            f"the prompt (at least {estimate} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
+            f"{spec.context_window}-token context window of model {spec.id!r}: shorten the messages "
+            "(memory_strategy last_k keeps the last k) or lower max_tokens"
+        )
+
+
 def sampling_params(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str, Any]:
     p = request.model_parameters
     params: dict[str, Any] = {
@@ -190,9 +219,6 @@ def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[st
         if source is None:
             raise RequestError(f"model {spec.id!r} has no template configured; send a chat_template")
         prompt = render_template(source, messages, spec)
-    return {
-        "model": spec.id,
-        "messages": messages,
-        "prompt": prompt,
-        "params": sampling_params(request, spec),
-    }
+    params = sampling_params(request, spec)
+    check_context(spec, messages, prompt, params.get("max_tokens"))
+    return {"model": spec.id, "messages": messages, "prompt": prompt, "params": params}

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 
 from deploy.devstack import Fleet, api_argv, free_port, start_redis, wait_ready, worker_argv
 from shared import keys
+from shared.provider_config import ProviderSettings
+from tests.fakeprovider import FakeProvider, start_fake_provider
 
 DEV_KEY = "cf-test-dev-key"
 OTHER_KEY = "cf-test-other-key"
@@ -55,10 +58,32 @@ def stack_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, **extra: str) -> Stack:
+def provider_env(fake_url: str) -> dict[str, str]:
+    """Every family configured, all pointing at the fake provider."""
+    return {
+        "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": f"{fake_url}/v1",
+        "ANTHROPIC_API_KEY": "ak-test", "ANTHROPIC_BASE_URL": fake_url,
+        "GEMINI_API_KEY": "gk-test", "GEMINI_BASE_URL": fake_url,
+        "MISTRAL_API_KEY": "mk-test", "MISTRAL_BASE_URL": f"{fake_url}/mistral/v1",
+        "AWS_ACCESS_KEY_ID": "AKIDTEST", "AWS_SECRET_ACCESS_KEY": "secret-test", "AWS_REGION": "us-east-1",
+        "BEDROCK_ENDPOINT_URL": fake_url,
+        "LLM_ENGINE_BASE_URL": f"{fake_url}/v1", "LLM_ENGINE_API_KEY": "le-test",
+    }
+
+
+def fake_provider_settings(fake: FakeProvider, **overrides) -> ProviderSettings:
+    env = {k.lower(): v for k, v in provider_env(fake.base_url).items()}
+    env.update(overrides)
+    return ProviderSettings(**env)
+
+
+def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fake_url: str | None = None,
+                **extra: str) -> Stack:
     fleet = Fleet()
     log_dir = tmp / "log"
     redis_url = start_redis(fleet, free_port(), tmp / "redis", log_dir)
+    if fake_url:
+        extra = {**provider_env(fake_url), **extra}
     env = stack_env(redis_url, tmp, CHATFLEET_LOCAL_MODEL_SLOTS=str(local_slots), **extra)
     port = free_port()
     stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir)
@@ -94,9 +119,24 @@ def _add_other_account(redis_url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    """One fleet shared by the integration tests that do not break it."""
-    s = start_stack(tmp_path_factory.mktemp("stack"))
+def fake_server(tmp_path_factory) -> Iterator[FakeProvider]:
+    with start_fake_provider(log_file=tmp_path_factory.mktemp("fake") / "fake.log") as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_server) -> FakeProvider:
+    """The shared fake provider, reset to its defaults for this test."""
+    fake_server.reset()
+    return fake_server
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, fake_server) -> Iterator[Stack]:
+    """One fleet shared by the integration tests that do not break it; every provider family
+    points at the fake provider."""
+    s = start_stack(tmp_path_factory.mktemp("stack"), fake_url=fake_server.base_url,
+                    CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT="5", CHATFLEET_PROVIDER_IDLE_TIMEOUT="5")
     yield s
     s.fleet.stop_all()
 
@@ -106,7 +146,7 @@ def own_stack(tmp_path) -> Iterator[callable]:
     """A private fleet for a test that kills or restarts parts of it."""
     started: list[Stack] = []
 
-    def make(**kwargs) -> Stack:
+    def make(**kwargs: Any) -> Stack:
         s = start_stack(tmp_path / f"s{len(started)}", **kwargs)
         started.append(s)
         return s

@@ -128,7 +128,8 @@ class JobRunner:
             stops = StopFilter(params.get("stop"))
             request = GenerationRequest(
                 spec=model, messages=job_spec["messages"], prompt=job_spec.get("prompt"),
-                params=params, continuation=attempt.text, job_id=attempt.job_id,
+                params=params, continuation=attempt.text, continuation_events=len(attempt.delivered),
+                job_id=attempt.job_id,
             )
             completion = None
             try:

@@ -25,8 +25,8 @@ from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.jobs import JobStore
 from shared.settings import Settings, get_settings
-from worker.providers.base import Provider
 from worker.providers.local import LocalProvider
+from worker.providers.registry import Providers
 from worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class WorkerRuntime:
         self._thread = threading.Thread(target=self._run_loop, name="chatfleet-loop", daemon=True)
         self._background: list[asyncio.Task] = []
         self._started = threading.Event()
-        self.providers: dict[str, Provider] = {}
+        self.providers: Providers | None = None
 
     # --- lifecycle (called from Celery's threads) -------------------------------------------
 
@@ -82,7 +82,7 @@ class WorkerRuntime:
     async def _startup(self) -> None:
         self.redis = async_redis(self.settings.redis_url, max_connections=self.settings.worker_concurrency + 20)
         self.store = JobStore(self.redis, self.settings)
-        self.providers = build_providers(self.settings)
+        self.providers = Providers(self.settings)
         self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
         self._background = [
             asyncio.create_task(self._watch_running(), name="watch-running"),
@@ -97,9 +97,8 @@ class WorkerRuntime:
     async def _shutdown(self) -> None:
         for task in self._background:
             task.cancel()
-        for provider in self.providers.values():
-            with contextlib.suppress(Exception):
-                await provider.close()
+        with contextlib.suppress(Exception):
+            await self.providers.close()
         with contextlib.suppress(Exception):
             await self.redis.zrem(keys.WORKERS, self.hostname)
             await self.redis.delete(keys.worker(self.hostname))
@@ -188,10 +187,6 @@ class WorkerRuntime:
                         log.warning("requeued a job whose worker was lost", extra={"job_id": job_id})
             except Exception as exc:
                 log.warning("reaper pass failed: %s", exc)
-
-
-def build_providers(settings: Settings) -> dict[str, Provider]:
-    return {"local": LocalProvider(settings)}
 
 
 _runtime: WorkerRuntime | None = None

@@ -19,11 +19,22 @@ from shared.schemas import ChatCompletionRequest
 router = APIRouter()
 
 # How a failed job maps onto the synchronous response.
+# How a failed job maps onto the synchronous response: the client's mistakes are 4xx, the
+# upstream's and ours 5xx (a provider still rate-limiting after our retries is passed on as 429).
 ERROR_STATUS = {
     "invalid_request": 400,
     "model_unavailable": 400,
     "context_length_exceeded": 400,
     "upstream_rejected": 400,
+    "content_filter": 400,
+    "upstream_rate_limited": 429,
+    "upstream_auth": 502,
+    "upstream_unavailable": 502,
+    "upstream_unreachable": 502,
+    "upstream_invalid": 502,
+    "stream_cut": 502,
+    "stream_interrupted": 502,
+    "upstream_timeout": 504,
     "timeout": 504,
     "redelivery_limit": 500,
     "internal_error": 500,
@@ -93,6 +104,8 @@ async def create_chat_completion(
     if event.type == ERROR:
         error = orjson.loads(event.data)
         status = ERROR_STATUS.get(error.get("code"), 502)
+        if status == 429:
+            headers["Retry-After"] = "5"
         return JSONResponse({"detail": error.get("message"), "code": error.get("code")},
                             status_code=status, headers=headers)
     record = await store.get(job_id)

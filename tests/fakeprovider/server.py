@@ -194,7 +194,34 @@ def count_words(texts: list[str]) -> int:
     return max(1, sum(len(t.split()) for t in texts))
 
 
-def build_plan(knobs: dict[str, Any], limit: int | None, stops: list[str], last_user: str) -> Plan:
+def prefill_of(family: str, body: Any) -> str:
+    """The assistant text a request asks the model to continue (prefill), per family's rules:
+    a final assistant turn (Anthropic, Bedrock), a final model turn (Gemini), a final assistant
+    message with ``prefix: true`` (Mistral). OpenAI chat has no prefill."""
+    if not isinstance(body, dict):
+        return ""
+    if family in ("anthropic", "bedrock", "mistral"):
+        messages = body.get("messages") or []
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        if last.get("role") != "assistant" or (family == "mistral" and not last.get("prefix")):
+            return ""
+        content = last.get("content")
+        if isinstance(content, str):
+            return content
+        return "".join(b.get("text", "") for b in content or () if isinstance(b, dict))
+    if family == "gemini":
+        contents = body.get("contents") or []
+        last = contents[-1] if contents and isinstance(contents[-1], dict) else {}
+        if last.get("role") != "model":
+            return ""
+        return "".join(p.get("text", "") for p in last.get("parts") or () if isinstance(p, dict))
+    return ""
+
+
+def build_plan(knobs: dict[str, Any], limit: int | None, stops: list[str], last_user: str,
+               prefill: str = "") -> Plan:
+    """Generate the reply; after a prefill, the reply continues the same word sequence (as a
+    real model continues the text it is handed), so a prefill of "tok0 tok1" yields " tok2 ..."."""
     text = knobs.get("text")
     if text is not None:
         words: list[str] | None = text.split()
@@ -202,11 +229,14 @@ def build_plan(knobs: dict[str, Any], limit: int | None, stops: list[str], last_
         words = last_user.split()
     else:
         words = None
-    natural = len(words) if words is not None else int(knobs.get("tokens", 16))
+    start = len(prefill.split())
+    total = len(words) if words is not None else int(knobs.get("tokens", 16))
+    natural = max(total - start, 0)
     n = natural if limit is None else min(limit, natural)
     finish = "length" if limit is not None and limit < natural else "stop"
 
     def piece(i: int) -> str:
+        i += start
         w = words[i] if words is not None else f"tok{i}"
         return w if i == 0 else " " + w
 
@@ -1354,7 +1384,7 @@ class FakeProviderApp:
         req.id = fam.id_prefix + (_rid("") if fam.name != "gemini" else secrets.token_urlsafe(16))
         req.created = int(time.time())
         req.t0 = t0
-        plan = build_plan(knobs, req.limit, req.stops, req.last_user)
+        plan = build_plan(knobs, req.limit, req.stops, req.last_user, prefill_of(fam.name, body))
         ttft = float(knobs.get("ttft_ms") or 0) / 1000
         rate = float(knobs.get("tokens_per_s") or 0)
         if not req.stream:

@@ -82,8 +82,9 @@ def _error_of(payload: Any) -> ProviderError | None:
         err = payload["error"]
         message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
         status = err.get("code") if isinstance(err, dict) else None
+        code = "context_length_exceeded" if "context" in str(message).lower() else "invalid_request"
         return ProviderError(
-            f"local model refused the request: {message}", code="invalid_request",
+            f"local model refused the request: {message}", code=code,
             status=status if isinstance(status, int) else None,
         )
     return None

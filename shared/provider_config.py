@@ -1,0 +1,75 @@
+"""Provider credentials and endpoints, under the names each provider's own tools use.
+
+Secrets are ``SecretStr``: they print as ``**********`` in logs, reprs and errors.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProviderSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+
+    anthropic_api_key: SecretStr | None = None
+    anthropic_base_url: str = "https://api.anthropic.com"
+
+    gemini_api_key: SecretStr | None = None
+    gemini_base_url: str = "https://generativelanguage.googleapis.com"
+
+    mistral_api_key: SecretStr | None = None
+    mistral_base_url: str = "https://api.mistral.ai/v1"
+
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_region: str | None = Field(None, alias="AWS_REGION")
+    aws_default_region: str | None = Field(None, alias="AWS_DEFAULT_REGION")
+    bedrock_endpoint_url: str | None = None
+
+    llm_engine_base_url: str | None = None
+    llm_engine_api_key: SecretStr | None = None
+
+    # Upstream timeouts (seconds), the same for every family.
+    provider_connect_timeout: float = Field(10.0, alias="CHATFLEET_PROVIDER_CONNECT_TIMEOUT")
+    provider_first_token_timeout: float = Field(120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
+    provider_idle_timeout: float = Field(60.0, alias="CHATFLEET_PROVIDER_IDLE_TIMEOUT")
+
+    @property
+    def bedrock_region(self) -> str:
+        return self.aws_region or self.aws_default_region or "us-east-1"
+
+    def missing_for(self, spec) -> str | None:
+        """What must be set before ``spec`` (a catalog ModelSpec) can be served, or None."""
+        if spec.family == "local":
+            return None
+        if spec.family == "llm_engine" and spec.base_url:
+            return None
+        return self.missing_setting(spec.family)
+
+    def missing_setting(self, family: str) -> str | None:
+        """The environment variable(s) to set before ``family`` can be called, or None."""
+        if family == "openai" and self.openai_api_key is None:
+            return "OPENAI_API_KEY"
+        if family == "anthropic" and self.anthropic_api_key is None:
+            return "ANTHROPIC_API_KEY"
+        if family == "gemini" and self.gemini_api_key is None:
+            return "GEMINI_API_KEY"
+        if family == "mistral" and self.mistral_api_key is None:
+            return "MISTRAL_API_KEY"
+        if family == "bedrock" and (self.aws_access_key_id is None or self.aws_secret_access_key is None):
+            return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        if family == "llm_engine" and not self.llm_engine_base_url:
+            return "LLM_ENGINE_BASE_URL"
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_provider_settings() -> ProviderSettings:
+    return ProviderSettings()

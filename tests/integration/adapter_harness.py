@@ -1,0 +1,55 @@
+"""Driving one adapter directly against the fake provider (no fleet)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from shared.catalog import ModelSpec, get_catalog
+from shared.prompts import prepare_job_spec
+from shared.schemas import ChatCompletionRequest
+from tests.conftest import fake_provider_settings
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import make_client
+from worker.providers.registry import load_adapter
+
+
+def request_for(model: str, messages: list[dict], continuation: str = "", continuation_events: int = 0,
+                job_id: str = "job_test", **body: Any) -> GenerationRequest:
+    spec: ModelSpec = get_catalog().get(model)
+    job = prepare_job_spec(ChatCompletionRequest.model_validate({"model": model, "messages": messages, **body}), spec)
+    return GenerationRequest(spec=spec, messages=job["messages"], prompt=job["prompt"], params=job["params"],
+                             continuation=continuation, continuation_events=continuation_events, job_id=job_id)
+
+
+def run_adapter(fake, family: str, request: GenerationRequest, **settings: Any) -> tuple[list[str], Completion]:
+    """(text deltas, completion); raises the adapter's ProviderError."""
+
+    async def go():
+        provider_settings = fake_provider_settings(fake, **settings)
+        client = make_client(provider_settings)
+        adapter = load_adapter(family)(client, provider_settings)
+        deltas, completion = [], None
+        try:
+            async for item in adapter.stream(request):
+                if isinstance(item, TextDelta):
+                    assert completion is None, "text after the completion"
+                    deltas.append(item.text)
+                else:
+                    assert isinstance(item, Completion)
+                    completion = item
+        finally:
+            await adapter.close()
+            await client.aclose()
+        assert completion is not None, "no completion"
+        return deltas, completion
+
+    return asyncio.run(go())
+
+
+def adapter_error(fake, family: str, request: GenerationRequest, **settings: Any) -> ProviderError:
+    try:
+        run_adapter(fake, family, request, **settings)
+    except ProviderError as exc:
+        return exc
+    raise AssertionError("the adapter did not fail")

@@ -1,0 +1,108 @@
+"""OpenAI and LLM-Engine (OpenAI-compatible completions) adapters against the fake provider."""
+
+import pytest
+
+from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
+
+pytestmark = pytest.mark.integration
+
+HI = [{"role": "user", "content": "say something nice"}]
+
+
+def test_openai_streams_text_usage_and_finish(fake):
+    deltas, done = run_adapter(fake, "openai", request_for("gpt-4o", HI, model_parameters={"max_tokens": 5}))
+    assert "".join(deltas) == "tok0 tok1 tok2 tok3 tok4"
+    assert len(deltas) == 5
+    assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 3, 5)
+    (sent,) = fake.requests(family="openai")
+    body = sent["body"]
+    assert body["model"] == "gpt-4o" and body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == HI and body["max_tokens"] == 5 and body["temperature"] == 0.2
+    assert sent["headers"]["authorization"] == "Bearer sk-test"
+
+
+def test_openai_passes_parameters_and_stop(fake):
+    req = request_for("gpt-4o-mini", [{"role": "system", "content": "be nice"}, *HI],
+                      model_parameters={"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.5,
+                                        "presence_penalty": 0.1, "stop_sequences": ["tok3"]})
+    deltas, done = run_adapter(fake, "openai", req)
+    assert "".join(deltas) == "tok0 tok1 tok2 "
+    assert done.finish_reason == "stop"
+    body = fake.requests(family="openai")[0]["body"]
+    assert body["stop"] == ["tok3"] and body["top_p"] == 0.9
+    assert body["frequency_penalty"] == 0.5 and body["presence_penalty"] == 0.1
+    assert "max_tokens" not in body  # hosted default: the model's limit
+    assert body["messages"][0] == {"role": "system", "content": "be nice"}
+
+
+@pytest.mark.parametrize("behaviour, code, retryable", [
+    ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+    ({"status": 503}, "upstream_unavailable", True),
+    ({"status": 500}, "upstream_unavailable", True),
+    ({"status": 400, "message": "bad temperature"}, "upstream_rejected", False),
+    ({"status": 400, "message": "This model's maximum context length is 8192 tokens"}, "context_length_exceeded", False),
+    ({"status": 401}, "upstream_auth", False),
+    ({"cut_after": 3}, "stream_cut", True),
+    ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
+])
+def test_openai_faults_are_classified(fake, behaviour, code, retryable):
+    fake.script([behaviour])
+    err = adapter_error(fake, "openai", request_for("gpt-4", HI))
+    assert (err.code, err.retryable) == (code, retryable), err
+    if "retry_after" in behaviour:
+        assert err.retry_after == 2
+    if behaviour.get("message"):
+        assert behaviour["message"] in err.message
+
+
+def test_openai_hang_hits_first_token_timeout(fake):
+    fake.script([{"hang": True}])
+    err = adapter_error(fake, "openai", request_for("gpt-4", HI), provider_first_token_timeout=0.5)
+    assert err.code == "upstream_timeout" and err.retryable
+    assert "0.5 s" in err.message
+
+
+def test_openai_stall_between_tokens_hits_idle_timeout(fake):
+    fake.script([{"tokens_per_s": 1, "tokens": 5}])
+    err = adapter_error(fake, "openai", request_for("gpt-4", HI), provider_idle_timeout=0.3)
+    assert err.code == "upstream_timeout" and "next token" in err.message
+
+
+def test_openai_retry_after_delivered_text_skips_what_was_sent(fake):
+    deltas, done = run_adapter(fake, "openai", request_for("gpt-4", HI, continuation="tok0 tok1",
+                                                           continuation_events=2, model_parameters={"max_tokens": 4}))
+    assert "".join(deltas) == " tok2 tok3"
+    assert done.completion_tokens == 4  # the regenerated call's own count covers the whole answer
+
+
+def test_openai_retry_that_diverges_stops_rather_than_contradict(fake):
+    err = adapter_error(fake, "openai", request_for("gpt-4", HI, continuation="something else"))
+    assert err.code == "stream_interrupted" and not err.retryable
+
+
+def test_llm_engine_sends_the_rendered_prompt(fake):
+    req = request_for("llama-3-8b-instruct", HI, model_parameters={"max_tokens": 3, "top_k": 5})
+    deltas, done = run_adapter(fake, "llm_engine", req)
+    assert "".join(deltas) == "tok0 tok1 tok2"
+    assert (done.finish_reason, done.completion_tokens) == ("length", 3)
+    body = fake.requests(path="/v1/completions")[0]["body"]
+    assert body["prompt"] == req.prompt and "say something nice" in body["prompt"]
+    assert body["model"] == req.spec.upstream and body["top_k"] == 5 and body["max_tokens"] == 3
+
+
+def test_llm_engine_default_max_tokens_is_100(fake):
+    req = request_for("mixtral-8x7b-instruct", HI)
+    run_adapter(fake, "llm_engine", req)
+    assert fake.requests(path="/v1/completions")[0]["body"]["max_tokens"] == 100
+
+
+def test_llm_engine_continues_after_delivered_text(fake):
+    req = request_for("llama-3-8b-instruct", HI, continuation="tok0 tok1", continuation_events=2,
+                      model_parameters={"max_tokens": 5})
+    deltas, done = run_adapter(fake, "llm_engine", req)
+    body = fake.requests(path="/v1/completions")[0]["body"]
+    assert body["prompt"] == req.prompt + "tok0 tok1"
+    assert body["max_tokens"] == 3
+    # One call's worth of usage: the carried text counts as completion, not prompt.
+    assert done.completion_tokens == 3 + 2

@@ -1,0 +1,194 @@
+"""What every HTTP adapter shares: the client, upstream error classification, timeouts.
+
+Upstream faults are classified here, once: 429/408/409/5xx/529 and transport failures are
+retryable (the runner retries them with backoff, honouring ``Retry-After``); other 4xx are
+the caller's problem and end the job with the upstream's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import EventSource, ServerSentEvent
+
+from shared.provider_config import ProviderSettings
+from worker.providers.base import ProviderError
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
+CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
+                 "prompt is too long", "input is too long", "exceeds the context", "too long",
+                 "context window", "max_tokens")
+MAX_ERROR_BODY = 4096
+
+
+def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
+    # No read timeout at the transport: first-token and between-token limits are enforced per
+    # event (see ``iter_with_timeouts``), which a single read timeout cannot express.
+    timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, http2=False, follow_redirects=False)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _upstream_message(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode(errors="replace").strip()
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            for key in ("message", "Message", "detail"):
+                if isinstance(err.get(key), str):
+                    return err[key]
+        elif isinstance(err, str):
+            return err
+        for key in ("message", "Message", "detail"):
+            if isinstance(data.get(key), str):
+                return data[key]
+    return body[:300].decode(errors="replace").strip()
+
+
+def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) -> ProviderError:
+    message = _upstream_message(body) or f"HTTP {status}"
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    if retry_after is None and headers.get("retry-after-ms"):
+        retry_after = parse_retry_after(headers["retry-after-ms"])
+        retry_after = retry_after / 1000 if retry_after is not None else None
+    if status == 429:
+        return ProviderError(f"{provider} rate-limited the call: {message}", code="upstream_rate_limited",
+                             status=status, retryable=True, retry_after=retry_after)
+    if status in RETRYABLE_STATUS:
+        return ProviderError(f"{provider} failed (HTTP {status}): {message}", code="upstream_unavailable",
+                             status=status, retryable=True, retry_after=retry_after)
+    if status in (401, 403):
+        return ProviderError(f"{provider} refused the configured credentials (HTTP {status}): {message}",
+                             code="upstream_auth", status=status)
+    if status == 404:
+        return ProviderError(f"{provider} does not know this model or route (HTTP 404): {message}",
+                             code="upstream_rejected", status=status)
+    lowered = message.lower()
+    if status in (400, 413, 422) and any(h in lowered for h in CONTEXT_HINTS):
+        return ProviderError(f"{provider}: the prompt and max_tokens do not fit the model's context: {message}",
+                             code="context_length_exceeded", status=status)
+    return ProviderError(f"{provider} rejected the request (HTTP {status}): {message}",
+                         code="upstream_rejected", status=status)
+
+
+def transport_error(exc: Exception, provider: str) -> ProviderError:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ProviderError(f"cannot connect to {provider}: {exc}", code="upstream_unreachable", retryable=True)
+    if isinstance(exc, httpx.TimeoutException):
+        return ProviderError(f"{provider} timed out: {exc}", code="upstream_timeout", retryable=True)
+    return ProviderError(f"the connection to {provider} broke: {type(exc).__name__}: {exc}",
+                         code="stream_cut", retryable=True)
+
+
+class Upstream:
+    """One family's HTTP access: builds requests, checks statuses, streams with timeouts."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: ProviderSettings, provider: str):
+        self.client = client
+        self.settings = settings
+        self.provider = provider
+
+    async def post_json(self, url: str, body: Any, headers: dict[str, str], params=None) -> Any:
+        try:
+            async with asyncio.timeout(self.settings.provider_first_token_timeout):
+                response = await self.client.post(url, content=orjson.dumps(body), params=params,
+                                                  headers={"content-type": "application/json", **headers})
+        except TimeoutError:
+            raise ProviderError(f"{self.provider} sent no answer within "
+                                f"{self.settings.provider_first_token_timeout:g} s",
+                                code="upstream_timeout", retryable=True) from None
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.provider) from exc
+        if response.status_code >= 400:
+            raise classify(response.status_code, response.content[:MAX_ERROR_BODY], response.headers, self.provider)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderError(f"{self.provider} answered with invalid JSON", code="upstream_invalid",
+                                retryable=True) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str, body: Any, headers: dict[str, str], params=None) -> AsyncIterator[httpx.Response]:
+        """Open a streaming POST; yields the response once its status is known to be good."""
+        request = self.client.build_request(
+            "POST", url, content=orjson.dumps(body), params=params,
+            headers={"content-type": "application/json", **headers},
+        )
+        try:
+            async with asyncio.timeout(self.settings.provider_first_token_timeout):
+                response = await self.client.send(request, stream=True)
+        except TimeoutError:
+            raise ProviderError(f"{self.provider} sent no answer within "
+                                f"{self.settings.provider_first_token_timeout:g} s",
+                                code="upstream_timeout", retryable=True) from None
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.provider) from exc
+        try:
+            if response.status_code >= 400:
+                try:
+                    body_bytes = await response.aread()
+                except httpx.HTTPError:
+                    body_bytes = b""
+                raise classify(response.status_code, body_bytes[:MAX_ERROR_BODY], response.headers, self.provider)
+            yield response
+        finally:
+            await response.aclose()
+
+    async def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        async for sse in self.with_timeouts(EventSource(response).aiter_sse()):
+            yield sse
+
+    async def with_timeouts(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Items of ``iterator``, the first within the first-token timeout and each next one
+        within the idle timeout; transport failures become retryable ProviderErrors."""
+        first = True
+        it = aiter(iterator)
+        while True:
+            limit = self.settings.provider_first_token_timeout if first else self.settings.provider_idle_timeout
+            try:
+                async with asyncio.timeout(limit):
+                    item = await anext(it)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                which = "first token" if first else "next token"
+                raise ProviderError(f"{self.provider} sent no {which} within {limit:g} s",
+                                    code="upstream_timeout", retryable=True) from None
+            except httpx.HTTPError as exc:
+                raise transport_error(exc, self.provider) from exc
+            first = False
+            yield item
+
+
+def sse_json(sse: ServerSentEvent, provider: str) -> Any:
+    try:
+        return orjson.loads(sse.data)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderError(f"{provider} sent an unreadable stream event", code="upstream_invalid",
+                            retryable=True) from exc

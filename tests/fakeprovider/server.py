@@ -200,6 +200,15 @@ def prefill_of(family: str, body: Any) -> str:
     message with ``prefix: true`` (Mistral). OpenAI chat has no prefill."""
     if not isinstance(body, dict):
         return ""
+    if isinstance(body.get("prompt"), str):
+        # A raw completion continues its prompt: if the prompt ends with the start of the fake's
+        # own reply (tok0 tok1 ... tokK), the reply goes on from there.
+        words = body["prompt"].split()
+        for start in range(max(len(words) - 10_000, 0), len(words)):
+            run = words[start:]
+            if run[0] == "tok0" and run == [f"tok{i}" for i in range(len(run))]:
+                return " ".join(run)
+        return ""
     if family in ("anthropic", "bedrock", "mistral"):
         messages = body.get("messages") or []
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}

@@ -1,0 +1,226 @@
+"""Anthropic Messages API (the claude-* models), streamed.
+
+A retried call continues where the last one stopped: the delivered text goes back as a final
+assistant message (a "prefill"), which the model continues rather than repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.provider_config import ProviderSettings
+from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.providers.http import Upstream, classify, sse_json
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+# Snapshots whose catalogued max_output needs a beta header: without it Anthropic refuses
+# max_tokens above 4,096 for claude-3-5-sonnet-20240620, and max_tokens defaults to max_output.
+BETA_HEADERS = {"claude-3-5-sonnet-20240620": "max-tokens-3-5-sonnet-2024-07-15"}
+
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                "tool_use": "tool_calls", "refusal": "content_filter"}
+
+# In-band ``error`` events carry a type instead of a status; each is classified as the HTTP
+# status Anthropic uses for it, so a mid-stream fault is treated like the same fault up front.
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
+
+
+def merge_extra(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``spec.extra`` over ``body``, last; a table in both is merged one level deep, so an
+    operator can add e.g. one generation option without restating the others."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(body.get(key), dict):
+            body[key] = {**body[key], **value}
+        else:
+            body[key] = value
+    return body
+
+
+def merge_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Consecutive messages of one role become one (joined by a blank line); empty ones are
+    dropped (the APIs refuse empty turns, and they carry nothing)."""
+    merged: list[dict[str, str]] = []
+    for m in messages:
+        if not m["content"].strip():
+            continue
+        if merged and merged[-1]["role"] == m["role"]:
+            merged[-1]["content"] += "\n\n" + m["content"]
+        else:
+            merged.append({"role": m["role"], "content": m["content"]})
+    return merged
+
+
+def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
+    system = [m["content"] for m in messages if m["role"] == "system" and m["content"].strip()]
+    return "\n\n".join(system), [m for m in messages if m["role"] != "system"]
+
+
+class LeadingSkipper:
+    """Drops, from the start of the continued output, the whitespace that was stripped off the
+    end of the prefill (the subscriber already has it).
+
+    Anthropic refuses a final assistant message that ends in whitespace, so "Hello " is sent as
+    "Hello" and the model's continuation usually starts " world": the " " must not be delivered
+    twice. Output characters are dropped while they match the stripped whitespace; at the first
+    one that does not (or once it is used up) everything passes unchanged, so a model that goes
+    on with "world" gives "Hello world" and one that goes on with "\\n" gives "Hello \\n...".
+    """
+
+    def __init__(self, pending: str):
+        self.pending = pending
+
+    def feed(self, text: str) -> str:
+        if not self.pending:
+            return text
+        i = 0
+        n = min(len(text), len(self.pending))
+        while i < n and text[i] == self.pending[i]:
+            i += 1
+        if i == len(text):  # all of it matched: wait for more
+            self.pending = self.pending[i:]
+            return ""
+        self.pending = ""
+        return text[i:]
+
+
+class AnthropicProvider(Provider):
+    family = "anthropic"
+    display = "Anthropic"
+
+    def __init__(self, client, settings: ProviderSettings):
+        self.settings = settings
+        self.upstream = Upstream(client, settings, self.display)
+
+    def missing_configuration(self) -> str | None:
+        return self.settings.missing_setting(self.family)
+
+    def _url(self, request: GenerationRequest) -> str:
+        base = request.spec.base_url or self.settings.anthropic_base_url
+        return base.rstrip("/") + "/v1/messages"
+
+    def _headers(self, request: GenerationRequest | None = None) -> dict[str, str]:
+        headers = {"x-api-key": self.settings.anthropic_api_key.get_secret_value(),
+                   "anthropic-version": ANTHROPIC_VERSION}
+        beta = BETA_HEADERS.get(request.spec.upstream) if request is not None else None
+        if beta:
+            headers["anthropic-beta"] = beta
+        return headers
+
+    def _conversation(self, request: GenerationRequest) -> tuple[str, list[dict[str, str]], str, bool]:
+        """(system, messages, whitespace stripped off the prefill, whether a prefill was sent)."""
+        system, rest = split_system(request.messages)
+        messages = merge_turns(rest)
+        if not messages:
+            raise ProviderError("Anthropic models need at least one user message; the conversation has none",
+                                code="invalid_request")
+        if messages[0]["role"] != "user":
+            raise ProviderError("Anthropic models need the conversation to start with a user message; "
+                                "this one starts with an assistant message", code="invalid_request")
+        prefill = ""
+        if request.continuation:
+            if messages[-1]["role"] == "assistant":
+                # The first call continued this assistant message, so the delivered text follows it directly.
+                prefill = messages.pop()["content"] + request.continuation
+            else:
+                prefill = request.continuation
+        elif messages[-1]["role"] == "assistant":
+            # The client's own prefill: same rule, it must not end in whitespace.
+            prefill = messages.pop()["content"]
+        stripped = prefill.rstrip()
+        trailing = prefill[len(stripped):]
+        if stripped:
+            messages.append({"role": "assistant", "content": stripped})
+        return system, messages, trailing, bool(request.continuation) and bool(stripped)
+
+    def _body(self, request: GenerationRequest, system: str, messages: list[dict[str, str]]) -> dict[str, Any]:
+        params = request.params
+        max_tokens = params.get("max_tokens") or request.spec.max_output
+        if request.continuation:
+            max_tokens = max(max_tokens - request.continuation_events, 1)
+        body: dict[str, Any] = {
+            "model": request.spec.upstream,
+            "max_tokens": max_tokens,
+            "messages": messages,
+            "stream": True,
+            "temperature": params.get("temperature", 0.2),
+        }
+        if system:
+            body["system"] = system
+        # Whitespace-only stop sequences are refused upstream; the runner's stop filter still applies them.
+        stops = [s for s in params.get("stop") or () if s.strip()]
+        if stops:
+            body["stop_sequences"] = stops
+        for name in ("top_k", "top_p"):
+            if name in params:
+                body[name] = params[name]
+        return merge_extra(body, request.spec.extra)
+
+    def _stream_error(self, event: dict[str, Any]) -> ProviderError:
+        err = event.get("error") if isinstance(event.get("error"), dict) else {}
+        etype = err.get("type") or "api_error"
+        status = ERROR_STATUS.get(etype, 500)
+        exc = classify(status, orjson.dumps(event), httpx.Headers(), self.display)
+        exc.message = f"{self.display} reported an error mid-stream ({etype}): {err.get('message') or etype}"
+        return exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        missing = self.missing_configuration()
+        if missing:
+            raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
+        system, messages, trailing, prefilled = self._conversation(request)
+        body = self._body(request, system, messages)
+        skip = LeadingSkipper(trailing)
+        input_tokens = output_tokens = 0
+        stop_reason = None
+        async with self.upstream.stream(self._url(request), body, self._headers(request)) as response:
+            async for sse in self.upstream.events(response):
+                if not sse.data:
+                    continue
+                event = sse_json(sse, self.display)
+                if not isinstance(event, dict):
+                    continue
+                kind = event.get("type") or sse.event
+                if kind == "content_block_delta":
+                    delta = event.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        text = skip.feed(delta["text"])
+                        if text:
+                            yield TextDelta(text)
+                elif kind == "message_start":
+                    usage = (event.get("message") or {}).get("usage") or {}
+                    input_tokens = _input_tokens(usage)
+                    output_tokens = int(usage.get("output_tokens") or 0)
+                elif kind == "message_delta":
+                    usage = event.get("usage") or {}
+                    if usage.get("output_tokens") is not None:
+                        output_tokens = int(usage["output_tokens"])
+                    if usage.get("input_tokens") is not None:
+                        input_tokens = _input_tokens(usage)
+                    reason = (event.get("delta") or {}).get("stop_reason")
+                    if reason:
+                        stop_reason = STOP_REASONS.get(reason, reason)
+                elif kind == "message_stop":
+                    break
+                elif kind == "error":
+                    raise self._stream_error(event)
+                # ping, content_block_start/stop, and event types added later: nothing to do
+        if stop_reason is None:
+            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
+                                retryable=True)
+        # One call's worth: the prefilled text was prompt to this call, but completion to the job.
+        carried = request.continuation_events if request.continuation else 0
+        prompt = max(input_tokens - carried, 0) if prefilled else input_tokens
+        yield Completion(stop_reason, prompt, output_tokens + carried)
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    # Cached prompt tokens are reported apart from ``input_tokens``; the prompt is all of them.
+    return sum(int(usage.get(k) or 0)
+               for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))

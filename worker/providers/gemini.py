@@ -1,0 +1,150 @@
+"""Google Gemini API (the gemini-* models), streamed as server-sent events.
+
+A retried call continues where the last one stopped: the delivered text goes back as a final
+``model`` turn, which the model continues rather than repeats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.provider_config import ProviderSettings
+from worker.providers.anthropic import merge_extra, merge_turns, split_system
+from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.providers.http import Upstream, classify, sse_json
+
+ROLES = {"user": "user", "assistant": "model"}
+
+FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
+FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
+
+# In-band errors carry a google.rpc status name; each is classified as its HTTP status, so a
+# mid-stream fault is treated like the same fault up front.
+ERROR_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RANGE": 400,
+                "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ABORTED": 409,
+                "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "INTERNAL": 500, "NOT_IMPLEMENTED": 501,
+                "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+
+
+def finish_reason(reason: str) -> str:
+    if reason in FILTERED:
+        return "content_filter"
+    return FINISH_REASONS.get(reason, reason.lower())
+
+
+class GeminiProvider(Provider):
+    family = "gemini"
+    display = "Gemini"
+
+    def __init__(self, client, settings: ProviderSettings):
+        self.settings = settings
+        self.upstream = Upstream(client, settings, self.display)
+
+    def missing_configuration(self) -> str | None:
+        return self.settings.missing_setting(self.family)
+
+    def _url(self, request: GenerationRequest) -> str:
+        base = request.spec.base_url or self.settings.gemini_base_url
+        model = request.spec.upstream.removeprefix("models/")
+        return f"{base.rstrip('/')}/v1beta/models/{model}:streamGenerateContent"
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-goog-api-key": self.settings.gemini_api_key.get_secret_value()}
+
+    def _contents(self, request: GenerationRequest) -> tuple[str, list[dict[str, Any]], bool]:
+        """(system instruction, contents, whether a prefill was sent)."""
+        system, rest = split_system(request.messages)
+        turns = merge_turns([{"role": ROLES.get(m["role"], "user"), "content": m["content"]} for m in rest])
+        prefilled = False
+        if request.continuation:
+            if turns and turns[-1]["role"] == "model":
+                # The first call continued this model turn, so the delivered text follows it directly.
+                turns[-1]["content"] += request.continuation
+            else:
+                turns.append({"role": "model", "content": request.continuation})
+            prefilled = True
+        contents = [{"role": t["role"], "parts": [{"text": t["content"]}]} for t in turns]
+        return system, contents, prefilled
+
+    def _body(self, request: GenerationRequest, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
+        params = request.params
+        config: dict[str, Any] = {"temperature": params.get("temperature", 0.2)}
+        if params.get("max_tokens") is not None:
+            config["maxOutputTokens"] = params["max_tokens"]
+            if request.continuation:
+                config["maxOutputTokens"] = max(params["max_tokens"] - request.continuation_events, 1)
+        for name, field in (("top_p", "topP"), ("top_k", "topK"), ("frequency_penalty", "frequencyPenalty"),
+                            ("presence_penalty", "presencePenalty")):
+            if name in params:
+                config[field] = params[name]
+        if params.get("stop"):
+            config["stopSequences"] = params["stop"]
+        body: dict[str, Any] = {"contents": contents, "generationConfig": config}
+        if system:
+            body["systemInstruction"] = {"parts": [{"text": system}]}
+        return merge_extra(body, request.spec.extra)
+
+    def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:
+        err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+        name = err.get("status") or ""
+        status = ERROR_STATUS.get(name)
+        if status is None:
+            code = err.get("code")
+            status = code if isinstance(code, int) and 400 <= code < 600 else 400
+        exc = classify(status, orjson.dumps(chunk), httpx.Headers(), self.display)
+        exc.message = (f"{self.display} reported an error mid-stream ({name or status}): "
+                       f"{err.get('message') or name or status}")
+        return exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        missing = self.missing_configuration()
+        if missing:
+            raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
+        system, contents, prefilled = self._contents(request)
+        if not contents:
+            raise ProviderError("Gemini models need at least one user message; the conversation has none",
+                                code="invalid_request")
+        body = self._body(request, system, contents)
+        finish = None
+        usage: dict[str, Any] | None = None
+        async with self.upstream.stream(self._url(request), body, self._headers(), params={"alt": "sse"}) as response:
+            async for sse in self.upstream.events(response):
+                if not sse.data.strip():
+                    continue
+                chunk = sse_json(sse, self.display)
+                if not isinstance(chunk, dict):
+                    continue
+                if "error" in chunk:
+                    raise self._stream_error(chunk)
+                blocked = (chunk.get("promptFeedback") or {}).get("blockReason")
+                if blocked:
+                    raise ProviderError(f"{self.display} blocked the prompt ({blocked})", code="content_filter",
+                                        details={"block_reason": blocked})
+                if chunk.get("usageMetadata"):
+                    usage = chunk["usageMetadata"]  # running totals: the last one counts
+                candidates = chunk.get("candidates") or ()
+                if not candidates:
+                    continue
+                candidate = candidates[0]
+                for part in (candidate.get("content") or {}).get("parts") or ():
+                    if part.get("text") and not part.get("thought"):
+                        yield TextDelta(part["text"])
+                if candidate.get("finishReason"):
+                    finish = finish_reason(candidate["finishReason"])
+        if finish is None:
+            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
+                                retryable=True)
+        if usage is None:
+            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        # One call's worth: the prefilled text was prompt to this call, but completion to the job.
+        carried = request.continuation_events if request.continuation else 0
+        prompt = int(usage.get("promptTokenCount") or 0)
+        if prefilled:
+            prompt = max(prompt - carried, 0)
+        # Thinking models bill their thoughts as output, reported apart from the answer's tokens.
+        completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+        yield Completion(finish, prompt, completion + carried)

@@ -1,0 +1,242 @@
+"""Amazon Bedrock Runtime ConverseStream, SigV4-signed, answered as an AWS event stream.
+
+``POST {endpoint}/model/{modelId}/converse-stream`` with the Converse body (``messages`` of
+content blocks, ``system``, ``inferenceConfig``, ``additionalModelRequestFields``); the answer
+is ``application/vnd.amazon.eventstream``: binary frames, each an event (``messageStart``,
+``contentBlockDelta``, ``contentBlockStop``, ``messageStop``, ``metadata``) or a modelled
+exception. botocore signs the request and decodes the frames; httpx carries them.
+
+A retried call continues the delivered text as an assistant prefill (see ``prefill``).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.eventstream import EventStreamBuffer, ParserError
+
+from shared.provider_config import ProviderSettings
+from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.providers.http import Upstream, classify
+
+SIGNING_SERVICE = "bedrock"
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                "content_filtered": "content_filter", "guardrail_intervened": "content_filter",
+                "tool_use": "tool_calls"}
+# In-stream exceptions (lower-cased ``:exception-type`` / ``:error-code``) -> (code, retryable, status)
+STREAM_EXCEPTIONS = {
+    "throttlingexception": ("upstream_rate_limited", True, 429),
+    "serviceunavailableexception": ("upstream_unavailable", True, 503),
+    "internalserverexception": ("upstream_unavailable", True, 500),
+    "modelstreamerrorexception": ("upstream_unavailable", True, 424),
+    "validationexception": ("upstream_rejected", False, 400),
+}
+
+
+def converse_messages(messages: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(messages, system) in Converse form. System messages become top-level ``system`` blocks;
+    consecutive turns of the same role are merged into one (joined by a blank line), since
+    Converse requires user and assistant to alternate; empty turns are left out (Converse
+    rejects blank text blocks). The conversation must start with a user turn."""
+    system: list[dict[str, str]] = []
+    turns: list[tuple[str, list[str]]] = []
+    for message in messages:
+        role, text = message["role"], message.get("content") or ""
+        if role == "system":
+            if text.strip():
+                system.append({"text": text})
+            continue
+        if role not in ("user", "assistant"):
+            raise ProviderError(f"Bedrock's Converse API takes no {role!r} messages", code="invalid_request")
+        if not text.strip():
+            continue
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append(text)
+        else:
+            turns.append((role, [text]))
+    if not turns or turns[0][0] != "user":
+        raise ProviderError(
+            "Bedrock requires the conversation to start with a user message (after any system "
+            "messages); this one starts with " + ("no user or assistant message" if not turns else
+                                                 "an assistant message"),
+            code="invalid_request",
+        )
+    return [{"role": role, "content": [{"text": "\n\n".join(texts)}]} for role, texts in turns], system
+
+
+class WhitespaceJoiner:
+    """Keeps the text right across a prefill whose trailing whitespace had to be stripped.
+
+    Bedrock rejects a final assistant message that ends in whitespace (Anthropic models:
+    "final assistant content cannot end with trailing whitespace"), so ``prefill`` sends the
+    delivered text without it, and the model continues from there, typically starting with that
+    whitespace again (" tok2" after "tok1"). The subscriber already has the stripped whitespace,
+    so the answer's leading characters that repeat it are dropped, one for one, up to the first
+    character that differs; whitespace the model puts there beyond that is kept."""
+
+    def __init__(self, stripped: str):
+        self.pending = stripped
+
+    def feed(self, text: str) -> str:
+        if not self.pending:
+            return text
+        i = 0
+        while i < len(text) and i < len(self.pending) and text[i] == self.pending[i]:
+            i += 1
+        self.pending = self.pending[i:] if i == len(text) else ""
+        return text[i:]
+
+
+def prefill(continuation: str) -> tuple[str, str]:
+    """(text to send as the final assistant message, trailing whitespace held back from it):
+    Bedrock refuses a final assistant message that ends in whitespace; ``WhitespaceJoiner``
+    keeps the streamed text consistent with what was already delivered."""
+    kept = continuation.rstrip()
+    return kept, continuation[len(kept):]
+
+
+class BedrockProvider(Provider):
+    family = "bedrock"
+    display = "Bedrock"
+
+    def __init__(self, client, settings: ProviderSettings):
+        self.settings = settings
+        self.upstream = Upstream(client, settings, self.display)
+
+    def missing_configuration(self) -> str | None:
+        return self.settings.missing_setting(self.family)
+
+    @property
+    def region(self) -> str:
+        return self.settings.bedrock_region
+
+    def _url(self, request: GenerationRequest) -> str:
+        base = (request.spec.base_url or self.settings.bedrock_endpoint_url
+                or f"https://bedrock-runtime.{self.region}.amazonaws.com")
+        model_id = urllib.parse.quote(request.spec.upstream, safe="")
+        return f"{base.rstrip('/')}/model/{model_id}/converse-stream"
+
+    def _headers(self, url: str, content: bytes) -> dict[str, str]:
+        """SigV4 headers for exactly this URL and these body bytes (host, content type, date,
+        session token and the signature itself)."""
+        settings = self.settings
+        credentials = Credentials(
+            settings.aws_access_key_id.get_secret_value(),
+            settings.aws_secret_access_key.get_secret_value(),
+            settings.aws_session_token.get_secret_value() if settings.aws_session_token else None,
+        )
+        headers = {"host": httpx.URL(url).netloc.decode("ascii"), "content-type": "application/json"}
+        aws_request = AWSRequest(method="POST", url=url, data=content, headers=headers)
+        SigV4Auth(credentials, SIGNING_SERVICE, self.region).add_auth(aws_request)
+        return {name.lower(): value for name, value in aws_request.headers.items()}
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        params = request.params
+        messages, system = converse_messages(request.messages)
+        if messages[-1]["role"] == "assistant":
+            # The conversation ends with an assistant turn: the model continues it (Bedrock's
+            # prefill), so the delivered text, if any, extends that turn directly.
+            block = messages[-1]["content"][0]
+            block["text"] = (block["text"].rstrip() + request.continuation).rstrip()
+        elif request.continuation:
+            text, _ = prefill(request.continuation)
+            if text:  # an all-whitespace continuation is held back entirely (see WhitespaceJoiner)
+                messages.append({"role": "assistant", "content": [{"text": text}]})
+        max_tokens = params.get("max_tokens") or request.spec.max_output
+        config: dict[str, Any] = {
+            "maxTokens": max(max_tokens - request.continuation_events, 1),
+            "temperature": params.get("temperature", 0.2),
+        }
+        if "top_p" in params:
+            config["topP"] = params["top_p"]
+        if params.get("stop"):
+            config["stopSequences"] = list(params["stop"])
+        body: dict[str, Any] = {"messages": messages, "inferenceConfig": config}
+        if system:
+            body["system"] = system
+        if request.spec.extra:
+            body["additionalModelRequestFields"] = dict(request.spec.extra)
+        return body
+
+    def _exception(self, headers: dict[str, Any], payload: bytes) -> ProviderError:
+        name = str(headers.get(":exception-type") or headers.get(":error-code") or "unknown")
+        try:
+            data = orjson.loads(payload) if payload else {}
+        except orjson.JSONDecodeError:
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        message = data.get("message") or data.get("Message") or headers.get(":error-message") or "no message"
+        code, retryable, status = STREAM_EXCEPTIONS.get(name.lower(), ("upstream_rejected", False, None))
+        if name.lower() == "validationexception":
+            # The same reading as an HTTP 400: a context overflow is told apart from other refusals.
+            exc = classify(400, orjson.dumps({"message": message}), httpx.Headers(), self.display)
+            exc.message += " (in the stream)"
+            return exc
+        return ProviderError(f"{self.display} failed mid-stream ({name}): {message}", code=code,
+                             status=status, retryable=retryable)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        if self.missing_configuration():
+            raise ProviderError(f"{self.display} is not configured: set {self.missing_configuration()}",
+                                code="model_unavailable")
+        url = self._url(request)
+        content = orjson.dumps(self._body(request))
+        headers = self._headers(url, content)
+        joiner = WhitespaceJoiner(prefill(request.continuation)[1] if request.continuation else "")
+        frames = EventStreamBuffer()
+        finish_reason = None
+        usage = None
+        # orjson.Fragment: Upstream serializes the body itself; a fragment comes out as exactly
+        # these bytes, the ones that were signed.
+        async with self.upstream.stream(url, orjson.Fragment(content), headers) as response:
+            async for data in self.upstream.with_timeouts(response.aiter_bytes()):
+                frames.add_data(data)
+                try:
+                    messages = list(frames)
+                except ParserError as exc:
+                    raise ProviderError(f"{self.display} sent an unreadable event-stream frame: {exc}",
+                                        code="upstream_invalid", retryable=True) from None
+                for message in messages:
+                    kind = message.headers.get(":message-type")
+                    if kind in ("exception", "error"):
+                        raise self._exception(message.headers, message.payload)
+                    if kind != "event":
+                        continue
+                    event = message.headers.get(":event-type")
+                    if event not in ("contentBlockDelta", "messageStop", "metadata"):
+                        continue  # messageStart, contentBlockStart/Stop
+                    try:
+                        payload = orjson.loads(message.payload)
+                    except orjson.JSONDecodeError:
+                        payload = None
+                    if not isinstance(payload, dict):
+                        raise ProviderError(f"{self.display} sent an unreadable {event} event",
+                                            code="upstream_invalid", retryable=True)
+                    if event == "contentBlockDelta":
+                        text = (payload.get("delta") or {}).get("text")
+                        if text:
+                            text = joiner.feed(text)
+                            if text:
+                                yield TextDelta(text)
+                    elif event == "messageStop":
+                        reason = payload.get("stopReason") or "end_turn"
+                        finish_reason = STOP_REASONS.get(reason, reason)
+                    else:
+                        usage = payload.get("usage") or usage
+        if finish_reason is None:
+            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
+                                retryable=True)
+        if usage is None:
+            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        # One call's worth: the continued text was prompt to this call, but completion to the job.
+        carried = request.continuation_events
+        yield Completion(finish_reason, max(int(usage.get("inputTokens", 0)) - carried, 0),
+                         int(usage.get("outputTokens", 0)) + carried)

@@ -1,0 +1,178 @@
+"""Mistral chat completions (La Plateforme): OpenAI-like streaming, with Mistral's differences.
+
+* ``usage`` rides on the finishing chunk (there is no ``stream_options``), ``random_seed``
+  instead of ``seed``, and ``finish_reason`` may be ``model_length`` or ``error``.
+* A retried call continues the delivered text with a prefix message
+  (``{"role": "assistant", "content": <delivered>, "prefix": true}``). Mistral's answer then
+  *starts with the prefix* (its prefix guide slices it off with ``content[len(prefix):]``), so
+  an echoed prefix is dropped here; should the model continue without echoing it, the text
+  is passed through as it comes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.provider_config import ProviderSettings
+from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.providers.http import Upstream, classify, sse_json
+from worker.providers.openai import job_seed
+
+FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
+                  "tool_calls": "tool_calls", "content_filter": "content_filter"}
+SAMPLING = ("top_p", "frequency_penalty", "presence_penalty")
+# In-band error chunks carry a status in ``code`` (a string) or only a ``type``.
+ERROR_TYPE_STATUS = {"rate_limited": 429, "requests": 429, "rate_limit_error": 429,
+                     "invalid_request_error": 400, "invalid_request": 400,
+                     "authentication_error": 401, "permission_error": 403}
+
+
+class EchoStripper:
+    """Drops the prefix message's text when the answer starts by repeating it (Mistral's
+    documented behaviour). Text is held back only while it may still be that echo; once it
+    departs from the prefix, everything is passed through (the model continued directly)."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.held = ""
+        self.done = not prefix
+
+    def feed(self, text: str) -> str:
+        if self.done:
+            return text
+        self.held += text
+        if self.held.startswith(self.prefix):
+            self.done = True
+            return self.held[len(self.prefix):]
+        if self.prefix.startswith(self.held):
+            return ""
+        self.done = True
+        return self.held
+
+    def flush(self) -> str:
+        """At the end of the answer: what is still held was the model's own (short) text."""
+        if self.done:
+            return ""
+        self.done = True
+        return self.held
+
+
+def _error_status(err: dict[str, Any]) -> int:
+    code = err.get("code")
+    if isinstance(code, int) and 400 <= code <= 599:
+        return code
+    if isinstance(code, str) and code.isdigit() and 400 <= int(code) <= 599:
+        return int(code)
+    etype = err.get("type")
+    if isinstance(etype, str) and etype in ERROR_TYPE_STATUS:
+        return ERROR_TYPE_STATUS[etype]
+    # An unqualified failure after the stream started is the server's: retry it.
+    return 503
+
+
+class MistralProvider(Provider):
+    family = "mistral"
+    display = "Mistral"
+
+    def __init__(self, client, settings: ProviderSettings):
+        self.settings = settings
+        self.upstream = Upstream(client, settings, self.display)
+
+    def missing_configuration(self) -> str | None:
+        return self.settings.missing_setting(self.family)
+
+    def _url(self, request: GenerationRequest) -> str:
+        base = request.spec.base_url or self.settings.mistral_base_url
+        return base.rstrip("/") + "/chat/completions"
+
+    def _headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.settings.mistral_api_key.get_secret_value()}",
+                "accept": "text/event-stream"}
+
+    def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = list(request.messages)
+        if request.continuation:
+            messages.append({"role": "assistant", "content": request.continuation, "prefix": True})
+        return messages
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        params = request.params
+        body: dict[str, Any] = {
+            "model": request.spec.upstream,
+            "messages": self._messages(request),
+            "stream": True,
+            "temperature": params.get("temperature", 0.2),
+        }
+        if params.get("max_tokens") is not None:
+            body["max_tokens"] = max(params["max_tokens"] - request.continuation_events, 1)
+        if params.get("stop"):
+            body["stop"] = params["stop"]
+        for name in SAMPLING:
+            if name in params:
+                body[name] = params[name]
+        body["random_seed"] = job_seed(request.job_id)
+        body.update(request.spec.extra)
+        return body
+
+    def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:
+        err = chunk.get("error", chunk)
+        if not isinstance(err, dict):
+            err = {"message": str(err)}
+        status = _error_status(err)
+        exc = classify(status, orjson.dumps(err), httpx.Headers(), self.display)
+        exc.message += " (in the stream, after it had started)"
+        return exc
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        if self.missing_configuration():
+            raise ProviderError(f"{self.display} is not configured: set {self.missing_configuration()}",
+                                code="model_unavailable")
+        echo = EchoStripper(request.continuation)
+        finish_reason = None
+        usage = None
+        async with self.upstream.stream(self._url(request), self._body(request), self._headers()) as response:
+            async for sse in self.upstream.events(response):
+                if sse.data.strip() == "[DONE]":
+                    break
+                if not sse.data.strip():
+                    continue
+                chunk = sse_json(sse, self.display)
+                if not isinstance(chunk, dict):
+                    raise ProviderError(f"{self.display} sent an unreadable stream event",
+                                        code="upstream_invalid", retryable=True)
+                if "error" in chunk or chunk.get("object") == "error":
+                    raise self._stream_error(chunk)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    # Mistral may send content as a list of typed chunks (text / thinking).
+                    if isinstance(content, list):
+                        content = "".join(part.get("text", "") for part in content
+                                          if isinstance(part, dict) and part.get("type") == "text")
+                    if content:
+                        text = echo.feed(content)
+                        if text:
+                            yield TextDelta(text)
+                    reason = choice.get("finish_reason")
+                    if reason == "error":
+                        raise ProviderError(f"{self.display} stopped the answer with an error",
+                                            code="upstream_unavailable", retryable=True)
+                    if reason:
+                        finish_reason = FINISH_REASONS.get(reason, reason)
+        if finish_reason is None:
+            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
+                                retryable=True)
+        if usage is None:
+            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        tail = echo.flush()
+        if tail:
+            yield TextDelta(tail)
+        # One call's worth: the continued text was prompt to this call, but completion to the job.
+        carried = request.continuation_events
+        yield Completion(finish_reason, max(int(usage.get("prompt_tokens", 0)) - carried, 0),
+                         int(usage.get("completion_tokens", 0)) + carried)

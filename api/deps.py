@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
@@ -56,3 +57,14 @@ async def current_account(
 
 
 CurrentAccount = Annotated[str, Depends(current_account)]
+
+
+async def require_admin(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    configured = request.app.state.settings.admin_api_key
+    if configured is None:
+        raise HTTPException(401, "the admin API is disabled: set CHATFLEET_ADMIN_API_KEY to enable it")
+    if not x_api_key or not hmac.compare_digest(x_api_key.encode(), configured.get_secret_value().encode()):
+        raise HTTPException(401, "missing or invalid admin API key (x-api-key)")
+
+
+AdminAuth = Depends(require_admin)

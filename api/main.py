@@ -9,12 +9,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from api.routes import chat, health, jobs, models
+from api.routes import admin, chat, health, jobs, models, usage
 from shared.accounts import add_api_key, ensure_account
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.events import PubSubHub
 from shared.jobs import JobStore
+from shared.limiter import Limiter
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.catalog = get_catalog(settings.catalog_path)
         app.state.store = JobStore(redis, settings)
+        app.state.limiter = Limiter(redis, settings)
         app.state.hub = PubSubHub(redis)
         await app.state.hub.start()
         if settings.bootstrap_dev_account:
@@ -46,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(jobs.router)
     app.include_router(models.router)
+    app.include_router(usage.router)
+    app.include_router(admin.router)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError):

@@ -221,10 +221,13 @@ def main() -> int:
                     f"set CHATFLEET_{'API' if what == 'API' else 'FLOWER'}_PORT"
                 )
         flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
+        admin_key = (settings.admin_api_key.get_secret_value() if settings.admin_api_key
+                     else f"cf-admin-{secrets.token_urlsafe(18)}")
         env.update({
             "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
             "CHATFLEET_DEV_API_KEY": settings.dev_api_key,
             "CHATFLEET_FLOWER_BASIC_AUTH": flower_auth,
+            "CHATFLEET_ADMIN_API_KEY": admin_key,
         })
         fleet.spawn("worker-interactive", worker_argv("interactive", [keys.QUEUE_INTERACTIVE],
                                                       settings.worker_concurrency), env, log_dir)
@@ -244,7 +247,8 @@ def main() -> int:
         )
         print(
             f"chatfleet ready in {elapsed:.1f}s | API {base} | Flower http://127.0.0.1:{settings.flower_port} "
-            f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | logs {log_dir} "
+            f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | admin API key "
+            f"{admin_key} | logs {log_dir} "
             f"| try: {curl}",
             flush=True,
         )

@@ -41,6 +41,13 @@ class ModelSpec(BaseModel):
     extra: dict[str, Any] = Field(default_factory=dict)
     # Where to send the call, overriding the family's configured base URL.
     base_url: str | None = None
+    # The upstream deployment (provider key/endpoint) whose limits this model shares;
+    # by default the family's.
+    deployment: str | None = None
+
+    @property
+    def deployment_name(self) -> str:
+        return self.deployment or self.family
 
     @property
     def queue(self) -> str:
@@ -51,9 +58,21 @@ class ModelSpec(BaseModel):
         return self.family in ("local", "llm_engine")
 
 
+class DeploymentLimits(BaseModel):
+    """What the provider key behind a deployment allows, for the whole fleet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
 class Catalog:
-    def __init__(self, models: dict[str, ModelSpec]):
+    def __init__(self, models: dict[str, ModelSpec], deployments: dict[str, DeploymentLimits] | None = None):
         self.models = models
+        self.deployments = deployments or {}
+
+    def deployment_limits(self, spec: ModelSpec) -> DeploymentLimits:
+        return self.deployments.get(spec.deployment_name, DeploymentLimits())
 
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
@@ -65,30 +84,41 @@ class Catalog:
         return len(self.models)
 
 
-def _read(path: Path) -> dict[str, dict[str, Any]]:
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"cannot read model catalog {path}: {exc}") from exc
-    models = data.get("models", {})
-    if not isinstance(models, dict):
-        raise CatalogError(f"{path}: [models] must be a table of model entries")
-    return models
+    for table in ("models", "deployments"):
+        if not isinstance(data.get(table, {}), dict):
+            raise CatalogError(f"{path}: [{table}] must be a table of entries")
+    return data
 
 
 def load_catalog(override_path: str = "") -> Catalog:
-    entries = _read(BUILTIN_CATALOG)
+    data = _read(BUILTIN_CATALOG)
+    entries = dict(data.get("models", {}))
+    deployments = dict(data.get("deployments", {}))
     if override_path:
-        for model_id, fields in _read(Path(override_path)).items():
+        override = _read(Path(override_path))
+        for model_id, fields in override.get("models", {}).items():
             entries[model_id] = {**entries.get(model_id, {}), **fields}
+        for name, fields in override.get("deployments", {}).items():
+            deployments[name] = {**deployments.get(name, {}), **fields}
     models: dict[str, ModelSpec] = {}
     for model_id, fields in entries.items():
         try:
             models[model_id] = ModelSpec(id=model_id, **fields)
         except (ValidationError, TypeError) as exc:
             raise CatalogError(f"model {model_id!r} in the catalog: {exc}") from exc
-    return Catalog(models)
+    limits: dict[str, DeploymentLimits] = {}
+    for name, fields in deployments.items():
+        try:
+            limits[name] = DeploymentLimits(**fields)
+        except (ValidationError, TypeError) as exc:
+            raise CatalogError(f"deployment {name!r} in the catalog: {exc}") from exc
+    return Catalog(models, limits)
 
 
 @lru_cache(maxsize=4)

@@ -19,10 +19,13 @@ from shared import keys
 from shared.scripts import Scripts
 from shared.settings import Settings
 from shared.taskmessage import run_job_message
+from shared.usage import UsageRecord, day_score, utc_day
+from shared.usage import record as usage_record
 
 END = "end"
 ERROR = "error"
 TOKEN = "token"
+THROTTLED = "throttled"
 
 PUBLIC_FIELDS = ("status", "model", "account_id", "attempts")
 
@@ -100,15 +103,19 @@ class JobStore:
             return None
         return record
 
-    async def cancel(self, job_id: str) -> tuple[str, str]:
+    async def cancel(self, job_id: str, account_id: str, model: str) -> tuple[str, str]:
         now = time.time()
+        day = utc_day(now)
         result = await self.scripts.cancel_job(
             keys=[
                 keys.job(job_id), keys.job_cancel(job_id), keys.job_lease(job_id),
                 keys.RUNNING_JOBS, keys.job_events(job_id), keys.job_channel(job_id),
+                keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS,
+                keys.usage_day(account_id, day), keys.usage_days(account_id), keys.USAGE_ACCOUNTS,
             ],
             args=[repr(now), self.settings.job_retention_seconds, job_id,
-                  orjson.dumps({"status": "cancelled"}).decode()],
+                  orjson.dumps({"status": "cancelled"}).decode(), account_id, int(now * 1000),
+                  model, day, day_score(day), self.settings.usage_retention_days * 86400],
         )
         return result[0], (result[1] if len(result) > 1 else "")
 
@@ -142,19 +149,25 @@ class JobStore:
 
     async def finish(
         self, job_id: str, token: str, status: str, fields: dict[str, str],
-        events: list[tuple[int, str, str]],
+        events: list[tuple[int, str, str]], account_id: str, usage: UsageRecord,
     ) -> bool:
+        """Finish the attempt's job: fields, last events and its one usage record, atomically."""
         now = time.time()
-        fields = {**fields, "finished_at": repr(now)}
-        args: list[Any] = [token, status, repr(now), self.settings.job_retention_seconds,
-                           self.settings.stream_max_events, job_id, len(fields)]
+        fields = {**fields, "finished_at": repr(now), "usage": orjson.dumps(usage.as_dict()).decode()}
+        args: list[Any] = [
+            token, status, repr(now), self.settings.job_retention_seconds, self.settings.stream_max_events,
+            job_id, usage.model, usage.day, day_score(usage.day), usage.prompt_tokens,
+            usage.completion_tokens, usage.cost_nanousd, usage.latency_ms,
+            self.settings.usage_retention_days * 86400, len(fields),
+        ]
         for name, value in fields.items():
             args.extend((name, value))
         for event in events:
             args.extend(event)
         return bool(await self.scripts.finish_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS,
-                  keys.job_events(job_id), keys.job_channel(job_id)],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
+                  keys.job_channel(job_id), keys.usage_day(account_id, usage.day),
+                  keys.usage_days(account_id), keys.USAGE_ACCOUNTS],
             args=args,
         ))
 
@@ -164,9 +177,39 @@ class JobStore:
         lease = keys.job_lease(job_id)
         if not await self.redis.set(lease, token, nx=True, px=int(self.settings.lease_seconds * 1000)):
             return
+        record = await self.get(job_id) or {}
         seq = await last_event_seq(self.redis, job_id) + 1
         error = orjson.dumps({"code": code, "message": message}).decode()
-        await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)])
+        # What earlier attempts consumed is unknown once their workers are gone: the record
+        # counts the job, and the completion tokens subscribers received.
+        delivered = max(seq - 1, 0)
+        usage = usage_record(None, record.get("model", ""), 0, delivered,
+                             float(record["started_at"]) if record.get("started_at") else None, estimated=True)
+        await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)],
+                          record.get("account_id", ""), usage)
+
+    async def park(self, job_id: str, token: str, seq: int, next_try_at: float, reason: str) -> bool:
+        """Send a claimed job back to waiting (throttled); frees its worker slot."""
+        data = orjson.dumps({"status": "throttled", "next_try_at": iso(next_try_at),
+                             "next_try_epoch": round(next_try_at, 3), "reason": reason}).decode()
+        return bool(await self.scripts.park_job(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
+                  keys.job_channel(job_id)],
+            args=[token, repr(time.time()), repr(next_try_at), reason, seq, data,
+                  self.settings.job_retention_seconds, job_id],
+        ))
+
+    async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
+        """Queue an account's first waiting job for another admission attempt."""
+        queue = await self.redis.hget(keys.job(job_id), "queue")
+        if queue is None:
+            await self.redis.zrem(keys.account_waiting(account_id), job_id)
+            return False
+        return bool(await self.scripts.requeue_waiting(
+            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, queue],
+            args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
+                  run_job_message(job_id, queue), int(time.time() * 1000)],
+        ))
 
     async def lapsed_jobs(self, now: float) -> list[str]:
         return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)
@@ -200,7 +243,10 @@ def public_view(record: dict[str, str]) -> dict[str, Any]:
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),
         "attempts": int(record.get("attempts") or 0),
+        "next_try_at": iso(record.get("next_try_at")) if record.get("status") == "throttled" else None,
+        "throttle_reason": record.get("throttle_reason") if record.get("status") == "throttled" else None,
         "result": _loads(record.get("result")),
+        "usage": _loads(record.get("usage")),
         "error": _loads(record.get("error")),
         "stream_url": f"/v4/jobs/{record['id']}/stream",
     }

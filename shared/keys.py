@@ -70,3 +70,37 @@ WORKERS = f"{PREFIX}:workers"
 def worker(hostname: str) -> str:
     """Hash: what a worker consumes and when it last reported."""
     return f"{PREFIX}:worker:{hostname}"
+
+
+def rate(scope: str, part: str) -> str:
+    """Rate-limit state of a scope (``acct:{id}``, ``acct:{id}:model:{m}``, ``dep:{name}``):
+    ``req`` zset of admissions, ``tok`` hash of their tokens, ``total`` their sum, ``conc`` zset
+    of concurrency leases."""
+    return f"{PREFIX}:rl:{scope}:{part}"
+
+
+def account_waiting(account_id: str) -> str:
+    """Sorted set: the account's throttled jobs, scored by submission time (admission order)."""
+    return f"{PREFIX}:account:{account_id}:waiting"
+
+
+# Sorted set: accounts with waiting jobs, scored by when (unix ms) to try the first one again.
+THROTTLED_ACCOUNTS = f"{PREFIX}:throttled"
+# Lock held by the one worker that releases throttled jobs at a time.
+SCHEDULER_LOCK = f"{PREFIX}:lock:scheduler"
+
+
+def api_key_id(key_id: str) -> str:
+    """String: the digest of the key with this id (for listing and revocation)."""
+    return f"{PREFIX}:apikey-id:{key_id}"
+
+
+def usage_day(account_id: str, day: str) -> str:
+    """Hash: the account's usage on ``day`` (YYYY-MM-DD, UTC), fields ``{model}|{counter}``."""
+    return f"{PREFIX}:usage:{account_id}:{day}"
+
+
+def usage_days(account_id: str) -> str:
+    """Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD)."""
+    return f"{PREFIX}:usage:{account_id}:days"
+USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage

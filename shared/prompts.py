@@ -221,4 +221,6 @@ def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[st
         prompt = render_template(source, messages, spec)
     params = sampling_params(request, spec)
     check_context(spec, messages, prompt, params.get("max_tokens"))
-    return {"model": spec.id, "messages": messages, "prompt": prompt, "params": params}
+    prompt_bytes = len(prompt.encode()) if prompt is not None else sum(len(m["content"].encode()) for m in messages)
+    return {"model": spec.id, "messages": messages, "prompt": prompt, "params": params,
+            "prompt_bytes": prompt_bytes}

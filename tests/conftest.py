@@ -19,6 +19,7 @@ from tests.fakeprovider import FakeProvider, start_fake_provider
 
 DEV_KEY = "cf-test-dev-key"
 OTHER_KEY = "cf-test-other-key"
+ADMIN_KEY = "cf-test-admin-key"
 TEST_CATALOG = Path(__file__).with_name("data") / "test_catalog.toml"
 
 
@@ -29,6 +30,9 @@ class Stack:
     base_url: str
     env: dict[str, str]
     log_dir: Path
+
+    def admin(self) -> httpx.Client:
+        return self.client(ADMIN_KEY)
 
     def client(self, key: str = DEV_KEY, headers: dict[str, str] | None = None, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers={"x-api-key": key, **(headers or {})},
@@ -47,6 +51,8 @@ def stack_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         "CHATFLEET_REDIS_URL": redis_url,
         "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
         "CHATFLEET_DEV_API_KEY": DEV_KEY,
+        "CHATFLEET_ADMIN_API_KEY": ADMIN_KEY,
+        "CHATFLEET_SYNC_ADMISSION_WAIT_SECONDS": "1",
         "CHATFLEET_CATALOG_PATH": str(TEST_CATALOG),
         "CHATFLEET_DATA_DIR": str(tmp),
         "CHATFLEET_LEASE_SECONDS": "3",
@@ -142,15 +148,19 @@ def stack(tmp_path_factory, fake_server) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def own_stack(tmp_path) -> Iterator[callable]:
-    """A private fleet for a test that kills or restarts parts of it."""
+def own_stack(tmp_path, fake_server) -> Iterator[callable]:
+    """A private fleet for a test that kills or restarts parts of it. ``own_stack.fake`` is the
+    (reset) fake provider; pass ``fake_url=own_stack.fake_url`` to point the fleet at it."""
     started: list[Stack] = []
+    fake_server.reset()
 
     def make(**kwargs: Any) -> Stack:
         s = start_stack(tmp_path / f"s{len(started)}", **kwargs)
         started.append(s)
         return s
 
+    make.fake = fake_server
+    make.fake_url = fake_server.base_url
     yield make
     for s in started:
         s.fleet.stop_all()

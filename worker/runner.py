@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from dataclasses import dataclass, field
 
 import orjson
 
 from shared.catalog import Catalog, ModelSpec
 from shared.events import read_events
+from redis.exceptions import RedisError
+
 from shared.jobs import END, ERROR, TOKEN, JobStore
+from shared.limiter import Admission, Limiter, reservation
+from shared.usage import UsageRecord
+from shared.usage import record as usage_record
 from shared.schemas import completion_body, stream_chunk
 from shared.settings import Settings
 from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
@@ -45,6 +52,14 @@ class Attempt:
     token: str
     seq: int
     delivered: list[str] = field(default_factory=list)
+    account_id: str = ""
+    model_id: str = ""
+    started: float = 0.0
+    prompt_bytes: int = 0
+    submitted_at: float = 0.0
+    spec: ModelSpec | None = None
+    usage: UsageRecord | None = None
+    handle: object = None  # the runtime's RunningJob
 
     @property
     def text(self) -> str:
@@ -62,12 +77,15 @@ def _dumps(value) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, catalog: Catalog, providers: dict[str, Provider], settings: Settings):
         self.store = store
+        self.limiter = Limiter(store.redis, settings)
         self.catalog = catalog
         self.providers = providers
         self.settings = settings
 
-    async def run(self, job_id: str, token: str, cancel_reason) -> str:
-        """Run one attempt; returns what happened (for logs and tests)."""
+    async def run(self, job_id: str, token: str, running) -> str:
+        """Run one attempt; returns what happened (for logs and tests). ``running`` is the
+        runtime's handle on the attempt: ``reason`` says why it was cancelled, and ``limits``
+        is set here so that the runtime renews the attempt's concurrency leases."""
         claim = await self.store.claim(job_id, token)
         if claim.outcome == "exhausted":
             await self.store.fail_unclaimed(
@@ -78,19 +96,81 @@ class JobRunner:
             return "exhausted"
         if claim.outcome != "claimed":
             return claim.outcome
+        running.owned = True
+        try:
+            return await self._run_claimed(job_id, token, running, claim)
+        finally:
+            running.owned = False
+            running.limits = None
 
+    async def _run_claimed(self, job_id: str, token: str, running, claim) -> str:
         record = await self.store.get(job_id)
         job_spec = orjson.loads(record["spec"])
+        account_id = record["account_id"]
         prior = await read_events(self.store.redis, job_id)
         attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
-                          [chunk_text(e.data) for e in prior if e.type == TOKEN])
-        log.info("job started", extra={"job_id": job_id, "account_id": record.get("account_id"),
-                                       "model": job_spec["model"], "attempt": claim.attempts})
+                          [chunk_text(e.data) for e in prior if e.type == TOKEN],
+                          account_id=account_id, model_id=job_spec["model"],
+                          started=float(record.get("started_at") or time.time()),  # refreshed at admission
+                          prompt_bytes=int(job_spec.get("prompt_bytes", 0)),
+                          submitted_at=float(record["created_at"]))
+        context = {"job_id": job_id, "account_id": account_id, "model": job_spec["model"],
+                   "attempt": claim.attempts}
+        model = self.catalog.get(job_spec["model"])
+        if model is None:
+            return await self._finish_failed(attempt, "model_unavailable",
+                                             f"model {job_spec['model']!r} is no longer in the catalog")
+        attempt.spec = model
+        attempt.handle = running
+
         try:
-            model = self.catalog.get(job_spec["model"])
-            if model is None:
-                raise ProviderError(f"model {job_spec['model']!r} is no longer in the catalog",
-                                    code="model_unavailable")
+            admission = await self._admit(attempt, model, job_spec)
+        except RedisError as exc:
+            # Fail closed: nothing runs without admission. The lease lapses and the job is
+            # handed out again once Redis answers.
+            log.error("admission impossible, Redis unavailable: %s", exc, extra=context)
+            return "redis_unavailable"
+        if admission.outcome == "too_large":
+            return await self._finish_failed(attempt, "limit_exceeded", admission.reason)
+        if admission.outcome == "waiting":
+            running.owned = False
+            if await self.store.park(job_id, token, attempt.seq + 1, admission.retry_at, admission.reason):
+                log.info("job throttled: %s", admission.reason, extra=context)
+                return "throttled"
+            return "lost"
+        running.limits = (account_id, model.id, model.deployment_name)
+        if not record.get("started_at"):
+            attempt.started = time.time()
+        if admission.next_job:
+            await self.store.requeue_waiting(admission.next_job, account_id)
+
+        log.info("job started", extra={**context, "provider": model.family})
+        outcome = await self._execute(attempt, model, job_spec, running)
+        running.limits = None
+        try:
+            next_job = await self.limiter.settle(
+                job_id=job_id, account_id=account_id, model=model.id, deployment=model.deployment_name,
+                tokens=attempt.usage.prompt_tokens + attempt.usage.completion_tokens if attempt.usage else 0,
+            )
+            if next_job:
+                await self.store.requeue_waiting(next_job, account_id)
+        except RedisError as exc:  # the leases lapse on their own; the estimate stays counted
+            log.warning("could not settle rate limits: %s", exc, extra=context)
+        return outcome
+
+    async def _admit(self, attempt: Attempt, model: ModelSpec, job_spec) -> Admission:
+        limits = self.catalog.deployment_limits(model)
+        completion_bound = min(model.max_output, self.settings.default_completion_reservation)
+        return await self.limiter.admit(
+            job_id=attempt.job_id, account_id=attempt.account_id, model=model.id,
+            deployment=model.deployment_name, deployment_rpm=limits.rpm, deployment_tpm=limits.tpm,
+            tokens=reservation(attempt.prompt_bytes, job_spec["params"].get("max_tokens"), completion_bound),
+            submitted_at=attempt.submitted_at,
+        )
+
+    async def _execute(self, attempt: Attempt, model: ModelSpec, job_spec, running) -> str:
+        job_id = attempt.job_id
+        try:
             provider = self.providers.get(model.family)
             if provider is None:
                 raise ProviderError(f"no adapter for the {model.family} family", code="model_unavailable")
@@ -105,8 +185,7 @@ class JobRunner:
         except JobCancelled:
             return await self._finish_cancelled(attempt)
         except asyncio.CancelledError:
-            reason = cancel_reason()
-            if reason == "cancel":
+            if running.reason == "cancel":
                 asyncio.current_task().uncancel()
                 return await self._finish_cancelled(attempt)
             raise  # lost ownership or shutdown: another attempt takes over
@@ -172,25 +251,35 @@ class JobRunner:
         if outcome == 1:
             raise JobCancelled()
 
-    async def _finish(self, attempt: Attempt, status: str, fields: dict[str, str], events) -> str:
-        if not await self.store.finish(attempt.job_id, attempt.token, status, fields, events):
+    async def _finish(self, attempt: Attempt, status: str, fields: dict[str, str], events,
+                      prompt_tokens: int | None = None, completion_tokens: int | None = None) -> str:
+        estimated = prompt_tokens is None
+        if estimated:
+            # The provider never reported usage (cancelled, failed, cut): count what subscribers
+            # received, and the prompt at a typical 4 bytes per token.
+            prompt_tokens = math.ceil(attempt.prompt_bytes / 4) if attempt.delivered else 0
+            completion_tokens = len(attempt.delivered)
+        attempt.usage = usage_record(attempt.spec, attempt.model_id, prompt_tokens, completion_tokens,
+                                     attempt.started, estimated=estimated)
+        if attempt.handle is not None:
+            attempt.handle.owned = False  # the lease is released by the finish itself
+        if not await self.store.finish(attempt.job_id, attempt.token, status, fields, events,
+                                       attempt.account_id, attempt.usage):
             log.warning("job lost before it could finish", extra={"job_id": attempt.job_id})
             return "lost"
-        log.info("job %s", status, extra={"job_id": attempt.job_id})
+        log.info("job %s", status, extra={"job_id": attempt.job_id, "account_id": attempt.account_id,
+                                          "model": attempt.model_id})
         return status
-
-    def _usage(self, prompt_tokens: int, completion_tokens: int) -> str:
-        return _dumps({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
 
     async def _finish_succeeded(self, attempt: Attempt, completion: Completion) -> str:
         final = stream_chunk("", completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         body = completion_body(attempt.text, completion.finish_reason,
                                completion.prompt_tokens, completion.completion_tokens)
         return await self._finish(
-            attempt, "succeeded",
-            {"result": _dumps(body), "usage": self._usage(completion.prompt_tokens, completion.completion_tokens)},
+            attempt, "succeeded", {"result": _dumps(body)},
             [(attempt.seq + 1, TOKEN, _dumps(final)),
              (attempt.seq + 2, END, _dumps({"status": "succeeded"}))],
+            completion.prompt_tokens, completion.completion_tokens,
         )
 
     async def _finish_cancelled(self, attempt: Attempt) -> str:

@@ -32,6 +32,7 @@ from worker.runner import JobRunner
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.25
+SCHEDULER_SECONDS = 0.025
 
 
 @dataclass
@@ -39,6 +40,10 @@ class RunningJob:
     token: str
     task: asyncio.Task
     reason: str | None = None
+    # (account, model, deployment) while the job holds concurrency leases.
+    limits: tuple[str, str, str] | None = None
+    # Whether the attempt holds the job's lease (only then is it renewed and watched).
+    owned: bool = False
 
 
 class WorkerRuntime:
@@ -88,6 +93,7 @@ class WorkerRuntime:
             asyncio.create_task(self._watch_running(), name="watch-running"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._reap_lapsed(), name="reaper"),
+            asyncio.create_task(self._release_throttled(), name="throttle-scheduler"),
         ]
         if keys.QUEUE_LOCAL in self.queues:
             local = self.providers.get("local")
@@ -109,31 +115,39 @@ class WorkerRuntime:
         entry = RunningJob(token, asyncio.current_task())
         self.running[job_id] = entry
         try:
-            return await self.runner.run(job_id, token, lambda: entry.reason)
+            return await self.runner.run(job_id, token, entry)
         finally:
             if self.running.get(job_id) is entry:
                 del self.running[job_id]
 
     async def _watch_running(self) -> None:
-        """Every 250 ms: which running jobs were cancelled; every lease/3: renew the leases.
-        Both in one pipelined round trip for all jobs of the process."""
+        """Every 250 ms: which running jobs were cancelled; every lease/3: renew their job leases
+        and concurrency leases. One pipelined round trip for all jobs of the process."""
         renew_every = self.settings.lease_seconds / 3
         last_renew = 0.0
         while True:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             if not self.running:
                 continue
-            jobs = list(self.running.items())
+            jobs = [(job_id, entry) for job_id, entry in self.running.items() if entry.owned]
+            if not jobs:
+                continue
             renew = time.monotonic() - last_renew >= renew_every
+            replies: list[int] = []  # index, in the pipeline's results, of each job's answer
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for job_id, entry in jobs:
+                        replies.append(len(pipe))
                         if renew:
                             await self.store.scripts.renew_lease(
                                 keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
                                 args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
                                 client=pipe,
                             )
+                            if entry.limits:
+                                account_id, model, deployment = entry.limits
+                                self.runner.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id,
+                                                                 model=model, deployment=deployment)
                         else:
                             pipe.exists(keys.job_cancel(job_id))
                     results = await pipe.execute()
@@ -142,7 +156,8 @@ class WorkerRuntime:
                 continue
             if renew:
                 last_renew = time.monotonic()
-            for (job_id, entry), result in zip(jobs, results):
+            for (job_id, entry), index in zip(jobs, replies):
+                result = results[index]
                 if renew:
                     owned, cancel = result
                     if not owned:
@@ -154,7 +169,9 @@ class WorkerRuntime:
 
     @staticmethod
     def _stop(entry: RunningJob, reason: str) -> None:
-        if entry.reason is None:
+        # Re-checked after the round trip: an attempt that has meanwhile finished or parked
+        # its job released the lease itself and must not be interrupted.
+        if entry.reason is None and entry.owned:
             entry.reason = reason
             entry.task.cancel()
 
@@ -173,6 +190,28 @@ class WorkerRuntime:
             except Exception as exc:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.worker_heartbeat_seconds)
+
+    async def _release_throttled(self) -> None:
+        """Give each account whose wait is over its first waiting job back (in order); the
+        rest follow as each is admitted. One worker of the fleet does it at a time."""
+        interval = SCHEDULER_SECONDS
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self.redis.set(keys.SCHEDULER_LOCK, self.hostname, nx=True,
+                                            px=int(interval * 1000 * 5)):
+                    continue
+                due = await self.redis.zrangebyscore(keys.THROTTLED_ACCOUNTS, "-inf", int(time.time() * 1000),
+                                                     start=0, num=200)
+                for account_id in due:
+                    head = await self.redis.zrange(keys.account_waiting(account_id), 0, 0)
+                    if not head:
+                        await self.redis.zrem(keys.THROTTLED_ACCOUNTS, account_id)
+                    else:
+                        await self.store.requeue_waiting(head[0], account_id)
+                await self.redis.delete(keys.SCHEDULER_LOCK)
+            except Exception as exc:
+                log.warning("throttle scheduler pass failed: %s", exc)
 
     async def _reap_lapsed(self) -> None:
         """Hand back the jobs of dead workers: their leases lapsed without being renewed."""

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
+from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.submission import submit
 from shared import keys
 from shared.events import follow
-from shared.jobs import END, ERROR, public_view
+from shared.jobs import END, ERROR, THROTTLED, public_view
 from shared.schemas import ChatCompletionRequest
 
 router = APIRouter(prefix="/v4/jobs")
@@ -23,10 +24,12 @@ def _not_found(job_id: str) -> HTTPException:
 
 
 @router.post("", status_code=202)
-async def create_job(body: ChatCompletionRequest, account: CurrentAccount, catalog: CatalogDep, store: StoreDep):
+async def create_job(body: ChatCompletionRequest, request: Request, account: CurrentAccount,
+                     catalog: CatalogDep, store: StoreDep):
     record = await submit(body, account, catalog, store)
-    view = public_view(record)
-    return JSONResponse(view, status_code=202, headers={"Location": f"/v4/jobs/{record['id']}"})
+    headers = {"Location": f"/v4/jobs/{record['id']}",
+               **await ratelimit_headers(store.redis, request.app.state.limiter, account)}
+    return JSONResponse(public_view(record), status_code=202, headers=headers)
 
 
 @router.get("/{job_id}")
@@ -39,9 +42,10 @@ async def get_job(job_id: str, account: CurrentAccount, store: StoreDep):
 
 @router.post("/{job_id}/cancel")
 async def cancel_job(job_id: str, account: CurrentAccount, store: StoreDep):
-    if await store.get_for(job_id, account) is None:
+    record = await store.get_for(job_id, account)
+    if record is None:
         raise _not_found(job_id)
-    await store.cancel(job_id)
+    await store.cancel(job_id, account, record["model"])
     return public_view(await store.get(job_id))
 
 
@@ -78,8 +82,8 @@ async def stream_job(
                     return
             elif event.type == END:
                 yield sse(event.data, event="end", event_id=event.seq)
-            elif event.type == ERROR:
-                yield sse(event.data, event="error", event_id=event.seq)
+            elif event.type in (ERROR, THROTTLED):
+                yield sse(event.data, event=event.type, event_id=event.seq)
             else:
                 yield sse(event.data, event_id=event.seq)
 

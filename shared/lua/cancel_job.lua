@@ -1,7 +1,10 @@
--- Request cancellation. A job nobody runs is cancelled here and now; a running one is flagged
--- and its worker stops it.
--- KEYS: job hash, cancel flag, lease, running zset, events stream, live channel
--- ARGV: now, retention s, job id, end event data
+-- Request cancellation. A job nobody runs (queued or throttled) is cancelled here and now,
+-- with its usage record (no tokens); a running one is flagged and its worker stops it.
+-- KEYS: 1 job hash, 2 cancel flag, 3 lease, 4 running zset, 5 events stream, 6 live channel,
+--       7 account waiting zset, 8 throttled accounts zset, 9 account usage hash of the day,
+--       10 account usage days zset, 11 accounts with usage set
+-- ARGV: 1 now, 2 retention s, 3 job id, 4 end event data, 5 account id, 6 now ms, 7 model,
+--       8 day, 9 day score, 10 usage retention s
 -- Returns {"terminal", status} | {"cancelled"} | {"requested"} | {"missing"}
 local status = redis.call("HGET", KEYS[1], "status")
 if not status then return {"missing"} end
@@ -14,9 +17,21 @@ local last = redis.call("XREVRANGE", KEYS[5], "+", "-", "COUNT", 1)
 local seq = 1
 if #last > 0 then seq = tonumber(string.match(last[1][1], "-(%d+)$")) + 1 end
 redis.call("HSET", KEYS[1], "status", "cancelled", "finished_at", ARGV[1], "updated_at", ARGV[1])
+redis.call("HDEL", KEYS[1], "next_try_at")
 redis.call("XADD", KEYS[5], "0-" .. seq, "t", "end", "d", ARGV[4])
 redis.call("PUBLISH", KEYS[6], seq .. "\nend\n" .. ARGV[4])
 redis.call("ZREM", KEYS[4], ARGV[3])
+-- Out of the account's waiting line; whoever is first now gets its turn at once.
+if redis.call("ZREM", KEYS[7], ARGV[3]) == 1 and redis.call("ZCARD", KEYS[7]) > 0 then
+  redis.call("ZADD", KEYS[8], ARGV[6], ARGV[5])
+end
+local m = ARGV[7] .. "|"
+redis.call("HINCRBY", KEYS[9], m .. "requests", 1)
+redis.call("HINCRBY", KEYS[9], m .. "cancelled", 1)
+redis.call("EXPIRE", KEYS[9], ARGV[10])
+redis.call("ZADD", KEYS[10], ARGV[9], ARGV[8])
+redis.call("EXPIRE", KEYS[10], ARGV[10])
+redis.call("SADD", KEYS[11], ARGV[5])
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 redis.call("EXPIRE", KEYS[5], ARGV[2])
 return {"cancelled"}

@@ -20,7 +20,4 @@ end
 redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
 redis.call("ZADD", KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[5])
 redis.call("HSET", KEYS[1], "status", "running", "updated_at", ARGV[3], "worker", ARGV[1])
-if not redis.call("HGET", KEYS[1], "started_at") then
-  redis.call("HSET", KEYS[1], "started_at", ARGV[3])
-end
 return {"claimed", tostring(attempts)}

@@ -12,6 +12,9 @@ from shared import keys
 from shared.events import read_events
 from shared.jobs import END, TOKEN, JobStore
 from shared.settings import Settings
+from shared.usage import read_usage, record
+
+USAGE = record(None, "m", 3, 2, None)
 
 
 @pytest.fixture
@@ -51,13 +54,18 @@ def test_a_job_is_owned_by_one_attempt_at_a_time(store):
         assert busy.outcome == "busy"
         assert await store.publish(job_id, "b", [(1, TOKEN, "{}")]) == -1  # fenced
         assert await store.publish(job_id, "a", [(1, TOKEN, "{}")]) == 0
-        assert not await store.finish(job_id, "b", "succeeded", {}, [])
-        assert await store.finish(job_id, "a", "succeeded", {"result": "{}"}, [(2, END, "{}")])
+        assert not await store.finish(job_id, "b", "succeeded", {}, [], "acct", USAGE)
+        assert await store.finish(job_id, "a", "succeeded", {"result": "{}"}, [(2, END, "{}")], "acct", USAGE)
+        assert not await store.finish(job_id, "a", "succeeded", {"result": "{}"}, [(3, END, "{}")], "acct", USAGE)
         assert (await store.claim(job_id, "c")).outcome == "terminal"
         assert [e.seq for e in await read_events(store.redis, job_id)] == [1, 2]
         record = await store.get(job_id)
         assert record["status"] == "succeeded" and record["attempts"] == "1"
         assert await store.redis.zscore(keys.RUNNING_JOBS, job_id) is None
+        # One usage record, however many attempts tried to finish.
+        from datetime import date
+        (row,) = await read_usage(store.redis, "acct", date(2000, 1, 1), date(2100, 1, 1))
+        assert (row["requests"], row["succeeded"], row["prompt_tokens"], row["completion_tokens"]) == (1, 1, 3, 2)
     run(go())
 
 
@@ -74,12 +82,12 @@ def test_event_ids_must_grow(store):
 def test_cancel_a_queued_job_ends_it_at_once(store):
     async def go():
         job_id = await new_job(store)
-        assert await store.cancel(job_id) == ("cancelled", "")
+        assert await store.cancel(job_id, "acct", "m") == ("cancelled", "")
         assert (await store.get(job_id))["status"] == "cancelled"
         events = await read_events(store.redis, job_id)
         assert [(e.seq, e.type) for e in events] == [(1, END)]
         assert (await store.claim(job_id, "a")).outcome == "terminal"
-        assert await store.cancel(job_id) == ("terminal", "cancelled")
+        assert await store.cancel(job_id, "acct", "m") == ("terminal", "cancelled")
     run(go())
 
 
@@ -87,7 +95,7 @@ def test_cancel_a_running_job_flags_it_for_its_worker(store):
     async def go():
         job_id = await new_job(store)
         await store.claim(job_id, "a")
-        assert await store.cancel(job_id) == ("requested", "")
+        assert await store.cancel(job_id, "acct", "m") == ("requested", "")
         assert (await store.get(job_id))["status"] == "running"
         assert await store.publish(job_id, "a", [(1, TOKEN, "x")]) == 1
         assert await store.renew(job_id, "a") == (True, True)

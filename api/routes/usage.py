@@ -1,0 +1,63 @@
+"""Usage: ``GET /v4/usage`` (the caller's account) and ``GET /v4/admin/usage`` (any or all)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import PlainTextResponse
+
+from api.deps import AdminAuth, CurrentAccount, RedisDep
+from shared import accounts
+from shared.usage import default_range, group, read_usage, to_csv
+
+router = APIRouter()
+
+GroupBy = Annotated[list[Literal["model", "day"]] | None, Query(description="model and/or day")]
+
+
+def _render(rows: list[dict], fmt: str, start: date, end: date):
+    if fmt == "csv":
+        return PlainTextResponse(to_csv(rows), media_type="text/csv",
+                                 headers={"Content-Disposition": "attachment; filename=usage.csv"})
+    return {"object": "usage", "start": start.isoformat(), "end": end.isoformat(), "data": rows}
+
+
+def _check_range(start: date, end: date) -> None:
+    if start > end:
+        raise HTTPException(400, f"start ({start}) is after end ({end})")
+    if (end - start).days > 400:
+        raise HTTPException(400, "the date range may span at most 400 days")
+
+
+@router.get("/v4/usage")
+async def my_usage(
+    account: CurrentAccount, redis: RedisDep,
+    start: date | None = None, end: date | None = None, model: str | None = None,
+    group_by: GroupBy = None, format: Literal["json", "csv"] = "json", account_id: str | None = None,
+):
+    """Aggregated usage of the caller's own account (UTC days, both ends included)."""
+    if account_id is not None and account_id != account:
+        raise HTTPException(404, f"account {account_id!r} not found")
+    start, end = default_range(start, end)
+    _check_range(start, end)
+    rows = await read_usage(redis, account, start, end, model)
+    return _render(group(rows, set(group_by or ["model", "day"])), format, start, end)
+
+
+@router.get("/v4/admin/usage", dependencies=[AdminAuth])
+async def all_usage(
+    redis: RedisDep, start: date | None = None, end: date | None = None, model: str | None = None,
+    account_id: str | None = None, group_by: Annotated[list[Literal["account", "model", "day"]] | None, Query()] = None,
+    format: Literal["json", "csv"] = "json",
+):
+    """Usage across accounts (or one), grouped by account, model and/or day."""
+    start, end = default_range(start, end)
+    _check_range(start, end)
+    ids = [account_id] if account_id else [a["id"] for a in await accounts.list_accounts(redis)]
+    rows = []
+    for acct in ids:
+        rows.extend(await read_usage(redis, acct, start, end, model))
+    by = {"account_id" if g == "account" else g for g in (group_by or ["account", "model", "day"])}
+    return _render(group(rows, by), format, start, end)

@@ -1,0 +1,111 @@
+"""Per-account and per-deployment rate limits, enforced atomically in Redis for the whole fleet.
+
+A limit of N per minute admits at most N in any window of ``CHATFLEET_RATE_WINDOW_SECONDS``
+(60): a sliding log of admissions, not a fixed window (which lets 2N through at a boundary)
+nor a token bucket (which lets a burst of N follow a full minute). Admission is one Lua script
+(``lua/admit.lua``): requests, estimated tokens (prompt + max_tokens) and a concurrency lease,
+across the account, the account's per-model override and the provider deployment, all or
+nothing. After the call, ``settle`` replaces the estimate with the real count and frees the
+lease. Leases expire on their own, so a killed worker cannot lock an account out.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from shared import keys
+from shared.scripts import Scripts
+from shared.settings import Settings
+
+PARTS = ("req", "tok", "total", "conc")
+
+
+def scope_keys(account_id: str, model: str, deployment: str) -> list[str]:
+    """The 12 keys of the three scopes (account, account x model, deployment)."""
+    out = []
+    for scope in (f"acct:{account_id}", f"acct:{account_id}:model:{model}", f"dep:{deployment}"):
+        out.extend(keys.rate(scope, part) for part in PARTS)
+    return out
+
+
+@dataclass
+class Admission:
+    outcome: str  # admitted | waiting | too_large
+    next_job: str = ""
+    retry_at: float | None = None  # unix seconds
+    reason: str = ""
+
+
+@dataclass
+class Usage:
+    limit: int | None
+    remaining: int | None
+
+
+class Limiter:
+    def __init__(self, redis, settings: Settings):
+        self.redis = redis
+        self.settings = settings
+        self.scripts = Scripts(redis)
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.settings.rate_window_seconds * 1000)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_seconds * 1000)
+
+    async def admit(
+        self, *, job_id: str, account_id: str, model: str, deployment: str,
+        deployment_rpm: int | None, deployment_tpm: int | None, tokens: int, submitted_at: float,
+    ) -> Admission:
+        result = await self.scripts.admit(
+            keys=[keys.account(account_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS,
+                  *scope_keys(account_id, model, deployment), keys.job(job_id)],
+            args=[int(time.time() * 1000), self.window_ms, job_id, tokens, self.lease_ms, account_id,
+                  repr(submitted_at), model, deployment_rpm or -1, deployment_tpm or -1],
+        )
+        if result[0] == "admitted":
+            return Admission("admitted", next_job=result[1])
+        if result[0] == "waiting":
+            return Admission("waiting", retry_at=int(result[1]) / 1000, reason=result[2])
+        return Admission("too_large", reason=result[1])
+
+    async def settle(self, *, job_id: str, account_id: str, model: str, deployment: str, tokens: int) -> str:
+        """Record the real token count and free the job's slots; returns the account's next
+        waiting job ("" if none)."""
+        return await self.scripts.settle(
+            keys=[keys.account_waiting(account_id), *scope_keys(account_id, model, deployment)],
+            args=[job_id, tokens],
+        )
+
+    def renew_leases(self, pipe, *, job_id: str, account_id: str, model: str, deployment: str) -> None:
+        """Queue on ``pipe`` the renewal of the job's concurrency leases (only those it holds)."""
+        expiry = int(time.time() * 1000) + self.lease_ms
+        for key in scope_keys(account_id, model, deployment)[3::4]:
+            pipe.zadd(key, {job_id: expiry}, xx=True)
+
+    async def account_usage(self, account_id: str, limits: dict[str, int | None]) -> dict[str, Usage]:
+        """Remaining requests and tokens of the account in the current window (for headers)."""
+        req, tok, total, conc = (keys.rate(f"acct:{account_id}", part) for part in PARTS)
+        now_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(req, now_ms - self.window_ms, "+inf")
+            pipe.get(total)
+            pipe.zcount(conc, now_ms, "+inf")
+            used_requests, used_tokens, running = await pipe.execute()
+        out = {}
+        for name, used in (("requests", used_requests), ("tokens", int(used_tokens or 0)),
+                           ("concurrency", running)):
+            limit = limits.get(name)
+            out[name] = Usage(limit, None if limit is None else max(limit - int(used), 0))
+        return out
+
+
+def reservation(prompt_bytes: int, max_tokens: int | None, fallback_completion: int) -> int:
+    """Tokens to reserve before the call: a high estimate of the prompt (one token per 3 bytes
+    of UTF-8, more than real tokenizers produce on almost any text) plus the completion bound."""
+    return math.ceil(prompt_bytes / 3) + (max_tokens if max_tokens is not None else fallback_completion)

@@ -1,0 +1,137 @@
+-- Admit a job under every limit that applies to it, atomically, in one round trip.
+--
+-- Three scopes, each a sliding window of the last ARGV[2] ms plus concurrency leases:
+--   1. the account (limits from its hash: rpm, tpm, max_concurrency),
+--   2. the account for this model (model_limits JSON in the account hash, by model id),
+--   3. the provider deployment (rpm, tpm from ARGV: what the upstream key allows).
+-- Per scope: req (zset job -> admit ms), tok (hash job -> tokens), total (string: sum of tok),
+-- conc (zset job -> lease expiry ms).
+--
+-- Jobs of an account are admitted in submission order: while the account has waiting jobs, a
+-- job that is not the first of them waits behind it.
+--
+-- KEYS: 1 account hash, 2 account waiting zset, 3 throttled accounts zset,
+--       4..7 account scope (req, tok, total, conc), 8..11 model scope, 12..15 deployment scope,
+--       16 job hash (its started_at is the time of its first admission)
+-- ARGV: 1 now ms, 2 window ms, 3 job id, 4 estimated tokens, 5 lease ms, 6 account id,
+--       7 job submission score, 8 model id, 9 deployment rpm (-1: none), 10 deployment tpm
+-- Returns {"admitted", next waiting job or ""} | {"waiting", retry at ms, reason}
+--       | {"too_large", reason}
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local job = ARGV[3]
+local est = tonumber(ARGV[4])
+local lease = tonumber(ARGV[5])
+
+local function limit(v)
+  local n = tonumber(v)
+  if n == nil or n < 0 then return nil end
+  return n
+end
+
+local acct = redis.call("HMGET", KEYS[1], "rpm", "tpm", "max_concurrency", "model_limits")
+local model_rpm, model_tpm, model_conc
+if acct[4] then
+  local ok, all = pcall(cjson.decode, acct[4])
+  if ok and type(all) == "table" and type(all[ARGV[8]]) == "table" then
+    local m = all[ARGV[8]]
+    model_rpm, model_tpm, model_conc = limit(m.rpm), limit(m.tpm), limit(m.max_concurrency)
+  end
+end
+local scopes = {
+  {k = 4, rpm = limit(acct[1]), tpm = limit(acct[2]), conc = limit(acct[3]), name = "account"},
+  {k = 8, rpm = model_rpm, tpm = model_tpm, conc = model_conc, name = "account model"},
+  {k = 12, rpm = limit(ARGV[9]), tpm = limit(ARGV[10]), conc = nil, name = "provider deployment"},
+}
+
+-- A request that could never fit a token limit must not wait forever.
+for _, s in ipairs(scopes) do
+  if s.tpm and est > s.tpm then
+    return {"too_large", s.name .. " tokens-per-window limit is " .. s.tpm .. ", the request needs up to " .. est}
+  end
+end
+
+-- Order: only the first waiting job of the account may be admitted.
+local head = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
+if head and head ~= job then
+  redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
+  local at = redis.call("ZSCORE", KEYS[3], ARGV[6])
+  return {"waiting", tostring(at or (now + 1000)), "waiting behind earlier jobs of the account"}
+end
+
+local retry_at = nil
+local reason = nil
+local function later(t, why)
+  if retry_at == nil or t > retry_at then retry_at = t; reason = why end
+end
+
+for _, s in ipairs(scopes) do
+  local req, tok, total, conc = KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], KEYS[s.k + 3]
+  -- Slide the window: forget admissions older than it, and their tokens.
+  local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)
+  if #old > 0 then
+    local amounts = redis.call("HMGET", tok, unpack(old))
+    local gone = 0
+    for _, a in ipairs(amounts) do gone = gone + (tonumber(a) or 0) end
+    redis.call("DECRBY", total, gone)
+    redis.call("HDEL", tok, unpack(old))
+    redis.call("ZREMRANGEBYSCORE", req, "-inf", now - window)
+  end
+  redis.call("ZREMRANGEBYSCORE", conc, "-inf", now)  -- leases of dead workers lapse
+  s.known = redis.call("ZSCORE", req, job) ~= false
+  if not s.known then
+    if s.rpm then
+      local count = redis.call("ZCARD", req)
+      if count >= s.rpm then
+        local nth = redis.call("ZRANGE", req, count - s.rpm, count - s.rpm, "WITHSCORES")
+        later(tonumber(nth[2]) + window + 1, s.name .. " requests-per-window limit (" .. s.rpm .. ")")
+      end
+    end
+    if s.tpm then
+      local used = tonumber(redis.call("GET", total) or "0")
+      if used + est > s.tpm then
+        -- When will enough of the window's tokens have slid out?
+        local entries = redis.call("ZRANGE", req, 0, -1, "WITHSCORES")
+        local freed = 0
+        local at = now + window
+        for i = 1, #entries, 2 do
+          freed = freed + (tonumber(redis.call("HGET", tok, entries[i])) or 0)
+          if used - freed + est <= s.tpm then at = tonumber(entries[i + 1]) + window + 1; break end
+        end
+        later(at, s.name .. " tokens-per-window limit (" .. s.tpm .. ")")
+      end
+    end
+  end
+  if s.conc and redis.call("ZSCORE", conc, job) == false then
+    if redis.call("ZCARD", conc) >= s.conc then
+      -- A finishing job wakes the account at once; this is only the fallback.
+      later(now + 1000, s.name .. " concurrency limit (" .. s.conc .. ")")
+    end
+  end
+end
+
+if retry_at then
+  redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
+  local current = redis.call("ZSCORE", KEYS[3], ARGV[6])
+  if current == false or tonumber(current) > retry_at or head == job then
+    redis.call("ZADD", KEYS[3], retry_at, ARGV[6])
+  end
+  return {"waiting", tostring(retry_at), reason}
+end
+
+for _, s in ipairs(scopes) do
+  local req, tok, total, conc = KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], KEYS[s.k + 3]
+  if not s.known and (s.rpm or s.tpm) then
+    redis.call("ZADD", req, now, job)
+    redis.call("HSET", tok, job, est)
+    redis.call("INCRBY", total, est)
+  end
+  if s.conc then redis.call("ZADD", conc, now + lease, job) end
+  for i = 0, 3 do redis.call("PEXPIRE", KEYS[s.k + i], window + lease + 60000) end
+end
+
+redis.call("ZREM", KEYS[2], job)
+redis.call("HSETNX", KEYS[16], "started_at", string.format("%.3f", now / 1000))
+local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
+if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
+return {"admitted", next_job or ""}

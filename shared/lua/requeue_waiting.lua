@@ -1,0 +1,23 @@
+-- Send an account's first waiting job back to its queue for another admission attempt.
+-- KEYS: job hash, account waiting zset, throttled accounts zset, queue list
+-- ARGV: job id, now (unix s), account id, watchdog (ms: when to look again if nothing else
+--       does), Celery message, now ms
+-- Returns 1 when requeued.
+local status = redis.call("HGET", KEYS[1], "status")
+if status ~= "throttled" then
+  if status == "running" or status == "queued" then
+    -- Mid-admission or already on its way: it parks itself again or is admitted; look
+    -- again very soon in case it parked before this call.
+    redis.call("ZADD", KEYS[3], tonumber(ARGV[6]) + 100, ARGV[3])
+    return 0
+  end
+  -- Finished or gone: out of the line, and the next one gets its turn.
+  redis.call("ZREM", KEYS[2], ARGV[1])
+  if redis.call("ZCARD", KEYS[2]) > 0 then redis.call("ZADD", KEYS[3], ARGV[6], ARGV[3]) end
+  return 0
+end
+redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
+redis.call("HDEL", KEYS[1], "next_try_at")
+redis.call("LPUSH", KEYS[4], ARGV[5])
+redis.call("ZADD", KEYS[3], ARGV[4], ARGV[3])
+return 1

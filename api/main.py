@@ -6,6 +6,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -19,6 +21,16 @@ from shared.limiter import Limiter
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
+
+
+def _encodable(value):
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _encodable(v) for k, v in value.items()}
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -50,6 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's own 422, made safe to encode: a request can carry text (lone surrogates)
+        # that is valid JSON but cannot be written back as UTF-8.
+        return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError):

@@ -8,6 +8,7 @@ model's default template, or the provider's own chat format).
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ DEFAULT_TEMPERATURE = 0.2
 TEMPLATE_RENDER_SECONDS = 1.0
 TEMPLATE_OUTPUT_CHARS = 2_000_000
 TEMPLATE_MAX_RANGE = 10_000
+MAX_INT_BITS = 4096
+_FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\d+)")
 
 
 class RequestError(ValueError):
@@ -39,13 +42,16 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     template makes, so a template that loops without output is stopped too.
     """
 
-    intercepted_binops = frozenset({"*", "**", "+"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self) -> None:
         super().__init__(trim_blocks=True, lstrip_blocks=True, autoescape=False)
         self.deadline = 0.0
         self.globals["raise_exception"] = _raise_exception
         self.globals["range"] = self._range
+        for name in ("center", "indent", "wordwrap", "truncate", "format", "filesizeformat", "round"):
+            if name in self.filters:
+                self.filters[name] = _bounded_filter(name, self.filters[name])
 
     def _check(self) -> None:
         if time.monotonic() > self.deadline:
@@ -61,6 +67,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def call(self, __context, __obj, *args, **kwargs):  # noqa: N807 (jinja's signature)
         self._check()
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, int) and abs(value) > TEMPLATE_OUTPUT_CHARS:
+                raise _TemplateLimit("chat_template passes a number too large to a call")
         return super().call(__context, __obj, *args, **kwargs)
 
     def getattr(self, obj, attribute):
@@ -77,17 +86,35 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context, operator, left, right):
         self._check()
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise _TemplateLimit("chat_template exponent too large")
+        if isinstance(left, int) and isinstance(right, int):
+            # Big-integer arithmetic holds the GIL until it is done: bound it before it starts.
+            if operator == "**" and right > 0 and max(left.bit_length(), 1) * right > MAX_INT_BITS:
+                raise _TemplateLimit("chat_template computes a number too large")
+            if operator == "*" and left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise _TemplateLimit("chat_template computes a number too large")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
                     if len(seq) * times > TEMPLATE_OUTPUT_CHARS:
                         raise _TemplateLimit("chat_template builds a value larger than allowed")
+        if operator == "%" and isinstance(left, str):
+            widths = [int(w) for w in _FORMAT_WIDTH.findall(left)]
+            if widths and max(widths) > TEMPLATE_OUTPUT_CHARS:
+                raise _TemplateLimit("chat_template formats a value wider than allowed")
         result = super().call_binop(context, operator, left, right)
         if isinstance(result, (str, list, tuple)) and len(result) > TEMPLATE_OUTPUT_CHARS:
             raise _TemplateLimit("chat_template builds a value larger than allowed")
         return result
+
+
+def _bounded_filter(name: str, original):
+    """A width-taking filter that refuses widths beyond the output bound before allocating."""
+    def bounded(value, *args, **kwargs):
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, int) and abs(arg) > TEMPLATE_OUTPUT_CHARS:
+                raise _TemplateLimit(f"chat_template asks the {name} filter for too much")
+        return original(value, *args, **kwargs)
+    return bounded
 
 
 def _raise_exception(message: str) -> None:

@@ -29,6 +29,16 @@ class Message(BaseModel):
     def _missing_role_is_user(cls, value: Any) -> Any:
         return "user" if value is None else value
 
+    @field_validator("content")
+    @classmethod
+    def _valid_unicode(cls, value):
+        for text in ([value] if isinstance(value, str) else [p.text for p in value]):
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError("content is not valid Unicode text (it has a lone surrogate)") from None
+        return value
+
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content

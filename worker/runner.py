@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_PROVIDER_CALLS = 4
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 20.0
+MAX_RETRY_AFTER_SECONDS = 60.0
 
 
 class JobCancelled(Exception):
@@ -226,6 +227,8 @@ class JobRunner:
                 if not exc.retryable or calls >= MAX_PROVIDER_CALLS:
                     raise
                 delay = exc.retry_after
+                if delay is not None and delay > MAX_RETRY_AFTER_SECONDS:
+                    raise  # waiting that long helps nobody: the client hears it now
                 if delay is None:
                     delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (calls - 1))
                     delay *= random.uniform(0.5, 1.0)

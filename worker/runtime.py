@@ -37,6 +37,7 @@ SCHEDULER_SECONDS = 0.025
 
 @dataclass
 class RunningJob:
+    job_id: str
     token: str
     task: asyncio.Task
     reason: str | None = None
@@ -62,7 +63,14 @@ class WorkerRuntime:
 
     def start(self) -> None:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._startup(), self.loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self._startup(), self.loop).result()
+        except Exception:
+            # A worker that cannot serve its queues must not look alive (heartbeat) while
+            # holding jobs forever: stop the process, loudly, so that it is restarted or seen.
+            log.critical("worker runtime failed to start; exiting", exc_info=True)
+            logging.shutdown()
+            os._exit(3)
         self._started.set()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -89,16 +97,17 @@ class WorkerRuntime:
         self.store = JobStore(self.redis, self.settings)
         self.providers = Providers(self.settings)
         self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
+        if keys.QUEUE_LOCAL in self.queues:
+            local = self.providers.get("local")
+            if isinstance(local, LocalProvider):
+                await self.loop.run_in_executor(None, local.model.load)
+        # Only once everything loaded: the heartbeat is what tells /readyz this worker serves.
         self._background = [
             asyncio.create_task(self._watch_running(), name="watch-running"),
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._reap_lapsed(), name="reaper"),
             asyncio.create_task(self._release_throttled(), name="throttle-scheduler"),
         ]
-        if keys.QUEUE_LOCAL in self.queues:
-            local = self.providers.get("local")
-            if isinstance(local, LocalProvider):
-                await self.loop.run_in_executor(None, local.model.load)
 
     async def _shutdown(self) -> None:
         for task in self._background:
@@ -112,13 +121,14 @@ class WorkerRuntime:
 
     async def _run_job(self, job_id: str) -> str:
         token = f"{self.hostname}/{uuid.uuid4().hex[:12]}"
-        entry = RunningJob(token, asyncio.current_task())
-        self.running[job_id] = entry
+        entry = RunningJob(job_id, token, asyncio.current_task())
+        # Keyed by attempt: a duplicate delivery of the same job in this process must not
+        # displace the attempt that owns it.
+        self.running[token] = entry
         try:
             return await self.runner.run(job_id, token, entry)
         finally:
-            if self.running.get(job_id) is entry:
-                del self.running[job_id]
+            del self.running[token]
 
     async def _watch_running(self) -> None:
         """Every 250 ms: which running jobs were cancelled; every lease/3: renew their job leases
@@ -129,7 +139,7 @@ class WorkerRuntime:
             await asyncio.sleep(CANCEL_POLL_SECONDS)
             if not self.running:
                 continue
-            jobs = [(job_id, entry) for job_id, entry in self.running.items() if entry.owned]
+            jobs = [(entry.job_id, entry) for entry in self.running.values() if entry.owned]
             if not jobs:
                 continue
             renew = time.monotonic() - last_renew >= renew_every

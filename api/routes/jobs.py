@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
 from api.ratelimit import ratelimit_headers
@@ -13,7 +13,8 @@ from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.submission import submit
 from shared import keys
 from shared.events import follow
-from shared.jobs import END, ERROR, THROTTLED, public_view
+from shared.jobs import END, ERROR, THROTTLED, last_event_seq, public_view
+from shared.schemas import TERMINAL_STATUSES
 from shared.schemas import ChatCompletionRequest
 
 router = APIRouter(prefix="/v4/jobs")
@@ -56,8 +57,8 @@ def _parse_last_event_id(value: str | None) -> int:
         seq = int(value)
     except ValueError:
         raise HTTPException(400, f"Last-Event-ID must be an event id this API sent (an integer), not {value!r}") from None
-    if seq < 0:
-        raise HTTPException(400, "Last-Event-ID must not be negative")
+    if not 0 <= seq < 2**63:
+        raise HTTPException(400, "Last-Event-ID is out of range")
     return seq
 
 
@@ -69,9 +70,13 @@ async def stream_job(
 ):
     """Every event of the job from the start (or after ``Last-Event-ID``), then live ones."""
     start = _parse_last_event_id(last_event_id if last_event_id is not None else after)
-    if await store.get_for(job_id, account) is None:
+    record = await store.get_for(job_id, account)
+    if record is None:
         raise _not_found(job_id)
     redis = store.redis
+    if record["status"] in TERMINAL_STATUSES and start >= await last_event_seq(redis, job_id):
+        # Nothing will ever follow: 204 tells an EventSource to stop reconnecting.
+        return Response(status_code=204)
 
     async def events():
         yield b"retry: 1000\n\n"

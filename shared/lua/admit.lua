@@ -70,11 +70,13 @@ for _, s in ipairs(scopes) do
   -- Slide the window: forget admissions older than it, and their tokens.
   local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)
   if #old > 0 then
-    local amounts = redis.call("HMGET", tok, unpack(old))
     local gone = 0
-    for _, a in ipairs(amounts) do gone = gone + (tonumber(a) or 0) end
+    for first = 1, #old, 1000 do  -- unpack() has a stack limit: in chunks
+      local chunk = {unpack(old, first, math.min(first + 999, #old))}
+      for _, a in ipairs(redis.call("HMGET", tok, unpack(chunk))) do gone = gone + (tonumber(a) or 0) end
+      redis.call("HDEL", tok, unpack(chunk))
+    end
     redis.call("DECRBY", total, gone)
-    redis.call("HDEL", tok, unpack(old))
     redis.call("ZREMRANGEBYSCORE", req, "-inf", now - window)
   end
   redis.call("ZREMRANGEBYSCORE", conc, "-inf", now)  -- leases of dead workers lapse

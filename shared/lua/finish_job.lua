@@ -8,6 +8,11 @@
 --       then (seq, type, data) triples
 -- Returns 1, or 0 when the attempt no longer owns the job (nothing written).
 if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+local current = redis.call("HGET", KEYS[1], "status")
+if current == "succeeded" or current == "failed" or current == "cancelled" then
+  redis.call("DEL", KEYS[2])
+  return 0
+end
 local n = tonumber(ARGV[15])
 local fields = {"status", ARGV[2], "updated_at", ARGV[3]}
 for i = 16, 15 + 2 * n do fields[#fields + 1] = ARGV[i] end

@@ -354,3 +354,23 @@ def test_job_longer_than_its_lease_keeps_running_on_one_attempt(stack):
     assert done["status"] == "succeeded"
     assert done["attempts"] == 1
     assert done["result"]["token_usage"]["completion"] == 500
+
+
+def test_resume_after_the_end_is_204_and_out_of_range_ids_are_400(stack):
+    with stack.client() as client:
+        job = client.post("/v4/jobs", json=ask(model_parameters={"max_tokens": 3})).json()
+        poll_until_done(client, job["id"])
+        with client.stream("GET", f"/v4/jobs/{job['id']}/stream") as r:
+            last = read_sse(r)[-1]["id"]
+        # An EventSource reconnecting after the end gets 204 and stops, instead of hanging.
+        r = client.get(f"/v4/jobs/{job['id']}/stream", headers={"Last-Event-ID": last})
+        assert r.status_code == 204
+        r = client.get(f"/v4/jobs/{job['id']}/stream", headers={"Last-Event-ID": str(2**64)})
+        assert r.status_code == 400
+
+
+def test_lone_surrogate_is_a_422_not_a_500(stack):
+    with stack.client() as client:
+        r = client.post("/v4/jobs", content=b'{"model": "smollm2-135m-instruct", "messages": [{"content": "x \\ud800"}]}',
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "surrogate" in r.text

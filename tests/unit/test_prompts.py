@@ -80,3 +80,22 @@ def test_chat_template_for_a_family_without_raw_prompts_is_refused():
     hosted = LOCAL.model_copy(update={"family": "openai", "chat_template": False})
     with pytest.raises(RequestError, match="takes no chat_template"):
         prepare_job_spec(req(chat_template="{{ messages }}"), hosted)
+
+
+@pytest.mark.parametrize("template", [
+    "{{ ((((10**64)**64)**64)**64) > 1 }}",
+    "{{ 'a'|center(300000000) }}",
+    "{{ '%300000000d' % 1 }}",
+    "{{ 'a'.center(300000000) }}",
+    "{{ (10**4000) * (10**4000) }}",
+])
+def test_templates_cannot_stall_or_exhaust_the_api(template):
+    # Each would hold the GIL or allocate hundreds of MB if it ran; it is refused before.
+    with pytest.raises(RequestError, match="too large|too much|wider|larger"):
+        render_template(template, [{"role": "user", "content": "hi"}], LOCAL)
+
+
+def test_lone_surrogate_in_content_is_a_validation_error():
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        req(messages=[{"content": "bad \ud800 text"}])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,8 @@ from httpx_sse import EventSource, ServerSentEvent
 
 from shared.provider_config import ProviderSettings
 from worker.providers.base import ProviderError
+
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
@@ -84,8 +87,11 @@ def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) ->
         return ProviderError(f"{provider} failed (HTTP {status}): {message}", code="upstream_unavailable",
                              status=status, retryable=True, retry_after=retry_after)
     if status in (401, 403):
-        return ProviderError(f"{provider} refused the configured credentials (HTTP {status}): {message}",
-                             code="upstream_auth", status=status)
+        # The upstream's own text can quote part of the operator's key: keep it in the worker's
+        # log, tell the client only what happened.
+        log.error("%s refused the configured credentials (HTTP %d): %s", provider, status, message)
+        return ProviderError(f"{provider} refused this fleet's credentials (HTTP {status}); "
+                             "the operator must check the provider key", code="upstream_auth", status=status)
     if status == 404:
         return ProviderError(f"{provider} does not know this model or route (HTTP 404): {message}",
                              code="upstream_rejected", status=status)
@@ -95,6 +101,21 @@ def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) ->
                              code="context_length_exceeded", status=status)
     return ProviderError(f"{provider} rejected the request (HTTP {status}): {message}",
                          code="upstream_rejected", status=status)
+
+
+async def read_error_body(response: httpx.Response, timeout: float = 5.0) -> bytes:
+    """At most MAX_ERROR_BODY bytes of an error answer, within ``timeout``: an upstream that
+    sends an error status and then stalls must not hold the job."""
+    body = b""
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= MAX_ERROR_BODY:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    return body[:MAX_ERROR_BODY]
 
 
 def transport_error(exc: Exception, provider: str) -> ProviderError:
@@ -151,11 +172,8 @@ class Upstream:
             raise transport_error(exc, self.provider) from exc
         try:
             if response.status_code >= 400:
-                try:
-                    body_bytes = await response.aread()
-                except httpx.HTTPError:
-                    body_bytes = b""
-                raise classify(response.status_code, body_bytes[:MAX_ERROR_BODY], response.headers, self.provider)
+                raise classify(response.status_code, await read_error_body(response), response.headers,
+                               self.provider)
             yield response
         finally:
             await response.aclose()

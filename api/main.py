@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from api.routes import admin, chat, health, jobs, models, usage
+from api.routes import admin, batches, chat, health, jobs, models, usage
 from shared.accounts import add_api_key, ensure_account
 from shared.catalog import get_catalog
 from shared.connections import async_redis
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(usage.router)
     app.include_router(admin.router)
+    app.include_router(batches.router)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -229,7 +229,7 @@ def main() -> int:
             "CHATFLEET_FLOWER_BASIC_AUTH": flower_auth,
             "CHATFLEET_ADMIN_API_KEY": admin_key,
         })
-        fleet.spawn("worker-interactive", worker_argv("interactive", [keys.QUEUE_INTERACTIVE],
+        fleet.spawn("worker-interactive", worker_argv("interactive", [keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH],
                                                       settings.worker_concurrency), env, log_dir)
         fleet.spawn("worker-local", worker_argv("local", [keys.QUEUE_LOCAL], settings.local_model_slots),
                     env, log_dir)

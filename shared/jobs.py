@@ -29,6 +29,16 @@ THROTTLED = "throttled"
 
 PUBLIC_FIELDS = ("status", "model", "account_id", "attempts")
 
+# kombu's Redis transport keeps delivered, unacknowledged messages here (its defaults).
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+
+
+def batch_keys(batch_id: str) -> list[str]:
+    """The batch keys a finishing job touches (when it is a batch line)."""
+    return [keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_errors(batch_id),
+            keys.BATCH_IN_FLIGHT, keys.ACTIVE_BATCHES]
+
 
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
@@ -92,6 +102,31 @@ class JobStore:
             await pipe.execute()
         return record
 
+    async def feed_batch(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:
+        """Turn the first ``len(entries)`` staged lines of a batch into queued jobs, in one
+        transaction with their removal from the staging list (lines are never lost or doubled)."""
+        now = time.time()
+        retention = self.settings.job_retention_seconds
+        ids = []
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.ltrim(keys.batch_pending(batch_id), len(entries), -1)
+            for raw in entries:
+                entry = orjson.loads(raw)
+                job_id = new_job_id()
+                ids.append(job_id)
+                pipe.hset(keys.job(job_id), mapping={
+                    "id": job_id, "account_id": account_id, "model": entry["model"], "queue": entry["queue"],
+                    "status": "queued", "spec": orjson.dumps(entry["spec"]).decode(), "created_at": repr(now),
+                    "updated_at": repr(now), "attempts": "0", "batch_id": batch_id, "custom_id": entry["custom_id"],
+                })
+                pipe.expire(keys.job(job_id), retention)
+                pipe.lpush(entry["queue"], run_job_message(job_id, entry["queue"]))
+            pipe.sadd(keys.batch_jobs(batch_id), *ids)
+            pipe.expire(keys.batch_jobs(batch_id), retention)
+            pipe.incrby(keys.BATCH_IN_FLIGHT, len(ids))
+            await pipe.execute()
+        return ids
+
     async def get(self, job_id: str) -> dict[str, str] | None:
         record = await self.redis.hgetall(keys.job(job_id))
         return record or None
@@ -103,7 +138,7 @@ class JobStore:
             return None
         return record
 
-    async def cancel(self, job_id: str, account_id: str, model: str) -> tuple[str, str]:
+    async def cancel(self, job_id: str, account_id: str, model: str, batch_id: str = "") -> tuple[str, str]:
         now = time.time()
         day = utc_day(now)
         result = await self.scripts.cancel_job(
@@ -112,6 +147,7 @@ class JobStore:
                 keys.RUNNING_JOBS, keys.job_events(job_id), keys.job_channel(job_id),
                 keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS,
                 keys.usage_day(account_id, day), keys.usage_days(account_id), keys.USAGE_ACCOUNTS,
+                *batch_keys(batch_id),
             ],
             args=[repr(now), self.settings.job_retention_seconds, job_id,
                   orjson.dumps({"status": "cancelled"}).decode(), account_id, int(now * 1000),
@@ -149,7 +185,7 @@ class JobStore:
 
     async def finish(
         self, job_id: str, token: str, status: str, fields: dict[str, str],
-        events: list[tuple[int, str, str]], account_id: str, usage: UsageRecord,
+        events: list[tuple[int, str, str]], account_id: str, usage: UsageRecord, batch_id: str = "",
     ) -> bool:
         """Finish the attempt's job: fields, last events and its one usage record, atomically."""
         now = time.time()
@@ -167,7 +203,7 @@ class JobStore:
         return bool(await self.scripts.finish_job(
             keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
                   keys.job_channel(job_id), keys.usage_day(account_id, usage.day),
-                  keys.usage_days(account_id), keys.USAGE_ACCOUNTS],
+                  keys.usage_days(account_id), keys.USAGE_ACCOUNTS, *batch_keys(batch_id)],
             args=args,
         ))
 
@@ -186,7 +222,7 @@ class JobStore:
         usage = usage_record(None, record.get("model", ""), 0, delivered,
                              float(record["started_at"]) if record.get("started_at") else None, estimated=True)
         await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)],
-                          record.get("account_id", ""), usage)
+                          record.get("account_id", ""), usage, record.get("batch_id", ""))
 
     async def park(self, job_id: str, token: str, seq: int, next_try_at: float, reason: str) -> bool:
         """Send a claimed job back to waiting (throttled); frees its worker slot."""
@@ -210,6 +246,43 @@ class JobStore:
             args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
                   run_job_message(job_id, queue), int(time.time() * 1000)],
         ))
+
+    async def requeue_unclaimed(self, older_than: float) -> list[str]:
+        """Jobs whose message a worker took but never started (it died holding them).
+
+        Celery prefetches at most as many messages as a worker has threads, so a live worker
+        starts every message it takes at once, and the job's claim follows within moments. A
+        message still unacknowledged after ``older_than`` seconds whose job was never claimed
+        belongs to a dead worker; the broker would only give it back after the visibility
+        timeout. Such a job is queued again now and the stale entry dropped (if the worker was
+        alive after all, its late start finds the job taken and does nothing)."""
+        cutoff = time.time() - older_than
+        tags = await self.redis.zrangebyscore(UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
+        if not tags:
+            return []
+        payloads = await self.redis.hmget(UNACKED, tags)
+        requeued = []
+        for tag, payload in zip(tags, payloads):
+            if payload is None:
+                await self.redis.zrem(UNACKED_INDEX, tag)
+                continue
+            try:
+                message = orjson.loads(payload)[0]
+                job_id = message["headers"]["id"]
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                continue
+            record = await self.redis.hmget(keys.job(job_id), "status", "queue", "updated_at")
+            status, queue, updated = record
+            if status != "queued" or queue is None or float(updated or 0) > cutoff:
+                continue
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(keys.job(job_id), "updated_at", repr(time.time()))
+                pipe.lpush(queue, run_job_message(job_id, queue))
+                pipe.hdel(UNACKED, tag)
+                pipe.zrem(UNACKED_INDEX, tag)
+                await pipe.execute()
+            requeued.append(job_id)
+        return requeued
 
     async def lapsed_jobs(self, now: float) -> list[str]:
         return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)

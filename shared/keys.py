@@ -104,3 +104,43 @@ def usage_days(account_id: str) -> str:
     """Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD)."""
     return f"{PREFIX}:usage:{account_id}:days"
 USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage
+
+QUEUE_BATCH = "chatfleet.batch"
+
+
+def batch(batch_id: str) -> str:
+    """Hash: the batch (status, timestamps, counters total/completed/failed, metadata, errors)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_pending(batch_id: str) -> str:
+    """List: lines not yet handed to the queue, as prepared job specs (JSON)."""
+    return f"{PREFIX}:batch:{batch_id}:pending"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """Set: job ids of the lines already handed to the queue."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_results(batch_id: str) -> str:
+    """List: one JSONL line per succeeded request."""
+    return f"{PREFIX}:batch:{batch_id}:results"
+
+
+def batch_errors(batch_id: str) -> str:
+    """List: one JSONL line per failed, cancelled or expired request."""
+    return f"{PREFIX}:batch:{batch_id}:errors"
+
+
+def account_batches(account_id: str) -> str:
+    """Sorted set: the account's batch ids by creation time."""
+    return f"{PREFIX}:account:{account_id}:batches"
+
+
+# Sorted set: batches with lines still to feed or to finish, by creation time.
+ACTIVE_BATCHES = f"{PREFIX}:batches:active"
+# Counter: batch jobs handed to the queue and not finished yet, fleet-wide.
+BATCH_IN_FLIGHT = f"{PREFIX}:batches:in-flight"
+# Lock held by the one worker that feeds batches at a time.
+BATCH_FEEDER_LOCK = f"{PREFIX}:lock:batch-feeder"

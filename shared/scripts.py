@@ -10,7 +10,14 @@ LUA_DIR = Path(__file__).with_name("lua")
 
 @cache
 def source(name: str) -> str:
-    return (LUA_DIR / f"{name}.lua").read_text()
+    """The script's text, with ``--#include NAME`` lines replaced by ``lua/NAME.lua``."""
+    lines = []
+    for line in (LUA_DIR / f"{name}.lua").read_text().splitlines():
+        if line.startswith("--#include "):
+            lines.append(source(line.split(maxsplit=1)[1].strip()))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 class Scripts:

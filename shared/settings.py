@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Usage aggregates (per account x model x day) are kept this long.
     usage_retention_days: int = Field(400, ge=1)
 
+    # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
+    batch_max_in_flight: int = Field(100, ge=1)
+
     job_retention_seconds: int = Field(24 * 3600, ge=60)
     # How many times a job may be started (first run + redeliveries) before it is failed.
     max_deliveries: int = Field(3, ge=1)

@@ -96,7 +96,7 @@ def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fa
     queues = [keys.QUEUE_LOCAL]
     stack.start_worker("worker-local", [keys.QUEUE_LOCAL], local_slots)
     if interactive:
-        stack.start_worker("worker-interactive", [keys.QUEUE_INTERACTIVE], 50)
+        stack.start_worker("worker-interactive", [keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH], 50)
         queues.append(keys.QUEUE_INTERACTIVE)
     fleet.spawn("api", api_argv("127.0.0.1", port), env, log_dir)
     try:

@@ -31,7 +31,7 @@ app.conf.update(
     result_backend_transport_options=_transport,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    task_queues=[Queue(keys.QUEUE_INTERACTIVE), Queue(keys.QUEUE_LOCAL)],
+    task_queues=[Queue(keys.QUEUE_INTERACTIVE), Queue(keys.QUEUE_BATCH), Queue(keys.QUEUE_LOCAL)],
     task_default_queue=keys.QUEUE_INTERACTIVE,
     task_routes={keys.RUN_JOB_TASK: {"queue": keys.QUEUE_INTERACTIVE}},
     worker_send_task_events=True,

@@ -58,6 +58,7 @@ class Attempt:
     started: float = 0.0
     prompt_bytes: int = 0
     submitted_at: float = 0.0
+    batch_id: str = ""
     spec: ModelSpec | None = None
     usage: UsageRecord | None = None
     handle: object = None  # the runtime's RunningJob
@@ -114,7 +115,7 @@ class JobRunner:
                           account_id=account_id, model_id=job_spec["model"],
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
                           prompt_bytes=int(job_spec.get("prompt_bytes", 0)),
-                          submitted_at=float(record["created_at"]))
+                          submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
         context = {"job_id": job_id, "account_id": account_id, "model": job_spec["model"],
                    "attempt": claim.attempts}
         model = self.catalog.get(job_spec["model"])
@@ -267,7 +268,7 @@ class JobRunner:
         if attempt.handle is not None:
             attempt.handle.owned = False  # the lease is released by the finish itself
         if not await self.store.finish(attempt.job_id, attempt.token, status, fields, events,
-                                       attempt.account_id, attempt.usage):
+                                       attempt.account_id, attempt.usage, attempt.batch_id):
             log.warning("job lost before it could finish", extra={"job_id": attempt.job_id})
             return "lost"
         log.info("job %s", status, extra={"job_id": attempt.job_id, "account_id": attempt.account_id,

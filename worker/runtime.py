@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.25
 SCHEDULER_SECONDS = 0.025
+BATCH_FEED_SECONDS = 0.1
+BATCH_CHUNK = 500
 
 
 @dataclass
@@ -107,6 +109,7 @@ class WorkerRuntime:
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._reap_lapsed(), name="reaper"),
             asyncio.create_task(self._release_throttled(), name="throttle-scheduler"),
+            asyncio.create_task(self._feed_batches(), name="batch-feeder"),
         ]
 
     async def _shutdown(self) -> None:
@@ -223,6 +226,65 @@ class WorkerRuntime:
             except Exception as exc:
                 log.warning("throttle scheduler pass failed: %s", exc)
 
+    async def _feed_batches(self) -> None:
+        """Hand staged batch lines to the queue in chunks, within the fleet-wide in-flight
+        budget and round robin across batches; drain cancelled and expired batches."""
+        while True:
+            await asyncio.sleep(BATCH_FEED_SECONDS)
+            try:
+                if not await self.redis.set(keys.BATCH_FEEDER_LOCK, self.hostname, nx=True, px=30_000):
+                    continue
+                try:
+                    await self._feed_pass()
+                finally:
+                    await self.redis.delete(keys.BATCH_FEEDER_LOCK)
+            except Exception as exc:
+                log.warning("batch feeder pass failed: %s", exc)
+
+    async def _feed_pass(self) -> None:
+        active = await self.redis.zrange(keys.ACTIVE_BATCHES, 0, -1)
+        if not active:
+            return
+        in_flight = int(await self.redis.get(keys.BATCH_IN_FLIGHT) or 0)
+        budget = self.settings.batch_max_in_flight - in_flight
+        share = max(budget // len(active), 1) if budget > 0 else 0
+        now = time.time()
+        for batch_id in active:
+            record = await self.redis.hgetall(keys.batch(batch_id))
+            if not record:
+                await self.redis.zrem(keys.ACTIVE_BATCHES, batch_id)
+                continue
+            if not record.get("ending") and float(record.get("expires_at") or "inf") < now:
+                await self.redis.hset(keys.batch(batch_id), mapping={"ending": "expired"})
+                record["ending"] = "expired"
+            if record.get("ending"):
+                await self._wind_down(batch_id, record)
+                continue
+            if share <= 0 or record.get("status") != "in_progress":
+                continue
+            entries = await self.redis.lrange(keys.batch_pending(batch_id), 0, min(share, BATCH_CHUNK) - 1)
+            if entries:
+                await self.store.feed_batch(batch_id, record["account_id"], entries)
+
+    async def _wind_down(self, batch_id: str, record: dict[str, str]) -> None:
+        """A cancelled or expired batch: lines never handed out become error lines; lines that
+        were are cancelled like any job (running ones stop, queued ones never start)."""
+        ending = record["ending"]
+        message = ("the batch was cancelled before this request ran" if ending == "cancelled"
+                   else "the batch's completion window ended before this request ran")
+        await self.store.scripts.drain_batch(
+            keys=[keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_errors(batch_id),
+                  keys.ACTIVE_BATCHES],
+            args=[BATCH_CHUNK, f"batch_{ending}", message, repr(time.time()), batch_id],
+        )
+        if record.get("wound_down"):
+            return
+        async for job_id in self.redis.sscan_iter(keys.batch_jobs(batch_id), count=500):
+            job = await self.redis.hmget(keys.job(job_id), "status", "model")
+            if job[0] and job[0] not in ("succeeded", "failed", "cancelled"):
+                await self.store.cancel(job_id, record["account_id"], job[1], batch_id)
+        await self.redis.hset(keys.batch(batch_id), "wound_down", "1")
+
     async def _reap_lapsed(self) -> None:
         """Hand back the jobs of dead workers: their leases lapsed without being renewed."""
         interval = max(self.settings.lease_seconds / 3, 1.0)
@@ -234,6 +296,9 @@ class WorkerRuntime:
                 for job_id in await self.store.lapsed_jobs(time.time()):
                     if await self.store.requeue_lapsed(job_id):
                         log.warning("requeued a job whose worker was lost", extra={"job_id": job_id})
+                for job_id in await self.store.requeue_unclaimed(older_than=2 * self.settings.lease_seconds):
+                    log.warning("requeued a job delivered to a worker that never started it",
+                                extra={"job_id": job_id})
             except Exception as exc:
                 log.warning("reaper pass failed: %s", exc)
 

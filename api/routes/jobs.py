@@ -46,7 +46,7 @@ async def cancel_job(job_id: str, account: CurrentAccount, store: StoreDep):
     record = await store.get_for(job_id, account)
     if record is None:
         raise _not_found(job_id)
-    await store.cancel(job_id, account, record["model"])
+    await store.cancel(job_id, account, record["model"], record.get("batch_id", ""))
     return public_view(await store.get(job_id))
 
 

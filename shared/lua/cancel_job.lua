@@ -2,10 +2,12 @@
 -- with its usage record (no tokens); a running one is flagged and its worker stops it.
 -- KEYS: 1 job hash, 2 cancel flag, 3 lease, 4 running zset, 5 events stream, 6 live channel,
 --       7 account waiting zset, 8 throttled accounts zset, 9 account usage hash of the day,
---       10 account usage days zset, 11 accounts with usage set
+--       10 account usage days zset, 11 accounts with usage set, 12 batch hash, 13 batch results,
+--       14 batch errors, 15 batch in-flight counter, 16 active batches
 -- ARGV: 1 now, 2 retention s, 3 job id, 4 end event data, 5 account id, 6 now ms, 7 model,
 --       8 day, 9 day score, 10 usage retention s
 -- Returns {"terminal", status} | {"cancelled"} | {"requested"} | {"missing"}
+--#include _batch_line
 local status = redis.call("HGET", KEYS[1], "status")
 if not status then return {"missing"} end
 if status == "succeeded" or status == "failed" or status == "cancelled" then
@@ -32,6 +34,7 @@ redis.call("EXPIRE", KEYS[9], ARGV[10])
 redis.call("ZADD", KEYS[10], ARGV[9], ARGV[8])
 redis.call("EXPIRE", KEYS[10], ARGV[10])
 redis.call("SADD", KEYS[11], ARGV[5])
+batch_line_done(KEYS[1], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], "cancelled", ARGV[1], ARGV[3])
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 redis.call("EXPIRE", KEYS[5], ARGV[2])
 return {"cancelled"}

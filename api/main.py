@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -33,6 +35,23 @@ def _encodable(value):
     return value
 
 
+def _on_sigterm(callback) -> None:
+    """Run ``callback`` as soon as SIGTERM arrives, before uvicorn's own handler starts its
+    graceful shutdown: open streams end at once with a reconnect event, so that the server
+    is not kept waiting by them and clients move to another instance."""
+    previous = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+
+    def handler(signum, frame):
+        loop.call_soon_threadsafe(callback)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -46,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = Limiter(redis, settings)
         app.state.hub = PubSubHub(redis)
         await app.state.hub.start()
+        _on_sigterm(app.state.hub.shutdown)
         if settings.bootstrap_dev_account:
             await ensure_account(redis, settings.dev_account)
             await add_api_key(redis, settings.dev_account, settings.dev_api_key)

@@ -45,6 +45,10 @@ async def read_events(redis, job_id: str, after: int = 0, count: int | None = No
 
 
 _RESYNC = object()
+_SHUTDOWN = object()
+# Yielded by follow() when this process is shutting down: the client should reconnect
+# (to another instance) with Last-Event-ID.
+SHUTDOWN = "shutdown"
 
 
 class PubSubHub:
@@ -59,6 +63,13 @@ class PubSubHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.stopping = False
+
+    def shutdown(self) -> None:
+        """Tell every follower to end now (the process is stopping)."""
+        self.stopping = True
+        for channel in list(self._subscribers):
+            self._deliver(channel, _SHUTDOWN)
 
     @property
     def active(self) -> int:
@@ -108,10 +119,11 @@ class PubSubHub:
             try:
                 queue.put_nowait(item)
             except asyncio.QueueFull:
-                # A slow follower: drop what it has queued and make it re-read the stream.
+                # A slow follower: drop what it has queued and make it re-read the stream
+                # (or stop, if that is what this was).
                 while not queue.empty():
                     queue.get_nowait()
-                queue.put_nowait(_RESYNC)
+                queue.put_nowait(_SHUTDOWN if item is _SHUTDOWN else _RESYNC)
 
     async def _read_forever(self) -> None:
         while True:
@@ -145,6 +157,9 @@ async def follow(
     Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive).
     """
     last = after
+    if hub.stopping:
+        yield Event(last, SHUTDOWN, "")
+        return
     async with hub.subscription(keys.job_channel(job_id)) as queue:
         need_read = True
         while True:
@@ -164,6 +179,9 @@ async def follow(
             if item is _RESYNC:
                 need_read = True
                 continue
+            if item is _SHUTDOWN:
+                yield Event(last, SHUTDOWN, "")
+                return
             if item.seq <= last:
                 continue
             if item.seq != last + 1:

@@ -235,6 +235,16 @@ class JobStore:
                   self.settings.job_retention_seconds, job_id],
         ))
 
+    async def hand_back(self, job_id: str, token: str) -> bool:
+        """Give a running job back to its queue (worker shutdown); the next attempt continues."""
+        queue = await self.redis.hget(keys.job(job_id), "queue")
+        if queue is None:
+            return False
+        return bool(await self.scripts.hand_back(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue],
+            args=[token, repr(time.time()), job_id, run_job_message(job_id, queue)],
+        ))
+
     async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
         """Queue an account's first waiting job for another admission attempt."""
         queue = await self.redis.hget(keys.job(job_id), "queue")

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # Largest number of events kept in one job's replay stream.
     stream_max_events: int = Field(100_000, ge=100)
 
+    # After SIGTERM, how long a worker lets its running jobs finish before handing them back.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
     worker_concurrency: int = Field(200, ge=1)
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
 

@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from celery import Celery
 from kombu import Queue
 
@@ -17,6 +20,20 @@ from shared import keys
 from shared.settings import get_settings
 
 settings = get_settings()
+
+
+def _flower_credentials() -> None:
+    """Flower shows every worker and task: it never runs without credentials."""
+    if "flower" not in sys.argv[1:]:
+        return
+    if settings.flower_basic_auth and not os.environ.get("FLOWER_BASIC_AUTH"):
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not all(":" in pair and pair.split(":", 1)[0] and pair.split(":", 1)[1] for pair in auth.split(",")):
+        sys.exit("Flower refuses to start without credentials: set CHATFLEET_FLOWER_BASIC_AUTH=user:password")
+
+
+_flower_credentials()
 
 app = Celery("chatfleet", broker=settings.redis_url, include=["worker.tasks"])
 _transport = {"visibility_timeout": settings.visibility_timeout}

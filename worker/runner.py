@@ -190,7 +190,17 @@ class JobRunner:
             if running.reason == "cancel":
                 asyncio.current_task().uncancel()
                 return await self._finish_cancelled(attempt)
-            raise  # lost ownership or shutdown: another attempt takes over
+            if running.reason == "shutdown":
+                # The grace period is over: hand the job to another worker now rather than
+                # let its lease lapse. What was delivered stays delivered; the next attempt
+                # continues after it, and only the attempt that finishes records usage.
+                asyncio.current_task().uncancel()
+                running.owned = False
+                if await self.store.hand_back(job_id, attempt.token):
+                    log.warning("job handed back at shutdown", extra={"job_id": job_id})
+                    return "handed_back"
+                return "lost"
+            raise  # lost ownership: another attempt has taken over
         except LostOwnership:
             log.warning("job lost to another attempt", extra={"job_id": job_id})
             return "lost"

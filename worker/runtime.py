@@ -83,6 +83,19 @@ class WorkerRuntime:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
 
+    def begin_shutdown(self, grace_seconds: float) -> None:
+        """SIGTERM: Celery stops taking jobs; those running get ``grace_seconds`` to finish,
+        then are handed back to the queue for other workers to continue."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._hand_back_after(grace_seconds)))
+
+    async def _hand_back_after(self, grace_seconds: float) -> None:
+        deadline = time.monotonic() + grace_seconds
+        while self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for entry in list(self.running.values()):
+            self._stop(entry, "shutdown")
+
     def run_job(self, job_id: str) -> str:
         """Run one job to its end; blocks the calling (pool) thread, not the loop."""
         self._started.wait()
@@ -320,6 +333,11 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
             _runtime_pid = os.getpid()
             _runtime.start()
         return _runtime
+
+
+def current_runtime() -> WorkerRuntime | None:
+    """The process's runtime if it was started (never starts one)."""
+    return _runtime if _runtime_pid == os.getpid() else None
 
 
 def stop_runtime() -> None:

@@ -8,7 +8,7 @@ from celery import signals
 
 from shared import keys
 from worker.celery_app import app
-from worker.runtime import get_runtime, stop_runtime
+from worker.runtime import current_runtime, get_runtime, stop_runtime
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,15 @@ def run_job(job_id: str) -> str:
 def _start_runtime(sender=None, **_):
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
     get_runtime(hostname=sender.hostname if sender is not None else None, queues=queues)
+
+
+@signals.worker_shutting_down.connect
+def _begin_shutdown(**_):
+    from shared.settings import get_settings
+
+    runtime = current_runtime()
+    if runtime is not None:
+        runtime.begin_shutdown(get_settings().shutdown_grace_seconds)
 
 
 @signals.worker_shutdown.connect

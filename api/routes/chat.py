@@ -15,7 +15,7 @@ from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
 from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.submission import submit
-from shared.events import Event, follow
+from shared.events import SHUTDOWN, Event, follow
 from shared.jobs import END, ERROR, THROTTLED
 from shared.schemas import ChatCompletionRequest
 
@@ -135,6 +135,16 @@ async def create_chat_completion(
                 while True:
                     if event is None:
                         yield KEEPALIVE
+                    elif event.type == SHUTDOWN:
+                        # The job goes on; this instance is stopping. Tell the client where
+                        # to pick it up, and do not cancel it.
+                        finished = True
+                        yield sse(orjson.dumps({
+                            "code": "server_shutting_down",
+                            "message": f"this API instance is restarting; the job continues: follow "
+                                       f"/v4/jobs/{job_id}/stream with Last-Event-ID: {event.seq}",
+                            "job_id": job_id, "last_event_id": event.seq}).decode(), event="error")
+                        return
                     elif event.type == END:
                         finished = True
                         return
@@ -153,7 +163,7 @@ async def create_chat_completion(
         return StreamingResponse(relay(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     async def wait_for_end(event):
-        while event is None or not event.terminal:
+        while event is None or not (event.terminal or event.type == SHUTDOWN):
             event = await anext(events)
         return event
 
@@ -180,6 +190,11 @@ async def create_chat_completion(
             await waiter
         await close_events()
 
+    if event.type == SHUTDOWN:
+        return JSONResponse(
+            {"detail": f"this API instance is restarting; the job continues: GET /v4/jobs/{job_id}",
+             "code": "server_shutting_down", "job_id": job_id},
+            status_code=503, headers={**headers, "Retry-After": "1"})
     if event.type == ERROR:
         return error_response(event, headers)
     record = await store.get(job_id)

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import RedisDep, SettingsDep
 from shared import keys
+from shared.provider_config import get_provider_settings
 
 router = APIRouter()
 
@@ -37,5 +38,9 @@ async def readyz(redis: RedisDep, settings: SettingsDep):
         for queue in (queues or "").split(","):
             if queue:
                 report["workers"].setdefault(queue, []).append(hostname)
+    settings_ = get_provider_settings()
+    report["providers"] = {family: settings_.missing_setting(family) is None
+                           for family in ("openai", "anthropic", "gemini", "mistral", "bedrock", "llm_engine")}
+    report["providers"]["local"] = True
     ready = bool(hostnames)
     return JSONResponse({"status": "ready" if ready else "not_ready", **report}, status_code=200 if ready else 503)

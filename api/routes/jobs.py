@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -12,10 +13,9 @@ from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.submission import submit
 from shared import keys
-from shared.events import follow
+from shared.events import SHUTDOWN, follow
 from shared.jobs import END, ERROR, THROTTLED, last_event_seq, public_view
-from shared.schemas import TERMINAL_STATUSES
-from shared.schemas import ChatCompletionRequest
+from shared.schemas import TERMINAL_STATUSES, ChatCompletionRequest
 
 router = APIRouter(prefix="/v4/jobs")
 
@@ -85,6 +85,11 @@ async def stream_job(
                 yield KEEPALIVE
                 if await redis.exists(keys.job(job_id)) == 0:
                     return
+            elif event.type == SHUTDOWN:
+                # This instance is stopping: reconnect (to another) with Last-Event-ID.
+                yield sse(orjson.dumps({"reason": "server shutting down", "last_event_id": event.seq}).decode(),
+                          event="reconnect")
+                return
             elif event.type == END:
                 yield sse(event.data, event="end", event_id=event.seq)
             elif event.type in (ERROR, THROTTLED):

@@ -1,0 +1,11 @@
+-- A worker shutting down gives a running job back to its queue, at once, for another worker
+-- to continue (after the text already delivered). Fenced by the lease; not a delivery failure.
+-- KEYS: job hash, lease, running zset, queue list
+-- ARGV: attempt token, now, job id, Celery message
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
+redis.call("HINCRBY", KEYS[1], "attempts", -1)
+redis.call("DEL", KEYS[2])
+redis.call("ZREM", KEYS[3], ARGV[3])
+redis.call("LPUSH", KEYS[4], ARGV[4])
+return 1

@@ -67,7 +67,7 @@ def direct(concurrency: int, tokens: int, rounds: int) -> float:
             start = time.perf_counter()
             produced = sum(pool.map(one, range(concurrency)))
             rates.append(produced / (time.perf_counter() - start))
-    del server
+    server = None  # free the model before the fleet loads its own
     return statistics.median(rates)
 
 

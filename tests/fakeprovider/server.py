@@ -1298,7 +1298,7 @@ class FakeProviderApp:
             headers[key] = headers[key] + ", " + val if key in headers else val
         route = _route(scope["method"], path, scope.get("raw_path") or path.encode(), headers)
         if route is None:
-            body = await _read_body(receive)
+            await _read_body(receive)
             await _send_json(
                 send, 404, dumps({"error": {"message": f"Unknown request URL: {scope['method']} {path}", "type": "invalid_request_error", "code": "unknown_url"}})
             )

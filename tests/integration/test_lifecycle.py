@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import threading
-import time
 
 import httpx
 import pytest

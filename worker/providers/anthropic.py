@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.provider_config import ProviderSettings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.http import Upstream, classify, sse_json
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import HTTPProvider, classify, sse_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -90,16 +89,9 @@ class LeadingSkipper:
         return text[i:]
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     family = "anthropic"
     display = "Anthropic"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     def _url(self, request: GenerationRequest) -> str:
         base = request.spec.base_url or self.settings.anthropic_base_url

@@ -22,9 +22,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
-from shared.provider_config import ProviderSettings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.http import Upstream, classify
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import HTTPProvider, classify
 
 SIGNING_SERVICE = "bedrock"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -102,16 +101,9 @@ def prefill(continuation: str) -> tuple[str, str]:
     return kept, continuation[len(kept):]
 
 
-class BedrockProvider(Provider):
+class BedrockProvider(HTTPProvider):
     family = "bedrock"
     display = "Bedrock"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     @property
     def region(self) -> str:

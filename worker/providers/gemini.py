@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.provider_config import ProviderSettings
 from worker.providers.anthropic import merge_extra, merge_turns, split_system
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.http import Upstream, classify, sse_json
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import HTTPProvider, classify, sse_json
 
 ROLES = {"user": "user", "assistant": "model"}
 
@@ -36,16 +35,9 @@ def finish_reason(reason: str) -> str:
     return FINISH_REASONS.get(reason, reason.lower())
 
 
-class GeminiProvider(Provider):
+class GeminiProvider(HTTPProvider):
     family = "gemini"
     display = "Gemini"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     def _url(self, request: GenerationRequest) -> str:
         base = request.spec.base_url or self.settings.gemini_base_url

@@ -20,7 +20,7 @@ import orjson
 from httpx_sse import EventSource, ServerSentEvent
 
 from shared.provider_config import ProviderSettings
-from worker.providers.base import ProviderError
+from worker.providers.base import Provider, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +135,6 @@ class Upstream:
         self.settings = settings
         self.provider = provider
 
-    async def post_json(self, url: str, body: Any, headers: dict[str, str], params=None) -> Any:
-        try:
-            async with asyncio.timeout(self.settings.provider_first_token_timeout):
-                response = await self.client.post(url, content=orjson.dumps(body), params=params,
-                                                  headers={"content-type": "application/json", **headers})
-        except TimeoutError:
-            raise ProviderError(f"{self.provider} sent no answer within "
-                                f"{self.settings.provider_first_token_timeout:g} s",
-                                code="upstream_timeout", retryable=True) from None
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.provider) from exc
-        if response.status_code >= 400:
-            raise classify(response.status_code, response.content[:MAX_ERROR_BODY], response.headers, self.provider)
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderError(f"{self.provider} answered with invalid JSON", code="upstream_invalid",
-                                retryable=True) from exc
-
     @contextlib.asynccontextmanager
     async def stream(self, url: str, body: Any, headers: dict[str, str], params=None) -> AsyncIterator[httpx.Response]:
         """Open a streaming POST; yields the response once its status is known to be good."""
@@ -210,3 +191,18 @@ def sse_json(sse: ServerSentEvent, provider: str) -> Any:
     except orjson.JSONDecodeError as exc:
         raise ProviderError(f"{provider} sent an unreadable stream event", code="upstream_invalid",
                             retryable=True) from exc
+
+
+class HTTPProvider(Provider):
+    """An adapter that reaches its provider over HTTP, through the process's shared client and
+    this module's fault handling. Subclasses say how to build the URL, headers and body, and
+    how to read the stream."""
+
+    display: str
+
+    def __init__(self, client: httpx.AsyncClient, settings: ProviderSettings):
+        self.settings = settings
+        self.upstream = Upstream(client, settings, self.display)
+
+    def missing_configuration(self) -> str | None:
+        return self.settings.missing_setting(self.family)

@@ -7,22 +7,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.provider_config import ProviderSettings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.http import Upstream, sse_json
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import HTTPProvider, sse_json
 from worker.providers.openai import FINISH_REASONS
 
 
-class LLMEngineProvider(Provider):
+class LLMEngineProvider(HTTPProvider):
     family = "llm_engine"
     display = "LLM-Engine"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     def _url(self, request: GenerationRequest) -> str:
         base = request.spec.base_url or self.settings.llm_engine_base_url

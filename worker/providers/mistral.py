@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 import orjson
 
-from shared.provider_config import ProviderSettings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.http import Upstream, classify, sse_json
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.http import HTTPProvider, classify, sse_json
 from worker.providers.openai import job_seed
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
@@ -74,16 +73,9 @@ def _error_status(err: dict[str, Any]) -> int:
     return 503
 
 
-class MistralProvider(Provider):
+class MistralProvider(HTTPProvider):
     family = "mistral"
     display = "Mistral"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     def _url(self, request: GenerationRequest) -> str:
         base = request.spec.base_url or self.settings.mistral_base_url

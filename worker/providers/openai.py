@@ -6,11 +6,10 @@ import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.provider_config import ProviderSettings
 from worker.providers.base import (
-    Completion, GenerationRequest, PrefixSkipper, Provider, ProviderError, TextDelta,
+    Completion, GenerationRequest, PrefixSkipper, ProviderError, TextDelta,
 )
-from worker.providers.http import Upstream, sse_json
+from worker.providers.http import HTTPProvider, sse_json
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -33,16 +32,9 @@ def job_seed(job_id: str) -> int:
     return zlib.crc32(job_id.encode()) & 0x7FFFFFFF
 
 
-class OpenAIProvider(Provider):
+class OpenAIProvider(HTTPProvider):
     family = "openai"
     display = "OpenAI"
-
-    def __init__(self, client, settings: ProviderSettings):
-        self.settings = settings
-        self.upstream = Upstream(client, settings, self.display)
-
-    def missing_configuration(self) -> str | None:
-        return self.settings.missing_setting(self.family)
 
     def _url(self, request: GenerationRequest) -> str:
         base = request.spec.base_url or self.settings.openai_base_url

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.routes import admin, batches, chat, health, jobs, models, usage
 from shared.accounts import add_api_key, ensure_account
 from shared.catalog import get_catalog
@@ -20,6 +21,7 @@ from shared.connections import async_redis
 from shared.events import PubSubHub
 from shared.jobs import JobStore
 from shared.limiter import Limiter
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
@@ -54,6 +56,7 @@ def _on_sigterm(callback) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -83,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(batches.router)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import HTTPException
 
+from shared import metrics
 from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.prompts import RequestError, prepare_job_spec
@@ -33,4 +34,6 @@ async def submit(
         job_spec = await anyio.to_thread.run_sync(prepare_job_spec, body, spec)
     except RequestError as exc:
         raise HTTPException(400, str(exc)) from None
-    return await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)
+    record = await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)
+    metrics.JOBS_SUBMITTED.labels(spec.id).inc()
+    return record

@@ -6,6 +6,7 @@ import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +76,9 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(200, ge=1)
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    # Each worker process serves its Prometheus metrics on this port (the next free one up to
+    # +20 when several workers share a machine); 0 disables.
+    worker_metrics_port: int = Field(9100, ge=0, le=65535)
 
     local_model_path: str = ""
     local_model_slots: int = Field(2, ge=1)
@@ -85,6 +89,8 @@ class Settings(BaseSettings):
     data_dir: str = "var"
 
     log_level: str = "INFO"
+    # json: one JSON object per line (ts, level, logger, message, job context); text: plain lines.
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator("local_model_path")
     @classmethod

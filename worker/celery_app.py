@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from shared import keys
+from shared.logs import configure_logging
 from shared.settings import get_settings
 
 settings = get_settings()
@@ -60,3 +61,9 @@ app.conf.update(
     worker_pool="threads",
     enable_utc=True,
 )
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_):
+    """Celery leaves logging to us: JSON (or text) lines, CHATFLEET_LOG_LEVEL, secrets masked."""
+    configure_logging(settings)

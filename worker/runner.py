@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from shared import metrics
 from shared.catalog import Catalog, ModelSpec
 from shared.events import read_events
 from redis.exceptions import RedisError
@@ -62,10 +63,25 @@ class Attempt:
     spec: ModelSpec | None = None
     usage: UsageRecord | None = None
     handle: object = None  # the runtime's RunningJob
+    number: int = 0  # which delivery of the job this attempt is (the claim's count)
 
     @property
     def text(self) -> str:
         return "".join(self.delivered)
+
+    @property
+    def provider(self) -> str:
+        return self.spec.family if self.spec is not None else "unknown"
+
+    def log_context(self) -> dict:
+        """The job context carried by this attempt's log lines (never any content)."""
+        out = {"job_id": self.job_id, "account_id": self.account_id, "model": self.model_id,
+               "attempt": self.number}
+        if self.spec is not None:
+            out["provider"] = self.spec.family
+        if self.batch_id:
+            out["batch_id"] = self.batch_id
+        return out
 
 
 def chunk_text(data: str) -> str:
@@ -85,6 +101,16 @@ class JobRunner:
         self.settings = settings
 
     async def run(self, job_id: str, token: str, running) -> str:
+        """Run one attempt, timed (``chatfleet_job_attempt_duration_seconds``, by outcome)."""
+        started = time.monotonic()
+        outcome = "interrupted"
+        try:
+            outcome = await self._run(job_id, token, running)
+            return outcome
+        finally:
+            metrics.JOB_ATTEMPT_DURATION.labels(outcome).observe(time.monotonic() - started)
+
+    async def _run(self, job_id: str, token: str, running) -> str:
         """Run one attempt; returns what happened (for logs and tests). ``running`` is the
         runtime's handle on the attempt: ``reason`` says why it was cancelled, and ``limits``
         is set here so that the runtime renews the attempt's concurrency leases."""
@@ -118,11 +144,13 @@ class JobRunner:
                           submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
         context = {"job_id": job_id, "account_id": account_id, "model": job_spec["model"],
                    "attempt": claim.attempts}
+        attempt.number = claim.attempts
         model = self.catalog.get(job_spec["model"])
         if model is None:
             return await self._finish_failed(attempt, "model_unavailable",
                                              f"model {job_spec['model']!r} is no longer in the catalog")
         attempt.spec = model
+        context["provider"] = model.family
         attempt.handle = running
 
         try:
@@ -132,6 +160,7 @@ class JobRunner:
             # handed out again once Redis answers.
             log.error("admission impossible, Redis unavailable: %s", exc, extra=context)
             return "redis_unavailable"
+        metrics.record_admission(model.id, admission.outcome, admission.reason)
         if admission.outcome == "too_large":
             return await self._finish_failed(attempt, "limit_exceeded", admission.reason)
         if admission.outcome == "waiting":
@@ -147,7 +176,8 @@ class JobRunner:
             await self.store.requeue_waiting(admission.next_job, account_id)
 
         log.info("job started", extra={**context, "provider": model.family})
-        outcome = await self._execute(attempt, model, job_spec, running)
+        with metrics.JOBS_RUNNING.track_inprogress():
+            outcome = await self._execute(attempt, model, job_spec, running)
         running.limits = None
         try:
             next_job = await self.limiter.settle(
@@ -197,17 +227,17 @@ class JobRunner:
                 asyncio.current_task().uncancel()
                 running.owned = False
                 if await self.store.hand_back(job_id, attempt.token):
-                    log.warning("job handed back at shutdown", extra={"job_id": job_id})
+                    log.warning("job handed back at shutdown", extra=attempt.log_context())
                     return "handed_back"
                 return "lost"
             raise  # lost ownership: another attempt has taken over
         except LostOwnership:
-            log.warning("job lost to another attempt", extra={"job_id": job_id})
+            log.warning("job lost to another attempt", extra=attempt.log_context())
             return "lost"
         except ProviderError as exc:
             return await self._finish_failed(attempt, exc.code, exc.message)
         except Exception:
-            log.exception("job failed unexpectedly", extra={"job_id": job_id})
+            log.exception("job failed unexpectedly", extra=attempt.log_context())
             return await self._finish_failed(attempt, "internal_error", "the worker hit an unexpected error")
         return await self._finish_succeeded(attempt, completion)
 
@@ -223,9 +253,15 @@ class JobRunner:
                 job_id=attempt.job_id,
             )
             completion = None
+            call_started = time.monotonic()
+            first_text = True
             try:
                 async for item in provider.stream(request):
                     if isinstance(item, TextDelta):
+                        if first_text and item.text:
+                            first_text = False
+                            metrics.PROVIDER_TTFT.labels(model.family, model.id).observe(
+                                time.monotonic() - call_started)
                         text = stops.feed(item.text)
                         if text:
                             await self._emit(attempt, text)
@@ -235,6 +271,8 @@ class JobRunner:
                     raise ProviderError("the provider's stream ended before it finished",
                                         code="stream_cut", retryable=True)
             except ProviderError as exc:
+                metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started,
+                                             exc.code)
                 if not exc.retryable or calls >= MAX_PROVIDER_CALLS:
                     raise
                 delay = exc.retry_after
@@ -244,9 +282,13 @@ class JobRunner:
                     delay = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (calls - 1))
                     delay *= random.uniform(0.5, 1.0)
                 log.warning("provider call failed, retrying in %.2fs: %s", delay, exc.message,
-                            extra={"job_id": attempt.job_id, "model": model.id, "provider": model.family})
+                            extra=attempt.log_context())
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:  # cancelled, lost, timed out: the call did not end on its own
+                metrics.record_provider_call(model.family, model.id, "aborted", time.monotonic() - call_started)
+                raise
+            metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
             tail = stops.flush()
             if tail:
                 await self._emit(attempt, tail)
@@ -279,10 +321,10 @@ class JobRunner:
             attempt.handle.owned = False  # the lease is released by the finish itself
         if not await self.store.finish(attempt.job_id, attempt.token, status, fields, events,
                                        attempt.account_id, attempt.usage, attempt.batch_id):
-            log.warning("job lost before it could finish", extra={"job_id": attempt.job_id})
+            log.warning("job lost before it could finish", extra=attempt.log_context())
             return "lost"
-        log.info("job %s", status, extra={"job_id": attempt.job_id, "account_id": attempt.account_id,
-                                          "model": attempt.model_id})
+        metrics.record_finish(status, attempt.model_id, attempt.provider, attempt.usage)
+        log.info("job %s", status, extra=attempt.log_context())
         return status
 
     async def _finish_succeeded(self, attempt: Attempt, completion: Completion) -> str:

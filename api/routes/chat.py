@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
 from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
@@ -128,6 +129,7 @@ async def create_chat_completion(
     headers.update(await ratelimit_headers(redis, request.app.state.limiter, account))
 
     if body.stream:
+        @track_sse("/v4/chat-completions")
         async def relay():
             nonlocal finished
             try:

@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
 from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
@@ -78,6 +79,7 @@ async def stream_job(
         # Nothing will ever follow: 204 tells an EventSource to stop reconnecting.
         return Response(status_code=204)
 
+    @track_sse("/v4/jobs/{job_id}/stream")
     async def events():
         yield b"retry: 1000\n\n"
         async for event in follow(redis, hub, job_id, after=start):

@@ -1,0 +1,84 @@
+"""The API's metrics: a pure ASGI middleware timing every request, ``GET /metrics``, and the
+decorator that counts open SSE streams. The metrics themselves are in ``shared/metrics.py``."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from fastapi import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from shared import metrics
+
+UNMATCHED = "unmatched"  # no route: never the raw path (unbounded, and may carry ids)
+
+
+def route_template(scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+class MetricsMiddleware:
+    """Observes each HTTP request when its response starts (status known): for a streamed
+    response that is its time to first byte, and the stream itself passes through untouched.
+    A request that fails before answering counts as a 500."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            observed = True
+            metrics.HTTP_REQUEST_DURATION.labels(scope.get("method", ""), route_template(scope),
+                                                 str(status)).observe(time.perf_counter() - started)
+
+        async def send_observed(message):
+            if not observed and message["type"] == "http.response.start":
+                observe(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        except BaseException:
+            if not observed:
+                observe(500)
+            raise
+
+
+async def metrics_endpoint() -> Response:
+    """``GET /metrics``: the API process's metrics, in the Prometheus text format (no auth)."""
+    return Response(generate_latest(metrics.API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def track_sse(route: str):
+    """Decorates an async generator function (an SSE body): counts the stream in
+    ``chatfleet_sse_streams_active`` from its first item until it ends, however it ends
+    (the wrapped generator is closed at the same moment, so its own ``finally`` still runs)."""
+
+    def decorate(generator_function):
+        @functools.wraps(generator_function)
+        async def tracked(*args, **kwargs):
+            inner = generator_function(*args, **kwargs)
+            gauge = metrics.SSE_STREAMS_ACTIVE.labels(route)
+            gauge.inc()
+            try:
+                async for item in inner:
+                    yield item
+            finally:
+                try:
+                    await inner.aclose()
+                finally:
+                    gauge.dec()
+
+        return tracked
+
+    return decorate

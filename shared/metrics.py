@@ -1,0 +1,252 @@
+"""Every Prometheus metric of the fleet, defined once (README, "Metrics", lists them).
+
+Two registries: the API's (served on ``GET /metrics``) and each worker process's (served on
+its own port, ``CHATFLEET_WORKER_METRICS_PORT``, by ``start_worker_metrics_server``). Labels
+are bounded by construction: route templates, status codes, model ids of the catalog, provider
+families, error codes, queue names. Never an account, a job id, a key, or any message text.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from shared import keys
+
+log = logging.getLogger(__name__)
+
+# No *_created series: they double the samples and nothing here reads them.
+disable_created_metrics()
+
+API_REGISTRY = CollectorRegistry()
+WORKER_REGISTRY = CollectorRegistry()
+for _registry in (API_REGISTRY, WORKER_REGISTRY):
+    ProcessCollector(registry=_registry)
+    PlatformCollector(registry=_registry)
+    GCCollector(registry=_registry)
+
+# Seconds: from sub-second HTTP answers up to the 10-minute job time limit.
+_FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+# --- API ----------------------------------------------------------------------------------------
+
+HTTP_REQUEST_DURATION = Histogram(
+    "chatfleet_http_request_duration_seconds",
+    "API request latency until the response starts (for streams: time to the first byte), "
+    "by method, route template and status code.",
+    ["method", "route", "status"], buckets=_FAST_BUCKETS, registry=API_REGISTRY,
+)
+SSE_STREAMS_ACTIVE = Gauge(
+    "chatfleet_sse_streams_active",
+    "Server-sent event streams the API is serving now, by route template.",
+    ["route"], registry=API_REGISTRY,
+)
+JOBS_SUBMITTED = Counter(
+    "chatfleet_jobs_submitted",
+    "Jobs accepted by the API (POST /v4/jobs and /v4/chat-completions), by model.",
+    ["model"], registry=API_REGISTRY,
+)
+
+# --- workers ------------------------------------------------------------------------------------
+
+JOBS_FINISHED = Counter(
+    "chatfleet_jobs_finished",
+    "Jobs finished by a worker, by final status (succeeded, failed, cancelled), model and provider family.",
+    ["status", "model", "provider"], registry=WORKER_REGISTRY,
+)
+JOB_ATTEMPT_DURATION = Histogram(
+    "chatfleet_job_attempt_duration_seconds",
+    "Duration of one attempt at a job in a worker (claim to finish, park or hand-back), by outcome.",
+    ["outcome"], buckets=_SLOW_BUCKETS, registry=WORKER_REGISTRY,
+)
+JOBS_RUNNING = Gauge(
+    "chatfleet_jobs_running",
+    "Jobs this worker process is running now (admitted, calling their provider).",
+    registry=WORKER_REGISTRY,
+)
+RATELIMIT_ADMISSIONS = Counter(
+    "chatfleet_ratelimit_admissions",
+    "Jobs admitted by the rate limiter, by model.",
+    ["model"], registry=WORKER_REGISTRY,
+)
+RATELIMIT_REJECTIONS = Counter(
+    "chatfleet_ratelimit_rejections",
+    "Jobs not admitted by the rate limiter, by model and reason (requests, tokens, concurrency: "
+    "the job waits; order: it waits behind earlier jobs of its account; too_large: it fails).",
+    ["model", "reason"], registry=WORKER_REGISTRY,
+)
+PROVIDER_CALL_DURATION = Histogram(
+    "chatfleet_provider_call_duration_seconds",
+    "Duration of one provider call (the whole streamed answer), by provider family, model and "
+    "outcome (ok, error, aborted: cancelled, lost or timed out).",
+    ["provider", "model", "outcome"], buckets=_SLOW_BUCKETS, registry=WORKER_REGISTRY,
+)
+PROVIDER_TTFT = Histogram(
+    "chatfleet_provider_time_to_first_token_seconds",
+    "Time from the start of a provider call to its first text, by provider family and model.",
+    ["provider", "model"], buckets=_FAST_BUCKETS, registry=WORKER_REGISTRY,
+)
+PROVIDER_ERRORS = Counter(
+    "chatfleet_provider_errors",
+    "Failed provider calls (retried or not), by provider family and error code.",
+    ["provider", "code"], registry=WORKER_REGISTRY,
+)
+TOKENS = Counter(
+    "chatfleet_tokens",
+    "Tokens of finished jobs as recorded in usage, by model, provider family and direction "
+    "(in: prompt, out: completion).",
+    ["model", "provider", "direction"], registry=WORKER_REGISTRY,
+)
+
+
+def admission_reason(outcome: str, reason: str) -> str:
+    """The label of a rate-limit rejection, from the limiter's outcome and its reason text."""
+    if outcome == "too_large":
+        return "too_large"
+    if "behind earlier jobs" in reason:
+        return "order"
+    for word, label in (("requests", "requests"), ("tokens", "tokens"), ("concurrency", "concurrency")):
+        if word in reason:
+            return label
+    return "other"
+
+
+def record_admission(model: str, outcome: str, reason: str = "") -> None:
+    if outcome == "admitted":
+        RATELIMIT_ADMISSIONS.labels(model).inc()
+    else:
+        RATELIMIT_REJECTIONS.labels(model, admission_reason(outcome, reason)).inc()
+
+
+def record_finish(status: str, model: str, provider: str, usage=None) -> None:
+    JOBS_FINISHED.labels(status, model, provider).inc()
+    if usage is not None:
+        TOKENS.labels(model, provider, "in").inc(max(int(usage.prompt_tokens), 0))
+        TOKENS.labels(model, provider, "out").inc(max(int(usage.completion_tokens), 0))
+
+
+class RedisGauges(Collector):
+    """Fleet-wide gauges read from Redis at scrape time: queue depths (``LLEN`` of each Celery
+    queue) and throttled jobs waiting for admission (``ZCARD`` of each throttled account's
+    waiting set). Every worker reports the same values: aggregate with ``max``."""
+
+    QUEUES = (keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH, keys.QUEUE_LOCAL)
+    MAX_ACCOUNTS = 1000
+    MIN_INTERVAL = 1.0  # seconds: scrapes closer together reuse the last reading
+
+    def __init__(self, redis_url: str):
+        import redis
+
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2,
+                                           decode_responses=True)
+        self._lock = threading.Lock()
+        self._read_at = 0.0
+        self._reading: tuple[dict[str, int], int] | None = None
+
+    def describe(self):
+        return [GaugeMetricFamily("chatfleet_queue_depth", "", labels=["queue"]),
+                GaugeMetricFamily("chatfleet_throttled_jobs_waiting", "")]
+
+    def _read(self) -> tuple[dict[str, int], int] | None:
+        with self._lock:
+            if self._reading is not None and time.monotonic() - self._read_at < self.MIN_INTERVAL:
+                return self._reading
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for queue in self.QUEUES:
+                    pipe.llen(queue)
+                pipe.zrange(keys.THROTTLED_ACCOUNTS, 0, self.MAX_ACCOUNTS - 1)
+                *lengths, accounts = pipe.execute()
+                waiting = 0
+                if accounts:
+                    pipe = self._redis.pipeline(transaction=False)
+                    for account_id in accounts:
+                        pipe.zcard(keys.account_waiting(account_id))
+                    waiting = sum(int(n) for n in pipe.execute())
+                self._reading = (dict(zip(self.QUEUES, (int(n) for n in lengths))), waiting)
+            except Exception as exc:
+                log.warning("could not read queue depths for metrics: %s", exc)
+                self._reading = None
+            self._read_at = time.monotonic()
+            return self._reading
+
+    def collect(self):
+        depth = GaugeMetricFamily("chatfleet_queue_depth",
+                                  "Jobs waiting in each Celery queue (LLEN), fleet-wide.", labels=["queue"])
+        waiting = GaugeMetricFamily("chatfleet_throttled_jobs_waiting",
+                                    "Jobs parked by the rate limiter, waiting for admission, fleet-wide.")
+        reading = self._read()
+        if reading is not None:
+            lengths, parked = reading
+            for queue, length in lengths.items():
+                depth.add_metric([queue], length)
+            waiting.add_metric([], parked)
+        yield depth
+        yield waiting
+
+
+_server_lock = threading.Lock()
+_server: tuple[int, int] | None = None  # (pid, port)
+PORT_ATTEMPTS = 21  # the configured port and the next 20
+
+
+def start_worker_metrics_server(settings=None) -> int | None:
+    """Serve this worker process's metrics over HTTP; returns the port (None: disabled or
+    failed). Several workers on one machine: a busy port moves on to the next, up to +20.
+    Never raises: metrics must not stop a worker."""
+    global _server
+    try:
+        if settings is None:
+            from shared.settings import get_settings
+
+            settings = get_settings()
+        base = settings.worker_metrics_port
+        if not base:
+            return None
+        with _server_lock:
+            if _server is not None and _server[0] == os.getpid():
+                return _server[1]
+            for port in range(base, base + PORT_ATTEMPTS):
+                try:
+                    start_http_server(port, registry=WORKER_REGISTRY)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        raise
+                    log.warning("worker metrics port %d is in use; trying %d", port, port + 1)
+                    continue
+                try:
+                    WORKER_REGISTRY.register(RedisGauges(settings.redis_url))
+                except ValueError:  # already registered (a second call in this process)
+                    pass
+                _server = (os.getpid(), port)
+                log.info("worker metrics served on port %d", port, extra={"port": port})
+                return port
+            log.warning("worker metrics disabled: ports %d to %d are all in use", base, base + PORT_ATTEMPTS - 1)
+            return None
+    except Exception:
+        log.warning("could not start the worker metrics server", exc_info=True)
+        return None
+
+
+def record_provider_call(provider: str, model: str, outcome: str, seconds: float, code: str | None = None) -> None:
+    PROVIDER_CALL_DURATION.labels(provider, model, outcome).observe(seconds)
+    if code is not None:
+        PROVIDER_ERRORS.labels(provider, code).inc()

@@ -7,6 +7,7 @@ import logging
 from celery import signals
 
 from shared import keys
+from shared.metrics import start_worker_metrics_server
 from worker.celery_app import app
 from worker.runtime import current_runtime, get_runtime, stop_runtime
 
@@ -22,6 +23,7 @@ def run_job(job_id: str) -> str:
 def _start_runtime(sender=None, **_):
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
     get_runtime(hostname=sender.hostname if sender is not None else None, queues=queues)
+    start_worker_metrics_server()
 
 
 @signals.worker_shutting_down.connect
@@ -36,3 +38,18 @@ def _begin_shutdown(**_):
 @signals.worker_shutdown.connect
 def _stop_runtime(**_):
     stop_runtime()
+
+
+_ping_redis = None
+
+
+@app.task(name="chatfleet.ping", ignore_result=True)
+def ping(counter_key: str) -> None:
+    """A bare Celery round trip for ``bench.throughput``: INCR a counter, nothing else."""
+    global _ping_redis
+    if _ping_redis is None:
+        from shared.connections import sync_redis
+        from shared.settings import get_settings
+
+        _ping_redis = sync_redis(get_settings().redis_url)
+    _ping_redis.incr(counter_key)

@@ -1,0 +1,272 @@
+"""How many concurrent streaming provider calls one worker process holds, and how late its tokens are.
+
+    .venv/bin/python -m bench.concurrency [--levels 100 500 1000] [--tokens 100] [--rate 20] [--order worker-first]
+
+The fake provider streams 100 tokens per call at 20 tokens/s (5 s per call, first token at
+once). For each level, one worker process is started with ``-c level+50`` (and as many Redis
+connections), ``level`` jobs are submitted (``POST /v4/jobs``, gpt-4o-mini, max_tokens 100; the
+job index is in the message text) and the benchmark follows every job's SSE stream
+(``GET /v4/jobs/{id}/stream``) through one API process, recording when each token event
+arrives. The provider emits token i of a call at ``t0 + i / rate``, ``t0`` being when the fake
+received the call (from its request log; calls are matched to jobs by the message text), so
+
+    relay latency = arrival at the client - emission by the provider
+
+covers worker → Redis → API → client. Prints, per level: jobs completed, tokens received vs
+expected (and lost, duplicated), relay latency p50/p99, the worker's peak RSS, the peak number
+of calls open at once at the provider, how long the worker took to start all the calls (first to
+last call received by the fake), the span from the first call to the last token received
+(ideally the length of one call) and the tokens relayed per second over it, the cores the worker
+used meanwhile, errors; then the cores each process used. Each level's worker is stopped
+before the next.
+
+By default the level's worker is started first and the jobs submitted to it (50 submitters),
+each stream opened right after its submission. ``--order jobs-first`` submits every job and
+opens every stream before the worker starts, so that the worker is offered all of them at once
+and the API is not submitting while it relays; "peak calls" shows how many calls the worker
+actually held open together either way (it takes the jobs off the queue at its own pace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from bench._stack import (
+    KEY,
+    BenchStack,
+    CpuWindow,
+    peak_rss_mib,
+    percentile,
+    raise_open_files,
+    table,
+)
+
+MODEL = "gpt-4o-mini"
+JOB_TEXT = re.compile(r"^job (\d+):")
+TOKEN = re.compile(r"tok(\d+)")
+
+
+@dataclass
+class Follow:
+    index: int
+    job_id: str = ""
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)
+    error: str = ""
+    opened: bool = False
+
+
+async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asyncio.Semaphore) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"job {f.index}: count to {tokens}"}],
+            "model_parameters": {"max_tokens": tokens}}
+    async with gate:
+        try:
+            r = await client.post("/v4/jobs", json=body)
+        except httpx.HTTPError as exc:
+            f.error = f"submit: {type(exc).__name__}"
+            return
+    if r.status_code != 202:
+        f.error = f"submit: HTTP {r.status_code}"
+        return
+    f.job_id = r.json()["id"]
+
+
+async def follow(client: httpx.AsyncClient, f: Follow) -> None:
+    if not f.job_id:
+        return
+    try:
+        async with client.stream("GET", f"/v4/jobs/{f.job_id}/stream") as r:
+            if r.status_code != 200:
+                f.error = f"stream: HTTP {r.status_code}"
+                return
+            append = f.chunks.append
+            clock = time.time
+            f.opened = True
+            async for chunk in r.aiter_raw():  # the API ends the response after the last event
+                append((clock(), chunk))
+    except httpx.HTTPError as exc:
+        f.error = f"stream: {type(exc).__name__}"
+
+
+def parse(f: Follow) -> tuple[list[tuple[float, int]], str]:
+    """(arrival time, token index) of every token received, and how the stream ended."""
+    tokens: list[tuple[float, int]] = []
+    ending = ""
+    buf = b""
+    for t, chunk in f.chunks:
+        buf += chunk
+        while b"\n\n" in buf:
+            raw, buf = buf.split(b"\n\n", 1)
+            event, data = "", b""
+            for line in raw.split(b"\n"):
+                if line.startswith(b"event: "):
+                    event = line[7:].decode()
+                elif line.startswith(b"data: "):
+                    data = line[6:]
+            if not data:
+                continue
+            if event == "":
+                content = orjson.loads(data)["chat_completion"]["message"]["content"]
+                tokens.extend((t, int(n)) for n in TOKEN.findall(content))
+            elif event == "end":
+                ending = orjson.loads(data).get("status", "?")
+            elif event == "error":
+                ending = "error: " + str(orjson.loads(data).get("code"))
+    return tokens, ending
+
+
+async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, submitters: int, order: str,
+                    timeout: float) -> dict:
+    stack.fake.reset()
+    name = f"c{level}"
+    follows = [Follow(i) for i in range(level)]
+    limits = httpx.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
+    gate = asyncio.Semaphore(submitters)
+    pid = None
+    # Two clients: httpx's pool scans all its connections on every request, so the submissions
+    # do not go through the pool that holds the open streams.
+    async with httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, limits=limits,
+                                 timeout=httpx.Timeout(60, read=120)) as client, \
+            httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, timeout=60,
+                              limits=httpx.Limits(max_connections=submitters)) as submit_client:
+        if order == "worker-first":
+            pid = stack.start_worker(level + 50, name)
+            await asyncio.to_thread(stack.wait_ready, name)
+
+        async def one(f: Follow) -> None:
+            await submit(submit_client, f, tokens, gate)
+            await follow(client, f)
+
+        tasks = [asyncio.create_task(one(f)) for f in follows]
+        if order == "jobs-first":
+            while sum(1 for f in follows if f.opened or f.error) < level:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # let the API's followers subscribe
+            pid = stack.start_worker(level + 50, name)
+        # The worker's CPU is counted from the first provider call (not its start-up).
+        deadline = time.monotonic() + timeout
+        while (await asyncio.to_thread(stack.fake.stats))["total"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        procs = {"worker": pid, "api": stack.pid("api"), "redis": stack.pid("redis"),
+                 "fake": stack.fake.proc.pid, "bench": os.getpid()}
+        window = CpuWindow(procs)
+        _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
+        for task in pending:
+            task.cancel()
+        for f, task in zip(follows, tasks):
+            if task in pending:
+                f.error = f.error or "timeout"
+        cores = window.stop()
+    rss = peak_rss_mib(pid)
+    stats = stack.fake.stats()
+    calls = stack.fake.requests(family="openai")
+    stack.stop_worker(name)
+
+    t0: dict[int, float] = {}
+    retries = 0
+    for rec in calls:
+        text = (rec.get("body") or {}).get("messages", [{}])[-1].get("content", "")
+        m = JOB_TEXT.match(text)
+        if m:
+            i = int(m.group(1))
+            if i in t0:
+                retries += 1
+            else:
+                t0[i] = rec["time"]
+    received = duplicates = completed = 0
+    last_arrival = 0.0
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    for f in follows:
+        toks, ending = parse(f)
+        seen = {n for _, n in toks}
+        received += len(seen)
+        duplicates += len(toks) - len(seen)
+        if ending == "succeeded":
+            completed += 1
+        problem = f.error or ("" if ending == "succeeded" else (ending or "stream ended without end event"))
+        if problem:
+            errors[problem] = errors.get(problem, 0) + 1
+        if toks:
+            last_arrival = max(last_arrival, toks[-1][0])
+        if f.index in t0:
+            latencies.extend(t - (t0[f.index] + n / rate) for t, n in toks)
+    return {"level": level, "completed": completed, "received": received, "expected": level * tokens,
+            "duplicates": duplicates, "latencies": latencies, "rss": rss, "errors": errors,
+            "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
+            "span": last_arrival - min(t0.values(), default=last_arrival),
+            "ramp": max(t0.values(), default=0.0) - min(t0.values(), default=0.0), "cores": cores}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", type=int, nargs="+", default=[100, 500, 1000])
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per call")
+    parser.add_argument("--rate", type=float, default=20.0, help="provider tokens per second per call")
+    parser.add_argument("--submitters", type=int, default=50, help="concurrent POST /v4/jobs")
+    parser.add_argument("--order", choices=("worker-first", "jobs-first"), default="worker-first")
+    parser.add_argument("--timeout", type=float, default=180.0, help="per level, seconds")
+    args = parser.parse_args()
+    nofile = raise_open_files(max(65536, 4 * max(args.levels)))
+
+    stack = BenchStack(fake_knobs={"ttft_ms": 0, "tokens_per_s": args.rate, "tokens": args.tokens,
+                                   "record_limit": 2 * max(args.levels) + 100})
+    results = []
+    try:
+        stack.start_api()
+        # a worker just to see the API ready, stopped before the first level
+        stack.start_worker(50, "warmup")
+        stack.wait_ready("warmup")
+        stack.stop_worker("warmup")
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:  # pragma: no cover
+            runner = asyncio.run
+        for level in args.levels:
+            results.append(runner(run_level(stack, level, args.tokens, args.rate, args.submitters, args.order,
+                                            args.timeout)))
+            r = results[-1]
+            print(f"level {level}: {r['completed']} completed, last token {r['span']:.1f} s after the first call",
+                  flush=True)
+    finally:
+        stack.close()
+
+    print(f"\nConcurrent streaming calls in one worker process: {args.tokens} tokens per call at "
+          f"{args.rate:g} tokens/s ({args.tokens / args.rate:g} s per call), one API process relaying every "
+          f"stream, order {args.order}, open files {nofile}, {os.cpu_count()} cores")
+    rows = []
+    for r in results:
+        lost = r["expected"] - r["received"]
+        errors = sum(r["errors"].values())
+        rows.append([
+            str(r["level"]), str(r["peak"]), f"{r['completed']}/{r['level']}", f"{r['received']}/{r['expected']}",
+            str(lost), str(r["duplicates"]),
+            f"{percentile(r['latencies'], 50) * 1000:.0f}", f"{percentile(r['latencies'], 99) * 1000:.0f}",
+            f"{r['ramp']:.1f}", f"{r['span']:.1f}", f"{r['received'] / r['span']:.0f}" if r["span"] > 0 else "",
+            f"{r['cores']['worker']:.2f}", f"{r['rss']:.0f}",
+            str(errors) + (f" {r['errors']}" if errors else ""),
+        ])
+    print(table(["jobs", "peak calls", "completed", "tokens received", "lost", "dup", "relay p50 ms",
+                 "relay p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker peak RSS MiB", "errors"], rows))
+    print("\nCores busy per process, from the first provider call until every stream ended "
+          "(\"others\": processes outside the benchmark):")
+    names = list(results[0]["cores"]) if results else []
+    ours = [k for k in names if k not in ("machine", "others")]
+    print(table(["jobs", *names, "benchmark's processes"],
+                [[str(r["level"]), *(f"{r['cores'][k]:.2f}" for k in names),
+                  f"{sum(r['cores'][k] for k in ours):.2f}"] for r in results]))
+    if any(r["retries"] for r in results):
+        print("provider calls retried: " + ", ".join(f"{r['level']}: {r['retries']}" for r in results))
+
+
+if __name__ == "__main__":
+    main()

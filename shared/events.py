@@ -63,6 +63,7 @@ class PubSubHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._reader: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
         self.stopping = False
 
     def shutdown(self) -> None:
@@ -97,6 +98,7 @@ class PubSubHub:
             if first:
                 self._confirmed[channel] = asyncio.Event()
                 await self._pubsub.subscribe(channel)
+                self._wakeup.set()
         try:
             # Until the server confirms the subscription a message could slip past; the
             # follower reads the stream after this, and idles into a re-read, so it cannot.
@@ -129,7 +131,10 @@ class PubSubHub:
         while True:
             try:
                 if not self._subscribers:
-                    await asyncio.sleep(0.05)
+                    # Sleep until someone subscribes (not a poll: a new follower's
+                    # confirmation must not wait for the next tick).
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
                     continue
                 message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
                 if message is None:

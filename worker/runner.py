@@ -63,6 +63,7 @@ class Attempt:
     spec: ModelSpec | None = None
     usage: UsageRecord | None = None
     handle: object = None  # the runtime's RunningJob
+    emitter: Emitter | None = None
     number: int = 0  # which delivery of the job this attempt is (the claim's count)
 
     @property
@@ -82,6 +83,65 @@ class Attempt:
         if self.batch_id:
             out["batch_id"] = self.batch_id
         return out
+
+
+class Emitter:
+    """Publishes an attempt's text as token events without making the provider wait.
+
+    While one publish is in flight, new deltas queue up and go together in the next one (one
+    round trip for several events, each still its own event). ``attempt.seq`` and
+    ``attempt.delivered`` move only when a publish succeeded, so they always say exactly what
+    subscribers have. A lost lease or a cancel request seen by a publish is raised on the next
+    ``emit`` or ``drain``.
+    """
+
+    MAX_PENDING = 256
+
+    def __init__(self, store: JobStore, attempt: Attempt):
+        self.store = store
+        self.attempt = attempt
+        self.pending: list[str] = []
+        self.task: asyncio.Task | None = None
+
+    async def emit(self, text: str) -> None:
+        self.pending.append(text)
+        if self.task is not None and self.task.done():
+            task, self.task = self.task, None
+            task.result()  # raises what the last publish learned
+        if self.task is None:
+            self.task = asyncio.create_task(self._flush())
+        elif len(self.pending) >= self.MAX_PENDING:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until everything emitted is published (raises LostOwnership / JobCancelled)."""
+        while self.task is not None:
+            task, self.task = self.task, None
+            await asyncio.shield(task)
+            if self.pending:
+                self.task = asyncio.create_task(self._flush())
+
+    async def settle(self) -> None:
+        """Like drain, for an attempt that is ending anyway: what it raises no longer matters."""
+        try:
+            await self.drain()
+        except (LostOwnership, JobCancelled):
+            pass
+
+    async def _flush(self) -> None:
+        attempt = self.attempt
+        while self.pending:
+            texts, self.pending = self.pending, []
+            events = [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+            outcome = await self.store.publish(attempt.job_id, attempt.token, events)
+            if outcome < 0:
+                self.pending = []
+                raise LostOwnership()
+            attempt.seq += len(texts)
+            attempt.delivered.extend(texts)
+            if outcome == 1:
+                self.pending = []
+                raise JobCancelled()
 
 
 def chunk_text(data: str) -> str:
@@ -236,6 +296,11 @@ class JobRunner:
             return "lost"
         except ProviderError as exc:
             return await self._finish_failed(attempt, exc.code, exc.message)
+        except RedisError as exc:
+            # The job store is unreachable: nothing can be recorded now. The lease lapses and
+            # the job is handed out again once Redis answers, continuing after what was published.
+            log.error("Redis unavailable mid-job, leaving it to be resumed: %s", exc, extra=attempt.log_context())
+            return "redis_unavailable"
         except Exception:
             log.exception("job failed unexpectedly", extra=attempt.log_context())
             return await self._finish_failed(attempt, "internal_error", "the worker hit an unexpected error")
@@ -275,6 +340,8 @@ class JobRunner:
                                              exc.code)
                 if not exc.retryable or calls >= MAX_PROVIDER_CALLS:
                     raise
+                if attempt.emitter is not None:
+                    await attempt.emitter.drain()  # the next call continues after all of it
                 delay = exc.retry_after
                 if delay is not None and delay > MAX_RETRY_AFTER_SECONDS:
                     raise  # waiting that long helps nobody: the client hears it now
@@ -292,20 +359,21 @@ class JobRunner:
             tail = stops.flush()
             if tail:
                 await self._emit(attempt, tail)
+            if attempt.emitter is not None:
+                await attempt.emitter.drain()
             if stops.stopped:
                 completion.finish_reason = "stop"
             return completion
 
+    @staticmethod
+    async def _quiesce(attempt: Attempt) -> None:
+        if attempt.emitter is not None:
+            await attempt.emitter.settle()
+
     async def _emit(self, attempt: Attempt, text: str) -> None:
-        attempt.seq += 1
-        outcome = await self.store.publish(
-            attempt.job_id, attempt.token, [(attempt.seq, TOKEN, _dumps(stream_chunk(text)))]
-        )
-        if outcome < 0:
-            raise LostOwnership()
-        attempt.delivered.append(text)
-        if outcome == 1:
-            raise JobCancelled()
+        if attempt.emitter is None:
+            attempt.emitter = Emitter(self.store, attempt)
+        await attempt.emitter.emit(text)
 
     async def _finish(self, attempt: Attempt, status: str, fields: dict[str, str], events,
                       prompt_tokens: int | None = None, completion_tokens: int | None = None) -> str:
@@ -328,6 +396,7 @@ class JobRunner:
         return status
 
     async def _finish_succeeded(self, attempt: Attempt, completion: Completion) -> str:
+        await self._quiesce(attempt)  # the last events follow every published one
         final = stream_chunk("", completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         body = completion_body(attempt.text, completion.finish_reason,
                                completion.prompt_tokens, completion.completion_tokens)
@@ -339,11 +408,13 @@ class JobRunner:
         )
 
     async def _finish_cancelled(self, attempt: Attempt) -> str:
+        await self._quiesce(attempt)  # the last events follow every published one
         return await self._finish(
             attempt, "cancelled", {},
             [(attempt.seq + 1, END, _dumps({"status": "cancelled"}))],
         )
 
     async def _finish_failed(self, attempt: Attempt, code: str, message: str) -> str:
+        await self._quiesce(attempt)  # the last events follow every published one
         error = _dumps({"code": code, "message": message})
         return await self._finish(attempt, "failed", {"error": error}, [(attempt.seq + 1, ERROR, error)])

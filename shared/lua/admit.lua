@@ -44,8 +44,11 @@ local scopes = {
   {k = 12, rpm = limit(ARGV[9]), tpm = limit(ARGV[10]), conc = nil, name = "provider deployment"},
 }
 
--- A request that could never fit a token limit must not wait forever.
+-- A request that could never be admitted must not wait forever.
 for _, s in ipairs(scopes) do
+  if s.rpm == 0 or s.conc == 0 then
+    return {"too_large", s.name .. " limit is 0: nothing can be admitted"}
+  end
   if s.tpm and est > s.tpm then
     return {"too_large", s.name .. " tokens-per-window limit is " .. s.tpm .. ", the request needs up to " .. est}
   end

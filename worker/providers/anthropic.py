@@ -203,9 +203,7 @@ class AnthropicProvider(HTTPProvider):
                 elif kind == "error":
                     raise self._stream_error(event)
                 # ping, content_block_start/stop, and event types added later: nothing to do
-        if stop_reason is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
+        self.check_ended(stop_reason)
         # One call's worth: the prefilled text was prompt to this call, but completion to the job.
         carried = request.continuation_events if request.continuation else 0
         prompt = max(input_tokens - carried, 0) if prefilled else input_tokens

@@ -223,12 +223,6 @@ class BedrockProvider(HTTPProvider):
                         finish_reason = STOP_REASONS.get(reason, reason)
                     else:
                         usage = payload.get("usage") or usage
-        if finish_reason is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
-        if usage is None:
-            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
-        # One call's worth: the continued text was prompt to this call, but completion to the job.
-        carried = request.continuation_events
-        yield Completion(finish_reason, max(int(usage.get("inputTokens", 0)) - carried, 0),
-                         int(usage.get("outputTokens", 0)) + carried)
+        self.check_ended(finish_reason, usage)
+        yield self.one_call(finish_reason, int(usage.get("inputTokens", 0)),
+                            int(usage.get("outputTokens", 0)), request.continuation_events)

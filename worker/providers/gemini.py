@@ -127,11 +127,7 @@ class GeminiProvider(HTTPProvider):
                         yield TextDelta(part["text"])
                 if candidate.get("finishReason"):
                     finish = finish_reason(candidate["finishReason"])
-        if finish is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
-        if usage is None:
-            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        self.check_ended(finish, usage)
         # One call's worth: the prefilled text was prompt to this call, but completion to the job.
         carried = request.continuation_events if request.continuation else 0
         prompt = int(usage.get("promptTokenCount") or 0)

@@ -20,7 +20,7 @@ import orjson
 from httpx_sse import EventSource, ServerSentEvent
 
 from shared.provider_config import ProviderSettings
-from worker.providers.base import Provider, ProviderError
+from worker.providers.base import Completion, Provider, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +206,17 @@ class HTTPProvider(Provider):
 
     def missing_configuration(self) -> str | None:
         return self.settings.missing_setting(self.family)
+
+    def check_ended(self, finish_reason: str | None, usage: object = True) -> None:
+        """A stream is complete only with a finish reason and (pass None if absent) usage."""
+        if finish_reason is None:
+            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
+                                retryable=True)
+        if usage is None:
+            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+
+    @staticmethod
+    def one_call(finish_reason: str, prompt_tokens: int, completion_tokens: int, carried: int) -> Completion:
+        """Usage as for one call: text carried over from an earlier call was prompt to this
+        one but is completion to the job."""
+        return Completion(finish_reason, max(prompt_tokens - carried, 0), completion_tokens + carried)

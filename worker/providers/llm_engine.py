@@ -68,12 +68,6 @@ class LLMEngineProvider(HTTPProvider):
                         yield TextDelta(choice["text"])
                     if choice.get("finish_reason"):
                         finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
-        if finish_reason is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
-        if usage is None:
-            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
-        # One call's worth: the continued text was prompt to this call, but completion to the job.
-        carried = request.continuation_events
-        yield Completion(finish_reason, max(int(usage.get("prompt_tokens", 0)) - carried, 0),
-                         int(usage.get("completion_tokens", 0)) + carried)
+        self.check_ended(finish_reason, usage)
+        yield self.one_call(finish_reason, int(usage.get("prompt_tokens", 0)),
+                            int(usage.get("completion_tokens", 0)), request.continuation_events)

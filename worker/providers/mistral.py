@@ -156,11 +156,7 @@ class MistralProvider(HTTPProvider):
                                             code="upstream_unavailable", retryable=True)
                     if reason:
                         finish_reason = FINISH_REASONS.get(reason, reason)
-        if finish_reason is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
-        if usage is None:
-            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        self.check_ended(finish_reason, usage)
         tail = echo.flush()
         if tail:
             yield TextDelta(tail)

@@ -80,9 +80,5 @@ class OpenAIProvider(HTTPProvider):
                             yield TextDelta(text)
                     if choice.get("finish_reason"):
                         finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
-        if finish_reason is None:
-            raise ProviderError(f"{self.display}'s stream ended before the answer did", code="stream_cut",
-                                retryable=True)
-        if usage is None:
-            raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
+        self.check_ended(finish_reason, usage)
         yield Completion(finish_reason, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

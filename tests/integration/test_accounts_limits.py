@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -258,3 +259,22 @@ def test_usage_of_another_account_is_not_found(stack):
     with stack.client(key_a) as client:
         assert client.get("/v4/usage", params={"account_id": a}).status_code == 200
         assert client.get("/v4/usage", params={"start": "2030-01-02", "end": "2030-01-01"}).status_code == 400
+
+
+def test_provider_deployment_limit_holds_across_accounts(own_stack, tmp_path):
+    """What the provider key allows is shared by every account that uses it."""
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text((Path(__file__).parents[1] / "data" / "test_catalog.toml").read_text()
+                       + "\n[deployments.anthropic]\nrpm = 2\n")
+    stack = own_stack(fake_url=own_stack.fake_url, CHATFLEET_CATALOG_PATH=str(catalog))
+    _, key_a = new_account(stack)
+    _, key_b = new_account(stack)
+    body = {**FAST, "model": "claude-3-haiku-20240307"}
+    with stack.client(key_a) as a, stack.client(key_b) as b:
+        assert a.post("/v4/chat-completions", json=body).status_code == 200
+        assert b.post("/v4/chat-completions", json=body).status_code == 200
+        third = b.post("/v4/chat-completions", json=body)
+        other_model = b.post("/v4/chat-completions", json=FAST)  # another deployment: unaffected
+    assert third.status_code == 429
+    assert "provider deployment requests-per-window limit (2)" in third.json()["detail"]
+    assert other_model.status_code == 200

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.http import HTTPProvider, sse_json
-from worker.providers.openai import FINISH_REASONS
+from worker.providers.http import HTTPProvider
+from worker.providers.openai import FINISH_REASONS, openai_chunks
 
 
 class LLMEngineProvider(HTTPProvider):
@@ -51,23 +51,14 @@ class LLMEngineProvider(HTTPProvider):
             raise ProviderError(f"{self.display} needs a rendered prompt", code="invalid_request")
         finish_reason = None
         usage = None
-        async with self.upstream.stream(self._url(request), self._body(request), self._headers()) as response:
-            async for sse in self.upstream.events(response):
-                if sse.data.strip() == "[DONE]":
-                    break
-                chunk = sse_json(sse, self.display)
-                if "error" in chunk:
-                    err = chunk["error"] or {}
-                    message = err.get("message", err) if isinstance(err, dict) else err
-                    raise ProviderError(f"{self.display} failed mid-stream: {message}",
-                                        code="upstream_unavailable", retryable=True)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    if choice.get("text"):
-                        yield TextDelta(choice["text"])
-                    if choice.get("finish_reason"):
-                        finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
+        async for chunk in openai_chunks(self, self._url(request), self._body(request), self._headers()):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                if choice.get("text"):
+                    yield TextDelta(choice["text"])
+                if choice.get("finish_reason"):
+                    finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
         self.check_ended(finish_reason, usage)
         yield self.one_call(finish_reason, int(usage.get("prompt_tokens", 0)),
                             int(usage.get("completion_tokens", 0)), request.continuation_events)

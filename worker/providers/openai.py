@@ -27,6 +27,23 @@ def openai_sampling(params: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
+                        headers: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON chunks of an OpenAI-style SSE stream, up to ``[DONE]``; an in-band error raises
+    (retryable: the provider failed mid-answer)."""
+    async with provider.upstream.stream(url, body, headers) as response:
+        async for sse in provider.upstream.events(response):
+            if sse.data.strip() == "[DONE]":
+                return
+            chunk = sse_json(sse, provider.display)
+            if "error" in chunk:
+                err = chunk["error"] or {}
+                message = err.get("message", err) if isinstance(err, dict) else err
+                raise ProviderError(f"{provider.display} failed mid-stream: {message}",
+                                    code="upstream_unavailable", retryable=True)
+            yield chunk
+
+
 def job_seed(job_id: str) -> int:
     """A seed fixed per job, so that a retried call is as close to the first as the provider allows."""
     return zlib.crc32(job_id.encode()) & 0x7FFFFFFF
@@ -61,24 +78,16 @@ class OpenAIProvider(HTTPProvider):
         skip = PrefixSkipper(request.continuation, self.display)
         finish_reason = None
         usage = None
-        async with self.upstream.stream(self._url(request), self._body(request), self._headers()) as response:
-            async for sse in self.upstream.events(response):
-                if sse.data.strip() == "[DONE]":
-                    break
-                chunk = sse_json(sse, self.display)
-                if "error" in chunk:
-                    err = chunk["error"] or {}
-                    raise ProviderError(f"{self.display} failed mid-stream: {err.get('message', err)}",
-                                        code="upstream_unavailable", retryable=True)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content") or ""
+        async for chunk in openai_chunks(self, self._url(request), self._body(request), self._headers()):
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    text = skip.feed(text)
                     if text:
-                        text = skip.feed(text)
-                        if text:
-                            yield TextDelta(text)
-                    if choice.get("finish_reason"):
-                        finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
+                        yield TextDelta(text)
+                if choice.get("finish_reason"):
+                    finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
         self.check_ended(finish_reason, usage)
         yield Completion(finish_reason, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

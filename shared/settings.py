@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(200, ge=1)
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    # Celery task events from the start; off, workers send them once Flower asks (it does
+    # while it runs), which spares their cost when nothing monitors the fleet.
+    worker_task_events: bool = False
     # Each worker process serves its Prometheus metrics on this port (the next free one up to
     # +20 when several workers share a machine); 0 disables.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)

@@ -5,7 +5,11 @@
 - visibility timeout above the longest attempt: the broker never redelivers a job that is
   still running (a dead worker's jobs come back sooner, through their lapsed leases);
 - the job id is the task id and the only argument: Flower shows ids, never content;
-- our own redelivery cap (``CHATFLEET_MAX_DELIVERIES``), since Celery has none.
+- our own redelivery cap (``CHATFLEET_MAX_DELIVERIES``), since Celery has none;
+- kombu's Redis transport with one client per channel (``worker.broker``);
+- task events only while a monitor wants them: Flower turns them on in every worker while it
+  runs (``CHATFLEET_WORKER_TASK_EVENTS`` sends them always), since publishing three events per
+  job nobody reads costs about a tenth of a provider worker's CPU.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def _flower_credentials() -> None:
 _flower_credentials()
 
 app = Celery("chatfleet", broker=settings.redis_url, include=["worker.tasks"])
+app.conf.broker_transport = "worker.broker:Transport"
 _transport = {"visibility_timeout": settings.visibility_timeout}
 app.conf.update(
     task_acks_late=True,
@@ -52,7 +57,7 @@ app.conf.update(
     task_queues=[Queue(keys.QUEUE_INTERACTIVE), Queue(keys.QUEUE_BATCH), Queue(keys.QUEUE_LOCAL)],
     task_default_queue=keys.QUEUE_INTERACTIVE,
     task_routes={keys.RUN_JOB_TASK: {"queue": keys.QUEUE_INTERACTIVE}},
-    worker_send_task_events=True,
+    worker_send_task_events=settings.worker_task_events,
     task_send_sent_event=True,
     task_serializer="json",
     accept_content=["json"],

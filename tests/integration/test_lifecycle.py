@@ -108,6 +108,18 @@ def test_flower_refuses_to_start_without_credentials_and_checks_them(stack):
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, auth=("ops", "wrong")).status_code == 401
     assert httpx.get(url, auth=("ops", "s3cret")).status_code == 200
+
+    # Workers send task events only once a monitor asks; Flower does, so it sees the jobs.
+    submitted: list[str] = []
+
+    def flower_lists_a_job() -> bool:
+        r = httpx.post(f"{stack.base_url}/v4/jobs", headers={"x-api-key": DEV_KEY},
+                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        submitted.append(r.json()["id"])
+        tasks = httpx.get(f"{url}api/tasks", auth=("ops", "s3cret"), timeout=5).json()
+        return any(job_id in tasks for job_id in submitted)
+
+    wait_for(flower_lists_a_job, 60, 0.5, "a job in Flower's task list")
     stack.fleet.stop("flower")
 
 

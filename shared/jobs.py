@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,6 +61,8 @@ def _loads(value: str | None) -> Any:
 class Claim:
     outcome: str  # claimed | missing | terminal | busy | exhausted
     detail: str = ""
+    record: dict[str, str] = field(default_factory=dict)  # when claimed: the job's hash
+    events: list[tuple[int, str, str]] = field(default_factory=list)  # when claimed: (seq, type, data)
 
     @property
     def attempts(self) -> int:
@@ -158,12 +160,19 @@ class JobStore:
     # --- worker side ----------------------------------------------------------------------
 
     async def claim(self, job_id: str, token: str) -> Claim:
+        """Claim the job for this attempt; a successful claim carries the job's record and the
+        events already published, read in the same round trip."""
         result = await self.scripts.claim_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id)],
             args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()),
                   self.settings.max_deliveries, job_id],
         )
-        return Claim(result[0], result[1] if len(result) > 1 else "")
+        if result[0] != "claimed":
+            return Claim(result[0], result[1] if len(result) > 1 else "")
+        flat = result[2]
+        record = dict(zip(flat[::2], flat[1::2]))
+        events = [(int(entry_id.split("-")[1]), *_event_fields(fields)) for entry_id, fields in result[3]]
+        return Claim("claimed", result[1], record, events)
 
     async def renew(self, job_id: str, token: str) -> tuple[bool, bool]:
         owned, cancel = await self.scripts.renew_lease(
@@ -306,6 +315,12 @@ class JobStore:
             keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue],
             args=[job_id, repr(time.time()), run_job_message(job_id, queue)],
         ))
+
+
+def _event_fields(flat: list[str]) -> tuple[str, str]:
+    """(type, data) of a stream entry's field list, as XADD wrote it (``t`` and ``d``)."""
+    fields = dict(zip(flat[::2], flat[1::2]))
+    return fields["t"], fields["d"]
 
 
 async def last_event_seq(redis, job_id: str) -> int:

@@ -34,6 +34,9 @@ def scope_keys(account_id: str, model: str, deployment: str) -> list[str]:
 class Admission:
     outcome: str  # admitted | waiting | too_large
     next_job: str = ""
+    # Whether the admission recorded anything (a limit applied): only then is there anything
+    # for ``settle`` to reconcile or release.
+    holds: bool = True
     retry_at: float | None = None  # unix seconds
     reason: str = ""
 
@@ -69,7 +72,7 @@ class Limiter:
                   repr(submitted_at), model, deployment_rpm or -1, deployment_tpm or -1],
         )
         if result[0] == "admitted":
-            return Admission("admitted", next_job=result[1])
+            return Admission("admitted", next_job=result[1], holds=result[2] == "1")
         if result[0] == "waiting":
             return Admission("waiting", retry_at=int(result[1]) / 1000, reason=result[2])
         return Admission("too_large", reason=result[1])

@@ -20,7 +20,6 @@ import orjson
 
 from shared import metrics
 from shared.catalog import Catalog, ModelSpec
-from shared.events import read_events
 from redis.exceptions import RedisError
 
 from shared.jobs import END, ERROR, TOKEN, JobStore
@@ -192,12 +191,12 @@ class JobRunner:
             running.limits = None
 
     async def _run_claimed(self, job_id: str, token: str, running, claim) -> str:
-        record = await self.store.get(job_id)
+        record = claim.record
         job_spec = orjson.loads(record["spec"])
         account_id = record["account_id"]
-        prior = await read_events(self.store.redis, job_id)
-        attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
-                          [chunk_text(e.data) for e in prior if e.type == TOKEN],
+        prior = claim.events
+        attempt = Attempt(job_id, token, prior[-1][0] if prior else 0,
+                          [chunk_text(data) for _, kind, data in prior if kind == TOKEN],
                           account_id=account_id, model_id=job_spec["model"],
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
                           prompt_bytes=int(job_spec.get("prompt_bytes", 0)),
@@ -229,7 +228,8 @@ class JobRunner:
                 log.info("job throttled: %s", admission.reason, extra=context)
                 return "throttled"
             return "lost"
-        running.limits = (account_id, model.id, model.deployment_name)
+        if admission.holds:
+            running.limits = (account_id, model.id, model.deployment_name)
         if not record.get("started_at"):
             attempt.started = time.time()
         if admission.next_job:
@@ -239,6 +239,8 @@ class JobRunner:
         with metrics.JOBS_RUNNING.track_inprogress():
             outcome = await self._execute(attempt, model, job_spec, running)
         running.limits = None
+        if not admission.holds:
+            return outcome  # no limit applied: nothing was reserved, nothing to release
         try:
             next_job = await self.limiter.settle(
                 job_id=job_id, account_id=account_id, model=model.id, deployment=model.deployment_name,

@@ -15,8 +15,9 @@
 --       16 job hash (its started_at is the time of its first admission)
 -- ARGV: 1 now ms, 2 window ms, 3 job id, 4 estimated tokens, 5 lease ms, 6 account id,
 --       7 job submission score, 8 model id, 9 deployment rpm (-1: none), 10 deployment tpm
--- Returns {"admitted", next waiting job or ""} | {"waiting", retry at ms, reason}
---       | {"too_large", reason}
+-- A scope without any limit is skipped (no commands). Returns
+-- {"admitted", next waiting job or "", "1" if the job holds anything to settle else "0"}
+--       | {"waiting", retry at ms, reason} | {"too_large", reason}
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local job = ARGV[3]
@@ -43,6 +44,12 @@ local scopes = {
   {k = 8, rpm = model_rpm, tpm = model_tpm, conc = model_conc, name = "account model"},
   {k = 12, rpm = limit(ARGV[9]), tpm = limit(ARGV[10]), conc = nil, name = "provider deployment"},
 }
+
+local active = {}
+for _, s in ipairs(scopes) do
+  if s.rpm or s.tpm or s.conc then active[#active + 1] = s end
+end
+scopes = active
 
 -- A request that could never be admitted must not wait forever.
 for _, s in ipairs(scopes) do
@@ -139,4 +146,4 @@ redis.call("ZREM", KEYS[2], job)
 redis.call("HSETNX", KEYS[16], "started_at", string.format("%.3f", now / 1000))
 local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
-return {"admitted", next_job or ""}
+return {"admitted", next_job or "", #scopes > 0 and "1" or "0"}

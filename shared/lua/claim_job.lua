@@ -1,8 +1,9 @@
--- Claim a job for one attempt, atomically.
--- KEYS: job hash, lease, running zset
+-- Claim a job for one attempt, atomically, and return what the attempt needs to start: the
+-- job's record and the events already published (a resumed job continues after them).
+-- KEYS: job hash, lease, running zset, events stream
 -- ARGV: attempt token, lease ms, now (unix s), max deliveries, job id
--- Returns {"claimed", attempts} | {"missing"} | {"terminal", status} | {"busy", lease pttl}
---       | {"exhausted", attempts}
+-- Returns {"claimed", attempts, record (HGETALL), events (XRANGE)} | {"missing"}
+--       | {"terminal", status} | {"busy", lease pttl} | {"exhausted", attempts}
 local status = redis.call("HGET", KEYS[1], "status")
 if not status then return {"missing"} end
 if status == "succeeded" or status == "failed" or status == "cancelled" then
@@ -20,4 +21,4 @@ end
 redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[2])
 redis.call("ZADD", KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[5])
 redis.call("HSET", KEYS[1], "status", "running", "updated_at", ARGV[3], "worker", ARGV[1])
-return {"claimed", tostring(attempts)}
+return {"claimed", tostring(attempts), redis.call("HGETALL", KEYS[1]), redis.call("XRANGE", KEYS[4], "-", "+")}

@@ -130,3 +130,40 @@ def test_lapsed_lease_is_requeued_once(store):
         assert (await store.get(job_id))["status"] == "queued"
         assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
     run(go())
+
+
+def test_a_claim_carries_the_record_and_the_events_already_published(store):
+    async def go():
+        job_id = await new_job(store)
+        first = await store.claim(job_id, "a")
+        assert first.record["status"] == "running" and first.record["account_id"] == "acct"
+        assert first.record["attempts"] == "1" and first.events == []
+        assert await store.publish(job_id, "a", [(1, TOKEN, '{"x":1}'), (2, TOKEN, '{"x":2}')]) == 0
+        await store.redis.delete(keys.job_lease(job_id))  # the first attempt's worker died
+        second = await store.claim(job_id, "b")
+        assert second.outcome == "claimed" and second.attempts == 2
+        assert second.events == [(1, TOKEN, '{"x":1}'), (2, TOKEN, '{"x":2}')]
+        assert second.record["worker"] == "b"
+    run(go())
+
+
+def test_admission_without_any_limit_records_nothing_to_settle():
+    from shared.limiter import Limiter
+
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings())
+        common = dict(model="m", deployment="d", deployment_rpm=None, deployment_tpm=None, tokens=10,
+                      submitted_at=1.0)
+        free = await limiter.admit(job_id="j1", account_id="free", **common)
+        assert (free.outcome, free.holds) == ("admitted", False)
+        assert not [k for k in await redis.keys("*") if k.startswith(keys.rate("", "").split("::")[0] + ":")]
+        await redis.hset(keys.account("capped"), mapping={"rpm": 5})
+        capped = await limiter.admit(job_id="j2", account_id="capped", **common)
+        assert (capped.outcome, capped.holds) == ("admitted", True)
+        assert await redis.zcard(keys.rate("acct:capped", "req")) == 1
+        on_deployment = await limiter.admit(job_id="j3", account_id="free",
+                                            **{**common, "deployment_rpm": 100})
+        assert (on_deployment.outcome, on_deployment.holds) == ("admitted", True)
+        assert await redis.zcard(keys.rate("dep:d", "req")) == 1
+    run(go())

@@ -1344,6 +1344,8 @@ class FakeProviderApp:
             "stream": None,
             "status": None,
             "behaviour": None,
+            # The caller's address: the same one on two requests means a reused connection.
+            "client": "%s:%s" % tuple(scope["client"]) if scope.get("client") else None,
         }
         st.record(rec)
 

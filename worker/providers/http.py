@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import logging
 import time
+import urllib.request
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,12 +34,75 @@ CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too man
 MAX_ERROR_BODY = 4096
 
 
+MAX_CONNECTIONS = 2000
+MAX_KEEPALIVE = 512
+POOL_SHARDS = 16
+
+
+class ShardedTransport(httpx.AsyncBaseTransport):
+    """Several connection pools behind one client; each call goes to the least busy one.
+
+    httpcore's pool does work linear in its connections on every request and every release
+    (it checks each idle connection's socket for a hang-up), so one pool holding the hundreds
+    of streams a worker keeps open to a provider costs milliseconds of CPU per call. Split into
+    ``shards`` pools, each call pays for a fraction of them. Ties go to the first pool, so a
+    worker with little traffic keeps reusing the same few connections."""
+
+    def __init__(self, shards: int, limits: httpx.Limits):
+        per_shard = httpx.Limits(
+            max_connections=-(-limits.max_connections // shards),
+            max_keepalive_connections=-(-limits.max_keepalive_connections // shards),
+            keepalive_expiry=limits.keepalive_expiry,
+        )
+        self.shards = [httpx.AsyncHTTPTransport(limits=per_shard, http2=False) for _ in range(shards)]
+        self.busy = [0] * shards  # calls in flight per shard, until their response is closed
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = self.busy.index(min(self.busy))
+        self.busy[index] += 1
+        try:
+            response = await self.shards[index].handle_async_request(request)
+        except BaseException:
+            self.busy[index] -= 1
+            raise
+        response.stream = _Released(response.stream, self.busy, index)
+        return response
+
+    async def aclose(self) -> None:
+        for shard in self.shards:
+            await shard.aclose()
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response body that gives its shard's slot back when it is closed."""
+
+    def __init__(self, stream, busy: list[int], index: int):
+        self._stream = stream
+        self._busy = busy
+        self._index = index
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._busy is not None:
+            self._busy[self._index] -= 1
+            self._busy = None
+        await self._stream.aclose()
+
+
 def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
     # No read timeout at the transport: first-token and between-token limits are enforced per
     # event (see ``iter_with_timeouts``), which a single read timeout cannot express.
     timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
-    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500, keepalive_expiry=30)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, http2=False, follow_redirects=False)
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE,
+                          keepalive_expiry=30)
+    if urllib.request.getproxies():
+        # An egress proxy from the environment: httpx applies it only to its own transport.
+        return httpx.AsyncClient(timeout=timeout, limits=limits, http2=False, follow_redirects=False)
+    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(POOL_SHARDS, limits),
+                             follow_redirects=False)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -127,6 +193,11 @@ def transport_error(exc: Exception, provider: str) -> ProviderError:
                          code="stream_cut", retryable=True)
 
 
+# How long a finished answer's stream is given to end its body (so that its connection can
+# be kept for the next call) before the connection is closed instead.
+END_OF_BODY_SECONDS = 1.0
+
+
 class Upstream:
     """One family's HTTP access: builds requests, checks statuses, streams with timeouts."""
 
@@ -134,6 +205,8 @@ class Upstream:
         self.client = client
         self.settings = settings
         self.provider = provider
+        # The event iterator of each open response (``events``), to read its body's end.
+        self._sources: weakref.WeakKeyDictionary[httpx.Response, AsyncIterator[Any]] = weakref.WeakKeyDictionary()
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str, body: Any, headers: dict[str, str], params=None) -> AsyncIterator[httpx.Response]:
@@ -156,12 +229,28 @@ class Upstream:
                 raise classify(response.status_code, await read_error_body(response), response.headers,
                                self.provider)
             yield response
+            await self._read_to_end(response)
         finally:
+            self._sources.pop(response, None)
             await response.aclose()
 
-    async def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
-        async for sse in self.with_timeouts(EventSource(response).aiter_sse()):
-            yield sse
+    async def _read_to_end(self, response: httpx.Response) -> None:
+        """An adapter stops reading at the answer's last event (``[DONE]``, ``message_stop``);
+        the body's end follows at once. Closing a response before it is read closes its
+        connection, and every call would open a new one (a TCP and TLS handshake, tens of
+        milliseconds to a real provider): read that end first, briefly."""
+        source = self._sources.pop(response, None)
+        if source is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(END_OF_BODY_SECONDS):
+                async for _ in source:
+                    return  # more after the answer's end: not worth waiting for, close it
+
+    def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+        source = self.with_timeouts(EventSource(response).aiter_sse())
+        self._sources[response] = source
+        return source
 
     async def with_timeouts(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Items of ``iterator``, the first within the first-token timeout and each next one

@@ -1,0 +1,72 @@
+"""Each adapter leaves its connection reusable: one TCP (and, to a real provider, TLS)
+handshake serves many calls, even though adapters stop reading at the answer's last event."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.conftest import fake_provider_settings
+from tests.integration.adapter_harness import request_for
+from tests.integration.test_providers_e2e import FAMILY_MODELS
+from worker.providers.base import Completion
+from worker.providers.http import make_client
+from worker.providers.registry import load_adapter
+
+pytestmark = pytest.mark.integration
+
+Q = [{"role": "user", "content": "four words go here"}]
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_consecutive_calls_share_one_connection(fake, family):
+    async def go() -> list[Completion]:
+        settings = fake_provider_settings(fake)
+        client = make_client(settings)
+        adapter = load_adapter(family)(client, settings)
+        done = []
+        try:
+            for _ in range(3):
+                async for item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 5})):
+                    if isinstance(item, Completion):
+                        done.append(item)
+        finally:
+            await adapter.close()
+            await client.aclose()
+        return done
+
+    completions = asyncio.run(go())
+    assert [c.finish_reason for c in completions] == ["length"] * 3
+    calls = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
+    assert len(calls) == 3
+    assert calls[0]["client"] and len({r["client"] for r in calls}) == 1, [r["client"] for r in calls]
+
+
+def test_concurrent_calls_spread_over_the_pools_and_give_their_slots_back(fake):
+    from worker.providers.http import POOL_SHARDS, ShardedTransport
+
+    fake.config(tokens_per_s=50)
+    url = fake.base_url + "/v1/chat/completions"
+    body = {"model": "gpt-4o", "messages": Q, "stream": True, "max_tokens": 3}
+
+    async def go() -> tuple[list[int], list[int], int]:
+        client = make_client(fake_provider_settings(fake))
+        transport = client._transport
+        assert isinstance(transport, ShardedTransport)
+        try:
+            requests = [client.build_request("POST", url, json=body, headers={"authorization": "Bearer x"})
+                        for _ in range(2 * POOL_SHARDS)]
+            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
+            during = list(transport.busy)
+            for response in responses:
+                await response.aread()
+                await response.aclose()
+            return during, list(transport.busy), sum(r.status_code == 200 for r in responses)
+        finally:
+            await client.aclose()
+
+    during, after, ok = asyncio.run(go())
+    assert ok == 2 * POOL_SHARDS
+    assert during == [2] * POOL_SHARDS  # each call went to the least busy pool
+    assert after == [0] * POOL_SHARDS

@@ -1,4 +1,8 @@
-"""Request dependencies: settings, Redis, the job store, and the calling account."""
+"""Request dependencies: settings, Redis, the job store, and the calling account.
+
+Every dependency is ``async def``, even those that only read app state: FastAPI runs a plain
+``def`` dependency in its thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +18,23 @@ from shared.jobs import JobStore
 from shared.settings import Settings
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_redis(request: Request):
+async def get_redis(request: Request):
     return request.app.state.redis
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_hub(request: Request) -> PubSubHub:
+async def get_hub(request: Request) -> PubSubHub:
     return request.app.state.hub
 
 
-def get_catalog_dep(request: Request) -> Catalog:
+async def get_catalog_dep(request: Request) -> Catalog:
     return request.app.state.catalog
 
 

@@ -30,8 +30,11 @@ async def submit(
                  f"on this fleet: the operator must set {missing}"
         )
     try:
-        # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
-        job_spec = await anyio.to_thread.run_sync(prepare_job_spec, body, spec)
+        if spec.raw_prompt:
+            # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
+            job_spec = await anyio.to_thread.run_sync(prepare_job_spec, body, spec)
+        else:
+            job_spec = prepare_job_spec(body, spec)  # no template to render: cheaper than a thread hop
     except RequestError as exc:
         raise HTTPException(400, str(exc)) from None
     record = await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)

@@ -19,6 +19,7 @@ from shared.accounts import add_api_key, ensure_account
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.events import PubSubHub
+from shared.gcfreeze import freeze_startup_objects
 from shared.jobs import JobStore
 from shared.limiter import Limiter
 from shared.logs import configure_logging
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.bootstrap_dev_account:
             await ensure_account(redis, settings.dev_account)
             await add_api_key(redis, settings.dev_account, settings.dev_api_key)
+        freeze_startup_objects()
         try:
             yield
         finally:

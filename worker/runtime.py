@@ -24,6 +24,7 @@ from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.jobs import JobStore
+from shared.gcfreeze import freeze_startup_objects
 from shared.settings import Settings, get_settings
 from worker.providers.local import LocalProvider
 from worker.providers.registry import Providers
@@ -126,6 +127,7 @@ class WorkerRuntime:
             local = self.providers.get("local")
             if isinstance(local, LocalProvider):
                 await self.loop.run_in_executor(None, local.model.load)
+        freeze_startup_objects()
         # Only once everything loaded: the heartbeat is what tells /readyz this worker serves.
         self._background = [
             asyncio.create_task(self._watch_running(), name="watch-running"),

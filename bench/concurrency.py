@@ -12,7 +12,9 @@ received the call (from its request log; calls are matched to jobs by the messag
 
     relay latency = arrival at the client - emission by the provider
 
-covers worker → Redis → API → client. Prints, per level: jobs completed, tokens received vs
+covers worker → Redis → API → client. "after ramp" takes only the tokens emitted once the last
+call had started: while the worker is still starting calls (claims, admissions, requests),
+the tokens of the calls already running wait behind that work on the same loop. Prints, per level: jobs completed, tokens received vs
 expected (and lost, duplicated), relay latency p50/p99, the worker's peak RSS, the peak number
 of calls open at once at the provider, how long the worker took to start all the calls (first to
 last call received by the fake), the span from the first call to the last token received
@@ -183,6 +185,8 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
     received = duplicates = completed = 0
     last_arrival = 0.0
     latencies: list[float] = []
+    steady: list[float] = []  # tokens the provider emitted after the last call had started
+    ramp_end = max(t0.values(), default=0.0)
     errors: dict[str, int] = {}
     for f in follows:
         toks, ending = parse(f)
@@ -197,9 +201,13 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
         if toks:
             last_arrival = max(last_arrival, toks[-1][0])
         if f.index in t0:
-            latencies.extend(t - (t0[f.index] + n / rate) for t, n in toks)
+            for t, n in toks:
+                emitted = t0[f.index] + n / rate
+                latencies.append(t - emitted)
+                if emitted >= ramp_end:
+                    steady.append(t - emitted)
     return {"level": level, "completed": completed, "received": received, "expected": level * tokens,
-            "duplicates": duplicates, "latencies": latencies, "rss": rss, "errors": errors,
+            "duplicates": duplicates, "latencies": latencies, "steady": steady, "rss": rss, "errors": errors,
             "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
             "span": last_arrival - min(t0.values(), default=last_arrival),
             "ramp": max(t0.values(), default=0.0) - min(t0.values(), default=0.0), "cores": cores}
@@ -251,12 +259,13 @@ def main() -> None:
             str(r["level"]), str(r["peak"]), f"{r['completed']}/{r['level']}", f"{r['received']}/{r['expected']}",
             str(lost), str(r["duplicates"]),
             f"{percentile(r['latencies'], 50) * 1000:.0f}", f"{percentile(r['latencies'], 99) * 1000:.0f}",
+            f"{percentile(r['steady'], 50) * 1000:.1f}", f"{percentile(r['steady'], 99) * 1000:.1f}",
             f"{r['ramp']:.1f}", f"{r['span']:.1f}", f"{r['received'] / r['span']:.0f}" if r["span"] > 0 else "",
             f"{r['cores']['worker']:.2f}", f"{r['rss']:.0f}",
             str(errors) + (f" {r['errors']}" if errors else ""),
         ])
     print(table(["jobs", "peak calls", "completed", "tokens received", "lost", "dup", "relay p50 ms",
-                 "relay p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker peak RSS MiB", "errors"], rows))
+                 "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker peak RSS MiB", "errors"], rows))
     print("\nCores busy per process, from the first provider call until every stream ended "
           "(\"others\": processes outside the benchmark):")
     names = list(results[0]["cores"]) if results else []

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._stack import CpuWindow, table
 from deploy.devstack import Fleet, api_argv, free_port, start_redis, wait_ready, worker_argv
 from shared import keys
 from shared.catalog import get_catalog
@@ -32,7 +33,7 @@ KEY = "cf-bench-key"
 QUESTION = "Write a long story about a lighthouse keeper."
 
 
-def direct(concurrency: int, tokens: int, rounds: int) -> float:
+def direct(concurrency: int, tokens: int, rounds: int) -> tuple[float, dict[str, float]]:
     import xllamacpp
 
     settings = Settings()
@@ -63,15 +64,17 @@ def direct(concurrency: int, tokens: int, rounds: int) -> float:
     rates = []
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(concurrency)))  # warm-up
+        window = CpuWindow({"bench": os.getpid()})
         for _ in range(rounds):
             start = time.perf_counter()
             produced = sum(pool.map(one, range(concurrency)))
             rates.append(produced / (time.perf_counter() - start))
+        cores = window.stop()
     server = None  # free the model before the fleet loads its own
-    return statistics.median(rates)
+    return statistics.median(rates), cores
 
 
-def through_fleet(concurrency: int, tokens: int, rounds: int) -> float:
+def through_fleet(concurrency: int, tokens: int, rounds: int) -> tuple[float, dict[str, float]]:
     fleet = Fleet()
     tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
     try:
@@ -99,12 +102,15 @@ def through_fleet(concurrency: int, tokens: int, rounds: int) -> float:
         rates = []
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(one, range(concurrency)))  # warm-up (loads the model)
+            window = CpuWindow({"worker": fleet.procs["worker-local"].pid, "api": fleet.procs["api"].pid,
+                                "redis": fleet.procs["redis"].pid, "bench": os.getpid()})
             for _ in range(rounds):
                 start = time.perf_counter()
                 produced = sum(pool.map(one, range(concurrency)))
                 rates.append(produced / (time.perf_counter() - start))
+            cores = window.stop()
         client.close()
-        return statistics.median(rates)
+        return statistics.median(rates), cores
     finally:
         fleet.stop_all()
 
@@ -116,16 +122,26 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
     rows = []
+    usage = []
     for c in args.concurrency:
-        d = direct(c, args.tokens, args.rounds)
-        f = through_fleet(c, args.tokens, args.rounds)
+        d, d_cores = direct(c, args.tokens, args.rounds)
+        f, f_cores = through_fleet(c, args.tokens, args.rounds)
         rows.append((c, d, f))
+        usage.append([str(c), "direct", "", f"{d_cores['bench']:.2f}", "", "", "", f"{d_cores['machine']:.2f}",
+                      f"{d_cores['others']:.2f}"])
+        usage.append([str(c), "fleet", f"{f_cores['worker']:.2f}", f"{f_cores['bench']:.2f}", f"{f_cores['api']:.2f}",
+                      f"{f_cores['redis']:.2f}", f"{f_cores['api'] + f_cores['redis'] + f_cores['bench']:.2f}",
+                      f"{f_cores['machine']:.2f}", f"{f_cores['others']:.2f}"])
     print(f"\nSmolLM2-135M-Instruct Q4_1, {args.tokens} tokens per request, median of {args.rounds} rounds, "
           f"{os.cpu_count()} cores")
     print(f"{'concurrent':>10} | {'direct tok/s':>12} | {'fleet tok/s':>11} | {'fleet/direct':>12}")
     print(f"{'-' * 10}-+-{'-' * 12}-+-{'-' * 11}-+-{'-' * 12}")
     for c, d, f in rows:
         print(f"{c:>10} | {d:>12.1f} | {f:>11.1f} | {f / d:>12.2f}")
+    print("\nCores busy per process while measuring (the worker and the direct side include llama.cpp's "
+          "threads; \"others\": processes outside the benchmark):")
+    print(table(["concurrent", "side", "worker", "bench", "api", "redis", "api+redis+bench", "machine", "others"],
+                usage))
     if len(rows) > 1:
         print(f"fleet scaling, {rows[-1][0]} concurrent vs 1: {rows[-1][2] / rows[0][2]:.2f}x "
               f"(direct: {rows[-1][1] / rows[0][1]:.2f}x)")

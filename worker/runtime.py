@@ -236,11 +236,14 @@ class WorkerRuntime:
         while True:
             await asyncio.sleep(interval)
             try:
+                # One round trip per tick while nothing is due (the usual case): every worker
+                # runs this loop 40 times a second.
+                if not await self._due_accounts(1):
+                    continue
                 if not await self.redis.set(keys.SCHEDULER_LOCK, self.hostname, nx=True,
                                             px=int(interval * 1000 * 5)):
                     continue
-                due = await self.redis.zrangebyscore(keys.THROTTLED_ACCOUNTS, "-inf", int(time.time() * 1000),
-                                                     start=0, num=200)
+                due = await self._due_accounts(200)
                 for account_id in due:
                     head = await self.redis.zrange(keys.account_waiting(account_id), 0, 0)
                     if not head:
@@ -251,12 +254,18 @@ class WorkerRuntime:
             except Exception as exc:
                 log.warning("throttle scheduler pass failed: %s", exc)
 
+    async def _due_accounts(self, limit: int) -> list[str]:
+        return await self.redis.zrangebyscore(keys.THROTTLED_ACCOUNTS, "-inf", int(time.time() * 1000),
+                                              start=0, num=limit)
+
     async def _feed_batches(self) -> None:
         """Hand staged batch lines to the queue in chunks, within the fleet-wide in-flight
         budget and round robin across batches; drain cancelled and expired batches."""
         while True:
             await asyncio.sleep(BATCH_FEED_SECONDS)
             try:
+                if not await self.redis.exists(keys.ACTIVE_BATCHES):  # one round trip while idle
+                    continue
                 if not await self.redis.set(keys.BATCH_FEEDER_LOCK, self.hostname, nx=True, px=30_000):
                     continue
                 try:

@@ -120,16 +120,25 @@ class Emitter:
             if self.pending:
                 self.task = asyncio.create_task(self._flush())
 
-    async def settle(self) -> None:
-        """Like drain, for an attempt that is ending anyway: what it raises no longer matters."""
-        try:
-            await self.drain()
-        except (LostOwnership, JobCancelled):
-            pass
+    async def close(self) -> list[str]:
+        """For an attempt that is ending: let the publish in flight land, then hand over the
+        text not yet published, to go out with the attempt's last events in the same round
+        trip. What the last publish raises no longer matters."""
+        self.closing = True
+        if self.task is not None:
+            task, self.task = self.task, None
+            try:
+                await asyncio.shield(task)
+            except (LostOwnership, JobCancelled):
+                return []
+        pending, self.pending = self.pending, []
+        return pending
+
+    closing = False
 
     async def _flush(self) -> None:
         attempt = self.attempt
-        while self.pending:
+        while self.pending and not self.closing:
             texts, self.pending = self.pending, []
             events = [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
             outcome = await self.store.publish(attempt.job_id, attempt.token, events)
@@ -361,16 +370,22 @@ class JobRunner:
             tail = stops.flush()
             if tail:
                 await self._emit(attempt, tail)
-            if attempt.emitter is not None:
-                await attempt.emitter.drain()
+            # What is not yet published goes out with the job's last events (one round trip).
             if stops.stopped:
                 completion.finish_reason = "stop"
             return completion
 
     @staticmethod
-    async def _quiesce(attempt: Attempt) -> None:
-        if attempt.emitter is not None:
-            await attempt.emitter.settle()
+    async def _unpublished(attempt: Attempt) -> list[tuple[int, str, str]]:
+        """The token events still to publish, numbered after every published one; they go out
+        with the attempt's last events (one round trip) and count as delivered from here on."""
+        if attempt.emitter is None:
+            return []
+        texts = await attempt.emitter.close()
+        events = [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+        attempt.seq += len(texts)
+        attempt.delivered.extend(texts)
+        return events
 
     async def _emit(self, attempt: Attempt, text: str) -> None:
         if attempt.emitter is None:
@@ -398,25 +413,26 @@ class JobRunner:
         return status
 
     async def _finish_succeeded(self, attempt: Attempt, completion: Completion) -> str:
-        await self._quiesce(attempt)  # the last events follow every published one
+        tokens = await self._unpublished(attempt)
         final = stream_chunk("", completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         body = completion_body(attempt.text, completion.finish_reason,
                                completion.prompt_tokens, completion.completion_tokens)
         return await self._finish(
             attempt, "succeeded", {"result": _dumps(body)},
-            [(attempt.seq + 1, TOKEN, _dumps(final)),
+            [*tokens, (attempt.seq + 1, TOKEN, _dumps(final)),
              (attempt.seq + 2, END, _dumps({"status": "succeeded"}))],
             completion.prompt_tokens, completion.completion_tokens,
         )
 
     async def _finish_cancelled(self, attempt: Attempt) -> str:
-        await self._quiesce(attempt)  # the last events follow every published one
+        tokens = await self._unpublished(attempt)
         return await self._finish(
             attempt, "cancelled", {},
-            [(attempt.seq + 1, END, _dumps({"status": "cancelled"}))],
+            [*tokens, (attempt.seq + 1, END, _dumps({"status": "cancelled"}))],
         )
 
     async def _finish_failed(self, attempt: Attempt, code: str, message: str) -> str:
-        await self._quiesce(attempt)  # the last events follow every published one
+        tokens = await self._unpublished(attempt)
         error = _dumps({"code": code, "message": message})
-        return await self._finish(attempt, "failed", {"error": error}, [(attempt.seq + 1, ERROR, error)])
+        return await self._finish(attempt, "failed", {"error": error},
+                                  [*tokens, (attempt.seq + 1, ERROR, error)])

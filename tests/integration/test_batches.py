@@ -109,7 +109,10 @@ def test_failed_lines_are_reported_and_the_rest_complete(stack, fake):
 def test_cancel_a_running_batch_keeps_partial_results(stack, fake):
     fake.config(tokens_per_s=10, tokens=20)
     with stack.client() as client:
-        batch = client.post("/v4/batches", json={"requests": [line(f"s{i}", 20) for i in range(40)]}).json()
+        # All 40 lines run at once: two short ones finish first, the rest (2 s each) are still
+        # running when the cancel arrives.
+        requests = [line(f"s{i}", 2 if i < 2 else 20) for i in range(40)]
+        batch = client.post("/v4/batches", json={"requests": requests}).json()
         wait_for(lambda: client.get(f"/v4/batches/{batch['id']}").json()["request_counts"]["completed"] >= 1,
                  30, what="a first line to finish")
         r = client.post(f"/v4/batches/{batch['id']}/cancel")

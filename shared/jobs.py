@@ -95,12 +95,14 @@ class JobStore:
             "attempts": "0",
         }
         retention = self.settings.job_retention_seconds
+        message = run_job_message(job_id, queue)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(job_id), mapping=record)
+            pipe.hset(keys.job(job_id), mapping={**record, "message": message})
             pipe.expire(keys.job(job_id), retention)
             pipe.zadd(keys.account_jobs(account_id), {job_id: now})
             pipe.expire(keys.account_jobs(account_id), retention)
-            pipe.lpush(queue, run_job_message(job_id, queue))
+            pipe.lpush(queue, message)
+            pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
             await pipe.execute()
         return record
 
@@ -116,13 +118,15 @@ class JobStore:
                 entry = orjson.loads(raw)
                 job_id = new_job_id()
                 ids.append(job_id)
-                pipe.hset(keys.job(job_id), mapping={
+                message = run_job_message(job_id, entry["queue"])
+                pipe.hset(keys.job(job_id), mapping={"message": message,
                     "id": job_id, "account_id": account_id, "model": entry["model"], "queue": entry["queue"],
                     "status": "queued", "spec": orjson.dumps(entry["spec"]).decode(), "created_at": repr(now),
                     "updated_at": repr(now), "attempts": "0", "batch_id": batch_id, "custom_id": entry["custom_id"],
                 })
                 pipe.expire(keys.job(job_id), retention)
-                pipe.lpush(entry["queue"], run_job_message(job_id, entry["queue"]))
+                pipe.lpush(entry["queue"], message)
+                pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
             pipe.sadd(keys.batch_jobs(batch_id), *ids)
             pipe.expire(keys.batch_jobs(batch_id), retention)
             pipe.incrby(keys.BATCH_IN_FLIGHT, len(ids))
@@ -163,7 +167,8 @@ class JobStore:
         """Claim the job for this attempt; a successful claim carries the job's record and the
         events already published, read in the same round trip."""
         result = await self.scripts.claim_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id)],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
+                  keys.QUEUED_JOBS],
             args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()),
                   self.settings.max_deliveries, job_id],
         )
@@ -250,7 +255,7 @@ class JobStore:
         if queue is None:
             return False
         return bool(await self.scripts.hand_back(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue, keys.QUEUED_JOBS],
             args=[token, repr(time.time()), job_id, run_job_message(job_id, queue)],
         ))
 
@@ -261,7 +266,8 @@ class JobStore:
             await self.redis.zrem(keys.account_waiting(account_id), job_id)
             return False
         return bool(await self.scripts.requeue_waiting(
-            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, queue],
+            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, queue,
+                  keys.QUEUED_JOBS],
             args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
                   run_job_message(job_id, queue), int(time.time() * 1000)],
         ))
@@ -294,9 +300,11 @@ class JobStore:
             status, queue, updated = record
             if status != "queued" or queue is None or float(updated or 0) > cutoff:
                 continue
+            message = run_job_message(job_id, queue)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.job(job_id), "updated_at", repr(time.time()))
-                pipe.lpush(queue, run_job_message(job_id, queue))
+                pipe.hset(keys.job(job_id), mapping={"updated_at": repr(time.time()), "message": message})
+                pipe.lpush(queue, message)
+                pipe.zadd(keys.QUEUED_JOBS, {job_id: time.time()})
                 pipe.hdel(UNACKED, tag)
                 pipe.zrem(UNACKED_INDEX, tag)
                 await pipe.execute()
@@ -312,9 +320,30 @@ class JobStore:
             await self.redis.zrem(keys.RUNNING_JOBS, job_id)
             return False
         return bool(await self.scripts.requeue_lapsed(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue, keys.QUEUED_JOBS],
             args=[job_id, repr(time.time()), run_job_message(job_id, queue)],
         ))
+
+    async def requeue_lost(self, older_than: float) -> list[str]:
+        """Jobs queued more than ``older_than`` seconds ago whose message is neither on their
+        queue nor held by a worker: lost between kombu's BRPOP and its unacked record (a
+        worker killed in that instant). Each gets a new message (``lua/requeue_lost.lua``)."""
+        now = time.time()
+        cutoff = now - older_than
+        candidates = await self.redis.zrangebyscore(keys.QUEUED_JOBS, "-inf", cutoff, start=0, num=200)
+        requeued = []
+        for job_id in candidates:
+            queue = await self.redis.hget(keys.job(job_id), "queue")
+            if queue is None:
+                await self.redis.zrem(keys.QUEUED_JOBS, job_id)
+                continue
+            outcome = await self.scripts.requeue_lost(
+                keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, UNACKED],
+                args=[job_id, repr(now), run_job_message(job_id, queue), repr(cutoff)],
+            )
+            if outcome == "requeued":
+                requeued.append(job_id)
+        return requeued
 
 
 def _event_fields(flat: list[str]) -> tuple[str, str]:

@@ -138,6 +138,11 @@ def account_batches(account_id: str) -> str:
     return f"{PREFIX}:account:{account_id}:batches"
 
 
+# Sorted set: jobs waiting in a queue (member job id, score when queued). Each such job's hash
+# keeps its queue message (field ``message``) until a worker claims it, so that the reaper can
+# tell a message still queued or held by a worker from one lost on its way (see requeue_lost).
+QUEUED_JOBS = f"{PREFIX}:jobs:queued"
+
 # Sorted set: batches with lines still to feed or to finish, by creation time.
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"
 # Counter: batch jobs handed to the queue and not finished yet, fleet-wide.

@@ -333,6 +333,9 @@ class WorkerRuntime:
                 for job_id in await self.store.requeue_unclaimed(older_than=2 * self.settings.lease_seconds):
                     log.warning("requeued a job delivered to a worker that never started it",
                                 extra={"job_id": job_id})
+                for job_id in await self.store.requeue_lost(older_than=2 * self.settings.lease_seconds):
+                    log.warning("requeued a job whose queue message was lost on its way to a worker",
+                                extra={"job_id": job_id})
             except Exception as exc:
                 log.warning("reaper pass failed: %s", exc)
 

@@ -1,11 +1,12 @@
 -- A worker shutting down gives a running job back to its queue, at once, for another worker
 -- to continue (after the text already delivered). Fenced by the lease; not a delivery failure.
--- KEYS: job hash, lease, running zset, queue list
+-- KEYS: job hash, lease, running zset, queue list, queued jobs zset
 -- ARGV: attempt token, now, job id, Celery message
+--#include _enqueue
 if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
 redis.call("HINCRBY", KEYS[1], "attempts", -1)
 redis.call("DEL", KEYS[2])
 redis.call("ZREM", KEYS[3], ARGV[3])
-redis.call("LPUSH", KEYS[4], ARGV[4])
+enqueue(KEYS[1], KEYS[4], KEYS[5], ARGV[3], ARGV[4], ARGV[2])
 return 1

@@ -1,8 +1,9 @@
 -- Send an account's first waiting job back to its queue for another admission attempt.
--- KEYS: job hash, account waiting zset, throttled accounts zset, queue list
+-- KEYS: job hash, account waiting zset, throttled accounts zset, queue list, queued jobs zset
 -- ARGV: job id, now (unix s), account id, watchdog (ms: when to look again if nothing else
 --       does), Celery message, now ms
 -- Returns 1 when requeued.
+--#include _enqueue
 local status = redis.call("HGET", KEYS[1], "status")
 if status ~= "throttled" then
   if status == "running" or status == "queued" then
@@ -18,6 +19,6 @@ if status ~= "throttled" then
 end
 redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
 redis.call("HDEL", KEYS[1], "next_try_at")
-redis.call("LPUSH", KEYS[4], ARGV[5])
+enqueue(KEYS[1], KEYS[4], KEYS[5], ARGV[1], ARGV[5], ARGV[2])
 redis.call("ZADD", KEYS[3], ARGV[4], ARGV[3])
 return 1

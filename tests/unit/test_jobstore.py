@@ -167,3 +167,32 @@ def test_admission_without_any_limit_records_nothing_to_settle():
         assert (on_deployment.outcome, on_deployment.holds) == ("admitted", True)
         assert await redis.zcard(keys.rate("dep:d", "req")) == 1
     run(go())
+
+
+def test_a_message_lost_between_the_queue_and_a_worker_is_replaced_once_sure(store):
+    """kombu takes a message off the queue before recording it as unacknowledged: a worker
+    killed in between loses it. The reaper gives such a job a new message, and only then."""
+    async def go():
+        on_queue = await new_job(store)
+        assert await store.requeue_lost(older_than=0) == []  # its message is on the queue
+        held = await new_job(store)
+        lost = await new_job(store)
+        claimed = await new_job(store)
+        # Three messages taken off the queue (oldest first, like BRPOP): one a worker recorded
+        # as unacknowledged, one that vanished with its worker, one that was started.
+        raws = [await store.redis.rpop(keys.QUEUE_LOCAL) for _ in range(4)]
+        by_job = {json.loads(raw)["headers"]["id"]: raw for raw in raws}
+        await store.redis.lpush(keys.QUEUE_LOCAL, by_job[on_queue])
+        tag = json.loads(by_job[held])["properties"]["delivery_tag"]
+        await store.redis.hset("unacked", tag, json.dumps([json.loads(by_job[held]), "", keys.QUEUE_LOCAL]))
+        assert (await store.claim(claimed, "w")).outcome == "claimed"
+        assert "message" not in await store.get(claimed)
+
+        assert await store.requeue_lost(older_than=3600) == []  # not old enough to be sure
+        assert await store.requeue_lost(older_than=0) == [lost]
+        queue = [json.loads(m)["headers"]["id"] for m in await store.redis.lrange(keys.QUEUE_LOCAL, 0, -1)]
+        assert sorted(queue) == sorted([on_queue, lost])
+        assert (await store.get(lost))["status"] == "queued"
+        assert await store.requeue_lost(older_than=0) == []  # its new message is on the queue
+        assert await store.redis.zscore(keys.QUEUED_JOBS, claimed) is None
+    run(go())

@@ -8,10 +8,11 @@ fleet makes them (``shared.connections.async_redis``):
 
 - admitted: an account with limits so high that every call admits (all three scopes run:
   account, account x model, deployment with rpm/tpm);
-- rejected, queued: an account with ``max_concurrency`` 0, distinct jobs: the first is
-  throttled and every later one waits behind it (the account's admission order);
-- rejected, head retried: the same account, the job at the head of its waiting line asked again
-  and again (what the throttle scheduler does), so every call evaluates every limit.
+- rejected, head retried: an account with ``max_concurrency`` 1 whose slot a first job holds;
+  the job at the head of its waiting line asked again and again (what the throttle scheduler
+  does), so every call evaluates every limit;
+- rejected, queued: the same account, distinct jobs, each waiting behind that head (the
+  account's admission order).
 
 Baselines on the same client and callers: ``PING``, and ``EVALSHA`` of a script that returns 1.
 Round trips come from Redis's own ``INFO commandstats`` (deltas over the run): EVALSHA/EVAL calls
@@ -62,18 +63,21 @@ async def drive(n: int, callers: int, call) -> tuple[float, list[str]]:
 
 async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[dict]:
     redis = async_redis(redis_url, max_connections=callers + 10)
-    settings = Settings(redis_url=redis_url)
+    settings = Settings(redis_url=redis_url, lease_seconds=3600)  # the holder keeps its slot throughout
     limiter = Limiter(redis, settings)
     await redis.hset(keys.account("bench-open"), mapping={
         "id": "bench-open", "name": "bench-open", "rpm": HIGH, "tpm": HIGH, "max_concurrency": HIGH})
     await redis.hset(keys.account("bench-closed"), mapping={
-        "id": "bench-closed", "name": "bench-closed", "max_concurrency": 0})
+        "id": "bench-closed", "name": "bench-closed", "max_concurrency": 1})
     trivial = redis.register_script("return 1")
     submitted = time.time()
 
     def admit(account: str, job: str):
         return limiter.admit(job_id=job, account_id=account, model=MODEL, deployment=DEPLOYMENT,
                              deployment_rpm=HIGH, deployment_tpm=HIGH, tokens=200, submitted_at=submitted)
+
+    if (await admit("bench-closed", "holder")).outcome != "admitted":
+        raise RuntimeError("the closed account's first job was not admitted: the setup is wrong")
 
     def ping(run: str):
         async def call(i: int) -> str:
@@ -105,8 +109,8 @@ async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[
         ("baseline: PING", ping),
         ("baseline: EVALSHA return 1", evalsha),
         ("admit: admitted", admitted),
-        ("admit: rejected, queued behind the first", queued),
         ("admit: rejected, head of the line retried", head_retried),
+        ("admit: rejected, queued behind the head", queued),
     ]
     results = []
     for name, make in runs:

@@ -39,9 +39,14 @@ def parse_live(payload: str) -> Event:
     return Event(int(seq), type_, data)
 
 
+def stream_event(entry_id: str, fields: dict[str, str]) -> Event:
+    """The event of one stream entry (id ``0-<seq>``, fields ``t`` and ``d``)."""
+    return Event(int(entry_id.split("-")[1]), fields["t"], fields["d"])
+
+
 async def read_events(redis, job_id: str, after: int = 0, count: int | None = None) -> list[Event]:
     entries = await redis.xrange(keys.job_events(job_id), min=f"0-{after + 1}", count=count)
-    return [Event(int(entry_id.split("-")[1]), fields["t"], fields["d"]) for entry_id, fields in entries]
+    return [stream_event(entry_id, fields) for entry_id, fields in entries]
 
 
 _RESYNC = object()

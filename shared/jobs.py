@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from shared import keys
+from shared.events import Event, stream_event
 from shared.scripts import Scripts
 from shared.settings import Settings
 from shared.taskmessage import run_job_message
@@ -40,6 +41,15 @@ def batch_keys(batch_id: str) -> list[str]:
             keys.BATCH_IN_FLIGHT, keys.ACTIVE_BATCHES]
 
 
+def enqueue(pipe, job_id: str, queue: str, now: float) -> None:
+    """Queue the job's message on ``pipe`` and remember it (``lua/_enqueue.lua`` in Python):
+    the message in the job's hash, the job in the queued-jobs index (see ``requeue_lost``)."""
+    message = run_job_message(job_id, queue)
+    pipe.hset(keys.job(job_id), "message", message)
+    pipe.lpush(queue, message)
+    pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
+
+
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
@@ -62,7 +72,7 @@ class Claim:
     outcome: str  # claimed | missing | terminal | busy | exhausted
     detail: str = ""
     record: dict[str, str] = field(default_factory=dict)  # when claimed: the job's hash
-    events: list[tuple[int, str, str]] = field(default_factory=list)  # when claimed: (seq, type, data)
+    events: list[Event] = field(default_factory=list)  # when claimed: those already published
 
     @property
     def attempts(self) -> int:
@@ -95,14 +105,12 @@ class JobStore:
             "attempts": "0",
         }
         retention = self.settings.job_retention_seconds
-        message = run_job_message(job_id, queue)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(job_id), mapping={**record, "message": message})
+            pipe.hset(keys.job(job_id), mapping=record)
+            enqueue(pipe, job_id, queue, now)
             pipe.expire(keys.job(job_id), retention)
             pipe.zadd(keys.account_jobs(account_id), {job_id: now})
             pipe.expire(keys.account_jobs(account_id), retention)
-            pipe.lpush(queue, message)
-            pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
             await pipe.execute()
         return record
 
@@ -118,15 +126,13 @@ class JobStore:
                 entry = orjson.loads(raw)
                 job_id = new_job_id()
                 ids.append(job_id)
-                message = run_job_message(job_id, entry["queue"])
-                pipe.hset(keys.job(job_id), mapping={"message": message,
+                pipe.hset(keys.job(job_id), mapping={
                     "id": job_id, "account_id": account_id, "model": entry["model"], "queue": entry["queue"],
                     "status": "queued", "spec": orjson.dumps(entry["spec"]).decode(), "created_at": repr(now),
                     "updated_at": repr(now), "attempts": "0", "batch_id": batch_id, "custom_id": entry["custom_id"],
                 })
+                enqueue(pipe, job_id, entry["queue"], now)
                 pipe.expire(keys.job(job_id), retention)
-                pipe.lpush(entry["queue"], message)
-                pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
             pipe.sadd(keys.batch_jobs(batch_id), *ids)
             pipe.expire(keys.batch_jobs(batch_id), retention)
             pipe.incrby(keys.BATCH_IN_FLIGHT, len(ids))
@@ -176,7 +182,8 @@ class JobStore:
             return Claim(result[0], result[1] if len(result) > 1 else "")
         flat = result[2]
         record = dict(zip(flat[::2], flat[1::2]))
-        events = [(int(entry_id.split("-")[1]), *_event_fields(fields)) for entry_id, fields in result[3]]
+        events = [stream_event(entry_id, dict(zip(flat_fields[::2], flat_fields[1::2])))
+                  for entry_id, flat_fields in result[3]]
         return Claim("claimed", result[1], record, events)
 
     async def renew(self, job_id: str, token: str) -> tuple[bool, bool]:
@@ -300,11 +307,9 @@ class JobStore:
             status, queue, updated = record
             if status != "queued" or queue is None or float(updated or 0) > cutoff:
                 continue
-            message = run_job_message(job_id, queue)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.job(job_id), mapping={"updated_at": repr(time.time()), "message": message})
-                pipe.lpush(queue, message)
-                pipe.zadd(keys.QUEUED_JOBS, {job_id: time.time()})
+                pipe.hset(keys.job(job_id), "updated_at", repr(time.time()))
+                enqueue(pipe, job_id, queue, time.time())
                 pipe.hdel(UNACKED, tag)
                 pipe.zrem(UNACKED_INDEX, tag)
                 await pipe.execute()
@@ -344,12 +349,6 @@ class JobStore:
             if outcome == "requeued":
                 requeued.append(job_id)
         return requeued
-
-
-def _event_fields(flat: list[str]) -> tuple[str, str]:
-    """(type, data) of a stream entry's field list, as XADD wrote it (``t`` and ``d``)."""
-    fields = dict(zip(flat[::2], flat[1::2]))
-    return fields["t"], fields["d"]
 
 
 async def last_event_seq(redis, job_id: str) -> int:

@@ -101,6 +101,7 @@ class Emitter:
         self.attempt = attempt
         self.pending: list[str] = []
         self.task: asyncio.Task | None = None
+        self.closing = False  # the attempt is ending: what is pending goes with its last events
 
     async def emit(self, text: str) -> None:
         self.pending.append(text)
@@ -133,8 +134,6 @@ class Emitter:
                 return []
         pending, self.pending = self.pending, []
         return pending
-
-    closing = False
 
     async def _flush(self) -> None:
         attempt = self.attempt
@@ -204,8 +203,8 @@ class JobRunner:
         job_spec = orjson.loads(record["spec"])
         account_id = record["account_id"]
         prior = claim.events
-        attempt = Attempt(job_id, token, prior[-1][0] if prior else 0,
-                          [chunk_text(data) for _, kind, data in prior if kind == TOKEN],
+        attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
+                          [chunk_text(e.data) for e in prior if e.type == TOKEN],
                           account_id=account_id, model_id=job_spec["model"],
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
                           prompt_bytes=int(job_spec.get("prompt_bytes", 0)),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import itertools
 import logging
 import time
 import urllib.request

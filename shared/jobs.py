@@ -269,8 +269,13 @@ class JobStore:
     async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
         """Queue an account's first waiting job for another admission attempt."""
         queue = await self.redis.hget(keys.job(job_id), "queue")
-        if queue is None:
-            await self.redis.zrem(keys.account_waiting(account_id), job_id)
+        if queue is None:  # expired: out of the line, and whoever is first now gets its turn
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.account_waiting(account_id), job_id)
+                pipe.zcard(keys.account_waiting(account_id))
+                _, waiting = await pipe.execute()
+            if waiting:
+                await self.redis.zadd(keys.THROTTLED_ACCOUNTS, {account_id: int(time.time() * 1000)})
             return False
         return bool(await self.scripts.requeue_waiting(
             keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, queue,

@@ -247,7 +247,8 @@ class WorkerRuntime:
                 for account_id in due:
                     head = await self.redis.zrange(keys.account_waiting(account_id), 0, 0)
                     if not head:
-                        await self.redis.zrem(keys.THROTTLED_ACCOUNTS, account_id)
+                        await self.store.scripts.release_account(
+                            keys=[keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS], args=[account_id])
                     else:
                         await self.store.requeue_waiting(head[0], account_id)
                 await self.redis.delete(keys.SCHEDULER_LOCK)

@@ -61,12 +61,18 @@ for _, s in ipairs(scopes) do
   end
 end
 
--- Order: only the first waiting job of the account may be admitted.
-local head = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
+-- Order: only the first waiting job of the account may be admitted. A job submitted before
+-- the first in line (its delivery was slower than a later job's) takes that place, and with it
+-- the duty to set the account's wake-up time: the one there may be a requeue's watchdog.
+local line = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
+local head = line[1]
 if head and head ~= job then
-  redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
-  local at = redis.call("ZSCORE", KEYS[3], ARGV[6])
-  return {"waiting", tostring(at or (now + 1000)), "waiting behind earlier jobs of the account"}
+  local mine, theirs = tonumber(ARGV[7]), tonumber(line[2])
+  if mine > theirs or (mine == theirs and job > head) then
+    redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
+    local at = redis.call("ZSCORE", KEYS[3], ARGV[6])
+    return {"waiting", tostring(at or (now + 1000)), "waiting behind earlier jobs of the account"}
+  end
 end
 
 local retry_at = nil
@@ -123,11 +129,9 @@ for _, s in ipairs(scopes) do
 end
 
 if retry_at then
+  -- This job is first in line now: the account wakes when it can go.
   redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
-  local current = redis.call("ZSCORE", KEYS[3], ARGV[6])
-  if current == false or tonumber(current) > retry_at or head == job then
-    redis.call("ZADD", KEYS[3], retry_at, ARGV[6])
-  end
+  redis.call("ZADD", KEYS[3], retry_at, ARGV[6])
   return {"waiting", tostring(retry_at), reason}
 end
 

@@ -4,6 +4,16 @@
 --       does), Celery message, now ms
 -- Returns 1 when requeued.
 --#include _enqueue
+-- Only the first in line goes: the caller's view of the line can be stale (a job submitted
+-- earlier may have taken the first place since, with its own wake-up time, which the watchdog
+-- below must not push back). A line is never left without a wake-up.
+local first = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
+if first ~= ARGV[1] then
+  if first and redis.call("ZSCORE", KEYS[3], ARGV[3]) == false then
+    redis.call("ZADD", KEYS[3], ARGV[6], ARGV[3])
+  end
+  return 0
+end
 local status = redis.call("HGET", KEYS[1], "status")
 if status ~= "throttled" then
   if status == "running" or status == "queued" then

@@ -169,6 +169,71 @@ def test_admission_without_any_limit_records_nothing_to_settle():
     run(go())
 
 
+def test_a_job_submitted_before_the_first_in_line_takes_its_place():
+    """Deliveries race: a job can reach admission after a later one of its account became first
+    in line. It goes ahead of that one, and the account's wake-up time is the window's end again
+    even if a requeue had pushed it to its watchdog (a stall of seconds otherwise)."""
+    from shared.limiter import Limiter
+
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings(rate_window_seconds=3))
+        await redis.hset(keys.account("a"), mapping={"rpm": 1})
+        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
+                      tokens=10)
+        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "admitted"
+        later = await limiter.admit(job_id="j3", submitted_at=3.0, **common)
+        assert later.outcome == "waiting" and "requests-per-window" in later.reason
+        window_end = int(later.retry_at * 1000)
+        await redis.zadd(keys.THROTTLED_ACCOUNTS, {"a": window_end + 5000})  # a requeue's watchdog
+        earlier = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
+        assert earlier.outcome == "waiting" and "requests-per-window" in earlier.reason
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3"]
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "a") == pytest.approx(window_end, abs=100)
+        # Behind the first in line, a later job only queues up and leaves the wake-up time be.
+        last = await limiter.admit(job_id="j4", submitted_at=4.0, **common)
+        assert last.outcome == "waiting" and "behind" in last.reason
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3", "j4"]
+        # With room in the window, an earlier job that was never in line is admitted ahead of
+        # the first in line, and hands the turn on to it.
+        await redis.hset(keys.account("a"), "rpm", 10)
+        first = await limiter.admit(job_id="j0", submitted_at=0.5, **common)
+        assert (first.outcome, first.next_job) == ("admitted", "j2")
+    run(go())
+
+
+def test_only_the_first_in_line_is_requeued_and_a_line_keeps_its_wake_up(store):
+    """A requeue decided on a stale view of the line (another job went first meanwhile) leaves
+    both jobs and the account's wake-up time alone; an account is forgotten only once its line
+    is empty."""
+    async def go():
+        redis = store.redis
+        early, late = await new_job(store), await new_job(store)
+        line = keys.account_waiting("acct")
+        for job_id, score in ((early, 1.0), (late, 2.0)):
+            assert (await store.claim(job_id, f"t-{job_id}")).outcome == "claimed"
+            assert await store.park(job_id, f"t-{job_id}", 1, 100.0, "requests-per-window limit")
+            await redis.zadd(line, {job_id: score})
+        await redis.zadd(keys.THROTTLED_ACCOUNTS, {"acct": 123_000})
+        assert not await store.requeue_waiting(late, "acct")
+        assert await redis.hget(keys.job(late), "status") == "throttled"
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") == 123_000
+        await redis.zrem(keys.THROTTLED_ACCOUNTS, "acct")  # lost: a stale requeue restores one
+        assert not await store.requeue_waiting(late, "acct")
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is not None
+
+        assert await store.requeue_waiting(early, "acct")
+        assert await redis.hget(keys.job(early), "status") == "queued"
+
+        release = dict(keys=[line, keys.THROTTLED_ACCOUNTS], args=["acct"])
+        assert await store.scripts.release_account(**release) == 0
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is not None
+        await redis.delete(line)
+        assert await store.scripts.release_account(**release) == 1
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is None
+    run(go())
+
+
 def test_a_message_lost_between_the_queue_and_a_worker_is_replaced_once_sure(store):
     """kombu takes a message off the queue before recording it as unacknowledged: a worker
     killed in between loses it. The reaper gives such a job a new message, and only then."""

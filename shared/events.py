@@ -17,11 +17,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+from redis.exceptions import RedisError
+
 from shared import keys
 
 log = logging.getLogger(__name__)
 
 TERMINAL_EVENTS = frozenset({"end", "error"})
+READ_RETRY_SECONDS = 0.5
 
 
 class Event(NamedTuple):
@@ -164,7 +167,8 @@ async def follow(
 ) -> AsyncIterator[Event | None]:
     """Yield the job's events after ``after`` in order, each once, until a terminal one.
 
-    Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive).
+    Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive), and
+    while Redis does not answer (the events are read again once it does).
     """
     last = after
     if hub.stopping:
@@ -174,8 +178,17 @@ async def follow(
         need_read = True
         while True:
             if need_read:
+                try:
+                    missed = await read_events(redis, job_id, last)
+                except RedisError as exc:
+                    # Redis busy or restarting: the stream holds everything, so try again
+                    # shortly (with a keep-alive meanwhile) rather than cut the client off.
+                    log.warning("could not read the events of %s (%s); retrying", job_id, exc)
+                    await asyncio.sleep(READ_RETRY_SECONDS)
+                    yield None
+                    continue
                 need_read = False
-                for event in await read_events(redis, job_id, last):
+                for event in missed:
                     yield event
                     last = event.seq
                     if event.terminal:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from redis.exceptions import RedisError
 
 from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
@@ -85,8 +87,9 @@ async def stream_job(
         async for event in follow(redis, hub, job_id, after=start):
             if event is None:
                 yield KEEPALIVE
-                if await redis.exists(keys.job(job_id)) == 0:
-                    return
+                with contextlib.suppress(RedisError):  # unknown: follow() reads again and tells
+                    if await redis.exists(keys.job(job_id)) == 0:
+                        return
             elif event.type == SHUTDOWN:
                 # This instance is stopping: reconnect (to another) with Last-Event-ID.
                 yield sse(orjson.dumps({"reason": "server shutting down", "last_event_id": event.seq}).decode(),

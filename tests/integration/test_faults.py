@@ -77,12 +77,27 @@ def test_job_that_keeps_losing_its_worker_is_failed_not_looped(own_stack):
 
 
 def test_redis_restart_loses_no_job(own_stack, tmp_path):
-    """Redis with AOF restarts while jobs are queued and running: all of them finish."""
+    """Redis with AOF restarts while jobs are queued and running: all of them finish, and a
+    subscriber connected through the restart gets every event of its job, in order."""
     stack = own_stack(interactive=False)
     with stack.client() as client:
         ids = [client.post("/v4/jobs", json=long_job(60)).json()["id"] for _ in range(6)]
-        wait_for(lambda: any(client.get(f"/v4/jobs/{i}").json()["status"] == "running" for i in ids),
-                 20, what="a job to run")
+        running = wait_for(lambda: next((i for i in ids if client.get(f"/v4/jobs/{i}").json()["status"] == "running"),
+                                        None), 20, what="a job to run")
+    events: list[dict] = []
+    failure: list[BaseException] = []
+
+    def subscribe():
+        try:
+            with stack.client() as c, c.stream("GET", f"/v4/jobs/{running}/stream") as r:
+                for event in iter_sse(r):
+                    events.append(event)
+        except BaseException as exc:  # reported below: the stream must not break
+            failure.append(exc)
+
+    follower = threading.Thread(target=subscribe)
+    follower.start()
+    wait_for(lambda: len(events) >= 2, 20, what="the subscriber to receive tokens")
     port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
     redis_proc = stack.fleet.procs["redis"]
     data_dir = next(a for a in redis_proc.args if a.endswith("redis"))
@@ -102,3 +117,9 @@ def test_redis_restart_loses_no_job(own_stack, tmp_path):
     assert [j["status"] for j in jobs] == ["succeeded"] * 6, (jobs, stack.logs())
     for j in jobs:
         assert j["result"]["token_usage"]["completion"] >= 55
+    follower.join(30)
+    assert not failure, failure
+    assert [int(e["id"]) for e in events] == list(range(1, len(events) + 1))  # no gap, no duplicate
+    assert events[-1]["event"] == "end"
+    done = next(j for j in jobs if j["id"] == running)
+    assert content_of(events) == done["result"]["chat_completion"]["message"]["content"]

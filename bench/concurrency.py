@@ -63,6 +63,7 @@ class Follow:
     chunks: list[tuple[float, bytes]] = field(default_factory=list)
     error: str = ""
     opened: bool = False
+    detail: str = ""  # for a stream that broke: when, after what
 
 
 async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asyncio.Semaphore) -> None:
@@ -83,6 +84,7 @@ async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asynci
 async def follow(client: httpx.AsyncClient, f: Follow) -> None:
     if not f.job_id:
         return
+    requested = time.time()
     try:
         async with client.stream("GET", f"/v4/jobs/{f.job_id}/stream") as r:
             if r.status_code != 200:
@@ -95,6 +97,9 @@ async def follow(client: httpx.AsyncClient, f: Follow) -> None:
                 append((clock(), chunk))
     except httpx.HTTPError as exc:
         f.error = f"stream: {type(exc).__name__}"
+        f.detail = (f"job {f.job_id}: {exc!r}, {time.time() - requested:.1f} s after the request, "
+                    f"{'after the response started' if f.opened else 'before a response'}, "
+                    f"{len(f.chunks)} chunks received")
 
 
 def parse(f: Follow) -> tuple[list[tuple[float, int]], str]:
@@ -206,7 +211,8 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
                 latencies.append(t - emitted)
                 if emitted >= ramp_end:
                     steady.append(t - emitted)
-    return {"level": level, "completed": completed, "received": received, "expected": level * tokens,
+    details = [f.detail for f in follows if f.detail][:5]
+    return {"level": level, "details": details, "completed": completed, "received": received, "expected": level * tokens,
             "duplicates": duplicates, "latencies": latencies, "steady": steady, "rss": rss, "errors": errors,
             "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
             "span": last_arrival - min(t0.values(), default=last_arrival),
@@ -273,6 +279,9 @@ def main() -> None:
     print(table(["jobs", *names, "benchmark's processes"],
                 [[str(r["level"]), *(f"{r['cores'][k]:.2f}" for k in names),
                   f"{sum(r['cores'][k] for k in ours):.2f}"] for r in results]))
+    for r in results:
+        for detail in r["details"]:
+            print(f"broken stream at {r['level']}: {detail}")
     if any(r["retries"] for r in results):
         print("provider calls retried: " + ", ".join(f"{r['level']}: {r['retries']}" for r in results))
 

@@ -159,8 +159,10 @@ def worker_argv(name: str, queues: list[str], concurrency: int) -> list[str]:
 
 
 def api_argv(host: str, port: int) -> list[str]:
+    # Keep-alive longer than clients' idle expiry (httpx: 5 s, uvicorn's default too): a server
+    # that closes an idle connection as the client reuses it fails that request.
     return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-            "--no-access-log", "--timeout-graceful-shutdown", "5"]
+            "--no-access-log", "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75"]
 
 
 def flower_argv(port: int) -> list[str]:

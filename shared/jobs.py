@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.events import Event, stream_event
@@ -195,14 +196,25 @@ class JobStore:
 
     async def publish(self, job_id: str, token: str, events: list[tuple[int, str, str]]) -> int:
         """Append and publish events; -1 if the attempt lost the job, else the cancel flag."""
-        args: list[Any] = [token, self.settings.stream_max_events, self.settings.job_retention_seconds]
-        for event in events:
-            args.extend(event)
-        return int(await self.scripts.publish_events(
-            keys=[keys.job_events(job_id), keys.job_channel(job_id), keys.job_lease(job_id),
-                  keys.job_cancel(job_id)],
-            args=args,
-        ))
+        (outcome,) = await self.publish_many([(job_id, token, events)])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def publish_many(self, batch: list[tuple[str, str, list[tuple[int, str, str]]]]) -> list[Any]:
+        """``publish`` for several jobs in one round trip. Per job: its outcome, or the
+        ``ResponseError`` of an event id that did not grow (raised by ``publish``)."""
+        job_keys: list[str] = []
+        args: list[Any] = [self.settings.stream_max_events, self.settings.job_retention_seconds]
+        for job_id, token, events in batch:
+            job_keys += [keys.job_events(job_id), keys.job_channel(job_id), keys.job_lease(job_id),
+                         keys.job_cancel(job_id)]
+            args += [token, len(events)]
+            for event in events:
+                args.extend(event)
+        outcomes = await self.scripts.publish_events(keys=job_keys, args=args)
+        return [ResponseError(f"event ids of job {job_id} must grow (the stream is ahead of this attempt)")
+                if outcome == -2 else int(outcome) for (job_id, _, _), outcome in zip(batch, outcomes)]
 
     async def finish(
         self, job_id: str, token: str, status: str, fields: dict[str, str],

@@ -1,12 +1,29 @@
--- Append events to a job's stream and publish them live, fenced by the attempt's lease.
--- KEYS: events stream, live channel, lease, cancel flag
--- ARGV: attempt token, max stream length, retention s, then (seq, type, data) triples
--- Returns -1 when the attempt lost the job (nothing written), else 1 if a cancel was
--- requested, 0 if not.
-if redis.call("GET", KEYS[3]) ~= ARGV[1] then return -1 end
-for i = 4, #ARGV, 3 do
-  redis.call("XADD", KEYS[1], "MAXLEN", "~", ARGV[2], "0-" .. ARGV[i], "t", ARGV[i + 1], "d", ARGV[i + 2])
-  redis.call("PUBLISH", KEYS[2], ARGV[i] .. "\n" .. ARGV[i + 1] .. "\n" .. ARGV[i + 2])
+-- Append events to the streams of one or more jobs and publish them live, each job fenced by
+-- its attempt's lease: the publishes of every running job of a worker process go together.
+-- KEYS: per job, 4: events stream, live channel, lease, cancel flag
+-- ARGV: max stream length, retention s, then per job: attempt token, event count n, and n
+--       (seq, type, data) triples
+-- Returns, per job: -1 when the attempt lost the job (nothing written), -2 when an event id
+-- did not grow (the job's later events are not written), else 1 if a cancel was requested,
+-- 0 if not.
+local out = {}
+local a = 3
+for k = 0, #KEYS - 4, 4 do
+  local token, n = ARGV[a], tonumber(ARGV[a + 1])
+  local first, last = a + 2, a + 1 + 3 * n
+  a = last + 1
+  if redis.call("GET", KEYS[k + 3]) ~= token then
+    out[#out + 1] = -1
+  else
+    local result = nil
+    for i = first, last, 3 do
+      local added = redis.pcall("XADD", KEYS[k + 1], "MAXLEN", "~", ARGV[1], "0-" .. ARGV[i],
+                                "t", ARGV[i + 1], "d", ARGV[i + 2])
+      if type(added) == "table" and added.err then result = -2; break end
+      redis.call("PUBLISH", KEYS[k + 2], ARGV[i] .. "\n" .. ARGV[i + 1] .. "\n" .. ARGV[i + 2])
+    end
+    redis.call("EXPIRE", KEYS[k + 1], ARGV[2])
+    out[#out + 1] = result or redis.call("EXISTS", KEYS[k + 4])
+  end
 end
-redis.call("EXPIRE", KEYS[1], ARGV[3])
-return redis.call("EXISTS", KEYS[4])
+return out

@@ -10,6 +10,7 @@ text twice.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import random
@@ -90,7 +91,10 @@ class Publisher:
     them). With hundreds of streams, a round trip per token and job was the worker's largest
     cost; this keeps the relay latency at about one round trip."""
 
-    MAX_JOBS = 256  # per round trip: bounds the script's run time inside Redis
+    # Per round trip, bounds on the script's run time inside Redis (which serves nobody else
+    # meanwhile): jobs, and events (a job that fell behind brings up to Emitter.MAX_PENDING).
+    MAX_JOBS = 256
+    MAX_EVENTS = 2048
 
     def __init__(self, store: JobStore):
         self.store = store
@@ -105,16 +109,34 @@ class Publisher:
             self.task = asyncio.create_task(self._run())
         outcome = await future
         if isinstance(outcome, Exception):
-            raise outcome
+            # A copy per job: one exception object raised in hundreds of tasks would collect
+            # all their tracebacks.
+            raise copy.copy(outcome) from outcome
         return outcome
+
+    def _next_batch(self) -> list:
+        batch, events, taken = [], 0, 0
+        for entry in self.waiting:
+            if len(batch) == self.MAX_JOBS or (batch and events + len(entry[2]) > self.MAX_EVENTS):
+                break
+            taken += 1
+            if not entry[3].done():  # its caller is gone (cancelled): nothing to send
+                batch.append(entry)
+                events += len(entry[2])
+        del self.waiting[:taken]
+        return batch
 
     async def _run(self) -> None:
         batch: list = []
         try:
             while self.waiting:
-                batch, self.waiting = self.waiting[:self.MAX_JOBS], self.waiting[self.MAX_JOBS:]
+                batch = self._next_batch()
+                if not batch:
+                    continue
                 try:
                     outcomes = await self.store.publish_many([(j, t, e) for j, t, e, _ in batch])
+                    if len(outcomes) != len(batch):
+                        raise RedisError(f"publish answered {len(outcomes)} of {len(batch)} jobs")
                 except Exception as exc:  # Redis: every job of the round trip hears it
                     outcomes = [exc] * len(batch)
                 for (*_, future), outcome in zip(batch, outcomes):
@@ -161,8 +183,12 @@ class Emitter:
     async def drain(self) -> None:
         """Wait until everything emitted is published (raises LostOwnership / JobCancelled)."""
         while self.task is not None:
-            task, self.task = self.task, None
+            task = self.task
+            # ``self.task`` keeps pointing at the publish in flight until it has landed: if this
+            # wait is cancelled (a cancel, the time limit), ``close`` must still wait for it, or
+            # the attempt's last events would reuse the ids it is writing.
             await asyncio.shield(task)
+            self.task = None
             if self.pending:
                 self.task = asyncio.create_task(self._flush())
 

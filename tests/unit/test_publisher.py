@@ -74,3 +74,62 @@ def test_a_redis_failure_reaches_every_job_of_the_round_trip():
         assert publisher.task is None
 
     asyncio.run(go())
+
+
+def test_an_attempt_cancelled_while_draining_still_waits_for_the_publish_in_flight():
+    """The time limit or a cancel can interrupt ``drain``; the attempt's last events are numbered
+    after what the publish in flight writes, so ``close`` must wait for it to land."""
+    from worker.runner import Attempt, Emitter
+
+    class SlowPublisher:
+        def __init__(self):
+            self.seqs: list[int] = []
+
+        async def publish(self, job_id, token, events):
+            await asyncio.sleep(0.2)
+            self.seqs += [seq for seq, _, _ in events]
+            return 0
+
+    async def go():
+        publisher = SlowPublisher()
+        attempt = Attempt("job", "token", 0)
+        emitter = Emitter(publisher, attempt)
+
+        emitted = []
+
+        async def emit_many():
+            for i in range(2 * Emitter.MAX_PENDING):  # a full queue makes emit wait in drain()
+                emitted.append(f"t{i} ")
+                await emitter.emit(emitted[-1])
+
+        task = asyncio.create_task(emit_many())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        leftover = await emitter.close()
+        assert attempt.seq == len(publisher.seqs) == len(attempt.delivered)
+        assert publisher.seqs == list(range(1, attempt.seq + 1))
+        assert attempt.delivered + leftover == emitted  # nothing lost or repeated
+
+    asyncio.run(go())
+
+
+def test_a_round_trip_is_bounded_in_jobs_and_events():
+    async def go():
+        store = JobStore(fakeredis.FakeAsyncRedis(decode_responses=True), Settings())
+        sizes = []
+
+        async def record(batch):
+            sizes.append((len(batch), sum(len(events) for _, _, events in batch)))
+            return [0] * len(batch)
+
+        store.publish_many = record
+        publisher = Publisher(store)
+        big = [(seq, TOKEN, "x") for seq in range(1, 201)]
+        await asyncio.gather(*(publisher.publish(f"j{i}", "t", big) for i in range(25)),
+                             *(publisher.publish(f"k{i}", "t", big[:1]) for i in range(600)))
+        assert sum(n for n, _ in sizes) == 625
+        assert all(n <= Publisher.MAX_JOBS and events <= Publisher.MAX_EVENTS for n, events in sizes), sizes
+
+    asyncio.run(go())

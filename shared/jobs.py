@@ -203,7 +203,7 @@ class JobStore:
 
     async def publish_many(self, batch: list[tuple[str, str, list[tuple[int, str, str]]]]) -> list[Any]:
         """``publish`` for several jobs in one round trip. Per job: its outcome, or the
-        ``ResponseError`` of an event id that did not grow (raised by ``publish``)."""
+        ``ResponseError`` of an event it could not append (raised by ``publish``)."""
         job_keys: list[str] = []
         args: list[Any] = [self.settings.stream_max_events, self.settings.job_retention_seconds]
         for job_id, token, events in batch:
@@ -213,8 +213,8 @@ class JobStore:
             for event in events:
                 args.extend(event)
         outcomes = await self.scripts.publish_events(keys=job_keys, args=args)
-        return [ResponseError(f"event ids of job {job_id} must grow (the stream is ahead of this attempt)")
-                if outcome == -2 else int(outcome) for (job_id, _, _), outcome in zip(batch, outcomes)]
+        return [ResponseError(f"could not append the events of job {job_id}: {outcome}")
+                if isinstance(outcome, str) else int(outcome) for (job_id, _, _), outcome in zip(batch, outcomes)]
 
     async def finish(
         self, job_id: str, token: str, status: str, fields: dict[str, str],

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 
@@ -176,17 +178,25 @@ async def follow(
         return
     async with hub.subscription(keys.job_channel(job_id)) as queue:
         need_read = True
+        failures = 0  # consecutive reads that Redis did not answer
         while True:
             if need_read:
                 try:
                     missed = await read_events(redis, job_id, last)
-                except RedisError as exc:
-                    # Redis busy or restarting: the stream holds everything, so try again
-                    # shortly (with a keep-alive meanwhile) rather than cut the client off.
-                    log.warning("could not read the events of %s (%s); retrying", job_id, exc)
-                    await asyncio.sleep(READ_RETRY_SECONDS)
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    # Redis restarting, loading, or out of connections: the stream holds
+                    # everything, so try again shortly (with a keep-alive meanwhile) rather
+                    # than cut the client off. Other errors are not passing: they propagate.
+                    if hub.stopping:
+                        yield Event(last, SHUTDOWN, "")
+                        return
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.warning("could not read the events of %s (%s); retrying", job_id, exc)
+                    await asyncio.sleep(READ_RETRY_SECONDS * random.uniform(0.5, 1.5))
                     yield None
                     continue
+                failures = 0
                 need_read = False
                 for event in missed:
                     yield event

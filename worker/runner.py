@@ -286,8 +286,10 @@ class JobRunner:
         attempt.number = claim.attempts
         model = self.catalog.get(job_spec["model"])
         if model is None:
-            return await self._finish_failed(attempt, "model_unavailable",
-                                             f"model {job_spec['model']!r} is no longer in the catalog")
+            outcome = await self._finish_failed(attempt, "model_unavailable",
+                                                f"model {job_spec['model']!r} is no longer in the catalog")
+            await self._pass_turn(attempt)
+            return outcome
         attempt.spec = model
         context["provider"] = model.family
         attempt.handle = running
@@ -301,7 +303,9 @@ class JobRunner:
             return "redis_unavailable"
         metrics.record_admission(model.id, admission.outcome, admission.reason)
         if admission.outcome == "too_large":
-            return await self._finish_failed(attempt, "limit_exceeded", admission.reason)
+            outcome = await self._finish_failed(attempt, "limit_exceeded", admission.reason)
+            await self._pass_turn(attempt)
+            return outcome
         if admission.outcome == "waiting":
             running.owned = False
             if await self.store.park(job_id, token, attempt.seq + 1, admission.retry_at, admission.reason):
@@ -331,6 +335,14 @@ class JobRunner:
         except RedisError as exc:  # the leases lapse on their own; the estimate stays counted
             log.warning("could not settle rate limits: %s", exc, extra=context)
         return outcome
+
+    async def _pass_turn(self, attempt: Attempt) -> None:
+        """A job that ends before admission may be first in its account's line (it waited
+        earlier): the next one gets its turn now, not when the line's watchdog fires."""
+        try:
+            await self.store.requeue_waiting(attempt.job_id, attempt.account_id)
+        except RedisError as exc:  # the watchdog still wakes the line
+            log.warning("could not pass the turn on: %s", exc, extra=attempt.log_context())
 
     async def _admit(self, attempt: Attempt, model: ModelSpec, job_spec) -> Admission:
         limits = self.catalog.deployment_limits(model)

@@ -169,6 +169,31 @@ def test_throttled_job_waits_then_runs(own_stack):
     assert ts(done["started_at"]) - ts(other["started_at"]) >= 2.0
 
 
+def test_a_waiting_job_that_can_no_longer_run_passes_its_turn_at_once(own_stack):
+    """The first job in an account's line fails at its next admission (its limits were
+    lowered meanwhile): the job behind it is admitted right away, not at the line's 5 s
+    watchdog."""
+    stack = own_stack(interactive=True, fake_url=own_stack.fake_url, CHATFLEET_RATE_WINDOW_SECONDS="3")
+    account, key = new_account(stack, rpm=1)
+    with stack.client(key) as client:
+        first = client.post("/v4/jobs", json=FAST).json()
+        poll_until_done(client, first["id"], 20)
+        big = client.post("/v4/jobs", json={**FAST, "model_parameters": {"max_tokens": 2000}}).json()
+        wait_for(lambda: client.get(f"/v4/jobs/{big['id']}").json()["status"] == "throttled", 10,
+                 what="the big job to wait")
+        small = client.post("/v4/jobs", json=FAST).json()
+        wait_for(lambda: client.get(f"/v4/jobs/{small['id']}").json()["status"] == "throttled", 10,
+                 what="the small job to wait behind it")
+        with stack.admin() as admin:
+            r = admin.patch(f"/v4/admin/accounts/{account}", json={"limits": {"tpm": 500}})
+            assert r.status_code == 200, r.text
+        failed = poll_until_done(client, big["id"], 20)
+        done = poll_until_done(client, small["id"], 20)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "limit_exceeded", failed
+    assert done["status"] == "succeeded", done
+    assert ts(done["started_at"]) - ts(failed["finished_at"]) < 2.5, (failed, done)
+
+
 def test_synchronous_request_over_the_limit_is_a_429(stack):
     account, key = new_account(stack, rpm=1)  # a 60 s window in the shared fleet
     with stack.client(key) as client:

@@ -257,16 +257,19 @@ class JobStore:
         await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)],
                           record.get("account_id", ""), usage, record.get("batch_id", ""))
 
-    async def park(self, job_id: str, token: str, seq: int, next_try_at: float, reason: str) -> bool:
-        """Send a claimed job back to waiting (throttled); frees its worker slot."""
+    async def park(self, job_id: str, token: str, seq: int, next_try_at: float, reason: str) -> str:
+        """Send a claimed job back to waiting (throttled), which frees its worker slot:
+        "parked", "lost" (another attempt owns it), or "cancel" (a cancel was requested: not
+        parked, the attempt still owns it and ends it)."""
         data = orjson.dumps({"status": "throttled", "next_try_at": iso(next_try_at),
                              "next_try_epoch": round(next_try_at, 3), "reason": reason}).decode()
-        return bool(await self.scripts.park_job(
+        outcome = await self.scripts.park_job(
             keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
-                  keys.job_channel(job_id)],
+                  keys.job_channel(job_id), keys.job_cancel(job_id)],
             args=[token, repr(time.time()), repr(next_try_at), reason, seq, data,
                   self.settings.job_retention_seconds, job_id],
-        ))
+        )
+        return {0: "lost", 1: "parked", 2: "cancel"}[int(outcome)]
 
     async def hand_back(self, job_id: str, token: str) -> bool:
         """Give a running job back to its queue (worker shutdown); the next attempt continues."""

@@ -308,9 +308,14 @@ class JobRunner:
             return outcome
         if admission.outcome == "waiting":
             running.owned = False
-            if await self.store.park(job_id, token, attempt.seq + 1, admission.retry_at, admission.reason):
+            parked = await self.store.park(job_id, token, attempt.seq + 1, admission.retry_at, admission.reason)
+            if parked == "parked":
                 log.info("job throttled: %s", admission.reason, extra=context)
                 return "throttled"
+            if parked == "cancel":  # admission put it in the account's line: leave it
+                outcome = await self._finish_cancelled(attempt)
+                await self._pass_turn(attempt)
+                return outcome
             return "lost"
         if admission.holds:
             running.limits = (account_id, model.id, model.deployment_name)

@@ -207,6 +207,18 @@ def test_a_job_submitted_before_the_first_in_line_takes_its_place():
     run(go())
 
 
+def test_a_job_whose_cancel_was_requested_is_not_parked(store):
+    async def go():
+        job_id = await new_job(store)
+        assert (await store.claim(job_id, "a")).outcome == "claimed"
+        assert (await store.cancel(job_id, "acct", "m"))[0] == "requested"  # mid-admission
+        assert await store.park(job_id, "b", 1, 100.0, "limit") == "lost"
+        assert await store.park(job_id, "a", 1, 100.0, "limit") == "cancel"
+        assert await store.redis.hget(keys.job(job_id), "status") == "running"  # still the attempt's
+        assert await store.redis.get(keys.job_lease(job_id)) == "a"
+    run(go())
+
+
 def test_only_the_first_in_line_is_requeued_and_a_line_keeps_its_wake_up(store):
     """A requeue decided on a stale view of the line (another job went first meanwhile) leaves
     both jobs and the account's wake-up time alone; an account is forgotten only once its line
@@ -217,7 +229,7 @@ def test_only_the_first_in_line_is_requeued_and_a_line_keeps_its_wake_up(store):
         line = keys.account_waiting("acct")
         for job_id, score in ((early, 1.0), (late, 2.0)):
             assert (await store.claim(job_id, f"t-{job_id}")).outcome == "claimed"
-            assert await store.park(job_id, f"t-{job_id}", 1, 100.0, "requests-per-window limit")
+            assert await store.park(job_id, f"t-{job_id}", 1, 100.0, "requests-per-window limit") == "parked"
             await redis.zadd(line, {job_id: score})
         await redis.zadd(keys.THROTTLED_ACCOUNTS, {"acct": 123_000})
         assert not await store.requeue_waiting(late, "acct")

@@ -64,12 +64,11 @@ end
 -- Order: only the first waiting job of the account may be admitted. A job submitted before
 -- the first in line (its delivery was slower than a later job's) takes that place, and with it
 -- the duty to set the account's wake-up time: the one there may be a requeue's watchdog.
-local line = redis.call("ZRANGE", KEYS[2], 0, 0, "WITHSCORES")
-local head = line[1]
+-- (Redis's own order decides, ties included: the job joins the line and looks at its rank.)
+local head = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if head and head ~= job then
-  local mine, theirs = tonumber(ARGV[7]), tonumber(line[2])
-  if mine > theirs or (mine == theirs and job > head) then
-    redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
+  redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
+  if redis.call("ZRANK", KEYS[2], job) > 0 then
     local at = redis.call("ZSCORE", KEYS[3], ARGV[6])
     return {"waiting", tostring(at or (now + 1000)), "waiting behind earlier jobs of the account"}
   end

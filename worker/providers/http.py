@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import email.utils
 import logging
+import ssl
 import time
 import urllib.request
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpcore
 import httpx
 import orjson
 from httpx_sse import EventSource, ServerSentEvent
 
 from shared.provider_config import ProviderSettings
 from worker.providers.base import Completion, Provider, ProviderError
+from worker.providers.netio import AsyncioBackend
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             max_keepalive_connections=-(-limits.max_keepalive_connections // shards),
             keepalive_expiry=limits.keepalive_expiry,
         )
-        self.shards = [httpx.AsyncHTTPTransport(limits=per_shard, http2=False) for _ in range(shards)]
+        tls = httpx.create_ssl_context()  # one for all shards: loading the CA bundle is not free
+        self.shards = [asyncio_transport(per_shard, tls) for _ in range(shards)]
         self.busy = [0] * shards  # calls in flight per shard, until their response is closed
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -91,9 +95,26 @@ class _Released(httpx.AsyncByteStream):
         await self._stream.aclose()
 
 
+def asyncio_transport(limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncHTTPTransport:
+    """httpx's transport, its connections on the loop's own transports (``netio``) rather than
+    through anyio, which costs a cancel scope, an extra loop turn and a pause/resume of the
+    socket per read of a streamed answer, that is per token. httpx takes no network backend,
+    so the pool it built is replaced by the same one with this backend."""
+    transport = httpx.AsyncHTTPTransport(limits=limits, http2=False)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context or httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True, http2=False,
+        network_backend=AsyncioBackend(),
+    )
+    return transport
+
+
 def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
     # No read timeout at the transport: first-token and between-token limits are enforced per
-    # event (see ``iter_with_timeouts``), which a single read timeout cannot express.
+    # event (see ``Upstream.with_timeouts``), which a single read timeout cannot express.
     timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE,
                           keepalive_expiry=30)

@@ -1,0 +1,216 @@
+"""The worker's network backend for httpx (worker/providers/netio.py) against HTTP servers on
+loopback: TLS, connection reuse, a server closing an idle connection, flow control on a large
+body, a connection broken mid-answer, timeouts. Run under uvloop, as the worker runs it, and
+under asyncio's own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+
+import httpx
+import pytest
+import trustme
+import uvloop
+
+from worker.providers.http import asyncio_transport
+from worker.providers.netio import HIGH_WATER, AsyncioStream
+
+LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(params=list(LOOPS))
+def run(request):
+    def go(coro):
+        loop = LOOPS[request.param]()
+        try:
+            return loop.run_until_complete(coro)
+        finally:
+            loop.close()
+    return go
+
+
+class Server:
+    """A tiny HTTP/1.1 server: ``handler(reader, writer, request_line)`` answers each request;
+    counts the connections it accepted."""
+
+    def __init__(self, handler, ssl_context: ssl.SSLContext | None = None):
+        self.handler = handler
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.ssl_context else 'http'}://{'localhost' if self.ssl_context else '127.0.0.1'}:{port}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.tasks.add(asyncio.current_task())
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
+                if await self.handler(reader, writer, head.split(b"\r\n", 1)[0]) is False:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def sse_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def sse_answer(reader, writer, line) -> None:
+    writer.write(sse_head())
+    for i in range(3):
+        writer.write(chunk(b"data: %d\n\n" % i))
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def post(client: httpx.AsyncClient, url: str) -> tuple[bytes, httpx.Response]:
+    async with client.stream("POST", url + "/v1/chat", json={"x": 1}) as response:
+        body = b"".join([part async for part in response.aiter_raw()])
+    return body, response
+
+
+def test_tls_answers_stream_and_one_connection_serves_consecutive_calls(run):
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+
+    async def go():
+        async with Server(sse_answer, server_context) as server:
+            transport = asyncio_transport(httpx.Limits(max_connections=4), ssl_context=client_context)
+            async with httpx.AsyncClient(transport=transport) as client:
+                bodies = []
+                for _ in range(3):
+                    body, response = await post(client, server.url)
+                    bodies.append(body)
+                    stream = response.extensions["network_stream"]
+                assert isinstance(stream, AsyncioStream)
+                assert stream.get_extra_info("ssl_object").version().startswith("TLS")
+                # A certificate for another name is refused.
+                with pytest.raises(httpx.ConnectError):
+                    await client.post(server.url.replace("localhost", "127.0.0.1") + "/v1/chat", json={})
+            return bodies, server.connections
+
+    bodies, connections = run(go())
+    assert bodies == [b"data: 0\n\ndata: 1\n\ndata: 2\n\n"] * 3
+    assert connections == 1  # three calls on one connection (a refused handshake never reaches the handler)
+
+
+def test_a_connection_the_server_closed_while_idle_is_not_reused(run):
+    async def answer_then_hang_up(reader, writer, line):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        return False  # closes the connection, without having said so
+
+    async def go():
+        async with Server(answer_then_hang_up) as server:
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+                first = await client.get(server.url)
+                await asyncio.sleep(0.3)  # the server has closed it by now
+                second = await client.get(server.url)
+            return first.text, second.text, server.connections
+
+    assert run(go()) == ("ok", "ok", 2)
+
+
+def test_a_large_body_read_slowly_arrives_whole(run):
+    body = bytes(range(256)) * (4 * HIGH_WATER // 256)  # four times the buffer's high-water mark
+
+    async def big(reader, writer, line):
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+
+    async def go():
+        async with Server(big) as server:
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+                async with client.stream("GET", server.url) as response:
+                    stream = response.extensions["network_stream"]
+                    await asyncio.sleep(0.3)  # the server sends it all meanwhile
+                    paused = stream._protocol.read_paused
+                    parts = [part async for part in response.aiter_raw()]
+                    resumed = not stream._protocol.read_paused
+        return b"".join(parts), paused, resumed
+
+    received, paused, resumed = run(go())
+    assert received == body
+    assert paused and resumed  # the socket was not read while nobody took the buffer
+
+
+def test_a_connection_broken_mid_answer_raises_a_transport_error(run):
+    async def break_off(reader, writer, line):
+        writer.write(sse_head() + chunk(b"data: 0\n\n"))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        writer.transport.abort()
+        return False
+
+    async def go():
+        async with Server(break_off) as server:
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+                received = []
+                with pytest.raises(httpx.TransportError) as caught:
+                    async with client.stream("POST", server.url, json={}) as response:
+                        async for part in response.aiter_raw():
+                            received.append(part)
+                return received, caught.value
+
+    received, error = run(go())
+    assert b"".join(received) == b"data: 0\n\n"
+    assert isinstance(error, httpx.ReadError | httpx.RemoteProtocolError), repr(error)
+
+
+def test_read_timeout_and_refused_connection_map_to_httpx_errors(run):
+    async def stall(reader, writer, line):
+        writer.write(sse_head() + chunk(b"data: 0\n\n"))
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def go():
+        async with Server(stall) as server:
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits()),
+                                         timeout=httpx.Timeout(5, read=0.2)) as client:
+                with pytest.raises(httpx.ReadTimeout):
+                    await client.post(server.url, json={})
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # bound, not listening: connections are refused
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"http://127.0.0.1:{port}/")
+
+    run(go())

@@ -1,0 +1,259 @@
+"""Sockets for httpcore straight on the event loop's transports, without anyio's layers.
+
+httpcore reaches the network through a pluggable ``AsyncNetworkBackend``; under asyncio its
+default goes through anyio, which on every read of a streamed answer enters a cancel scope
+(``fail_after``, even with no timeout), maps exceptions through a generator context manager,
+yields to the loop once more (a checkpoint), and pauses and resumes the transport's reading.
+A worker relaying hundreds of provider streams does that once per token and stream.
+
+Here a connection's protocol keeps what the transport delivers in a buffer: a read returns
+buffered data at once, or waits on one future for the next delivery. Reading pauses while a
+buffer holds more than ``HIGH_WATER`` bytes that nobody reads (flow control), and an idle
+connection's hang-up is known from the protocol's state (``is_readable``), without a ``poll``.
+Errors become httpcore's own exception types, as the anyio backend raises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import socket
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import httpcore
+from httpcore import AsyncNetworkBackend, AsyncNetworkStream
+
+HIGH_WATER = 256 * 1024  # buffered and unread: stop reading from the socket
+LOW_WATER = 64 * 1024  # ... until the reader has taken it below this
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.reader: asyncio.Future | None = None  # a read waiting for data
+        self.writers: list[asyncio.Future] = []  # writes waiting for the transport to drain
+        self.eof = False  # the peer ended its side (or the connection is gone)
+        self.error: BaseException | None = None  # why the connection was lost, if it broke
+        self.write_paused = False
+        self.read_paused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > HIGH_WATER and not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake_reader()
+        return False  # let the transport close itself
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.eof = True
+        if exc is not None:
+            self.error = exc
+        self._wake_reader()
+        for waiter in self.writers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.writers.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for waiter in self.writers:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.writers.clear()
+
+    def _wake_reader(self) -> None:
+        reader = self.reader
+        if reader is not None:
+            self.reader = None
+            if not reader.done():
+                reader.set_result(None)
+
+    def take(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of what is buffered (the caller checked there is some)."""
+        first = self.chunks.popleft()
+        if len(first) > max_bytes:
+            self.chunks.appendleft(first[max_bytes:])
+            data = first[:max_bytes]
+        elif self.chunks and len(first) + len(self.chunks[0]) <= max_bytes:
+            parts = [first]
+            size = len(first)
+            while self.chunks and size + len(self.chunks[0]) <= max_bytes:
+                part = self.chunks.popleft()
+                parts.append(part)
+                size += len(part)
+            data = b"".join(parts)
+        else:
+            data = first
+        self.buffered -= len(data)
+        if self.read_paused and self.buffered < LOW_WATER and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+        return data
+
+
+class AsyncioStream(AsyncNetworkStream):
+    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        if not protocol.chunks:
+            if protocol.eof:
+                return self._ended()
+            waiter = self._loop.create_future()
+            protocol.reader = waiter
+            try:
+                if timeout is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout(timeout):
+                        await waiter
+            except TimeoutError:
+                raise httpcore.ReadTimeout(f"no data within {timeout:g} s") from None
+            finally:
+                if protocol.reader is waiter:
+                    protocol.reader = None
+            if not protocol.chunks:
+                return self._ended()
+        return protocol.take(max_bytes)
+
+    def _ended(self) -> bytes:
+        error = self._protocol.error
+        if error is not None:
+            raise httpcore.ReadError(str(error) or type(error).__name__) from error
+        return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        protocol = self._protocol
+        if protocol.eof and protocol.error is not None or self._transport.is_closing():
+            raise httpcore.WriteError("the connection is closed")
+        try:
+            self._transport.write(buffer)
+        except (OSError, RuntimeError) as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+        if not protocol.write_paused:
+            return
+        waiter = self._loop.create_future()
+        protocol.writers.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
+        if protocol.error is not None:
+            raise httpcore.WriteError(str(protocol.error)) from protocol.error
+
+    async def aclose(self) -> None:
+        if not self._transport.is_closing():
+            self._transport.close()
+        await asyncio.sleep(0)  # let the transport close the socket now
+
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                        timeout: float | None = None) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(self._transport, self._protocol, ssl_context,
+                                                 server_hostname=server_hostname,
+                                                 ssl_handshake_timeout=timeout)
+        except TimeoutError:
+            self._transport.abort()
+            raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout:g} s") from None
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            self._transport.abort()
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        if transport is None:
+            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+        self._protocol.transport = transport
+        return AsyncioStream(transport, self._protocol)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._transport.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._transport.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._transport.get_extra_info("peername")
+        if info == "socket":
+            return self._transport.get_extra_info("socket")
+        if info == "is_readable":
+            # An idle HTTP/1.1 connection is readable only if the server closed it or sent
+            # something unasked: either way it cannot be reused.
+            return bool(self._protocol.chunks) or self._protocol.eof
+        return None
+
+
+def _connect_kwargs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """Happy eyeballs (RFC 8305) where the loop offers it (asyncio's does; uvloop tries the
+    addresses in turn)."""
+    try:
+        if "happy_eyeballs_delay" in inspect.signature(loop.create_connection).parameters:
+            return {"happy_eyeballs_delay": 0.25}
+    except (TypeError, ValueError):
+        pass
+    return {}
+
+
+class AsyncioBackend(AsyncNetworkBackend):
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        protocol = _Protocol()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_connection(
+                    lambda: protocol, host, port,
+                    local_addr=(local_address, 0) if local_address else None, **_connect_kwargs(loop))
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        _apply(transport, socket_options)
+        return AsyncioStream(transport, protocol)
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        protocol = _Protocol()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, _ = await loop.create_unix_connection(lambda: protocol, path)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"could not connect to {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        _apply(transport, socket_options)
+        return AsyncioStream(transport, protocol)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def _apply(transport: asyncio.Transport, socket_options: Iterable[tuple] | None) -> None:
+    sock: socket.socket | None = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in socket_options or ():
+        sock.setsockopt(*option)

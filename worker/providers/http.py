@@ -21,11 +21,12 @@ from typing import Any
 import httpcore
 import httpx
 import orjson
-from httpx_sse import EventSource, ServerSentEvent
+from httpx_sse import ServerSentEvent
 
 from shared.provider_config import ProviderSettings
 from worker.providers.base import Completion, Provider, ProviderError
 from worker.providers.netio import AsyncioBackend
+from worker.providers.sse import event_stream
 
 log = logging.getLogger(__name__)
 
@@ -268,30 +269,73 @@ class Upstream:
                     return  # more after the answer's end: not worth waiting for, close it
 
     def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
-        source = self.with_timeouts(EventSource(response).aiter_sse())
+        content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+        if "text/event-stream" not in content_type:
+            raise ProviderError(f"{self.provider} answered with {content_type or 'no content type'!r}, "
+                                "not an event stream", code="upstream_invalid", retryable=True)
+        source = self.with_timeouts(event_stream(response))
         self._sources[response] = source
         return source
 
     async def with_timeouts(self, iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Items of ``iterator``, the first within the first-token timeout and each next one
-        within the idle timeout; transport failures become retryable ProviderErrors."""
+        within the idle timeout; transport failures become retryable ProviderErrors.
+
+        One timer per stream, not one per item: each item only moves the deadline, and the
+        timer, when it fires early, sets itself again for the deadline then current. The wait
+        counts only while this generator waits for ``iterator``, not while its consumer holds
+        an item; a generator left suspended holds no timer."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        cancelling = task.cancelling()
+        idle_limit = self.settings.provider_idle_timeout
+        limit = self.settings.provider_first_token_timeout
         first = True
-        it = aiter(iterator)
-        while True:
-            limit = self.settings.provider_first_token_timeout if first else self.settings.provider_idle_timeout
-            try:
-                async with asyncio.timeout(limit):
-                    item = await anext(it)
-            except StopAsyncIteration:
+        deadline = loop.time() + limit
+        waiting = True
+        expired = False
+        timer: asyncio.TimerHandle | None = None
+        armed_for = 0.0  # when the timer fires
+
+        def check() -> None:
+            nonlocal timer, expired, armed_for
+            timer = None
+            if not waiting:
+                return  # the consumer holds an item: set again when the wait resumes
+            if loop.time() < deadline:
+                timer, armed_for = loop.call_at(deadline, check), deadline
                 return
-            except TimeoutError:
-                which = "first token" if first else "next token"
-                raise ProviderError(f"{self.provider} sent no {which} within {limit:g} s",
-                                    code="upstream_timeout", retryable=True) from None
-            except httpx.HTTPError as exc:
-                raise transport_error(exc, self.provider) from exc
-            first = False
-            yield item
+            expired = True
+            task.cancel()
+
+        it = aiter(iterator)
+        try:
+            while True:
+                if timer is None or armed_for > deadline:  # unset, or set for a longer limit
+                    if timer is not None:
+                        timer.cancel()
+                    timer, armed_for = loop.call_at(deadline, check), deadline
+                try:
+                    item = await anext(it)
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if expired and task.uncancel() <= cancelling:
+                        which = "first token" if first else "next token"
+                        raise ProviderError(f"{self.provider} sent no {which} within {limit:g} s",
+                                            code="upstream_timeout", retryable=True) from None
+                    raise
+                except httpx.HTTPError as exc:
+                    raise transport_error(exc, self.provider) from exc
+                waiting = False
+                yield item
+                waiting = True
+                first = False
+                limit = idle_limit
+                deadline = loop.time() + limit
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 def sse_json(sse: ServerSentEvent, provider: str) -> Any:

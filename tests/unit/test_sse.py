@@ -1,0 +1,65 @@
+"""The worker's event-stream parser (worker/providers/sse.py) gives the events httpx-sse gives,
+however the stream is cut into chunks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+from worker.providers.sse import parse_sse
+
+STREAMS = {
+    "openai": b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"choices":[]}\n\ndata: [DONE]\n\n',
+    "anthropic": (b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
+                  b"event: ping\ndata: {\"type\": \"ping\"}\n\n"
+                  b"event: content_block_delta\ndata: {\"delta\":{\"text\":\"h\\u00e9\"}}\n\n"),
+    "crlf": b"data: one\r\n\r\ndata: two\r\nid: 7\r\n\r\n",
+    "cr only": b"data: a\r\rdata: b\r\r",
+    "multi-line data and no space": b"data:first\ndata: second\n\ndata:  two spaces\n\n",
+    "comments and unknown fields": b": keep-alive\n\nfoo: bar\ndata: x\n\n:\n\n",
+    "id without data, then data": b"id: 42\n\ndata: after\n\n",
+    "id with NUL is ignored": b"id: a\0b\ndata: y\n\n",
+    "retry": b"retry: 1500\ndata: r\n\nretry: soon\ndata: s\n\n",
+    "event only": b"event: ping\n\n",
+    "utf-8 split across chunks": "data: naïve ☃ 日本\n\n".encode(),
+    "cut off at the end": b"data: complete\n\ndata: never ends",
+    "leading blank lines": b"\n\n\ndata: z\n\n",
+    "field line cut by a final CR": b"data: done\n\ndata: x\r",
+    "final CR ends the event": b"data: e\r\n\r",
+}
+
+
+def reference(raw: bytes) -> list[tuple]:
+    lines = SSELineDecoder()
+    lines = lines.decode(raw.decode("utf-8")) + lines.flush()
+    decoder = SSEDecoder()
+    out = []
+    for line in lines:
+        sse = decoder.decode(line.rstrip("\n"))
+        if sse is not None:
+            out.append((sse.event, sse.data, sse.id, sse.retry))
+    return out
+
+
+def parsed(chunks: list[bytes]) -> list[tuple]:
+    async def source():
+        for c in chunks:
+            yield c
+
+    async def go():
+        return [(e.event, e.data, e.id, e.retry) async for e in parse_sse(source())]
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("name", list(STREAMS))
+def test_every_split_gives_the_reference_events(name):
+    raw = STREAMS[name]
+    expected = reference(raw)
+    assert expected or name == "cut off at the end"
+    assert parsed([raw]) == expected
+    assert parsed([raw[i:i + 1] for i in range(len(raw))]) == expected  # a byte at a time
+    for cut in range(1, len(raw)):
+        assert parsed([raw[:cut], raw[cut:]]) == expected, cut

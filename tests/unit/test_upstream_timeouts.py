@@ -1,0 +1,101 @@
+"""``Upstream.with_timeouts``: the first item within the first-token limit, each next one within
+the idle limit, with one timer per stream; time the consumer spends on an item does not count."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from shared.provider_config import ProviderSettings
+from worker.providers.base import ProviderError
+from worker.providers.http import Upstream
+
+
+def upstream(first: float, idle: float) -> Upstream:
+    settings = ProviderSettings(CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT=first, CHATFLEET_PROVIDER_IDLE_TIMEOUT=idle)
+    return Upstream(httpx.AsyncClient(), settings, "Prov")
+
+
+async def items(gaps: list[float], fail: Exception | None = None):
+    for i, gap in enumerate(gaps):
+        await asyncio.sleep(gap)
+        yield i
+    if fail is not None:
+        raise fail
+
+
+def collect(up: Upstream, source, hold: float = 0.0) -> tuple[list[int], Exception | None]:
+    got: list[int] = []
+
+    async def go():
+        try:
+            async for item in up.with_timeouts(source):
+                got.append(item)
+                await asyncio.sleep(hold)  # the consumer's own work on the item
+        except ProviderError as exc:
+            return exc
+        return None
+
+    return got, asyncio.run(go())
+
+
+def test_items_within_their_limits_all_arrive():
+    assert collect(upstream(0.5, 0.2), items([0.3, 0.1, 0.15, 0.1])) == ([0, 1, 2, 3], None)
+
+
+def test_a_slow_first_item_hits_the_first_token_limit():
+    got, error = collect(upstream(0.2, 5), items([0.5, 0.0]))
+    assert got == [] and error.code == "upstream_timeout" and error.retryable
+    assert error.message == "Prov sent no first token within 0.2 s"
+
+
+def test_a_stall_after_a_long_first_limit_hits_the_shorter_idle_limit():
+    got, error = collect(upstream(30, 0.2), items([0.0, 0.05, 0.6, 0.0]))
+    assert got == [0, 1] and error.message == "Prov sent no next token within 0.2 s"
+
+
+def test_time_the_consumer_holds_an_item_does_not_count():
+    # Each item takes the consumer 0.3 s, longer than the idle limit; the source itself is quick.
+    assert collect(upstream(0.2, 0.2), items([0.0, 0.05, 0.05]), hold=0.3) == ([0, 1, 2], None)
+
+
+def test_transport_failures_become_retryable_stream_cuts():
+    got, error = collect(upstream(1, 1), items([0.0], fail=httpx.ReadError("reset by peer")))
+    assert got == [0] and error.code == "stream_cut" and error.retryable
+
+
+def test_a_cancel_from_outside_stays_a_cancel_and_no_timer_is_left():
+    up = upstream(0.3, 0.3)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return [h for h in loop._scheduled if not h.cancelled()]
+
+    async def consume():
+        async for _ in up.with_timeouts(items([0.0, 5.0])):
+            pass
+
+    assert asyncio.run(go()) == []
+
+
+def test_a_generator_left_suspended_holds_no_timer():
+    up = upstream(0.2, 0.2)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        stream = up.with_timeouts(items([0.0, 0.0]))
+        assert await anext(stream) == 0
+        await asyncio.sleep(0.5)  # the timer fires meanwhile and is not set again
+        pending = [h for h in loop._scheduled if not h.cancelled()]
+        assert await anext(stream) == 1  # resumed later, the next item is still taken
+        await stream.aclose()
+        return pending
+
+    assert asyncio.run(go()) == []

@@ -1,0 +1,75 @@
+"""Server-sent events read straight from a response's bytes.
+
+The same events as ``httpx_sse.EventSource(response).aiter_sse()`` (the WHATWG event-stream
+rules: lines end in CRLF, LF or CR; ``data`` lines join with LF; a blank line dispatches; an
+event cut off by the end of the stream is dropped), without its three layers of incremental
+text decoding, line decoding and per-line field parsing above httpx's own: a streamed answer
+comes as one small chunk per token, so each layer is paid once per token and stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+from httpx_sse import ServerSentEvent
+
+
+def byte_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives: raw when the provider did not compress it (the usual case for
+    event streams), decoded by httpx otherwise."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return response.aiter_raw()
+    return response.aiter_bytes()
+
+
+async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
+    pending = b""
+    event = ""
+    data: list[str] = []
+    last_id = ""
+    retry: int | None = None
+    async for chunk in chunks:
+        text = pending + chunk if pending else chunk
+        if b"\r" in text:
+            # A CR at the end may be the first half of a CRLF: keep it for the next chunk.
+            held = b"\r" if text.endswith(b"\r") else b""
+            if held:
+                text = text[:-1]
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        else:
+            held = b""
+        lines = text.split(b"\n")
+        pending = lines.pop() + held
+        for line in lines:
+            if not line:
+                if event or data or last_id or retry is not None:
+                    yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
+                event, data, retry = "", [], None  # the last event id stays (the spec's rule)
+                continue
+            if line[0] == 0x3A:  # ":" a comment
+                continue
+            name, _, raw = line.partition(b":")
+            if raw[:1] == b" ":
+                raw = raw[1:]
+            if name == b"data":
+                data.append(raw.decode("utf-8", "replace"))
+            elif name == b"event":
+                event = raw.decode("utf-8", "replace")
+            elif name == b"id":
+                if b"\0" not in raw:
+                    last_id = raw.decode("utf-8", "replace")
+            elif name == b"retry":
+                try:
+                    retry = int(raw)
+                except ValueError:
+                    pass
+    # A CR held back at the very end ended a line after all: if that line was blank, it
+    # dispatches (a field line there would be followed by nothing that dispatches it).
+    if pending == b"\r" and (event or data or last_id or retry is not None):
+        yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
+
+
+def event_stream(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
+    return parse_sse(byte_chunks(response))

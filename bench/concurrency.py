@@ -81,25 +81,92 @@ async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asynci
     f.job_id = r.json()["id"]
 
 
-async def follow(client: httpx.AsyncClient, f: Follow) -> None:
+class _Recorder(asyncio.Protocol):
+    """Keeps what arrives on a connection, with its arrival time; nothing else per read."""
+
+    def __init__(self, f: Follow, request: bytes, done: asyncio.Future):
+        self.f = f
+        self.request = request
+        self.done = done
+        self.append = f.chunks.append
+
+    def connection_made(self, transport) -> None:
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.append((time.time(), data))
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+async def follow(host: str, port: int, f: Follow) -> None:
+    """``GET /v4/jobs/{id}/stream`` on a connection of its own (``connection: close``: the API
+    closes it after the job's last event), recording raw arrivals; the HTTP framing and the
+    events are taken apart after the run (``dechunk``, ``parse``). A subscriber that does no
+    work per read: at 1,000 streams httpx's per-chunk layers made this process, not the fleet,
+    the bottleneck (it fell seconds behind what the API had sent)."""
     if not f.job_id:
         return
     requested = time.time()
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    request = (f"GET /v4/jobs/{f.job_id}/stream HTTP/1.1\r\nhost: {host}:{port}\r\nx-api-key: {KEY}\r\n"
+               "accept: text/event-stream\r\nconnection: close\r\n\r\n").encode()
     try:
-        async with client.stream("GET", f"/v4/jobs/{f.job_id}/stream") as r:
-            if r.status_code != 200:
-                f.error = f"stream: HTTP {r.status_code}"
-                return
-            append = f.chunks.append
-            clock = time.time
-            f.opened = True
-            async for chunk in r.aiter_raw():  # the API ends the response after the last event
-                append((clock(), chunk))
-    except httpx.HTTPError as exc:
+        transport, _ = await loop.create_connection(lambda: _Recorder(f, request, done), host, port)
+    except OSError as exc:
+        f.error = f"stream: connect {type(exc).__name__}"
+        return
+    f.opened = True
+    try:
+        exc = await done
+    finally:
+        transport.close()
+    if exc is not None:
         f.error = f"stream: {type(exc).__name__}"
         f.detail = (f"job {f.job_id}: {exc!r}, {time.time() - requested:.1f} s after the request, "
-                    f"{'after the response started' if f.opened else 'before a response'}, "
                     f"{len(f.chunks)} chunks received")
+
+
+def dechunk(f: Follow) -> None:
+    """Replace ``f.chunks`` (raw arrivals: status line, headers, chunked body) by the body's
+    bytes, each piece stamped with the arrival of the read that completed it."""
+    raw = b"".join(c for _, c in f.chunks)
+    head_end = raw.find(b"\r\n\r\n")
+    if head_end < 0:
+        f.error = f.error or "stream: no response"
+        f.chunks = []
+        return
+    status = raw.split(b" ", 2)[1:2]
+    if status != [b"200"]:
+        f.error = f.error or f"stream: HTTP {status[0].decode() if status else '?'}"
+        f.chunks = []
+        return
+    # Arrival time of each byte offset: the time of the read that brought it.
+    ends, times, total = [], [], 0
+    for t, c in f.chunks:
+        total += len(c)
+        ends.append(total)
+        times.append(t)
+    body: list[tuple[float, bytes]] = []
+    pos, read = head_end + 4, 0
+    while True:
+        line_end = raw.find(b"\r\n", pos)
+        if line_end < 0:
+            break
+        size = int(raw[pos:line_end].split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        start, stop = line_end + 2, line_end + 2 + size
+        if stop > len(raw):
+            break  # cut off: what is there of the chunk was not delivered as an event anyway
+        while ends[read] < stop:
+            read += 1
+        body.append((times[read], raw[start:stop]))
+        pos = stop + 2
+    f.chunks = body
 
 
 def parse(f: Follow) -> tuple[list[tuple[float, int]], str]:
@@ -134,22 +201,18 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
     stack.fake.reset()
     name = f"c{level}"
     follows = [Follow(i) for i in range(level)]
-    limits = httpx.Limits(max_connections=level + 10, max_keepalive_connections=level + 10)
     gate = asyncio.Semaphore(submitters)
     pid = None
-    # Two clients: httpx's pool scans all its connections on every request, so the submissions
-    # do not go through the pool that holds the open streams.
-    async with httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, limits=limits,
-                                 timeout=httpx.Timeout(60, read=120)) as client, \
-            httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, timeout=60,
-                              limits=httpx.Limits(max_connections=submitters)) as submit_client:
+    host, port = stack.base_url.removeprefix("http://").rsplit(":", 1)
+    async with httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, timeout=60,
+                                 limits=httpx.Limits(max_connections=submitters)) as submit_client:
         if order == "worker-first":
             pid = stack.start_worker(level + 50, name)
             await asyncio.to_thread(stack.wait_ready, name)
 
         async def one(f: Follow) -> None:
             await submit(submit_client, f, tokens, gate)
-            await follow(client, f)
+            await follow(host, int(port), f)
 
         tasks = [asyncio.create_task(one(f)) for f in follows]
         if order == "jobs-first":
@@ -194,6 +257,7 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
     ramp_end = max(t0.values(), default=0.0)
     errors: dict[str, int] = {}
     for f in follows:
+        dechunk(f)
         toks, ending = parse(f)
         seen = {n for _, n in toks}
         received += len(seen)

@@ -203,12 +203,17 @@ async def follow(
                     last = event.seq
                     if event.terminal:
                         return
-            try:
-                item = await asyncio.wait_for(queue.get(), idle_seconds)
-            except asyncio.TimeoutError:
-                need_read = True
-                yield None
-                continue
+            if queue.empty():
+                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per event)
+                try:
+                    async with asyncio.timeout(idle_seconds):
+                        item = await queue.get()
+                except TimeoutError:
+                    need_read = True
+                    yield None
+                    continue
+            else:
+                item = queue.get_nowait()
             if item is _RESYNC:
                 need_read = True
                 continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -136,3 +138,13 @@ def test_readyz_reports_each_dependency(stack):
     assert body["redis"] == "ok"
     assert set(body["workers"]) >= {keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH, keys.QUEUE_LOCAL}
     assert body["providers"]["openai"] is True and body["providers"]["local"] is True
+
+
+def test_a_worker_starts_its_pool_threads_before_it_reports_ready(own_stack):
+    # Started on demand, each pool thread would be started while the worker is busy, at the
+    # cost of a GIL handshake with the loop thread relaying streams (worker/tasks.py).
+    s = own_stack(fake_url=own_stack.fake_url)
+    status = Path(f"/proc/{s.fleet.procs['worker-interactive'].pid}/status").read_text()
+    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
+    assert threads >= 50, threads  # its concurrency is 50; no job has run yet
+    assert "started the pool's 50 threads" in s.fleet.logs["worker-interactive"].read_text()

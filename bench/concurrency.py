@@ -1,6 +1,6 @@
 """How many concurrent streaming provider calls one worker process holds, and how late its tokens are.
 
-    .venv/bin/python -m bench.concurrency [--levels 100 500 1000] [--tokens 100] [--rate 20] [--order jobs-first|worker-first]
+    .venv/bin/python -m bench.concurrency [--levels 100 500 1000] [--tokens 100] [--rate 20] [--order jobs-first|worker-first] [--no-subscribers]
 
 The fake provider streams 100 tokens per call at 20 tokens/s (5 s per call, first token at
 once). For each level, one worker process is started with ``-c level+50`` (and as many Redis
@@ -19,7 +19,8 @@ expected (and lost, duplicated), relay latency p50/p99, the worker's peak RSS, t
 of calls open at once at the provider, how long the worker took to start all the calls (first to
 last call received by the fake), the span from the first call to the last token received
 (ideally the length of one call) and the tokens relayed per second over it, the cores the worker
-used meanwhile, errors; then the cores each process used. Each level's worker is stopped
+used meanwhile and its CPU time per token relayed (all its work, the calls' starts and ends
+included, over the tokens received), errors; then the cores each process used. Each level's worker is stopped
 before the next.
 
 By default (``--order jobs-first``) every job is submitted and every stream opened before the
@@ -66,6 +67,7 @@ class Follow:
     error: str = ""
     opened: bool = False
     detail: str = ""  # for a stream that broke: when, after what
+    status: str = ""  # without subscribers: the job's final status
 
 
 async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asyncio.Semaphore) -> None:
@@ -81,6 +83,19 @@ async def submit(client: httpx.AsyncClient, f: Follow, tokens: int, gate: asynci
         f.error = f"submit: HTTP {r.status_code}"
         return
     f.job_id = r.json()["id"]
+
+
+async def job_status(client: httpx.AsyncClient, f: Follow, deadline: float) -> None:
+    """Without subscribers: the job's final status in ``f.status`` (polled until it has one)."""
+    while f.job_id and time.monotonic() < deadline:
+        try:
+            r = await client.get(f"/v4/jobs/{f.job_id}")
+            if r.status_code == 200 and r.json()["status"] in ("succeeded", "failed", "cancelled"):
+                f.status = r.json()["status"]
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.2)
 
 
 class _Recorder(asyncio.Protocol):
@@ -199,7 +214,7 @@ def parse(f: Follow) -> tuple[list[tuple[float, int]], str]:
 
 
 async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, submitters: int, order: str,
-                    timeout: float) -> dict:
+                    timeout: float, subscribers: bool = True) -> dict:
     stack.fake.reset()
     name = f"c{level}"
     follows = [Follow(i) for i in range(level)]
@@ -214,11 +229,12 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
 
         async def one(f: Follow) -> None:
             await submit(submit_client, f, tokens, gate)
-            await follow(host, int(port), f)
+            if subscribers:
+                await follow(host, int(port), f)
 
         tasks = [asyncio.create_task(one(f)) for f in follows]
         if order == "jobs-first":
-            while sum(1 for f in follows if f.opened or f.error) < level:
+            while sum(1 for f in follows if (f.opened if subscribers else f.job_id) or f.error) < level:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)  # let the API's followers subscribe
             pid = stack.start_worker(level + 50, name)
@@ -229,6 +245,13 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
         procs = {"worker": pid, "api": stack.pid("api"), "redis": stack.pid("redis"),
                  "fake": stack.fake.proc.pid, "bench": os.getpid()}
         window = CpuWindow(procs)
+        window_started = time.monotonic()
+        if not subscribers:  # done when the provider has answered every call (one poll of it)
+            while time.monotonic() < deadline:
+                stats = await asyncio.to_thread(stack.fake.stats)
+                if stats["total"] >= level and stats["active"] == 0:
+                    break
+                await asyncio.sleep(0.1)
         _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
         for task in pending:
             task.cancel()
@@ -236,6 +259,10 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
             if task in pending:
                 f.error = f.error or "timeout"
         cores = window.stop()
+        window_seconds = time.monotonic() - window_started
+        worker_cpu = cores.get("worker", 0.0) * window_seconds
+        if not subscribers:  # outside the measured window: how each job ended
+            await asyncio.gather(*(job_status(submit_client, f, deadline) for f in follows))
     rss = peak_rss_mib(pid)
     stats = stack.fake.stats()
     calls = stack.fake.requests(family="openai")
@@ -259,6 +286,12 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
     ramp_end = max(t0.values(), default=0.0)
     errors: dict[str, int] = {}
     for f in follows:
+        if not subscribers:
+            completed += f.status == "succeeded"
+            if f.error or f.status != "succeeded":
+                problem = f.error or f.status or "unfinished"
+                errors[problem] = errors.get(problem, 0) + 1
+            continue
         dechunk(f)
         toks, ending = parse(f)
         seen = {n for _, n in toks}
@@ -277,12 +310,16 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
                 latencies.append(t - emitted)
                 if emitted >= ramp_end:
                     steady.append(t - emitted)
+    if not subscribers:  # every succeeded job relayed all its tokens; nobody timed them
+        received = completed * tokens
+        last_arrival = min(t0.values(), default=0.0) + window_seconds
     details = [f.detail for f in follows if f.detail][:5]
     return {"level": level, "details": details, "completed": completed, "received": received, "expected": level * tokens,
             "duplicates": duplicates, "latencies": latencies, "steady": steady, "rss": rss, "errors": errors,
             "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
             "span": last_arrival - min(t0.values(), default=last_arrival),
-            "ramp": max(t0.values(), default=0.0) - min(t0.values(), default=0.0), "cores": cores}
+            "ramp": max(t0.values(), default=0.0) - min(t0.values(), default=0.0), "cores": cores,
+            "worker_cpu": worker_cpu, "subscribers": subscribers, "window": window_seconds}
 
 
 def main() -> None:
@@ -293,6 +330,9 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=50, help="concurrent POST /v4/jobs")
     parser.add_argument("--order", choices=("jobs-first", "worker-first"), default="jobs-first")
     parser.add_argument("--timeout", type=float, default=180.0, help="per level, seconds")
+    parser.add_argument("--no-subscribers", action="store_true",
+                        help="open no streams: the worker's own cost, without the API relaying every token "
+                             "(the jobs are polled until they end)")
     args = parser.parse_args()
     nofile = raise_open_files(max(65536, 4 * max(args.levels)))
 
@@ -313,7 +353,7 @@ def main() -> None:
             runner = asyncio.run
         for level in args.levels:
             results.append(runner(run_level(stack, level, args.tokens, args.rate, args.submitters, args.order,
-                                            args.timeout)))
+                                            args.timeout, subscribers=not args.no_subscribers)))
             r = results[-1]
             print(f"level {level}: {r['completed']} completed, last token {r['span']:.1f} s after the first call",
                   flush=True)
@@ -321,23 +361,29 @@ def main() -> None:
         stack.close()
 
     print(f"\nConcurrent streaming calls in one worker process: {args.tokens} tokens per call at "
-          f"{args.rate:g} tokens/s ({args.tokens / args.rate:g} s per call), one API process relaying every "
-          f"stream, order {args.order}, open files {nofile}, {os.cpu_count()} cores")
+          f"{args.rate:g} tokens/s ({args.tokens / args.rate:g} s per call), "
+          + ("no subscribers" if args.no_subscribers else "one API process relaying every stream")
+          + f", order {args.order}, open files {nofile}, {os.cpu_count()} cores")
     rows = []
     for r in results:
         lost = r["expected"] - r["received"]
         errors = sum(r["errors"].values())
+        timed = r["subscribers"]  # without subscribers nothing was received or timed
         rows.append([
-            str(r["level"]), str(r["peak"]), f"{r['completed']}/{r['level']}", f"{r['received']}/{r['expected']}",
-            str(lost), str(r["duplicates"]),
-            f"{percentile(r['latencies'], 50) * 1000:.0f}", f"{percentile(r['latencies'], 99) * 1000:.0f}",
-            f"{percentile(r['steady'], 50) * 1000:.1f}", f"{percentile(r['steady'], 99) * 1000:.1f}",
+            str(r["level"]), str(r["peak"]), f"{r['completed']}/{r['level']}",
+            f"{r['received']}/{r['expected']}" if timed else "-", str(lost) if timed else "-",
+            str(r["duplicates"]) if timed else "-",
+            *((f"{percentile(r['latencies'], 50) * 1000:.0f}", f"{percentile(r['latencies'], 99) * 1000:.0f}",
+               f"{percentile(r['steady'], 50) * 1000:.1f}", f"{percentile(r['steady'], 99) * 1000:.1f}")
+              if timed else ("-",) * 4),
             f"{r['ramp']:.1f}", f"{r['span']:.1f}", f"{r['received'] / r['span']:.0f}" if r["span"] > 0 else "",
-            f"{r['cores']['worker']:.2f}", f"{r['rss']:.0f}",
+            f"{r['cores']['worker']:.2f}",
+            f"{r['worker_cpu'] / r['received'] * 1000:.3f}" if r["received"] else "",
+            f"{r['rss']:.0f}",
             str(errors) + (f" {r['errors']}" if errors else ""),
         ])
     print(table(["jobs", "peak calls", "completed", "tokens received", "lost", "dup", "relay p50 ms",
-                 "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker peak RSS MiB", "errors"], rows))
+                 "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker CPU ms/token", "worker peak RSS MiB", "errors"], rows))
     print("\nCores busy per process, from the first provider call until every stream ended "
           "(\"others\": processes outside the benchmark):")
     names = list(results[0]["cores"]) if results else []

@@ -28,7 +28,10 @@ def run_job(job_id: str) -> str:
 def _start_runtime(sender=None, **_):
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
     if sender is not None:
-        _prestart_threads(getattr(sender, "pool", None))
+        try:
+            _prestart_threads(getattr(sender, "pool", None))
+        except Exception as exc:  # a speed-up: the threads still start on demand
+            log.warning("could not start the pool's threads ahead: %s", exc)
     get_runtime(hostname=sender.hostname if sender is not None else None, queues=queues)
     start_worker_metrics_server()
 
@@ -57,8 +60,8 @@ def _prestart_threads(pool) -> None:
     threads are started here instead, parked on a barrier until all of them exist."""
     executor = getattr(pool, "executor", None)
     limit = getattr(pool, "limit", None)
-    if not isinstance(executor, ThreadPoolExecutor) or not limit:
-        return
+    if not isinstance(executor, ThreadPoolExecutor) or not limit or getattr(executor, "_threads", None):
+        return  # not Celery's thread pool, or already running jobs (a busy thread would hold the barrier)
     started = time.monotonic()
     barrier = threading.Barrier(limit + 1)
     for _ in range(limit):

@@ -9,6 +9,8 @@ import asyncio
 import socket
 import ssl
 import struct
+import threading
+import time
 
 import httpx
 import pytest
@@ -191,7 +193,77 @@ def test_a_connection_broken_mid_answer_raises_a_transport_error(run):
 
     received, error = run(go())
     assert b"".join(received) == b"data: 0\n\n"
-    assert isinstance(error, httpx.ReadError | httpx.RemoteProtocolError), repr(error)
+    assert isinstance(error, httpx.ReadError), repr(error)  # a reset, not a clean end of the body
+
+
+def test_a_tls_stream_closed_early_is_closed_at_once(run):
+    # A TLS transport's close() waits for the peer's close_notify (uvloop: up to 30 s), which a
+    # provider busy sending never reads: a cancelled job would leave the provider generating.
+    # The provider (here a blocking TLS server that only sends) must see the connection end.
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    ended: list[float] = []
+
+    def provider() -> None:
+        conn, _ = listener.accept()
+        with server_context.wrap_socket(conn, server_side=True) as tls:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += tls.recv(4096)
+            tls.sendall(sse_head())
+            started = time.monotonic()
+            try:
+                while time.monotonic() - started < 20:
+                    tls.sendall(chunk(b"data: more\n\n"))
+                    time.sleep(0.01)
+            except OSError:
+                ended.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=provider, daemon=True)
+    thread.start()
+
+    async def go():
+        transport = asyncio_transport(httpx.Limits(), ssl_context=client_context)
+        async with httpx.AsyncClient(transport=transport) as client:
+            async with client.stream("POST", f"https://localhost:{port}/v1/chat", json={}) as response:
+                async for _ in response.aiter_raw():
+                    break  # the job was cancelled: the stream closes after its first chunk
+            await asyncio.to_thread(thread.join, 5)
+
+    try:
+        run(go())
+    finally:
+        listener.close()
+    assert ended and ended[0] < 3, ended
+
+
+def test_a_kernel_connect_timeout_is_a_connect_error_whatever_the_timeout(run):
+    # ETIMEDOUT from the kernel is a TimeoutError (an OSError) without our deadline expiring.
+    import worker.providers.netio as netio
+
+    async def refuse(*args, **kwargs):
+        raise TimeoutError(110, "Connection timed out")
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        loop.create_connection = refuse
+        backend = netio.AsyncioBackend()
+        errors = []
+        for timeout in (None, 10.0):
+            try:
+                await backend.connect_tcp("192.0.2.1", 443, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - the type is what is checked
+                errors.append(exc)
+        return errors
+
+    errors = run(go())
+    assert [type(e).__name__ for e in errors] == ["ConnectError", "ConnectError"], errors
+    assert "timed out" in str(errors[0])
 
 
 def test_read_timeout_and_refused_connection_map_to_httpx_errors(run):

@@ -101,9 +101,10 @@ def asyncio_transport(limits: httpx.Limits, ssl_context: ssl.SSLContext | None =
     through anyio, which costs a cancel scope, an extra loop turn and a pause/resume of the
     socket per read of a streamed answer, that is per token. httpx takes no network backend,
     so the pool it built is replaced by the same one with this backend."""
-    transport = httpx.AsyncHTTPTransport(limits=limits, http2=False)
+    ssl_context = ssl_context or httpx.create_ssl_context()
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, http2=False)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context or httpx.create_ssl_context(),
+        ssl_context=ssl_context,
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
@@ -269,7 +270,7 @@ class Upstream:
                     return  # more after the answer's end: not worth waiting for, close it
 
     def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
-        content_type = response.headers.get("content-type", "").partition(";")[0].strip()
+        content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
         if "text/event-stream" not in content_type:
             raise ProviderError(f"{self.provider} answered with {content_type or 'no content type'!r}, "
                                 "not an event stream", code="upstream_invalid", retryable=True)
@@ -284,7 +285,8 @@ class Upstream:
         One timer per stream, not one per item: each item only moves the deadline, and the
         timer, when it fires early, sets itself again for the deadline then current. The wait
         counts only while this generator waits for ``iterator``, not while its consumer holds
-        an item; a generator left suspended holds no timer."""
+        an item; a generator left suspended holds no timer. The timer cancels the task that
+        first iterates: iterate it from one task (every adapter does)."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         cancelling = task.cancelling()

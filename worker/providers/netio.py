@@ -165,9 +165,11 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.WriteError(str(protocol.error)) from protocol.error
 
     async def aclose(self) -> None:
-        if not self._transport.is_closing():
-            self._transport.close()
-        await asyncio.sleep(0)  # let the transport close the socket now
+        # abort, not close: a TLS transport's close() waits (uvloop: up to 30 s) for the peer's
+        # close_notify, and a plain one for its unsent data; a provider stream closed early
+        # must stop at once, so that the provider hears the client is gone.
+        self._transport.abort()
+        await asyncio.sleep(0)  # let the transport release the socket now
 
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncNetworkStream:
@@ -177,11 +179,10 @@ class AsyncioStream(AsyncNetworkStream):
                 transport = await loop.start_tls(self._transport, self._protocol, ssl_context,
                                                  server_hostname=server_hostname,
                                                  ssl_handshake_timeout=timeout)
-        except TimeoutError:
+        except (OSError, ssl.SSLError) as exc:  # TimeoutError included
             self._transport.abort()
-            raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout:g} s") from None
-        except (OSError, ssl.SSLError, ConnectionError) as exc:
-            self._transport.abort()
+            if isinstance(exc, TimeoutError) and timeout is not None:
+                raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout:g} s") from None
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         if transport is None:
             raise httpcore.ConnectError("the connection closed during the TLS handshake")
@@ -221,39 +222,46 @@ class AsyncioBackend(AsyncNetworkBackend):
                           socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         protocol = _Protocol()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 transport, _ = await loop.create_connection(
                     lambda: protocol, host, port,
                     local_addr=(local_address, 0) if local_address else None, **_connect_kwargs(loop))
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"could not connect to {host}:{port} within {timeout:g} s") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        _apply(transport, socket_options)
-        return AsyncioStream(transport, protocol)
+        except OSError as exc:  # TimeoutError included: ours, or the kernel's ETIMEDOUT
+            raise _connect_error(exc, f"{host}:{port}", deadline, timeout) from exc
+        return _stream(transport, protocol, socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         protocol = _Protocol()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 transport, _ = await loop.create_unix_connection(lambda: protocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"could not connect to {path} within {timeout:g} s") from None
         except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        _apply(transport, socket_options)
-        return AsyncioStream(transport, protocol)
+            raise _connect_error(exc, path, deadline, timeout) from exc
+        return _stream(transport, protocol, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
 
-def _apply(transport: asyncio.Transport, socket_options: Iterable[tuple] | None) -> None:
+def _connect_error(exc: OSError, where: str, deadline: asyncio.Timeout, timeout: float | None) -> Exception:
+    if deadline.expired():
+        return httpcore.ConnectTimeout(f"could not connect to {where} within {timeout:g} s")
+    return httpcore.ConnectError(f"could not connect to {where}: {exc or type(exc).__name__}")
+
+
+def _stream(transport: asyncio.Transport, protocol: _Protocol,
+            socket_options: Iterable[tuple] | None) -> AsyncioStream:
     sock: socket.socket | None = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    for option in socket_options or ():
-        sock.setsockopt(*option)
+    try:
+        for option in socket_options or ():
+            if sock is not None:
+                sock.setsockopt(*option)
+    except OSError as exc:
+        transport.abort()
+        raise httpcore.ConnectError(f"could not set a socket option: {exc}") from exc
+    return AsyncioStream(transport, protocol)

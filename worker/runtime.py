@@ -240,8 +240,8 @@ class WorkerRuntime:
                 # runs this loop 40 times a second.
                 if not await self._due_accounts(1):
                     continue
-                if not await self.redis.set(keys.SCHEDULER_LOCK, self.hostname, nx=True,
-                                            px=int(interval * 1000 * 5)):
+                holder = self._lock_token()
+                if not await self.redis.set(keys.SCHEDULER_LOCK, holder, nx=True, px=int(interval * 1000 * 5)):
                     continue
                 due = await self._due_accounts(200)
                 for account_id in due:
@@ -251,9 +251,13 @@ class WorkerRuntime:
                             keys=[keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS], args=[account_id])
                     else:
                         await self.store.requeue_waiting(head[0], account_id)
-                await self.redis.delete(keys.SCHEDULER_LOCK)
+                await self.store.scripts.release_lock(keys=[keys.SCHEDULER_LOCK], args=[holder])
             except Exception as exc:
                 log.warning("throttle scheduler pass failed: %s", exc)
+
+    def _lock_token(self) -> str:
+        """Who holds a fleet-wide lock, for this one acquisition: released only by its taker."""
+        return f"{self.hostname}/{uuid.uuid4().hex[:12]}"
 
     async def _due_accounts(self, limit: int) -> list[str]:
         return await self.redis.zrangebyscore(keys.THROTTLED_ACCOUNTS, "-inf", int(time.time() * 1000),
@@ -267,12 +271,13 @@ class WorkerRuntime:
             try:
                 if not await self.redis.exists(keys.ACTIVE_BATCHES):  # one round trip while idle
                     continue
-                if not await self.redis.set(keys.BATCH_FEEDER_LOCK, self.hostname, nx=True, px=30_000):
+                holder = self._lock_token()
+                if not await self.redis.set(keys.BATCH_FEEDER_LOCK, holder, nx=True, px=30_000):
                     continue
                 try:
                     await self._feed_pass()
                 finally:
-                    await self.redis.delete(keys.BATCH_FEEDER_LOCK)
+                    await self.store.scripts.release_lock(keys=[keys.BATCH_FEEDER_LOCK], args=[holder])
             except Exception as exc:
                 log.warning("batch feeder pass failed: %s", exc)
 

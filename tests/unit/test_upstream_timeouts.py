@@ -1,5 +1,6 @@
 """``Upstream.with_timeouts``: the first item within the first-token limit, each next one within
-the idle limit, with one timer per stream; time the consumer spends on an item does not count."""
+the idle limit, with one timer per stream; time the consumer spends on an item does not count.
+And the check ``Upstream.events`` makes first: the answer must be an event stream."""
 
 from __future__ import annotations
 
@@ -99,3 +100,17 @@ def test_a_generator_left_suspended_holds_no_timer():
         return pending
 
     assert asyncio.run(go()) == []
+
+
+def test_an_answer_that_is_not_an_event_stream_is_refused_as_retryable():
+    up = upstream(1, 1)
+    for content_type in ("application/json", ""):
+        response = httpx.Response(200, headers={"content-type": content_type} if content_type else {},
+                                  content=b'{"error": "oops"}')
+        with pytest.raises(ProviderError) as caught:
+            up.events(response)
+        assert caught.value.code == "upstream_invalid" and caught.value.retryable
+        assert "not an event stream" in caught.value.message
+    # parameters and case do not matter
+    ok = httpx.Response(200, headers={"content-type": "Text/Event-Stream; charset=utf-8"}, content=b"")
+    assert up.events(ok) is not None

@@ -77,6 +77,16 @@ class Server:
             writer.close()
 
 
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts: a certificate for localhost from a throwaway CA the client trusts."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
 def sse_head() -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
@@ -102,11 +112,7 @@ async def post(client: httpx.AsyncClient, url: str) -> tuple[bytes, httpx.Respon
 
 
 def test_tls_answers_stream_and_one_connection_serves_consecutive_calls(run):
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts()
 
     async def go():
         async with Server(sse_answer, server_context) as server:
@@ -200,11 +206,7 @@ def test_a_tls_stream_closed_early_is_closed_at_once(run):
     # A TLS transport's close() waits for the peer's close_notify (uvloop: up to 30 s), which a
     # provider busy sending never reads: a cancelled job would leave the provider generating.
     # The provider (here a blocking TLS server that only sends) must see the connection end.
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts()
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     ended: list[float] = []

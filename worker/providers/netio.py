@@ -221,31 +221,34 @@ class AsyncioBackend(AsyncNetworkBackend):
                           local_address: str | None = None,
                           socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        protocol = _Protocol()
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                transport, _ = await loop.create_connection(
-                    lambda: protocol, host, port,
-                    local_addr=(local_address, 0) if local_address else None, **_connect_kwargs(loop))
-        except OSError as exc:  # TimeoutError included: ours, or the kernel's ETIMEDOUT
-            raise _connect_error(exc, f"{host}:{port}", deadline, timeout) from exc
-        return _stream(transport, protocol, socket_options)
+        return await _connect(
+            lambda factory: loop.create_connection(
+                factory, host, port, local_addr=(local_address, 0) if local_address else None,
+                **_connect_kwargs(loop)),
+            f"{host}:{port}", timeout, socket_options)
 
     async def connect_unix_socket(self, path: str, timeout: float | None = None,
                                   socket_options: Iterable[tuple] | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
-        protocol = _Protocol()
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                transport, _ = await loop.create_unix_connection(lambda: protocol, path)
-        except OSError as exc:
-            raise _connect_error(exc, path, deadline, timeout) from exc
-        return _stream(transport, protocol, socket_options)
+        return await _connect(lambda factory: loop.create_unix_connection(factory, path), path, timeout,
+                              socket_options)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+async def _connect(open_connection, where: str, timeout: float | None,
+                   socket_options: Iterable[tuple] | None) -> AsyncioStream:
+    """``open_connection(protocol_factory)`` (the loop's create_connection for TCP or a Unix
+    socket) within ``timeout``, as a stream; errors as httpcore's."""
+    protocol = _Protocol()
+    deadline = asyncio.timeout(timeout)
+    try:
+        async with deadline:
+            transport, _ = await open_connection(lambda: protocol)
+    except OSError as exc:  # TimeoutError included: ours, or the kernel's ETIMEDOUT
+        raise _connect_error(exc, where, deadline, timeout) from exc
+    return _stream(transport, protocol, socket_options)
 
 
 def _connect_error(exc: OSError, where: str, deadline: asyncio.Timeout, timeout: float | None) -> Exception:

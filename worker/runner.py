@@ -210,7 +210,7 @@ class Emitter:
         attempt = self.attempt
         while self.pending and not self.closing:
             texts, self.pending = self.pending, []
-            events = [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+            events = token_events(attempt, texts)
             outcome = await self.publisher.publish(attempt.job_id, attempt.token, events)
             if outcome < 0:
                 self.pending = []
@@ -220,6 +220,11 @@ class Emitter:
             if outcome == 1:
                 self.pending = []
                 raise JobCancelled()
+
+
+def token_events(attempt: Attempt, texts: list[str]) -> list[tuple[int, str, str]]:
+    """The token events of ``texts``, numbered after the attempt's last published event."""
+    return [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
 
 
 def chunk_text(data: str) -> str:
@@ -470,7 +475,7 @@ class JobRunner:
         if attempt.emitter is None:
             return []
         texts = await attempt.emitter.close()
-        events = [(attempt.seq + i + 1, TOKEN, _dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+        events = token_events(attempt, texts)
         attempt.seq += len(texts)
         attempt.delivered.extend(texts)
         return events

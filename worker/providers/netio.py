@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import socket
 import ssl
@@ -208,12 +209,15 @@ class AsyncioStream(AsyncNetworkStream):
 def _connect_kwargs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     """Happy eyeballs (RFC 8305) where the loop offers it (asyncio's does; uvloop tries the
     addresses in turn)."""
+    return {"happy_eyeballs_delay": 0.25} if _has_happy_eyeballs(type(loop)) else {}
+
+
+@functools.cache
+def _has_happy_eyeballs(loop_type: type) -> bool:
     try:
-        if "happy_eyeballs_delay" in inspect.signature(loop.create_connection).parameters:
-            return {"happy_eyeballs_delay": 0.25}
+        return "happy_eyeballs_delay" in inspect.signature(loop_type.create_connection).parameters
     except (TypeError, ValueError):
-        pass
-    return {}
+        return False
 
 
 class AsyncioBackend(AsyncNetworkBackend):

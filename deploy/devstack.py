@@ -153,7 +153,7 @@ def start_redis(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = 
 def worker_argv(name: str, queues: list[str], concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "-Q", ",".join(queues), "-P", "threads", "-c", str(concurrency),
+        "-Q", ",".join(queues), "-c", str(concurrency),
         "-n", f"{name}@%h", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
     ]
 

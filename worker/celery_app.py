@@ -63,7 +63,7 @@ app.conf.update(
     accept_content=["json"],
     worker_hijack_root_logger=False,
     worker_concurrency=settings.worker_concurrency,
-    worker_pool="threads",
+    worker_pool="worker.pool:TaskPool",
     enable_utc=True,
 )
 

@@ -1,8 +1,8 @@
 """The worker process's engine: one asyncio loop that runs every job of the process.
 
-Provider calls are I/O: a process holds hundreds of them at once. Celery's threads pool hands
-each job to a pool thread, which only submits the job's coroutine to this loop and waits; the
-loop multiplexes all the network calls. Around the jobs the loop keeps, for the whole process
+Provider calls are I/O: a process holds hundreds of them at once. The worker's Celery pool
+(``worker.pool``) submits each job's coroutine to this loop, which multiplexes all the network
+calls. Around the jobs the loop keeps, for the whole process
 and in batched Redis round trips: lease renewal, cancellation checks, a heartbeat, and the
 reaper that hands back jobs whose worker died.
 """
@@ -10,6 +10,7 @@ reaper that hands back jobs whose worker died.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -111,6 +112,13 @@ class WorkerRuntime:
         """Run one job to its end; blocks the calling (pool) thread, not the loop."""
         self._started.wait()
         return asyncio.run_coroutine_threadsafe(self._run_job(job_id), self.loop).result()
+
+    def submit_job(self, job_id: str) -> concurrent.futures.Future | None:
+        """Start one job on the loop without waiting (``worker.pool``); None until the runtime
+        has started."""
+        if not self._started.is_set():
+            return None
+        return asyncio.run_coroutine_threadsafe(self._run_job(job_id), self.loop)
 
     # --- inside the loop ---------------------------------------------------------------------
 

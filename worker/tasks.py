@@ -12,6 +12,8 @@ from celery import signals
 from shared import keys
 from shared.metrics import start_worker_metrics_server
 from worker.celery_app import app
+from worker.pool import TaskPool as LoopPool
+from worker.pool import finished_attempt
 from worker.runtime import current_runtime, get_runtime, stop_runtime
 
 log = logging.getLogger(__name__)
@@ -21,13 +23,17 @@ PRESTART_TIMEOUT_SECONDS = 10
 
 @app.task(name=keys.RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
+    ran = finished_attempt()  # the job already ran on the loop (worker.pool)
+    if ran is not None:
+        return ran.result()
     return get_runtime().run_job(job_id)
 
 
 @signals.worker_ready.connect
 def _start_runtime(sender=None, **_):
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
-    if sender is not None:
+    if sender is not None and not isinstance(getattr(sender, "pool", None), LoopPool):
+        # Celery's plain threads pool (``-P threads``): each job holds a pool thread.
         try:
             _prestart_threads(getattr(sender, "pool", None))
         except Exception as exc:  # a speed-up: the threads still start on demand

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
 
 import httpx
 import pytest
+from celery import Celery
 
 from deploy.devstack import ROOT, api_argv, flower_argv, free_port, wait_ready
 from shared import keys
+from shared.connections import sync_redis
 from tests.conftest import DEV_KEY, wait_for
 from tests.integration.test_spine import content_of, iter_sse, poll_until_done
 
@@ -140,11 +143,29 @@ def test_readyz_reports_each_dependency(stack):
     assert body["providers"]["openai"] is True and body["providers"]["local"] is True
 
 
-def test_a_worker_starts_its_pool_threads_before_it_reports_ready(own_stack):
-    # Started on demand, each pool thread would be started while the worker is busy, at the
-    # cost of a GIL handshake with the loop thread relaying streams (worker/tasks.py).
+def test_a_worker_runs_its_jobs_on_its_loop_and_acks_each_once_it_ended(own_stack):
+    # worker/pool.py: no pool thread per job; Celery still sees each job active from its start
+    # and acknowledges its message only when it has ended.
     s = own_stack(fake_url=own_stack.fake_url)
-    status = Path(f"/proc/{s.fleet.procs['worker-interactive'].pid}/status").read_text()
-    threads = int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
-    assert threads >= 50, threads  # its concurrency is 50; no job has run yet
-    assert "started the pool's 50 threads" in s.fleet.logs["worker-interactive"].read_text()
+    own_stack.fake.config(tokens_per_s=10, tokens=20)  # ~2 s per job
+    redis = sync_redis(s.redis_url)
+    control = Celery(broker=s.redis_url).control
+    pid = s.fleet.procs["worker-interactive"].pid
+
+    def threads() -> int:
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))
+
+    idle_threads = threads()
+    with s.client() as client:
+        ids = [client.post("/v4/jobs", json=SLOW).json()["id"] for _ in range(30)]
+        wait_for(lambda: all(client.get(f"/v4/jobs/{i}").json()["status"] == "running" for i in ids),
+                 20, 0.1, "all 30 jobs to run")
+        assert threads() < 30, (idle_threads, threads())  # no thread per job
+        assert redis.hlen("unacked") == 30  # every message still held by the worker
+        active = control.inspect(destination=[f"worker-interactive@{socket.gethostname()}"], timeout=5).active()
+        assert {task["id"] for tasks in active.values() for task in tasks} == set(ids)
+        results = [poll_until_done(client, i, 30) for i in ids]
+    assert {r["status"] for r in results} == {"succeeded"}
+    wait_for(lambda: redis.hlen("unacked") == 0, 10, what="every message acknowledged")
+    assert len([r for r in own_stack.fake.requests() if r["body"].get("max_tokens") == 40]) == 30  # one call each

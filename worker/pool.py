@@ -10,7 +10,8 @@ usual trace of the task (signals, state, the late ack, task events) with the job
 
 Celery's semantics stay: the message is acknowledged only after the job ended (acks late), the
 request is "active" from its start (``inspect active``, Flower), a job that raised fails its
-task. Any other task (``chatfleet.ping``), and a job that arrives before the runtime has
+task, and the run time Celery logs and reports (task-succeeded) is the job's. One difference:
+``task_prerun`` and ``task_postrun`` are sent together, once the job has ended. Any other task (``chatfleet.ping``), and a job that arrives before the runtime has
 started, goes to the threads pool as before. A warm shutdown waits for the jobs on the loop and
 their acks before the pool stops.
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Threads that run the tasks' traces and acks once their jobs ended. An ack is one Redis round
 #: trip; a few threads keep up with thousands of jobs a second.
 COMPLETION_THREADS = 4
+#: How long a warm shutdown waits, beyond the grace period, for the jobs handed back to end.
+STOP_MARGIN_SECONDS = 30
 
 _finished = threading.local()
 
@@ -62,6 +65,20 @@ def _job_id(args: tuple) -> str | None:
     return positional[0]
 
 
+class _JobRuntime(logging.Filter):
+    """Celery's "Task ... succeeded in Ns" line, with the job's run time: the trace that logs it
+    runs once the job has ended, and would time only itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        runtime = getattr(_finished, "runtime", None)
+        if runtime is not None and isinstance(record.args, dict) and "runtime" in record.args:
+            record.args = {**record.args, "runtime": runtime}
+        return True
+
+
+logging.getLogger("celery.app.trace").addFilter(_JobRuntime())
+
+
 class TaskPool(thread.TaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,41 +93,57 @@ class TaskPool(thread.TaskPool):
 
         runtime = current_runtime()
         job_id = _job_id(args) if args else None
-        if job_id is None or runtime is None:
+        attempt = runtime.submit_job(job_id) if job_id is not None and runtime is not None else None
+        if attempt is None:  # not a job, or the runtime is still starting: a pool thread takes it
             return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
-        try:
-            attempt = runtime.submit_job(job_id)
-        except RuntimeError as exc:  # its loop has stopped (the worker is going down)
-            log.warning("could not start job %s on the loop: %s", job_id, exc)
-            attempt = None
-        if attempt is None:  # the runtime is still starting (or gone): a pool thread takes it
-            return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
+        started = time.monotonic()
         with self._idle:
             self._on_loop += 1
-        if accept_callback:
-            accept_callback(os.getpid(), time.monotonic())
-        attempt.add_done_callback(
-            lambda done: self._completions.submit(self._complete, target, args, kwargs, callback, done))
+        try:
+            if accept_callback:
+                accept_callback(os.getpid(), started)
+        except Exception:  # e.g. its task-started event not sent: the job still ends and is acked
+            log.exception("accepting job %s failed", job_id)
+        finally:
+            attempt.add_done_callback(lambda done: self._completions.submit(
+                self._complete, target, args, kwargs, callback, done, started))
         return thread.ApplyResult(attempt)
 
     def _complete(self, target: Callable, args: tuple, kwargs: dict | None, callback: Callable | None,
-                  attempt: concurrent.futures.Future) -> None:
+                  attempt: concurrent.futures.Future, started: float) -> None:
+        runtime = time.monotonic() - started
+
+        def on_traced(result: tuple) -> None:  # (failed, value, run time): the job's run time
+            if callback:
+                callback((result[0], result[1], runtime))
+
         try:
-            _finished.outcome = attempt
-            apply_target(target, args, kwargs, callback)
+            _finished.outcome, _finished.runtime = attempt, runtime
+            apply_target(target, args, kwargs, on_traced)
         except Exception:  # Celery's trace handles the task's errors; this would be the trace's own
             log.exception("completing job %s failed", args[1])
         finally:
             _finished.__dict__.pop("outcome", None)
+            _finished.__dict__.pop("runtime", None)
             with self._idle:
                 self._on_loop -= 1
                 if not self._on_loop:
                     self._idle.notify_all()
 
     def on_stop(self) -> None:
+        """A warm shutdown: the runtime hands the jobs still running back to the queue after the
+        grace period (``worker.tasks``); wait for them and their acks, within a bound, so that a
+        job stuck on a dead Redis does not keep the process from exiting (its unacked message is
+        restored when the connection closes, and the job's lease fences any duplicate)."""
+        from shared.settings import get_settings
+
+        bound = get_settings().shutdown_grace_seconds + STOP_MARGIN_SECONDS
         with self._idle:
-            self._idle.wait_for(lambda: not self._on_loop)
-        self._completions.shutdown(wait=True)
+            idle = self._idle.wait_for(lambda: not self._on_loop, bound)
+            left = self._on_loop
+        if not idle:
+            log.warning("%d jobs still running %d s into the shutdown; leaving them to the queue", left, bound)
+        self._completions.shutdown(wait=idle, cancel_futures=not idle)
         super().on_stop()
 
     def _get_info(self) -> dict:

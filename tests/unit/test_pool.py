@@ -5,14 +5,21 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import threading
+import time
+from unittest.mock import Mock
 
 import orjson
 import pytest
+from celery.contrib.testing.mocks import TaskMessage
+from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from shared import keys
 from shared.taskmessage import run_job_message
+from tests.conftest import wait_for
 from worker import pool as loop_pool
 from worker import runtime as worker_runtime
+from worker.tasks import app
 
 
 def celery_args(job_id: str, body: bytes | memoryview | None = None, task: str = keys.RUN_JOB_TASK,
@@ -73,44 +80,67 @@ def test_the_job_id_is_read_from_the_message_body():
     assert loop_pool._job_id(celery_args("job_7", orjson.dumps([[7], {}, {}]))) is None
 
 
-def test_a_job_starts_on_the_loop_and_is_traced_and_acked_when_it_ends(pool, monkeypatch):
+def celery_request(job_id: str) -> tuple[Request, Mock, Mock]:
+    """A real Celery request for a run_job message, as the worker's consumer builds it."""
+    app.set_current()
+    on_ack, eventer = Mock(name="ack"), Mock(name="eventer")
+    message = TaskMessage(keys.RUN_JOB_TASK, id=job_id, args=[job_id])
+    request = Request(message, on_ack=on_ack, eventer=eventer, app=app, task=app.tasks[keys.RUN_JOB_TASK])
+    return request, on_ack, eventer
+
+
+def sent(eventer: Mock, kind: str) -> list[dict]:
+    return [c.kwargs for c in eventer.send.call_args_list if c.args[0] == kind]
+
+
+def test_a_job_starts_on_the_loop_is_active_while_it_runs_and_is_acked_once_it_ended(pool, monkeypatch):
     runtime = StubRuntime()
     monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
-    trace, accepted, done = Trace(), [], []
-    finished = threading.Event()
-
-    def on_success(ret):
-        done.append(ret)
-        finished.set()
-
-    pool.apply_async(trace, args=celery_args("job_1"), callback=on_success,
-                     accept_callback=lambda pid, t: accepted.append(threading.current_thread().name))
-    # Accepted at once, in the consumer's thread: "active" for as long as the job runs.
-    assert accepted == [threading.current_thread().name]
+    request, on_ack, eventer = celery_request("job_1")
+    request.execute_using_pool(pool)
+    # Accepted at once, from the consumer's thread: "active" for as long as the job runs.
     assert runtime.submitted_from == [threading.current_thread().name]
-    assert not finished.wait(0.2) and trace.calls == []  # no trace, no ack while it runs
+    assert request in worker_state.active_requests
+    assert sent(eventer, "task-started")
+    time.sleep(0.3)
+    on_ack.assert_not_called()  # acks late: not while the job runs
 
     stopping = threading.Thread(target=pool.stop)  # a warm shutdown waits for the job and its ack
     stopping.start()
-    assert not finished.wait(0.2)
+    stopping.join(0.2)
     assert stopping.is_alive()
     runtime.attempts["job_1"].set_result("succeeded")
-    assert finished.wait(5)
     stopping.join(5)
     assert not stopping.is_alive()
-    assert done == [("ran on the loop", "succeeded")]
-    assert trace.calls[0][1].startswith("chatfleet-ack")
+    on_ack.assert_called_once()
+    assert request not in worker_state.active_requests
+    (succeeded,) = sent(eventer, "task-succeeded")
+    assert succeeded["result"] == repr("succeeded")
+    assert succeeded["runtime"] >= 0.5  # the job's run time, not the trace's
 
 
-def test_a_job_that_raised_fails_its_task(pool, monkeypatch):
+def test_a_job_that_raised_fails_its_task_and_is_acked(pool, monkeypatch):
     runtime = StubRuntime()
     monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
-    trace, done = Trace(), []
-    finished = threading.Event()
-    pool.apply_async(trace, args=celery_args("job_1"), callback=lambda ret: (done.append(ret), finished.set()))
+    request, on_ack, eventer = celery_request("job_1")
+    request.execute_using_pool(pool)
     runtime.attempts["job_1"].set_exception(ValueError("boom"))
-    assert finished.wait(5)
-    assert done == [("failed", "ValueError('boom')")]
+    wait_for(lambda: on_ack.called, 5, what="the ack")
+    on_ack.assert_called_once()  # task_acks_on_failure_or_timeout: a failed job is not redelivered
+    (failed,) = sent(eventer, "task-failed")
+    assert "boom" in failed["exception"]
+    assert not sent(eventer, "task-succeeded")
+
+
+def test_a_job_whose_acceptance_failed_still_ends_and_is_acked(pool, monkeypatch):
+    runtime = StubRuntime()
+    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    request, on_ack, _ = celery_request("job_1")
+    monkeypatch.setattr(request, "on_accepted", Mock(side_effect=ConnectionError("events down")))
+    request.execute_using_pool(pool)
+    runtime.attempts["job_1"].set_result("succeeded")
+    wait_for(lambda: on_ack.called, 5, what="the ack")
+    pool.stop()  # nothing left waiting
 
 
 @pytest.mark.parametrize("runtime", [None, StubRuntime(started=False)], ids=["no runtime", "runtime starting"])

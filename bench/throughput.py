@@ -166,7 +166,7 @@ def main() -> None:
     bare_rate = bare["n"] / bare["wall"]
     statuses = {s: sum(1 for j in jobs if j[0] == s) for s in {j[0] for j in jobs}}
     job_latency = [j[2] - j[1] for j in jobs]
-    print(f"\nJobs per second, one API process + one worker process (threads pool, 200 slots), {MODEL}, "
+    print(f"\nJobs per second, one API process + one worker process (200 slots), {MODEL}, "
           f"8 tokens, fake provider at zero latency, {os.cpu_count()} cores")
     rows = [
         ["bare Celery task (chatfleet.ping, INCR)", str(bare["n"]), f"{bare_rate:.0f}", "",

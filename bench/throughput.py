@@ -1,10 +1,10 @@
 """End-to-end jobs per second through the fleet, vs a bare Celery task round trip.
 
-    .venv/bin/python -m bench.throughput [--jobs 3000] [--pings 3000] [--submitters 50]
+    .venv/bin/python -m bench.throughput [--jobs 3000] [--pings 3000] [--submitters 50] [--workers 1]
 
-One Redis, one API process, one provider worker process (200 slots), the fake provider at zero
-latency (gpt-4o-mini, 8 tokens per answer), dev account (no limits). In the same run, on the
-same Redis and the same worker process:
+One Redis, one API process, one provider worker process (200 slots; ``--workers N`` starts N),
+the fake provider at zero latency (gpt-4o-mini, 8 tokens per answer), dev account (no limits).
+In the same run, on the same Redis and the same worker processes:
 
 - bare: N ``chatfleet.ping`` tasks (INCR a counter, nothing else) sent with
   ``app.send_task(..., queue="chatfleet.interactive")`` from a thread pool, timed from the
@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=50)
     parser.add_argument("--send-threads", type=int, default=8, help="threads sending the bare pings")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="provider worker processes (200 slots each)")
     args = parser.parse_args()
 
     try:
@@ -128,7 +129,9 @@ def main() -> None:
         run = asyncio.run
     stack = BenchStack(fake_knobs={"ttft_ms": 0, "tokens_per_s": 0, "record_limit": 0})
     try:
-        stack.start_worker(200)
+        workers = ["interactive"] + [f"interactive{n}" for n in range(2, args.workers + 1)]
+        for name in workers:
+            stack.start_worker(200, name=name)
         stack.start_api()
         stack.wait_ready()
         # The Celery app reads its broker from the settings at import: point it at this Redis.
@@ -139,8 +142,9 @@ def main() -> None:
         if app.conf.broker_url != stack.redis_url:
             raise RuntimeError(f"the Celery app was configured for {app.conf.broker_url}, not {stack.redis_url}")
         redis = sync_redis(stack.redis_url)
-        pids = {"api": stack.pid("api"), "worker": stack.pid("worker-interactive"), "redis": stack.pid("redis"),
-                "fake": stack.fake.proc.pid, "bench": os.getpid()}
+        pids = {"api": stack.pid("api"),
+                **{name.replace("interactive", "worker"): stack.pid(f"worker-{name}") for name in workers},
+                "redis": stack.pid("redis"), "fake": stack.fake.proc.pid, "bench": os.getpid()}
 
         counter = "chatfleet:bench:pings"
         bare_pings(redis, app, args.warmup, args.send_threads, counter)
@@ -166,7 +170,7 @@ def main() -> None:
     bare_rate = bare["n"] / bare["wall"]
     statuses = {s: sum(1 for j in jobs if j[0] == s) for s in {j[0] for j in jobs}}
     job_latency = [j[2] - j[1] for j in jobs]
-    print(f"\nJobs per second, one API process + one worker process (200 slots), {MODEL}, "
+    print(f"\nJobs per second, one API process + {args.workers} worker process(es) (200 slots each), {MODEL}, "
           f"8 tokens, fake provider at zero latency, {os.cpu_count()} cores")
     rows = [
         ["bare Celery task (chatfleet.ping, INCR)", str(bare["n"]), f"{bare_rate:.0f}", "",

@@ -11,9 +11,10 @@ usual trace of the task (signals, state, the late ack, task events) with the job
 Celery's semantics stay: the message is acknowledged only after the job ended (acks late), the
 request is "active" from its start (``inspect active``, Flower), a job that raised fails its
 task, and the run time Celery logs and reports (task-succeeded) is the job's. One difference:
-``task_prerun`` and ``task_postrun`` are sent together, once the job has ended. Any other task (``chatfleet.ping``), and a job that arrives before the runtime has
-started, goes to the threads pool as before. A warm shutdown waits for the jobs on the loop and
-their acks before the pool stops.
+``task_prerun`` and ``task_postrun`` are sent together, once the job has ended. Any other task
+(``chatfleet.ping``), and a job that arrives before the runtime has started, goes to the
+threads pool as before. A warm shutdown waits for the jobs on the loop and their acks before
+the pool stops (at most the grace period and ``STOP_MARGIN_SECONDS``).
 
 Selected by ``worker_pool`` in ``worker.celery_app`` (a worker started without ``-P``);
 ``-P threads`` still works, each job then blocking a pool thread.

@@ -70,3 +70,27 @@ def test_concurrent_calls_spread_over_the_pools_and_give_their_slots_back(fake):
     assert ok == 2 * POOL_SHARDS
     assert during == [2] * POOL_SHARDS  # each call went to the least busy pool
     assert after == [0] * POOL_SHARDS
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_a_cookie_a_provider_sets_is_not_sent_back(fake, family):
+    # One client serves every account: a cookie kept from one answer (a load balancer's
+    # stickiness, bot management) would go with every later call, whoever makes it.
+    fake.script([{"headers": {"set-cookie": "AWSALB=replica-1; Path=/"}}])  # the next call, any family
+
+    async def go() -> None:
+        settings = fake_provider_settings(fake)
+        client = make_client(settings)
+        adapter = load_adapter(family)(client, settings)
+        try:
+            for _ in range(2):
+                async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
+                    pass
+        finally:
+            await adapter.close()
+            await client.aclose()
+
+    asyncio.run(go())
+    first, second = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
+    assert first["behaviour"]["headers"] == {"set-cookie": "AWSALB=replica-1; Path=/"}
+    assert not any(name.lower() == "cookie" for name in second["headers"]), second["headers"]

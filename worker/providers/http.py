@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import http.cookiejar
 import logging
 import ssl
 import time
@@ -114,17 +115,29 @@ def asyncio_transport(limits: httpx.Limits, ssl_context: ssl.SSLContext | None =
     return transport
 
 
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing. One client serves every account of the process: a cookie
+    kept from one provider answer (a load balancer's stickiness, bot management) would go with
+    every later call, whoever makes it, and pin them all to one backend."""
+
+    def extract_cookies(self, response, request) -> None:
+        pass
+
+    def set_cookie(self, cookie) -> None:
+        pass
+
+
 def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
     # No read timeout at the transport: first-token and between-token limits are enforced per
     # event (see ``Upstream.with_timeouts``), which a single read timeout cannot express.
     timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
     limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE,
                           keepalive_expiry=30)
+    common = {"timeout": timeout, "follow_redirects": False, "cookies": NoCookies()}
     if urllib.request.getproxies():
         # An egress proxy from the environment: httpx applies it only to its own transport.
-        return httpx.AsyncClient(timeout=timeout, limits=limits, http2=False, follow_redirects=False)
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(POOL_SHARDS, limits),
-                             follow_redirects=False)
+        return httpx.AsyncClient(limits=limits, http2=False, **common)
+    return httpx.AsyncClient(transport=ShardedTransport(POOL_SHARDS, limits), **common)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRETS = ("openai_api_key", "anthropic_api_key", "gemini_api_key", "mistral_api_key", "aws_access_key_id",
+           "aws_secret_access_key", "aws_session_token", "llm_engine_api_key")
 
 
 class ProviderSettings(BaseSettings):
@@ -40,6 +43,16 @@ class ProviderSettings(BaseSettings):
     provider_connect_timeout: float = Field(10.0, alias="CHATFLEET_PROVIDER_CONNECT_TIMEOUT")
     provider_first_token_timeout: float = Field(120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
     provider_idle_timeout: float = Field(60.0, alias="CHATFLEET_PROVIDER_IDLE_TIMEOUT")
+
+    @field_validator(*SECRETS, mode="before")
+    @classmethod
+    def _strip(cls, value):
+        """A key read from a file or pasted often ends in a newline or space: HTTP refuses such
+        a header, and a blank key is no key."""
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
 
     @property
     def bedrock_region(self) -> str:

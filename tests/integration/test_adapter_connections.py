@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import SecretStr
 
 from tests.conftest import fake_provider_settings
 from tests.integration.adapter_harness import request_for
 from tests.integration.test_providers_e2e import FAMILY_MODELS
-from worker.providers.base import Completion
+from worker.providers.base import Completion, ProviderError
 from worker.providers.http import make_client
 from worker.providers.registry import load_adapter
 
@@ -94,3 +95,31 @@ def test_a_cookie_a_provider_sets_is_not_sent_back(fake, family):
     first, second = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
     assert first["behaviour"]["headers"] == {"set-cookie": "AWSALB=replica-1; Path=/"}
     assert not any(name.lower() == "cookie" for name in second["headers"]), second["headers"]
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_a_key_http_refuses_is_never_quoted_back(fake, family):
+    # A line break inside a key: the request cannot be written, and the HTTP library's
+    # error quotes the header, key included. The client (and any log) must not get it.
+    secret = "sk-sec\nret"
+    keys = {"openai": "openai_api_key", "anthropic": "anthropic_api_key", "gemini": "gemini_api_key",
+            "mistral": "mistral_api_key", "bedrock": "aws_access_key_id", "llm_engine": "llm_engine_api_key"}
+    settings = fake_provider_settings(fake)
+    setattr(settings, keys[family], SecretStr(secret))
+
+    async def go() -> ProviderError:
+        client = make_client(settings)
+        adapter = load_adapter(family)(client, settings)
+        try:
+            async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
+                pass
+        except ProviderError as exc:
+            return exc
+        finally:
+            await adapter.close()
+            await client.aclose()
+        raise AssertionError("the call went through")
+
+    err = asyncio.run(go())
+    assert "sk-sec" not in err.message, err.message
+    assert (err.code, err.retryable) == ("upstream_auth", False), err.message

@@ -159,7 +159,8 @@ class AnthropicProvider(HTTPProvider):
         etype = err.get("type") or "api_error"
         status = ERROR_STATUS.get(etype, 500)
         exc = classify(status, orjson.dumps(event), httpx.Headers(), self.display)
-        exc.message = f"{self.display} reported an error mid-stream ({etype}): {err.get('message') or etype}"
+        if exc.code != "upstream_auth":  # that message stays classify's: the upstream's may quote the key
+            exc.message = f"{self.display} reported an error mid-stream ({etype}): {err.get('message') or etype}"
         return exc
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:

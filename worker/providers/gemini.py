@@ -88,8 +88,9 @@ class GeminiProvider(HTTPProvider):
             code = err.get("code")
             status = code if isinstance(code, int) and 400 <= code < 600 else 400
         exc = classify(status, orjson.dumps(chunk), httpx.Headers(), self.display)
-        exc.message = (f"{self.display} reported an error mid-stream ({name or status}): "
-                       f"{err.get('message') or name or status}")
+        if exc.code != "upstream_auth":  # that message stays classify's: the upstream's may quote the key
+            exc.message = (f"{self.display} reported an error mid-stream ({name or status}): "
+                           f"{err.get('message') or name or status}")
         return exc
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:

@@ -220,6 +220,15 @@ async def read_error_body(response: httpx.Response, timeout: float = 5.0) -> byt
 
 
 def transport_error(exc: Exception, provider: str) -> ProviderError:
+    if isinstance(exc, httpx.LocalProtocolError):
+        # The request could not even be written: a header that is not valid HTTP. Its text
+        # quotes the header's value, which may be a credential: neither the client nor the log
+        # gets it. Sending it again would fail the same way.
+        log.error("could not send a request to %s: a header is not valid HTTP (%s); check the "
+                  "configured credentials and extra headers", provider, type(exc).__name__)
+        return ProviderError(f"could not send the request to {provider}: a header this fleet sends is "
+                             "not valid HTTP; the operator must check the provider's configuration",
+                             code="upstream_auth")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return ProviderError(f"cannot connect to {provider}: {exc}", code="upstream_unreachable", retryable=True)
     if isinstance(exc, httpx.TimeoutException):

@@ -1,0 +1,116 @@
+"""The worker's token publish, client side: redis-py's own command packing vs hiredis's.
+
+    .venv/bin/python -m bench.publish [--rounds 200] [--jobs 1 50 500] [--tokens 1 4]
+
+A worker publishes the tokens of all its running jobs in one ``publish_events.lua`` EVALSHA
+(``JobStore.publish_many``): nine arguments per job and token. On a fresh Redis (started here),
+with the fleet's async client (``shared.connections.async_redis``), the same publishes run with
+redis-py's Python packing and with hiredis's (what the fleet uses), alternating per size; prints
+the client's CPU per job and token, the wall time per publish (the round trip, Lua included)
+and Redis's CPU per publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench._stack import cpu_seconds, table
+from deploy.devstack import Fleet, free_port, start_redis
+from shared import keys
+from shared.connections import HiredisPacking, async_redis
+from shared.jobs import TOKEN, JobStore
+from shared.settings import Settings
+
+MIN_JOB_TOKENS = 20_000  # per row at least, so that small publishes are timed over enough of them
+DATA = '{"chat_completion":{"message":{"role":"assistant","content":"tok12 "},"finish_reason":null}}'
+
+
+def redis_py_packing(client) -> None:
+    """The client's connections as redis-py builds them, without the hiredis packing."""
+    pool = client.connection_pool
+    pool.connection_class = next(c for c in pool.connection_class.__mro__[1:]
+                                 if c is not HiredisPacking and not issubclass(c, HiredisPacking))
+
+
+async def measure(redis_url: str, redis_pid: int, rounds: int, sizes: list[tuple[int, int]]) -> list[dict]:
+    clients = {"redis-py packing": async_redis(redis_url), "hiredis packing (fleet)": async_redis(redis_url)}
+    redis_py_packing(clients["redis-py packing"])
+    settings = Settings(redis_url=redis_url)
+    results = []
+    for jobs, tokens in sizes:
+        seq = 0
+        batch_for = {}
+        for name, client in clients.items():
+            ids = [f"bench-{name[:7]}-{jobs}-{tokens}-{i}" for i in range(jobs)]
+            for job_id in ids:
+                await client.set(keys.job_lease(job_id), "attempt")
+            batch_for[name] = ids
+        for name, client in clients.items():  # warm-up: connection, script loaded
+            store = JobStore(client, settings)
+            seq += 1
+            await store.publish_many([(j, "attempt", [(seq, TOKEN, DATA)]) for j in batch_for[name]])
+        for name, client in clients.items():
+            store = JobStore(client, settings)
+            ids = batch_for[name]
+            n = max(rounds, MIN_JOB_TOKENS // (jobs * tokens))
+            cpu0, redis0, wall0 = time.process_time(), cpu_seconds(redis_pid), time.perf_counter()
+            for r in range(n):
+                first = seq + 1 + r * tokens
+                events = [(first + t, TOKEN, DATA) for t in range(tokens)]
+                await store.publish_many([(j, "attempt", events) for j in ids])
+            wall = time.perf_counter() - wall0
+            cpu, redis_cpu = time.process_time() - cpu0, cpu_seconds(redis_pid) - redis0
+            results.append({"name": name, "jobs": jobs, "tokens": tokens, "rounds": n, "cpu": cpu,
+                            "wall": wall, "redis": redis_cpu})
+        seq += max(rounds, MIN_JOB_TOKENS // (jobs * tokens)) * tokens
+    for client in clients.values():
+        await client.aclose()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200,
+                        help=f"publishes per size and side (more where they carry under {MIN_JOB_TOKENS:,} job-tokens)")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 50, 500], help="jobs per publish")
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4], help="tokens per job and publish")
+    args = parser.parse_args()
+
+    fleet = Fleet()
+    tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
+    try:
+        redis_url = start_redis(fleet, free_port(), tmp / "redis", tmp / "log")
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:  # pragma: no cover
+            runner = asyncio.run
+        sizes = [(j, t) for j in args.jobs for t in args.tokens]
+        results = runner(measure(redis_url, fleet.procs["redis"].pid, args.rounds, sizes))
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"\nToken publish (publish_events.lua, one EVALSHA per publish), fresh Redis, {os.cpu_count()} cores")
+    rows = []
+    base = {}
+    for r in results:
+        per = r["cpu"] / (r["rounds"] * r["jobs"] * r["tokens"]) * 1e6
+        key = (r["jobs"], r["tokens"])
+        ratio = f"{per / base[key]:.2f}" if key in base else ""
+        base.setdefault(key, per)
+        rows.append([r["name"], str(r["jobs"]), str(r["tokens"]), str(r["rounds"]), f"{per:.1f}", ratio,
+                     f"{r['wall'] / r['rounds'] * 1000:.2f}", f"{r['redis'] / r['rounds'] * 1000:.2f}"])
+    print(table(["packing", "jobs", "tokens/job", "publishes", "client CPU µs per job-token", "vs redis-py",
+                 "wall ms per publish", "Redis CPU ms per publish"], rows, left_first=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from shared.scriptchannel import ChannelScript, channel_for
+
 LUA_DIR = Path(__file__).with_name("lua")
 
 
@@ -21,7 +23,8 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """``Scripts(redis).claim_job(keys=[...], args=[...])``: EVALSHA, loading on first use."""
+    """``Scripts(redis).claim_job(keys=[...], args=[...])``: EVALSHA, loading on first use;
+    through the client's ``ScriptChannel`` where it has one (``shared.scriptchannel``)."""
 
     def __init__(self, redis):
         self._redis = redis
@@ -32,5 +35,9 @@ class Scripts:
             raise AttributeError(name)
         script = self._registered.get(name)
         if script is None:
-            script = self._registered[name] = self._redis.register_script(source(name))
+            script = self._redis.register_script(source(name))
+            channel = channel_for(self._redis)
+            if channel is not None:
+                script = ChannelScript(channel, script)
+            self._registered[name] = script
         return script

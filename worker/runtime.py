@@ -25,6 +25,7 @@ from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.jobs import JobStore
+from shared.scriptchannel import use_channel
 from shared.gcfreeze import freeze_startup_objects
 from shared.settings import Settings, get_settings
 from worker.providers.local import LocalProvider
@@ -128,6 +129,7 @@ class WorkerRuntime:
 
     async def _startup(self) -> None:
         self.redis = async_redis(self.settings.redis_url, max_connections=self.settings.worker_concurrency + 20)
+        self.channel = use_channel(self.redis, self.settings.redis_url)  # the jobs' script calls
         self.store = JobStore(self.redis, self.settings)
         self.providers = Providers(self.settings)
         self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
@@ -154,6 +156,8 @@ class WorkerRuntime:
             await self.redis.zrem(keys.WORKERS, self.hostname)
             await self.redis.delete(keys.worker(self.hostname))
             await self.redis.aclose()
+        if self.channel is not None:
+            await self.channel.close()
 
     async def _run_job(self, job_id: str) -> str:
         token = f"{self.hostname}/{uuid.uuid4().hex[:12]}"

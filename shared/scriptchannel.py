@@ -1,0 +1,188 @@
+"""The Lua script calls of a worker, pipelined on one connection of their own.
+
+Every job makes a handful of script calls (claim, admission, publishes, finish), and every
+relayed token is part of a publish. Through redis-py's asyncio client each call costs ~130 µs
+of CPU on its own (borrowing a connection from the pool, the retry and observability layers,
+a timeout per send): more than the script takes inside Redis. Here every call is one write of
+hiredis-packed bytes on one connection and one future answered, in order, by the protocol's
+reader; calls made together go out together, and their replies come back in one read.
+
+Only for ``redis://`` and ``unix://`` URLs (``rediss://`` keeps redis-py's TLS handling);
+anything else of the process still uses redis-py. Errors are redis-py's: ``ResponseError``
+(``NoScriptError`` is answered by loading the script and calling again), and
+``ConnectionError`` for every call in flight when the connection is lost (the next call opens
+a new one), so callers handle them as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import weakref
+from typing import Any
+
+import hiredis
+from redis.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, NoScriptError, ResponseError
+
+
+def _error(reply: Exception) -> ResponseError:
+    text = str(reply)
+    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader(replyError=Exception, encoding="utf-8")
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError as exc:  # not Redis speaking: nothing more can be trusted
+                self.transport.abort()
+                self._fail(f"unreadable reply from Redis: {exc}")
+                return
+            if reply is False:
+                return
+            future = self.waiting.popleft()
+            if future.done():  # its caller gave up (cancelled); the reply was still its own
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(_error(reply))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(f"connection to Redis lost: {exc or 'closed'}")
+
+    def _fail(self, message: str) -> None:
+        self.lost = RedisConnectionError(message)
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError(message))
+
+    def send(self, packed: bytes) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.lost is not None:
+            future.set_exception(RedisConnectionError(str(self.lost)))
+            return future
+        self.transport.write(packed)
+        self.waiting.append(future)
+        return future
+
+
+class ScriptChannel:
+    """EVALSHA (and SCRIPT LOAD) on one pipelined connection, opened on first use."""
+
+    def __init__(self, url: str, connect_timeout: float = 10.0):
+        self.options = parse_url(url)
+        self.connect_timeout = connect_timeout
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Future | None = None
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        return url.startswith(("redis://", "unix://"))
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and protocol.lost is None:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        options = self.options
+        protocol = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if "path" in options:
+                    _, protocol = await loop.create_unix_connection(_Protocol, options["path"])
+                else:
+                    _, protocol = await loop.create_connection(
+                        _Protocol, options.get("host", "localhost"), options.get("port", 6379))
+                if options.get("password"):
+                    auth = (options["username"], options["password"]) if options.get("username") \
+                        else (options["password"],)
+                    await protocol.send(hiredis.pack_command(("AUTH", *auth)))
+                if options.get("db"):
+                    await protocol.send(hiredis.pack_command(("SELECT", options["db"])))
+        except (OSError, TimeoutError, ResponseError) as exc:  # ResponseError: AUTH or SELECT refused
+            if protocol is not None:
+                protocol.transport.close()
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+        self._protocol = protocol
+        return protocol
+
+    async def call(self, *args: Any) -> Any:
+        try:
+            packed = hiredis.pack_command(args)
+        except TypeError as exc:  # None, a bool: what redis-py refuses too
+            raise DataError(f"cannot send {args[0]} with these arguments: {exc}") from None
+        protocol = await self._connection()
+        return await protocol.send(packed)
+
+    async def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+
+class ChannelScript:
+    """A registered script called through a ``ScriptChannel``; with ``client=`` (a pipeline),
+    through redis-py as before."""
+
+    def __init__(self, channel: ScriptChannel, registered):
+        self.channel = channel
+        self.registered = registered  # redis-py's AsyncScript: the source, its sha, the pipelines
+
+    async def __call__(self, keys=(), args=(), client=None):
+        if client is not None:
+            return await self.registered(keys=keys, args=args, client=client)
+        keys, args = list(keys), list(args)
+        try:
+            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or flushed Redis: load it again
+            await self.channel.call("SCRIPT", "LOAD", self.registered.script)
+            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args)
+
+
+_channels: weakref.WeakKeyDictionary[Any, ScriptChannel] = weakref.WeakKeyDictionary()
+
+
+def use_channel(redis, url: str) -> ScriptChannel | None:
+    """Route the script calls of ``Scripts(redis)`` made from now on through a channel of
+    their own (the worker does, for its client); None where the URL is not supported."""
+    if not ScriptChannel.supports(url):
+        return None
+    channel = _channels[redis] = ScriptChannel(url)
+    return channel
+
+
+def channel_for(redis) -> ScriptChannel | None:
+    try:
+        return _channels.get(redis)
+    except TypeError:  # not weak-referenceable (a test double): never has one
+        return None

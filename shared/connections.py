@@ -20,12 +20,14 @@ class HiredisPacking:
     it is installed), ~1 µs per argument. A worker publishes the tokens of all its streams in
     one EVALSHA of nine arguments per job and token: packing was 8-11 µs of a relayed token's
     ~100, against 2.6-2.9 with hiredis. What hiredis refuses (None, a bool) goes to redis-py,
-    which raises its usual ``DataError``; so does a command name with a space ("SCRIPT LOAD"),
-    which redis-py splits into words.
+    which raises its usual ``DataError``; so does a command name of several words ("SCRIPT
+    LOAD"), which redis-py splits. hiredis encodes text as strict UTF-8: only clients with
+    redis-py's default encoding get this class.
     """
 
     def pack_command(self, *args):
-        if not (isinstance(args[0], str) and " " in args[0]):
+        first = args[0]
+        if not (isinstance(first, str | bytes) and len(first.split()) > 1):
             try:
                 return [hiredis.pack_command(args)]
             except TypeError:
@@ -45,7 +47,8 @@ def async_redis(url: str, **kwargs) -> aioredis.Redis:
     kwargs.setdefault("retry_on_timeout", True)
     client = aioredis.Redis.from_url(url, **kwargs)
     pool = client.connection_pool
-    if hiredis is not None:
+    if hiredis is not None and kwargs.get("encoding", "utf-8") == "utf-8" and \
+            kwargs.get("encoding_errors", "strict") == "strict":
         # The class the URL chose (TCP, TLS, Unix socket), packing with hiredis.
         pool.connection_class = _packing(pool.connection_class)
     return client

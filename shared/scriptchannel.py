@@ -8,10 +8,10 @@ hiredis-packed bytes on one connection and one future answered, in order, by the
 reader; calls made together go out together, and their replies come back in one read.
 
 Only for ``redis://`` and ``unix://`` URLs (``rediss://`` keeps redis-py's TLS handling);
-anything else of the process still uses redis-py. Errors are redis-py's: ``ResponseError``
-(``NoScriptError`` is answered by loading the script and calling again), and
-``ConnectionError`` for every call in flight when the connection is lost (the next call opens
-a new one), so callers handle them as before.
+anything else of the process still uses redis-py. Errors are redis-py's: the class of an error
+reply is redis-py's (``NoScriptError`` is answered by loading the script and calling again);
+when the connection is lost every call in flight fails with ``ConnectionError`` and is made
+once more on a new connection, as redis-py's client retries; so callers handle them as before.
 """
 
 from __future__ import annotations
@@ -23,14 +23,24 @@ import weakref
 from typing import Any
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, RedisError
 
 
-def _error(reply: Exception) -> ResponseError:
-    text = str(reply)
-    return NoScriptError(text) if text.startswith("NOSCRIPT") else ResponseError(text)
+# A connection that went silent (a dropped NAT entry, a failover) is found out as redis-py's
+# connections find it: keepalive probes after 30 s idle, 5 s apart, 3 of them; and sent data
+# left unacknowledged for 45 s ends it too (the probes only run on an idle connection).
+TCP_OPTIONS = {getattr(socket, name): value for name, value in (
+    ("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3), ("TCP_USER_TIMEOUT", 45_000))
+    if hasattr(socket, name)}
+
+
+def _error(reply: Exception) -> RedisError:
+    """The exception redis-py raises for this error reply (NoScriptError, BusyLoadingError,
+    ReadOnlyError, ...: the code prefix decides)."""
+    return BaseParser.parse_error(str(reply))
 
 
 class _Protocol(asyncio.Protocol):
@@ -44,33 +54,46 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in TCP_OPTIONS.items():
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while True:
             try:
                 reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:  # not Redis speaking: nothing more can be trusted
-                self.transport.abort()
-                self._fail(f"unreadable reply from Redis: {exc}")
+            except UnicodeDecodeError as exc:  # one reply that is not text: its caller's error only
+                reply = exc
+            except Exception as exc:  # not Redis speaking: nothing after this can be trusted
+                self._abort(f"unreadable reply from Redis: {exc}")
                 return
             if reply is False:
+                return
+            if not self.waiting:  # a reply nobody asked for ("max number of clients", say)
+                self._abort(f"Redis sent what no call asked for: {reply}")
                 return
             future = self.waiting.popleft()
             if future.done():  # its caller gave up (cancelled); the reply was still its own
                 continue
-            if isinstance(reply, Exception):
+            if isinstance(reply, UnicodeDecodeError):
+                future.set_exception(reply)
+            elif isinstance(reply, Exception):
                 future.set_exception(_error(reply))
             else:
                 future.set_result(reply)
+
+    def _abort(self, message: str) -> None:
+        self._fail(message)
+        self.transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._fail(f"connection to Redis lost: {exc or 'closed'}")
 
     def _fail(self, message: str) -> None:
-        self.lost = RedisConnectionError(message)
+        if self.lost is None:
+            self.lost = RedisConnectionError(message)
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -105,12 +128,15 @@ class ScriptChannel:
             return protocol
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
-        connecting = self._connecting
-        try:
-            return await asyncio.shield(connecting)
-        finally:
-            if connecting.done() and self._connecting is connecting:
-                self._connecting = None
+            self._connecting.add_done_callback(self._connected)
+        # Shielded: one caller cancelled must not cancel the connect the others wait for.
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, connecting: asyncio.Future) -> None:
+        if self._connecting is connecting:
+            self._connecting = None
+        if not connecting.cancelled():
+            connecting.exception()  # retrieved here: every caller may have gone
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -129,7 +155,7 @@ class ScriptChannel:
                     await protocol.send(hiredis.pack_command(("AUTH", *auth)))
                 if options.get("db"):
                     await protocol.send(hiredis.pack_command(("SELECT", options["db"])))
-        except (OSError, TimeoutError, ResponseError) as exc:  # ResponseError: AUTH or SELECT refused
+        except (OSError, TimeoutError, RedisError) as exc:  # RedisError: AUTH or SELECT refused
             if protocol is not None:
                 protocol.transport.close()
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
@@ -145,6 +171,8 @@ class ScriptChannel:
         return await protocol.send(packed)
 
     async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
@@ -162,6 +190,14 @@ class ChannelScript:
         if client is not None:
             return await self.registered(keys=keys, args=args, client=client)
         keys, args = list(keys), list(args)
+        try:
+            return await self._run(keys, args)
+        except RedisConnectionError:
+            # Once more on a new connection, as redis-py's client retries (the scripts are
+            # written for it: a publish or finish that ran before its reply was lost is a replay).
+            return await self._run(keys, args)
+
+    async def _run(self, keys: list, args: list):
         try:
             return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed Redis: load it again

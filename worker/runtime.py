@@ -25,7 +25,7 @@ from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.jobs import JobStore
-from shared.scriptchannel import use_channel
+from shared.scriptchannel import ScriptChannel, use_channel
 from shared.gcfreeze import freeze_startup_objects
 from shared.settings import Settings, get_settings
 from worker.providers.local import LocalProvider
@@ -73,6 +73,7 @@ class WorkerRuntime:
         self._background: list[asyncio.Task] = []
         self._started = threading.Event()
         self.providers: Providers | None = None
+        self.channel: ScriptChannel | None = None
 
     # --- lifecycle (called from Celery's threads) -------------------------------------------
 

@@ -5,10 +5,12 @@ calls in flight and the next call reconnects (and reloads the script)."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
+import hiredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseError
 
 from deploy.devstack import Fleet, free_port, start_redis
 from shared.connections import async_redis, sync_redis
@@ -156,3 +158,114 @@ def test_only_plain_tcp_and_unix_urls_get_a_channel():
     assert ScriptChannel.supports("redis://h:6379/0") and ScriptChannel.supports("unix:///tmp/r.sock")
     assert not ScriptChannel.supports("rediss://h:6380/0")
     assert use_channel(async_redis("rediss://h:6380/0"), "rediss://h:6380/0") is None
+
+
+def test_a_reply_that_is_not_text_fails_only_its_caller(redis_server):
+    async def go():
+        client = async_redis(redis_server["url"])
+        channel = use_channel(client, redis_server["url"])
+        binary = ChannelScript(channel, client.register_script("return string.char(255, 254)"))
+        echo = ChannelScript(channel, client.register_script(ECHO))
+        results = await asyncio.gather(echo(keys=["a"], args=["1"]), binary(), echo(keys=["b"], args=["2"]),
+                                       return_exceptions=True)
+        connection = channel._protocol
+        assert await echo(keys=["c"], args=["3"]) == ["c", "3"]
+        assert channel._protocol is connection  # the same connection: nothing was torn down
+        await channel.close()
+        return results
+
+    first, second, third = asyncio.run(go())
+    assert (first, third) == (["a", "1"], ["b", "2"])
+    assert isinstance(second, UnicodeDecodeError)
+
+
+def test_error_replies_keep_redis_pys_classes(redis_server):
+    async def go():
+        client = async_redis(redis_server["url"])
+        channel = use_channel(client, redis_server["url"])
+        errors = []
+        for reply in ("ERR plain", "READONLY You can't write against a read only replica.",
+                      "NOSCRIPT No matching script"):
+            script = ChannelScript(channel, client.register_script(f"return redis.error_reply({reply!r})"))
+            try:
+                await script._run([], [])
+            except Exception as exc:
+                errors.append(exc)
+        await channel.close()
+        return errors
+
+    plain, readonly, noscript = asyncio.run(go())
+    assert type(plain) is ResponseError and str(plain) == "plain"
+    assert isinstance(readonly, ReadOnlyError)
+    assert isinstance(noscript, NoScriptError)
+
+
+async def resp_server(*connections):
+    """Just enough of a Redis for the channel: each accepted connection runs the next of
+    ``connections``, a coroutine given the stream reader and writer."""
+    pending = list(connections)
+
+    async def accept(reader, writer):
+        await pending.pop(0)(reader, writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def answer_ones(reader, writer, after: list | None = None):
+    """Answer every command with the integer 1."""
+    commands = hiredis.Reader()
+    while data := await reader.read(65536):
+        commands.feed(data)
+        while (command := commands.gets()) is not False:
+            if after is not None:
+                after.append(command)
+            writer.write(b":1\r\n")
+    writer.close()
+
+
+async def hang_up_on_first_command(reader, writer):
+    await reader.read(65536)
+    writer.transport.abort()
+
+
+def test_a_call_cut_by_a_lost_connection_is_made_once_more_on_a_new_one():
+    async def go():
+        server, port = await resp_server(hang_up_on_first_command, answer_ones)
+        script = ChannelScript(ScriptChannel(f"redis://127.0.0.1:{port}/0"),
+                               SimpleNamespace(sha="0" * 40, script="return 1"))
+        try:
+            return await script(keys=["k"], args=["v"])
+        finally:
+            await script.channel.close()
+            server.close()
+
+    assert asyncio.run(go()) == 1
+
+
+def test_a_connect_whose_callers_all_gave_up_is_not_handed_out_once_lost():
+    async def slow_auth_then_hang_up(reader, writer):
+        await reader.read(65536)  # AUTH
+        await asyncio.sleep(0.3)
+        writer.write(b"+OK\r\n")
+        await asyncio.sleep(0.2)
+        writer.transport.abort()
+
+    async def go():
+        seen: list = []
+        server, port = await resp_server(slow_auth_then_hang_up, lambda r, w: answer_ones(r, w, seen))
+        channel = ScriptChannel(f"redis://:secret@127.0.0.1:{port}/0")
+        script = ChannelScript(channel, SimpleNamespace(sha="0" * 40, script="return 1"))
+        first = asyncio.ensure_future(script())
+        await asyncio.sleep(0.1)
+        first.cancel()  # the only caller leaves while AUTH is pending
+        await asyncio.sleep(0.6)  # the connect ended, then the server hung up
+        try:
+            return await script(), seen
+        finally:
+            await channel.close()
+            server.close()
+
+    result, seen = asyncio.run(go())
+    assert result == 1
+    assert seen[0] == [b"AUTH", b"secret"]  # a new connection, authenticated again

@@ -47,3 +47,16 @@ def test_the_url_still_chooses_the_connection(url, base):
     cls = async_redis(url).connection_pool.connection_class
     assert issubclass(cls, HiredisPacking) and issubclass(cls, base)
     assert async_redis(url).connection_pool.connection_class is cls  # one class per kind
+
+
+def test_a_command_name_of_several_words_is_split_as_redis_py_splits_it():
+    ours = async_redis("redis://127.0.0.1:1/0").connection_pool.make_connection()
+    for name in ("SCRIPT LOAD", b"SCRIPT LOAD", "SCRIPT\tLOAD"):
+        assert b"".join(ours.pack_command(name, "return 1")) == b"".join(Connection().pack_command(name, "return 1"))
+
+
+def test_a_client_with_another_encoding_packs_as_redis_py_does():
+    client = async_redis("redis://127.0.0.1:1/0", encoding="latin-1")
+    assert not issubclass(client.connection_pool.connection_class, HiredisPacking)
+    assert not issubclass(async_redis("redis://127.0.0.1:1/0", encoding_errors="replace")
+                          .connection_pool.connection_class, HiredisPacking)

@@ -1,11 +1,13 @@
-"""The worker's token publish, client side: redis-py's own command packing vs hiredis's.
+"""The worker's token publish, client side: through redis-py (its own packing, hiredis's) and
+through the worker's script channel.
 
     .venv/bin/python -m bench.publish [--rounds 200] [--jobs 1 50 500] [--tokens 1 4]
 
 A worker publishes the tokens of all its running jobs in one ``publish_events.lua`` EVALSHA
 (``JobStore.publish_many``): nine arguments per job and token. On a fresh Redis (started here),
-with the fleet's async client (``shared.connections.async_redis``), the same publishes run with
-redis-py's Python packing and with hiredis's (what the fleet uses), alternating per size; prints
+the same publishes run, size by size, through redis-py's asyncio client packing in Python,
+through the same client packing with hiredis (``shared.connections.async_redis``, what the API
+uses), and through the worker's pipelined script connection (``shared.scriptchannel``); prints
 the client's CPU per job and token, the wall time per publish (the round trip, Lua included)
 and Redis's CPU per publish.
 """
@@ -25,6 +27,7 @@ from deploy.devstack import Fleet, free_port, start_redis
 from shared import keys
 from shared.connections import HiredisPacking, async_redis
 from shared.jobs import TOKEN, JobStore
+from shared.scriptchannel import use_channel
 from shared.settings import Settings
 
 MIN_JOB_TOKENS = 20_000  # per row at least, so that small publishes are timed over enough of them
@@ -39,8 +42,10 @@ def redis_py_packing(client) -> None:
 
 
 async def measure(redis_url: str, redis_pid: int, rounds: int, sizes: list[tuple[int, int]]) -> list[dict]:
-    clients = {"redis-py packing": async_redis(redis_url), "hiredis packing (fleet)": async_redis(redis_url)}
+    clients = {"redis-py packing": async_redis(redis_url), "hiredis packing": async_redis(redis_url),
+               "script channel (the worker's)": async_redis(redis_url)}
     redis_py_packing(clients["redis-py packing"])
+    channel = use_channel(clients["script channel (the worker's)"], redis_url)
     settings = Settings(redis_url=redis_url)
     results = []
     for jobs, tokens in sizes:
@@ -71,6 +76,8 @@ async def measure(redis_url: str, redis_pid: int, rounds: int, sizes: list[tuple
         seq += max(rounds, MIN_JOB_TOKENS // (jobs * tokens)) * tokens
     for client in clients.values():
         await client.aclose()
+    if channel is not None:
+        await channel.close()
     return results
 
 
@@ -108,7 +115,7 @@ def main() -> None:
         base.setdefault(key, per)
         rows.append([r["name"], str(r["jobs"]), str(r["tokens"]), str(r["rounds"]), f"{per:.1f}", ratio,
                      f"{r['wall'] / r['rounds'] * 1000:.2f}", f"{r['redis'] / r['rounds'] * 1000:.2f}"])
-    print(table(["packing", "jobs", "tokens/job", "publishes", "client CPU µs per job-token", "vs redis-py",
+    print(table(["client", "jobs", "tokens/job", "publishes", "client CPU µs per job-token", "vs redis-py",
                  "wall ms per publish", "Redis CPU ms per publish"], rows, left_first=True))
 
 

@@ -1,15 +1,14 @@
-"""The worker's token publish, client side: through redis-py (its own packing, hiredis's) and
-through the worker's script channel.
+"""The worker's token publish, client side: through redis-py's asyncio client and through the
+worker's script channel.
 
     .venv/bin/python -m bench.publish [--rounds 200] [--jobs 1 50 500] [--tokens 1 4]
 
 A worker publishes the tokens of all its running jobs in one ``publish_events.lua`` EVALSHA
 (``JobStore.publish_many``): nine arguments per job and token. On a fresh Redis (started here),
-the same publishes run, size by size, through redis-py's asyncio client packing in Python,
-through the same client packing with hiredis (``shared.connections.async_redis``, what the API
-uses), and through the worker's pipelined script connection (``shared.scriptchannel``); prints
-the client's CPU per job and token, the wall time per publish (the round trip, Lua included)
-and Redis's CPU per publish.
+the same publishes run, size by size, through redis-py's asyncio client
+(``shared.connections.async_redis``, what the API uses) and through the worker's pipelined
+script connection (``shared.scriptchannel``); prints the client's CPU per job and token, the
+wall time per publish (the round trip, Lua included) and Redis's CPU per publish.
 """
 
 from __future__ import annotations
@@ -25,27 +24,19 @@ from pathlib import Path
 from bench._stack import cpu_seconds, table
 from deploy.devstack import Fleet, free_port, start_redis
 from shared import keys
-from shared.connections import HiredisPacking, async_redis
+from shared.connections import async_redis
 from shared.jobs import TOKEN, JobStore
-from shared.scriptchannel import use_channel
+from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings
 
 MIN_JOB_TOKENS = 20_000  # per row at least, so that small publishes are timed over enough of them
 DATA = '{"chat_completion":{"message":{"role":"assistant","content":"tok12 "},"finish_reason":null}}'
 
 
-def redis_py_packing(client) -> None:
-    """The client's connections as redis-py builds them, without the hiredis packing."""
-    pool = client.connection_pool
-    pool.connection_class = next(c for c in pool.connection_class.__mro__[1:]
-                                 if c is not HiredisPacking and not issubclass(c, HiredisPacking))
-
-
 async def measure(redis_url: str, redis_pid: int, rounds: int, sizes: list[tuple[int, int]]) -> list[dict]:
-    clients = {"redis-py packing": async_redis(redis_url), "hiredis packing": async_redis(redis_url),
+    clients = {"redis-py (asyncio client)": async_redis(redis_url),
                "script channel (the worker's)": async_redis(redis_url)}
-    redis_py_packing(clients["redis-py packing"])
-    channel = use_channel(clients["script channel (the worker's)"], redis_url)
+    channel = ScriptChannel.for_url(redis_url)
     settings = Settings(redis_url=redis_url)
     results = []
     for jobs, tokens in sizes:
@@ -56,12 +47,12 @@ async def measure(redis_url: str, redis_pid: int, rounds: int, sizes: list[tuple
             for job_id in ids:
                 await client.set(keys.job_lease(job_id), "attempt")
             batch_for[name] = ids
-        for name, client in clients.items():  # warm-up: connection, script loaded
-            store = JobStore(client, settings)
+        stores = {name: JobStore(client, settings, channel if "channel" in name else None)
+                  for name, client in clients.items()}
+        for name, store in stores.items():  # warm-up: connection, script loaded
             seq += 1
             await store.publish_many([(j, "attempt", [(seq, TOKEN, DATA)]) for j in batch_for[name]])
-        for name, client in clients.items():
-            store = JobStore(client, settings)
+        for name, store in stores.items():
             ids = batch_for[name]
             n = max(rounds, MIN_JOB_TOKENS // (jobs * tokens))
             cpu0, redis0, wall0 = time.process_time(), cpu_seconds(redis_pid), time.perf_counter()

@@ -18,6 +18,7 @@ from redis.exceptions import ResponseError
 
 from shared import keys
 from shared.events import Event, stream_event
+from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
 from shared.settings import Settings
 from shared.taskmessage import run_job_message
@@ -81,10 +82,11 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, redis, settings: Settings):
+    def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None):
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts(redis)
+        self.channel = channel  # where the script calls go, if not through ``redis``
+        self.scripts = Scripts(redis, channel)
 
     # --- API side -------------------------------------------------------------------------
 

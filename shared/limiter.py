@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from shared import keys
+from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
 from shared.settings import Settings
 
@@ -48,10 +49,10 @@ class Usage:
 
 
 class Limiter:
-    def __init__(self, redis, settings: Settings):
+    def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None):
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts(redis)
+        self.scripts = Scripts(redis, channel)
 
     @property
     def window_ms(self) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from shared.scriptchannel import ChannelScript, channel_for
+from shared.scriptchannel import ChannelScript, ScriptChannel
 
 LUA_DIR = Path(__file__).with_name("lua")
 
@@ -24,10 +24,11 @@ def source(name: str) -> str:
 
 class Scripts:
     """``Scripts(redis).claim_job(keys=[...], args=[...])``: EVALSHA, loading on first use;
-    through the client's ``ScriptChannel`` where it has one (``shared.scriptchannel``)."""
+    through ``channel`` where one is given (``shared.scriptchannel``), else through ``redis``."""
 
-    def __init__(self, redis):
+    def __init__(self, redis, channel: ScriptChannel | None = None):
         self._redis = redis
+        self._channel = channel
         self._registered = {}
 
     def __getattr__(self, name: str):
@@ -36,8 +37,7 @@ class Scripts:
         script = self._registered.get(name)
         if script is None:
             script = self._redis.register_script(source(name))
-            channel = channel_for(self._redis)
-            if channel is not None:
-                script = ChannelScript(channel, script)
+            if self._channel is not None:
+                script = ChannelScript(self._channel, script)
             self._registered[name] = script
         return script

@@ -238,7 +238,7 @@ def _dumps(value) -> str:
 class JobRunner:
     def __init__(self, store: JobStore, catalog: Catalog, providers: dict[str, Provider], settings: Settings):
         self.store = store
-        self.limiter = Limiter(store.redis, settings)
+        self.limiter = Limiter(store.redis, settings, store.channel)
         self.publisher = Publisher(store)
         self.catalog = catalog
         self.providers = providers

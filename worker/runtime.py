@@ -2,9 +2,9 @@
 
 Provider calls are I/O: a process holds hundreds of them at once. The worker's Celery pool
 (``worker.pool``) submits each job's coroutine to this loop, which multiplexes all the network
-calls. Around the jobs the loop keeps, for the whole process
-and in batched Redis round trips: lease renewal, cancellation checks, a heartbeat, and the
-reaper that hands back jobs whose worker died.
+calls. Around the jobs the loop keeps, for the whole process and in batched Redis round trips:
+lease renewal, cancellation checks, a heartbeat, and the reaper that hands back jobs whose
+worker died.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.jobs import JobStore
-from shared.scriptchannel import ScriptChannel, use_channel
+from shared.scriptchannel import ScriptChannel
 from shared.gcfreeze import freeze_startup_objects
 from shared.settings import Settings, get_settings
 from worker.providers.local import LocalProvider
@@ -130,8 +130,8 @@ class WorkerRuntime:
 
     async def _startup(self) -> None:
         self.redis = async_redis(self.settings.redis_url, max_connections=self.settings.worker_concurrency + 20)
-        self.channel = use_channel(self.redis, self.settings.redis_url)  # the jobs' script calls
-        self.store = JobStore(self.redis, self.settings)
+        self.channel = ScriptChannel.for_url(self.settings.redis_url)  # the jobs' script calls
+        self.store = JobStore(self.redis, self.settings, self.channel)
         self.providers = Providers(self.settings)
         self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
         if keys.QUEUE_LOCAL in self.queues:

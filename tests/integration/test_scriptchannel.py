@@ -14,7 +14,7 @@ from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseEr
 
 from deploy.devstack import Fleet, free_port, start_redis
 from shared.connections import async_redis, sync_redis
-from shared.scriptchannel import ChannelScript, ScriptChannel, channel_for, use_channel
+from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.scripts import Scripts
 
 pytestmark = pytest.mark.integration
@@ -32,69 +32,78 @@ def redis_server(tmp_path):
     fleet.stop_all()
 
 
-def channel_script(url: str, source: str) -> ChannelScript:
-    client = async_redis(url)
-    return ChannelScript(use_channel(client, url), client.register_script(source))
+def script(channel: ScriptChannel, source: str) -> ChannelScript:
+    """A script of ``source`` on ``channel`` (redis-py's AsyncScript supplies its sha)."""
+    return ChannelScript(channel, async_redis("redis://127.0.0.1:1/0").register_script(source))
+
+
+def observe(url: str) -> int:
+    observer = sync_redis(url)
+    try:
+        return observer.info("stats")["total_connections_received"]
+    finally:
+        observer.close()
+
+
+async def on_channel(url: str, use) -> object:
+    """``use(channel)`` on a new channel to ``url``, closed afterwards."""
+    channel = ScriptChannel(url)
+    try:
+        return await use(channel)
+    finally:
+        await channel.close()
 
 
 def test_concurrent_calls_each_get_their_own_reply_on_one_connection(redis_server):
-    async def go():
-        echo = channel_script(redis_server["url"], ECHO)
-        replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(500)))
-        await echo.channel.close()
-        return replies
+    async def use(channel):
+        echo = script(channel, ECHO)
+        return await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(500)))
 
-    observer = sync_redis(redis_server["url"])
-    before = observer.info("stats")["total_connections_received"]
-    replies = asyncio.run(go())
+    before = observe(redis_server["url"])
+    replies = asyncio.run(on_channel(redis_server["url"], use))
     assert replies == [[f"k{i}", str(i)] for i in range(500)]
-    assert observer.info("stats")["total_connections_received"] - before == 1  # one for all 500 calls
+    assert observe(redis_server["url"]) - before == 2  # one for all 500 calls, one for this look
 
 
 def test_errors_are_redis_pys_and_leave_the_channel_usable(redis_server):
-    async def go():
-        client = async_redis(redis_server["url"])
-        channel = use_channel(client, redis_server["url"])
-        failing = ChannelScript(channel, client.register_script("return redis.error_reply('ERR no such thing')"))
-        echo = ChannelScript(channel, client.register_script(ECHO))
+    async def use(channel):
+        failing, echo = script(channel, "return redis.error_reply('ERR no such thing')"), script(channel, ECHO)
         with pytest.raises(ResponseError, match="no such thing") as raised:
             await failing()
         assert not isinstance(raised.value, NoScriptError)
         with pytest.raises(DataError):
             await echo(keys=["k"], args=[None])
         assert await echo(keys=["k"], args=["still here"]) == ["k", "still here"]
-        await channel.close()
 
-    asyncio.run(go())
+    asyncio.run(on_channel(redis_server["url"], use))
 
 
 def test_a_flushed_script_cache_is_loaded_again(redis_server):
-    async def go():
-        echo = channel_script(redis_server["url"], ECHO)
+    async def use(channel):
+        echo = script(channel, ECHO)
         assert await echo(keys=["a"], args=["1"]) == ["a", "1"]
-        sync_redis(redis_server["url"]).script_flush()
+        flusher = sync_redis(redis_server["url"])
+        flusher.script_flush()
+        flusher.close()
         assert await echo(keys=["b"], args=["2"]) == ["b", "2"]
-        await echo.channel.close()
 
-    asyncio.run(go())
+    asyncio.run(on_channel(redis_server["url"], use))
+
+
+SLOW = "local n = 0 for i = 1, 3000000 do n = n + i end return ARGV[1]"
 
 
 def test_a_cancelled_caller_does_not_shift_the_replies(redis_server):
-    async def go():
-        client = async_redis(redis_server["url"])
-        channel = use_channel(client, redis_server["url"])
-        slow = ChannelScript(channel, client.register_script(
-            "local n = 0 for i = 1, 3000000 do n = n + i end return ARGV[1]"))
-        echo = ChannelScript(channel, client.register_script(ECHO))
+    async def use(channel):
+        slow, echo = script(channel, SLOW), script(channel, ECHO)
         await echo(keys=["warm"], args=["up"])
         first = asyncio.ensure_future(slow(args=["slow"]))
         await asyncio.sleep(0.005)  # sent, still running in Redis
         first.cancel()
         replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(20)))
-        await channel.close()
         return first, replies
 
-    first, replies = asyncio.run(go())
+    first, replies = asyncio.run(on_channel(redis_server["url"], use))
     assert first.cancelled()
     assert replies == [[f"k{i}", str(i)] for i in range(20)]
 
@@ -102,99 +111,88 @@ def test_a_cancelled_caller_does_not_shift_the_replies(redis_server):
 def test_calls_in_flight_fail_when_redis_goes_and_the_next_call_reconnects(redis_server):
     fleet, port = redis_server["fleet"], redis_server["port"]
 
-    async def go():
-        client = async_redis(redis_server["url"])
-        channel = use_channel(client, redis_server["url"])
-        slow = ChannelScript(channel, client.register_script(
-            "local n = 0 for i = 1, 3000000 do n = n + i end return ARGV[1]"))
-        echo = ChannelScript(channel, client.register_script(ECHO))
+    async def use(channel):
+        slow, echo = script(channel, SLOW), script(channel, ECHO)
         assert await echo(keys=["a"], args=["before"]) == ["a", "before"]
         in_flight = asyncio.ensure_future(slow(args=["x"]))
         await asyncio.sleep(0.005)
         await asyncio.to_thread(fleet.stop, "redis", 9)  # SIGKILL: the connection just ends
         with pytest.raises(RedisConnectionError):
-            await in_flight
+            await in_flight  # made twice: its connection lost, then none to be had
         with pytest.raises(RedisConnectionError):
             await echo(keys=["a"], args=["while down"])
         await asyncio.to_thread(start_redis, fleet, port, redis_server["dir"] / "redis2")
         assert await echo(keys=["a"], args=["after"]) == ["a", "after"]  # reconnected, reloaded
-        await channel.close()
 
-    asyncio.run(go())
+    asyncio.run(on_channel(redis_server["url"], use))
 
 
 def test_the_url_s_database_is_selected(redis_server):
     url = redis_server["url"].rsplit("/", 1)[0] + "/5"
 
-    async def go():
-        setter = channel_script(url, "redis.call('SET', KEYS[1], ARGV[1]) return 1")
-        assert await setter(keys=["where"], args=["db5"]) == 1
-        await setter.channel.close()
+    async def use(channel):
+        return await script(channel, "redis.call('SET', KEYS[1], ARGV[1]) return 1")(keys=["where"], args=["db5"])
 
-    asyncio.run(go())
-    assert sync_redis(url).get("where") == "db5"
-    assert sync_redis(redis_server["url"]).get("where") is None
+    assert asyncio.run(on_channel(url, use)) == 1
+    db5, db0 = sync_redis(url), sync_redis(redis_server["url"])
+    assert (db5.get("where"), db0.get("where")) == ("db5", None)
+    db5.close()
+    db0.close()
 
 
-def test_scripts_use_the_channel_of_their_client_and_pipelines_keep_redis_py(redis_server):
-    async def go():
+def test_scripts_go_through_their_channel_and_pipelines_through_redis_py(redis_server):
+    async def use(channel):
         client = async_redis(redis_server["url"])
-        plain = Scripts(async_redis(redis_server["url"]))
-        channel = use_channel(client, redis_server["url"])
-        scripts = Scripts(client)
-        assert channel_for(client) is channel
-        assert isinstance(scripts.renew_lease, ChannelScript)
-        assert not isinstance(plain.renew_lease, ChannelScript)
-        async with client.pipeline(transaction=False) as pipe:
-            await scripts.renew_lease(keys=["l", "r", "c"], args=["t", 1000, "1.0", "j"], client=pipe)
-            (owned_and_cancel,) = await pipe.execute()
-        await channel.close()
-        return owned_and_cancel
+        try:
+            scripts, plain = Scripts(client, channel), Scripts(client)
+            assert isinstance(scripts.renew_lease, ChannelScript)
+            assert not isinstance(plain.renew_lease, ChannelScript)
+            before = observe(redis_server["url"])
+            renew = {"keys": ["l", "r", "c"], "args": ["t", 1000, "1.0", "j"]}
+            assert await scripts.renew_lease(**renew) == [0, 0]  # no lease held: not owned, not cancelled
+            assert observe(redis_server["url"]) - before == 1 + 1  # the channel's connection, this look
+            async with client.pipeline(transaction=False) as pipe:
+                await scripts.renew_lease(**renew, client=pipe)
+                return await pipe.execute()
+        finally:
+            await client.aclose()
 
-    assert asyncio.run(go()) == [0, 0]  # no lease held: not owned, not cancelled
+    assert asyncio.run(on_channel(redis_server["url"], use)) == [[0, 0]]
 
 
 def test_only_plain_tcp_and_unix_urls_get_a_channel():
-    assert ScriptChannel.supports("redis://h:6379/0") and ScriptChannel.supports("unix:///tmp/r.sock")
-    assert not ScriptChannel.supports("rediss://h:6380/0")
-    assert use_channel(async_redis("rediss://h:6380/0"), "rediss://h:6380/0") is None
+    assert isinstance(ScriptChannel.for_url("redis://h:6379/0"), ScriptChannel)
+    assert isinstance(ScriptChannel.for_url("unix:///tmp/r.sock"), ScriptChannel)
+    assert ScriptChannel.for_url("rediss://h:6380/0") is None
 
 
 def test_a_reply_that_is_not_text_fails_only_its_caller(redis_server):
-    async def go():
-        client = async_redis(redis_server["url"])
-        channel = use_channel(client, redis_server["url"])
-        binary = ChannelScript(channel, client.register_script("return string.char(255, 254)"))
-        echo = ChannelScript(channel, client.register_script(ECHO))
+    async def use(channel):
+        binary, echo = script(channel, "return string.char(255, 254)"), script(channel, ECHO)
         results = await asyncio.gather(echo(keys=["a"], args=["1"]), binary(), echo(keys=["b"], args=["2"]),
                                        return_exceptions=True)
         connection = channel._protocol
         assert await echo(keys=["c"], args=["3"]) == ["c", "3"]
         assert channel._protocol is connection  # the same connection: nothing was torn down
-        await channel.close()
         return results
 
-    first, second, third = asyncio.run(go())
+    first, second, third = asyncio.run(on_channel(redis_server["url"], use))
     assert (first, third) == (["a", "1"], ["b", "2"])
     assert isinstance(second, UnicodeDecodeError)
 
 
 def test_error_replies_keep_redis_pys_classes(redis_server):
-    async def go():
-        client = async_redis(redis_server["url"])
-        channel = use_channel(client, redis_server["url"])
+    async def use(channel):
         errors = []
         for reply in ("ERR plain", "READONLY You can't write against a read only replica.",
                       "NOSCRIPT No matching script"):
-            script = ChannelScript(channel, client.register_script(f"return redis.error_reply({reply!r})"))
             try:
-                await script._run([], [])
+                await script(channel, f"return redis.error_reply({reply!r})")._run([], [])
             except Exception as exc:
                 errors.append(exc)
-        await channel.close()
         return errors
 
-    plain, readonly, noscript = asyncio.run(go())
+    plain, readonly, noscript = asyncio.run(on_channel(redis_server["url"], use))
     assert type(plain) is ResponseError and str(plain) == "plain"
     assert isinstance(readonly, ReadOnlyError)
     assert isinstance(noscript, NoScriptError)
@@ -210,6 +208,11 @@ async def resp_server(*connections):
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+async def stopped(server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def answer_ones(reader, writer, after: list | None = None):
@@ -238,7 +241,7 @@ def test_a_call_cut_by_a_lost_connection_is_made_once_more_on_a_new_one():
             return await script(keys=["k"], args=["v"])
         finally:
             await script.channel.close()
-            server.close()
+            await stopped(server)
 
     assert asyncio.run(go()) == 1
 
@@ -264,7 +267,7 @@ def test_a_connect_whose_callers_all_gave_up_is_not_handed_out_once_lost():
             return await script(), seen
         finally:
             await channel.close()
-            server.close()
+            await stopped(server)
 
     result, seen = asyncio.run(go())
     assert result == 1

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 #: trip; a few threads keep up with thousands of jobs a second.
 COMPLETION_THREADS = 4
 #: How long a warm shutdown waits, beyond the grace period, for the jobs handed back to end.
-STOP_MARGIN_SECONDS = 30
+STOP_MARGIN_SECONDS = 15
 
 _finished = threading.local()
 

@@ -30,6 +30,7 @@ import yaml
 from shared import keys
 from shared.provider_config import ProviderSettings
 from shared.settings import Settings
+from worker.pool import STOP_MARGIN_SECONDS
 
 pytestmark = pytest.mark.integration
 
@@ -228,9 +229,9 @@ def test_compose_config_is_valid_without_dotenv(compose_cmds, tmp_path):
             assert not service.get("ports"), f"{name} publishes host ports: it cannot be scaled"
             grace = seconds(service.get("stop_grace_period", "10s"))
             shutdown_grace = default_of("shutdown_grace_seconds", DEFAULT_SHUTDOWN_GRACE_SECONDS)
-            assert grace > shutdown_grace, (
+            assert grace > shutdown_grace + STOP_MARGIN_SECONDS, (
                 f"{name}: stop_grace_period {grace:g}s is not longer than "
-                f"CHATFLEET_SHUTDOWN_GRACE_SECONDS ({shutdown_grace})")
+                f"CHATFLEET_SHUTDOWN_GRACE_SECONDS ({shutdown_grace}) + {STOP_MARGIN_SECONDS} s")
             health = " ".join(map(str, service["healthcheck"]["test"]))
             assert "CHATFLEET_WORKER_METRICS_PORT" in health and "/metrics" in health
             default_port = default_of("worker_metrics_port", DEFAULT_WORKER_METRICS_PORT)
@@ -636,8 +637,9 @@ def test_workers_outlive_their_shutdown_grace_and_expose_metrics(manifests):
     for name in ("worker", "worker-local"):
         spec = pod_spec(found[name])
         period = spec.get("terminationGracePeriodSeconds", 30)
-        assert period > grace, (
-            f"{name}: terminationGracePeriodSeconds {period} must exceed CHATFLEET_SHUTDOWN_GRACE_SECONDS {grace}")
+        assert period > grace + STOP_MARGIN_SECONDS, (
+            f"{name}: terminationGracePeriodSeconds {period} must exceed CHATFLEET_SHUTDOWN_GRACE_SECONDS "
+            f"{grace} + {STOP_MARGIN_SECONDS} s (the pool's wait for jobs handed back)")
         (container,) = spec["containers"]
         ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
         assert ports.get("metrics") == metrics_port, f"{name}: no metrics port {metrics_port}"

@@ -4,7 +4,7 @@
 the output. A JSON line holds ``ts``, ``level``, ``logger``, ``message`` and, when the log call
 passed them in ``extra``, the job's context: ``job_id``, ``account_id``, ``model``, ``provider``,
 ``attempt``, ``batch_id`` (and ``port``). Message content is never logged; anything that looks like
-a credential (``sk-...``, ``cf-...``, ``AKIA...``, ``Bearer ...``) is masked before it is written.
+a credential (``sk-...``, ``cf-...``, ``AKIA...``, ``AIza...``, ``Bearer ...``) is masked before it is written.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ CONTEXT_FIELDS = ("job_id", "account_id", "model", "provider", "attempt", "batch
 
 _SECRETS = re.compile(
     r"\b(?P<bearer>[Bb]earer\s+)[A-Za-z0-9._~+/=\-]+"
-    r"|\b(?P<prefix>sk-|cf-|(?:AKIA|ASIA)(?=[A-Z0-9]{12}))[A-Za-z0-9_\-]{3,}",
+    r"|\b(?P<prefix>sk-|cf-|(?:AKIA|ASIA)(?=[A-Z0-9]{12})|AIza(?=[A-Za-z0-9_\-]{30}))[A-Za-z0-9_\-]{3,}",
 )
 MASK = "***"
 

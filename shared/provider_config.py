@@ -10,8 +10,6 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-SECRETS = ("openai_api_key", "anthropic_api_key", "gemini_api_key", "mistral_api_key", "aws_access_key_id",
-           "aws_secret_access_key", "aws_session_token", "llm_engine_api_key")
 
 
 class ProviderSettings(BaseSettings):
@@ -44,12 +42,12 @@ class ProviderSettings(BaseSettings):
     provider_first_token_timeout: float = Field(120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
     provider_idle_timeout: float = Field(60.0, alias="CHATFLEET_PROVIDER_IDLE_TIMEOUT")
 
-    @field_validator(*SECRETS, mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _strip(cls, value):
+    def _strip(cls, value, info):
         """A key read from a file or pasted often ends in a newline or space: HTTP refuses such
         a header, and a blank key is no key."""
-        if isinstance(value, str):
+        if isinstance(value, str) and cls.model_fields[info.field_name].annotation == SecretStr | None:
             value = value.strip()
             return value or None
         return value

@@ -64,6 +64,7 @@ def test_text_that_is_not_utf8_encodable_still_gives_one_line(capture):
     ("cf-test-dev-key", "cf-***"),
     ("cf-admin-Zm9vYmFyYmF6cXV4", "cf-***"),
     ("AKIAIOSFODNN7EXAMPLE", "AKIA***"),
+    ("AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW", "AIza***"),  # a Google (Gemini) API key
     ("Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "Bearer ***"),
     ("bearer abc/def+ghi=", "bearer ***"),
 ])
@@ -75,7 +76,7 @@ def test_redaction_masks_keys(secret, kept):
 
 def test_redaction_leaves_ordinary_text_alone():
     for text in ("task-queue disk-usage risk-free", "job_01HXYZ succeeded", "worker-local@host",
-                 "model gpt-4o-mini on provider openai", "ASIA is a continent"):
+                 "model gpt-4o-mini on provider openai", "ASIA is a continent", "AIza short"):
         assert redact(text) == text
 
 

@@ -140,7 +140,7 @@ def test_a_job_whose_acceptance_failed_still_ends_and_is_acked(pool, monkeypatch
     request.execute_using_pool(pool)
     runtime.attempts["job_1"].set_result("succeeded")
     wait_for(lambda: on_ack.called, 5, what="the ack")
-    pool.stop()  # nothing left waiting
+    wait_for(lambda: pool._on_loop == 0, 5, what="the job's completion")
 
 
 @pytest.mark.parametrize("runtime", [None, StubRuntime(started=False)], ids=["no runtime", "runtime starting"])

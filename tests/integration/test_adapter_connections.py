@@ -125,3 +125,22 @@ def test_a_key_http_refuses_is_never_quoted_back(fake, family, caplog):
     assert "sk-sec" not in err.message, err.message
     assert "not valid HTTP" in caplog.text and "sk-sec" not in caplog.text
     assert (err.code, err.retryable) == ("upstream_auth", False), err.message
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_answers_are_asked_for_uncompressed(fake, family):
+    # A compressed stream could inflate far beyond the bytes received.
+    async def go() -> None:
+        settings = fake_provider_settings(fake)
+        client = make_client(settings)
+        adapter = load_adapter(family)(client, settings)
+        try:
+            async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
+                pass
+        finally:
+            await adapter.close()
+            await client.aclose()
+
+    asyncio.run(go())
+    (call,) = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
+    assert call["headers"].get("accept-encoding") == "identity", call["headers"]

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
-from worker.providers.sse import parse_sse
+from worker.providers.sse import MAX_EVENT_BYTES, EventTooLarge, parse_sse
 
 STREAMS = {
     "openai": b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: {"choices":[]}\n\ndata: [DONE]\n\n',
@@ -63,3 +63,22 @@ def test_every_split_gives_the_reference_events(name):
     assert parsed([raw[i:i + 1] for i in range(len(raw))]) == expected  # a byte at a time
     for cut in range(1, len(raw)):
         assert parsed([raw[:cut], raw[cut:]]) == expected, cut
+
+
+def test_an_event_up_to_the_limit_is_read_and_one_beyond_it_is_refused():
+    chunk = 64 * 1024
+    # Exactly the limit: one data line of MAX_EVENT_BYTES bytes, "data: " included, in pieces.
+    line = b"data: " + b"x" * (MAX_EVENT_BYTES - 6)
+    pieces = [line[i:i + chunk] for i in range(0, len(line), chunk)] + [b"\n\n"]
+    (event,) = parsed(pieces)
+    assert len(event[1]) == MAX_EVENT_BYTES - 6
+
+    never_ends = [b"data: "] + [b"y" * chunk] * (MAX_EVENT_BYTES // chunk + 1)  # no line end, ever
+    with pytest.raises(EventTooLarge, match="line"):
+        parsed(never_ends)
+
+    many_lines = [b"data: " + b"z" * 1000 + b"\n"] * (MAX_EVENT_BYTES // 1000 + 1)  # no blank line
+    with pytest.raises(EventTooLarge, match="event"):
+        parsed(many_lines)
+    # Many small events add up to far more than the limit, and pass.
+    assert len(parsed([b"data: " + b"w" * 1000 + b"\n\n"] * 2000)) == 2000

@@ -114,3 +114,12 @@ def test_an_answer_that_is_not_an_event_stream_is_refused_as_retryable():
     # parameters and case do not matter
     ok = httpx.Response(200, headers={"content-type": "Text/Event-Stream; charset=utf-8"}, content=b"")
     assert up.events(ok) is not None
+
+
+def test_an_event_too_large_is_a_retryable_invalid_answer():
+    from worker.providers.sse import EventTooLarge
+
+    got, err = collect(upstream(1, 1), items([0, 0], fail=EventTooLarge("an event of more than 1048576 bytes")))
+    assert got == [0, 1]
+    assert (err.code, err.retryable) == ("upstream_invalid", True)
+    assert "more than 1048576 bytes" in err.message

@@ -27,7 +27,7 @@ from httpx_sse import ServerSentEvent
 from shared.provider_config import ProviderSettings
 from worker.providers.base import Completion, Provider, ProviderError
 from worker.providers.netio import AsyncioBackend
-from worker.providers.sse import event_stream
+from worker.providers.sse import EventTooLarge, event_stream
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,8 @@ class Upstream:
         """Open a streaming POST; yields the response once its status is known to be good."""
         request = self.client.build_request(
             "POST", url, content=orjson.dumps(body), params=params,
-            headers={"content-type": "application/json", **headers},
+            # identity: a compressed stream could inflate far beyond what was received
+            headers={"content-type": "application/json", "accept-encoding": "identity", **headers},
         )
         try:
             async with asyncio.timeout(self.settings.provider_first_token_timeout):
@@ -351,6 +352,9 @@ class Upstream:
                     raise
                 except httpx.HTTPError as exc:
                     raise transport_error(exc, self.provider) from exc
+                except EventTooLarge as exc:
+                    raise ProviderError(f"{self.provider} sent an unusable stream: {exc}",
+                                        code="upstream_invalid", retryable=True) from None
                 waiting = False
                 yield item
                 waiting = True

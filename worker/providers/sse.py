@@ -24,10 +24,21 @@ def byte_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
+#: The largest event (and the longest line) accepted. A provider's token event is well under a
+#: kilobyte; a stream that never ends its line or its event would otherwise grow without bound
+#: (and re-join its buffer on every chunk).
+MAX_EVENT_BYTES = 1 << 20
+
+
+class EventTooLarge(ValueError):
+    """An event, or a line, longer than ``MAX_EVENT_BYTES``."""
+
+
 async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
     pending = b""
     event = ""
     data: list[str] = []
+    size = 0  # bytes of the event so far
     last_id = ""
     retry: int | None = None
     async for chunk in chunks:
@@ -42,12 +53,17 @@ async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEve
             held = b""
         lines = text.split(b"\n")
         pending = lines.pop() + held
+        if len(pending) > MAX_EVENT_BYTES:
+            raise EventTooLarge(f"a line of more than {MAX_EVENT_BYTES} bytes")
         for line in lines:
             if not line:
                 if event or data or last_id or retry is not None:
                     yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
-                event, data, retry = "", [], None  # the last event id stays (the spec's rule)
+                event, data, retry, size = "", [], None, 0  # the last event id stays (the spec's rule)
                 continue
+            size += len(line)
+            if size > MAX_EVENT_BYTES:
+                raise EventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
             if line[0] == 0x3A:  # ":" a comment
                 continue
             name, _, raw = line.partition(b":")

@@ -80,5 +80,8 @@ def test_an_event_up_to_the_limit_is_read_and_one_beyond_it_is_refused():
     many_lines = [b"data: " + b"z" * 1000 + b"\n"] * (MAX_EVENT_BYTES // 1000 + 1)  # no blank line
     with pytest.raises(EventTooLarge, match="event"):
         parsed(many_lines)
-    # Many small events add up to far more than the limit, and pass.
+    # Many small events add up to far more than the limit, and pass; so do keep-alive comments
+    # between the lines of one event.
     assert len(parsed([b"data: " + b"w" * 1000 + b"\n\n"] * 2000)) == 2000
+    (kept_alive,) = parsed([b"data: a\n"] + [b": " + b"k" * 1000 + b"\n"] * 2000 + [b"data: b\n\n"])
+    assert kept_alive[1] == "a\nb"

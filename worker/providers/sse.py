@@ -61,11 +61,11 @@ async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEve
                     yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
                 event, data, retry, size = "", [], None, 0  # the last event id stays (the spec's rule)
                 continue
+            if line[0] == 0x3A:  # ":" a comment (a keep-alive, say: not part of any event)
+                continue
             size += len(line)
             if size > MAX_EVENT_BYTES:
                 raise EventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
-            if line[0] == 0x3A:  # ":" a comment
-                continue
             name, _, raw = line.partition(b":")
             if raw[:1] == b" ":
                 raw = raw[1:]

@@ -8,6 +8,7 @@ directory (printed), quiet (``CHATFLEET_LOG_LEVEL=WARNING``, Celery at WARNING).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -15,6 +16,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Self
 
 from deploy.devstack import (
@@ -163,6 +165,28 @@ class BenchStack:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def run_async(coro):
+    """``coro`` run to its end on uvloop where installed (as the fleet runs), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+@contextlib.contextmanager
+def fresh_redis() -> Iterator[tuple[str, int]]:
+    """A Redis of its own on a free port for the length of the block: (URL, pid)."""
+    fleet = Fleet()
+    tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
+    try:
+        url = start_redis(fleet, free_port(), tmp / "redis", tmp / "log")
+        yield url, fleet.procs["redis"].pid
+    finally:
+        fleet.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def table(headers: list[str], rows: list[list[str]], left_first: bool = False) -> str:

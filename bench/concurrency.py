@@ -51,6 +51,7 @@ from bench._stack import (
     peak_rss_mib,
     percentile,
     raise_open_files,
+    run_async,
     table,
 )
 
@@ -345,14 +346,8 @@ def main() -> None:
         stack.start_worker(50, "warmup")
         stack.wait_ready("warmup")
         stack.stop_worker("warmup")
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
         for level in args.levels:
-            results.append(runner(run_level(stack, level, args.tokens, args.rate, args.submitters, args.order,
+            results.append(run_async(run_level(stack, level, args.tokens, args.rate, args.submitters, args.order,
                                             args.timeout, subscribers=not args.no_subscribers)))
             r = results[-1]
             print(f"level {level}: {r['completed']} completed, last token {r['span']:.1f} s after the first call",

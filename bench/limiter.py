@@ -25,13 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from bench._stack import cpu_seconds, table
-from deploy.devstack import Fleet, free_port, start_redis
+from bench._stack import cpu_seconds, fresh_redis, run_async, table
 from shared import keys
 from shared.connections import async_redis
 from shared.limiter import Limiter
@@ -143,22 +139,10 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=50)
     args = parser.parse_args()
 
-    fleet = Fleet()
-    tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
-    try:
-        redis_url = start_redis(fleet, free_port(), tmp / "redis", tmp / "log")
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
+    with fresh_redis() as (redis_url, redis_pid):
         bench_cpu0 = cpu_seconds(os.getpid())
-        results = runner(measure(redis_url, fleet.procs["redis"].pid, args.admissions, args.callers))
+        results = run_async(measure(redis_url, redis_pid, args.admissions, args.callers))
         bench_cpu = cpu_seconds(os.getpid()) - bench_cpu0
-    finally:
-        fleet.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
 
     ping_rate = results[0]["n"] / results[0]["wall"]
     print(f"\nRate limiter (shared/lua/admit.lua), {args.callers} concurrent asyncio callers, one async Redis "

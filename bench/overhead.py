@@ -32,7 +32,7 @@ import time
 import httpx
 import orjson
 
-from bench._stack import KEY, BenchStack, CpuWindow, percentile, table
+from bench._stack import KEY, BenchStack, CpuWindow, percentile, run_async, table
 
 MODEL = "gpt-4o-mini"
 MAX_TOKENS = 8
@@ -145,13 +145,7 @@ def main() -> None:
         stack.wait_ready()
         pids = {"api": stack.pid("api"), "worker": stack.pid("worker-interactive"), "redis": stack.pid("redis"),
                 "fake": stack.fake.proc.pid, "bench": os.getpid()}
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
-        results = runner(measure(stack.base_url, stack.fake.base_url, args.concurrency, args.requests,
+        results = run_async(measure(stack.base_url, stack.fake.base_url, args.concurrency, args.requests,
                                  args.warmup, pids, args.shared_client))
     finally:
         stack.close()

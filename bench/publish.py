@@ -14,15 +14,10 @@ wall time per publish (the round trip, Lua included) and Redis's CPU per publish
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from bench._stack import cpu_seconds, table
-from deploy.devstack import Fleet, free_port, start_redis
+from bench._stack import cpu_seconds, fresh_redis, run_async, table
 from shared import keys
 from shared.connections import async_redis
 from shared.jobs import TOKEN, JobStore
@@ -80,21 +75,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[1, 4], help="tokens per job and publish")
     args = parser.parse_args()
 
-    fleet = Fleet()
-    tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
-    try:
-        redis_url = start_redis(fleet, free_port(), tmp / "redis", tmp / "log")
-        try:
-            import uvloop
-
-            runner = uvloop.run
-        except ImportError:  # pragma: no cover
-            runner = asyncio.run
-        sizes = [(j, t) for j in args.jobs for t in args.tokens]
-        results = runner(measure(redis_url, fleet.procs["redis"].pid, args.rounds, sizes))
-    finally:
-        fleet.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+    sizes = [(j, t) for j in args.jobs for t in args.tokens]
+    with fresh_redis() as (redis_url, redis_pid):
+        results = run_async(measure(redis_url, redis_pid, args.rounds, sizes))
 
     print(f"\nToken publish (publish_events.lua, one EVALSHA per publish), fresh Redis, {os.cpu_count()} cores")
     rows = []

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import orjson
 
-from bench._stack import KEY, BenchStack, CpuWindow, percentile, table
+from bench._stack import KEY, BenchStack, CpuWindow, percentile, run_async, table
 from shared import keys
 
 MODEL = "gpt-4o-mini"
@@ -121,12 +121,6 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="provider worker processes (200 slots each)")
     args = parser.parse_args()
 
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover
-        run = asyncio.run
     stack = BenchStack(fake_knobs={"ttft_ms": 0, "tokens_per_s": 0, "record_limit": 0})
     try:
         workers = ["interactive"] + [f"interactive{n}" for n in range(2, args.workers + 1)]
@@ -152,10 +146,10 @@ def main() -> None:
         bare = bare_pings(redis, app, args.pings, args.send_threads, counter)
         bare_cpu = window.stop()
 
-        run(submit_jobs(stack.base_url, args.warmup, args.submitters))
+        run_async(submit_jobs(stack.base_url, args.warmup, args.submitters))
         time.sleep(1.0)  # let the warm-up jobs finish
         window.start()
-        ids, submit_lat, submit_wall, submit_errors = run(
+        ids, submit_lat, submit_wall, submit_errors = run_async(
             submit_jobs(stack.base_url, args.jobs, args.submitters))
         jobs = wait_jobs(redis, ids)
         fleet_cpu = window.stop()

@@ -118,14 +118,10 @@ class ScriptChannel:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
 
-    @staticmethod
-    def supports(url: str) -> bool:
-        return url.startswith(("redis://", "unix://"))
-
     @classmethod
     def for_url(cls, url: str) -> ScriptChannel | None:
         """A channel to the Redis at ``url``; None where the URL needs redis-py (TLS)."""
-        return cls(url) if cls.supports(url) else None
+        return cls(url) if url.startswith(("redis://", "unix://")) else None
 
     async def _connection(self) -> _Protocol:
         protocol = self._protocol

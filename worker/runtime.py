@@ -113,7 +113,7 @@ class WorkerRuntime:
     def run_job(self, job_id: str) -> str:
         """Run one job to its end; blocks the calling (pool) thread, not the loop."""
         self._started.wait()
-        return asyncio.run_coroutine_threadsafe(self._run_job(job_id), self.loop).result()
+        return self.submit_job(job_id).result()
 
     def submit_job(self, job_id: str) -> concurrent.futures.Future | None:
         """Start one job on the loop without waiting (``worker.pool``); None until the runtime

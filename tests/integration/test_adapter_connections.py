@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from pydantic import SecretStr
 
 from tests.conftest import fake_provider_settings
-from tests.integration.adapter_harness import request_for
+from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
 from tests.integration.test_providers_e2e import FAMILY_MODELS
-from worker.providers.base import Completion, ProviderError
+from worker.providers.base import Completion
 from worker.providers.http import make_client
 from worker.providers.registry import load_adapter
 
@@ -20,16 +19,19 @@ pytestmark = pytest.mark.integration
 Q = [{"role": "user", "content": "four words go here"}]
 
 
-@pytest.mark.parametrize("family", list(FAMILY_MODELS))
-def test_consecutive_calls_share_one_connection(fake, family):
+def calls_on_one_client(fake, family: str, n: int, max_tokens: int) -> list[Completion]:
+    """``n`` calls of ``family``'s adapter, one after the other, on one client (as a worker
+    makes them); the completions."""
+
     async def go() -> list[Completion]:
         settings = fake_provider_settings(fake)
         client = make_client(settings)
         adapter = load_adapter(family)(client, settings)
         done = []
         try:
-            for _ in range(3):
-                async for item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 5})):
+            for _ in range(n):
+                request = request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": max_tokens})
+                async for item in adapter.stream(request):
                     if isinstance(item, Completion):
                         done.append(item)
         finally:
@@ -37,7 +39,12 @@ def test_consecutive_calls_share_one_connection(fake, family):
             await client.aclose()
         return done
 
-    completions = asyncio.run(go())
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("family", list(FAMILY_MODELS))
+def test_consecutive_calls_share_one_connection(fake, family):
+    completions = calls_on_one_client(fake, family, 3, 5)
     assert [c.finish_reason for c in completions] == ["length"] * 3
     calls = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
     assert len(calls) == 3
@@ -78,20 +85,7 @@ def test_a_cookie_a_provider_sets_is_not_sent_back(fake, family):
     # One client serves every account: a cookie kept from one answer (a load balancer's
     # stickiness, bot management) would go with every later call, whoever makes it.
     fake.script([{"headers": {"set-cookie": "AWSALB=replica-1; Path=/"}}])  # the next call, any family
-
-    async def go() -> None:
-        settings = fake_provider_settings(fake)
-        client = make_client(settings)
-        adapter = load_adapter(family)(client, settings)
-        try:
-            for _ in range(2):
-                async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
-                    pass
-        finally:
-            await adapter.close()
-            await client.aclose()
-
-    asyncio.run(go())
+    calls_on_one_client(fake, family, 2, 3)
     first, second = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
     assert first["behaviour"]["headers"] == {"set-cookie": "AWSALB=replica-1; Path=/"}
     assert not any(name.lower() == "cookie" for name in second["headers"]), second["headers"]
@@ -101,27 +95,11 @@ def test_a_cookie_a_provider_sets_is_not_sent_back(fake, family):
 def test_a_key_http_refuses_is_never_quoted_back(fake, family, caplog):
     # A line break inside a key: the request cannot be written, and the HTTP library's
     # error quotes the header, key included. The client (and any log) must not get it.
-    secret = "sk-sec\nret"
-    keys = {"openai": "openai_api_key", "anthropic": "anthropic_api_key", "gemini": "gemini_api_key",
-            "mistral": "mistral_api_key", "bedrock": "aws_access_key_id", "llm_engine": "llm_engine_api_key"}
-    settings = fake_provider_settings(fake)
-    setattr(settings, keys[family], SecretStr(secret))
-
-    async def go() -> ProviderError:
-        client = make_client(settings)
-        adapter = load_adapter(family)(client, settings)
-        try:
-            async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
-                pass
-        except ProviderError as exc:
-            return exc
-        finally:
-            await adapter.close()
-            await client.aclose()
-        raise AssertionError("the call went through")
-
+    key = {"openai": "openai_api_key", "anthropic": "anthropic_api_key", "gemini": "gemini_api_key",
+           "mistral": "mistral_api_key", "bedrock": "aws_access_key_id", "llm_engine": "llm_engine_api_key"}[family]
+    request = request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})
     with caplog.at_level("INFO"):
-        err = asyncio.run(go())
+        err = adapter_error(fake, family, request, **{key: "sk-sec\nret"})
     assert "sk-sec" not in err.message, err.message
     assert "not valid HTTP" in caplog.text and "sk-sec" not in caplog.text
     assert (err.code, err.retryable) == ("upstream_auth", False), err.message
@@ -130,17 +108,6 @@ def test_a_key_http_refuses_is_never_quoted_back(fake, family, caplog):
 @pytest.mark.parametrize("family", list(FAMILY_MODELS))
 def test_answers_are_asked_for_uncompressed(fake, family):
     # A compressed stream could inflate far beyond the bytes received.
-    async def go() -> None:
-        settings = fake_provider_settings(fake)
-        client = make_client(settings)
-        adapter = load_adapter(family)(client, settings)
-        try:
-            async for _item in adapter.stream(request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3})):
-                pass
-        finally:
-            await adapter.close()
-            await client.aclose()
-
-    asyncio.run(go())
+    run_adapter(fake, family, request_for(FAMILY_MODELS[family], Q, model_parameters={"max_tokens": 3}))
     (call,) = [r for r in fake.requests() if r["path"] != "/_fake/reset"]
     assert call["headers"].get("accept-encoding") == "identity", call["headers"]

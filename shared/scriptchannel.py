@@ -4,9 +4,11 @@ Every job makes a handful of script calls (claim, admission, publishes, finish),
 relayed token is part of a publish. Through redis-py's asyncio client each call costs ~120 µs
 of CPU alone and ~50 µs with others in flight (borrowing a connection from the pool, the retry
 and observability layers, a timeout per send): more than the script takes inside Redis. Here
-every call is one write of hiredis-packed bytes on one connection and one future answered, in
-order, by the protocol's reader; calls made together go out together, and their replies come
-back in one read.
+every call is hiredis-packed bytes on one connection and one future answered, in order, by the
+protocol's reader. The calls made in one turn of the event loop go out in one write (one
+system call, one wake-up of Redis) at the end of that turn, and their replies come back in one
+read; a call made ``at_once`` (the token publishes, on their way to subscribers) is written
+at once, with what the turn held before it.
 
 Only for ``redis://`` and ``unix://`` URLs (``rediss://`` keeps redis-py's TLS handling);
 anything else of the process still uses redis-py. Errors are redis-py's: the class of an error
@@ -49,6 +51,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
+        self.unsent: list[bytes] = []  # this loop turn's calls, written together by _flush
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -99,14 +102,25 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(RedisConnectionError(message))
 
-    def send(self, packed: bytes) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+    def send(self, packed: bytes, at_once: bool = False) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         if self.lost is not None:
             future.set_exception(RedisConnectionError(str(self.lost)))
             return future
-        self.transport.write(packed)
+        if not self.unsent and not at_once:
+            loop.call_soon(self._flush)
+        self.unsent.append(packed)
         self.waiting.append(future)
+        if at_once:
+            self._flush()
         return future
+
+    def _flush(self) -> None:
+        unsent, self.unsent = self.unsent, []
+        # Lost or closing: the calls' futures fail with the connection (connection_lost).
+        if unsent and self.lost is None and not self.transport.is_closing():
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
 
 class ScriptChannel:
@@ -163,13 +177,13 @@ class ScriptChannel:
         self._protocol = protocol
         return protocol
 
-    async def call(self, *args: Any) -> Any:
+    async def call(self, *args: Any, at_once: bool = False) -> Any:
         try:
             packed = hiredis.pack_command(args)
         except TypeError as exc:  # None, a bool: what redis-py refuses too
             raise DataError(f"cannot send {args[0]} with these arguments: {exc}") from None
         protocol = await self._connection()
-        return await protocol.send(packed)
+        return await protocol.send(packed, at_once)
 
     async def close(self) -> None:
         if self._connecting is not None:
@@ -181,11 +195,12 @@ class ScriptChannel:
 
 class ChannelScript:
     """A registered script called through a ``ScriptChannel``; with ``client=`` (a pipeline),
-    through redis-py as before."""
+    through redis-py as before. ``at_once``: its calls are not held to the end of the loop turn."""
 
-    def __init__(self, channel: ScriptChannel, registered):
+    def __init__(self, channel: ScriptChannel, registered, at_once: bool = False):
         self.channel = channel
         self.registered = registered  # redis-py's AsyncScript: the source, its sha, the pipelines
+        self.at_once = at_once
 
     async def __call__(self, keys=(), args=(), client=None):
         if client is not None:
@@ -200,7 +215,9 @@ class ChannelScript:
 
     async def _run(self, keys: list, args: list):
         try:
-            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args)
+            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args,
+                                           at_once=self.at_once)
         except NoScriptError:  # a restarted or flushed Redis: load it again
-            await self.channel.call("SCRIPT", "LOAD", self.registered.script)
-            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args)
+            await self.channel.call("SCRIPT", "LOAD", self.registered.script, at_once=self.at_once)
+            return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args,
+                                           at_once=self.at_once)

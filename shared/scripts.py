@@ -8,6 +8,9 @@ from pathlib import Path
 from shared.scriptchannel import ChannelScript, ScriptChannel
 
 LUA_DIR = Path(__file__).with_name("lua")
+# Through a script channel, these are written at once rather than with the rest of the loop
+# turn's calls: the token publishes, whose latency subscribers see.
+SENT_AT_ONCE = {"publish_events"}
 
 
 @cache
@@ -38,6 +41,6 @@ class Scripts:
         if script is None:
             script = self._redis.register_script(source(name))
             if self._channel is not None:
-                script = ChannelScript(self._channel, script)
+                script = ChannelScript(self._channel, script, at_once=name in SENT_AT_ONCE)
             self._registered[name] = script
         return script

@@ -16,6 +16,7 @@ from deploy.devstack import Fleet, free_port, start_redis
 from shared.connections import async_redis, sync_redis
 from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.scripts import Scripts
+from tests.recording import RecordingTransport
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +159,33 @@ def test_scripts_go_through_their_channel_and_pipelines_through_redis_py(redis_s
             await client.aclose()
 
     assert asyncio.run(on_channel(redis_server["url"], use)) == [[0, 0]]
+
+
+def test_the_calls_of_one_loop_turn_go_out_in_one_write_and_publishes_at_once(redis_server):
+    async def use(channel):
+        client = async_redis(redis_server["url"])
+        try:
+            scripts = Scripts(client, channel)
+            assert scripts.publish_events.at_once and not scripts.claim_job.at_once
+            echo = script(channel, ECHO)
+            assert await echo(keys=["k"], args=["loaded"]) == ["k", "loaded"]
+            protocol = channel._protocol
+            recorder = protocol.transport = RecordingTransport(protocol.transport)
+            replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(3)))
+            [written] = recorder.writes
+            assert written.count(b"EVALSHA") == 3 and replies == [[f"k{i}", str(i)] for i in range(3)]
+
+            recorder.writes.clear()
+            held = protocol.send(hiredis.pack_command(("ECHO", "held")))
+            assert recorder.writes == []
+            now = protocol.send(hiredis.pack_command(("ECHO", "now")), at_once=True)
+            assert recorder.writes == [hiredis.pack_command(("ECHO", "held")) + hiredis.pack_command(("ECHO", "now"))]
+            assert [await held, await now] == ["held", "now"]
+            assert len(recorder.writes) == 1  # the turn's own flush found nothing left to write
+        finally:
+            await client.aclose()
+
+    asyncio.run(on_channel(redis_server["url"], use))
 
 
 def test_only_plain_tcp_and_unix_urls_get_a_channel():

@@ -18,7 +18,8 @@ import trustme
 import uvloop
 
 from worker.providers.http import asyncio_transport
-from worker.providers.netio import HIGH_WATER, AsyncioStream
+from tests.recording import RecordingTransport
+from worker.providers.netio import HIGH_WATER, AsyncioBackend, AsyncioStream
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -288,3 +289,58 @@ def test_read_timeout_and_refused_connection_map_to_httpx_errors(run):
                     await client.get(f"http://127.0.0.1:{port}/")
 
     run(go())
+
+
+def test_a_request_s_head_and_body_go_out_in_one_write(run, monkeypatch):
+    recorders: list[RecordingTransport] = []
+    wrap = AsyncioStream.__init__
+
+    def recording(self, transport, protocol):
+        recorders.append(RecordingTransport(transport))
+        wrap(self, recorders[-1], protocol)
+
+    monkeypatch.setattr(AsyncioStream, "__init__", recording)
+
+    async def go():
+        async with Server(sse_answer) as server:
+            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+                return await post(client, server.url)
+
+    body, response = run(go())
+    assert response.status_code == 200 and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+    [recorder] = recorders
+    [written] = recorder.writes
+    assert written.startswith(b"POST /v1/chat HTTP/1.1\r\n") and written.endswith(b'\r\n\r\n{"x":1}')
+
+
+def test_writes_held_for_the_loop_turn_go_first_when_the_transport_is_full(run):
+    received = []
+
+    async def collect(reader, writer, line):
+        received.append(await reader.readexactly(len(b"held then this")))
+        return False
+
+    async def go():
+        server = await asyncio.start_server(lambda r, w: collect(r, w, b""), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            stream = await AsyncioBackend().connect_tcp("127.0.0.1", port)
+            recorder = stream._transport = RecordingTransport(stream._transport)
+            await stream.write(b"held ")
+            assert recorder.writes == []  # until the end of this loop turn
+            stream._protocol.pause_writing()  # the transport's buffer is above its high mark
+            second = asyncio.ensure_future(stream.write(b"then this"))
+            await asyncio.sleep(0.05)
+            assert recorder.writes == [b"held ", b"then this"] and not second.done()
+            stream._protocol.resume_writing()
+            await asyncio.wait_for(second, 5)
+            for _ in range(100):
+                if received:
+                    break
+                await asyncio.sleep(0.01)
+            await stream.aclose()
+        finally:
+            server.close()
+
+    run(go())
+    assert received == [b"held then this"]

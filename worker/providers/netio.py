@@ -114,6 +114,7 @@ class AsyncioStream(AsyncNetworkStream):
         self._transport = transport
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
+        self._unsent: list[bytes] = []  # written by _flush at the end of the loop turn
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -149,12 +150,17 @@ class AsyncioStream(AsyncNetworkStream):
         protocol = self._protocol
         if protocol.eof and protocol.error is not None or self._transport.is_closing():
             raise httpcore.WriteError("the connection is closed")
+        if not protocol.write_paused:
+            # Held to the end of this loop turn: a request's head and body go out in one write.
+            if not self._unsent:
+                self._loop.call_soon(self._flush)
+            self._unsent.append(buffer)
+            return
+        self._flush()  # what this turn held goes first
         try:
             self._transport.write(buffer)
         except (OSError, RuntimeError) as exc:
             raise httpcore.WriteError(str(exc)) from exc
-        if not protocol.write_paused:
-            return
         waiter = self._loop.create_future()
         protocol.writers.append(waiter)
         try:
@@ -164,6 +170,16 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.WriteTimeout(f"could not send within {timeout:g} s") from None
         if protocol.error is not None:
             raise httpcore.WriteError(str(protocol.error)) from protocol.error
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if not unsent or self._transport.is_closing():
+            return
+        try:
+            self._transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+        except (OSError, RuntimeError) as exc:  # the next read reports it
+            self._protocol.connection_lost(exc)
+            self._transport.abort()
 
     async def aclose(self) -> None:
         # abort, not close: a TLS transport's close() waits (uvloop: up to 30 s) for the peer's

@@ -22,6 +22,7 @@ from shared.events import PubSubHub
 from shared.gcfreeze import freeze_startup_objects
 from shared.jobs import JobStore
 from shared.limiter import Limiter
+from shared.scriptchannel import ScriptChannel
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
@@ -65,7 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.redis = redis
         app.state.catalog = get_catalog(settings.catalog_path)
-        app.state.store = JobStore(redis, settings)
+        # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
+        channel = ScriptChannel.for_url(settings.redis_url)
+        app.state.store = JobStore(redis, settings, channel)
         app.state.limiter = Limiter(redis, settings)
         app.state.hub = PubSubHub(redis)
         await app.state.hub.start()
@@ -78,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.hub.close()
+            if channel is not None:
+                await channel.close()
             await redis.aclose()
 
     app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan)

@@ -93,7 +93,7 @@ class JobStore:
     async def create(
         self, *, account_id: str, model: str, queue: str, spec: dict[str, Any], job_id: str | None = None
     ) -> dict[str, str]:
-        """Record the job and queue it in one transaction."""
+        """Record the job and queue it, in one script."""
         job_id = job_id or new_job_id()
         now = time.time()
         record = {
@@ -107,14 +107,11 @@ class JobStore:
             "updated_at": repr(now),
             "attempts": "0",
         }
-        retention = self.settings.job_retention_seconds
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.job(job_id), mapping=record)
-            enqueue(pipe, job_id, queue, now)
-            pipe.expire(keys.job(job_id), retention)
-            pipe.zadd(keys.account_jobs(account_id), {job_id: now})
-            pipe.expire(keys.account_jobs(account_id), retention)
-            await pipe.execute()
+        await self.scripts.create_job(
+            keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, keys.account_jobs(account_id)],
+            args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
+                  *(item for pair in record.items() for item in pair)],
+        )
         return record
 
     async def feed_batch(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:

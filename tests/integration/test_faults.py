@@ -104,6 +104,10 @@ def test_redis_restart_loses_no_job(own_stack, tmp_path):
     os.kill(redis_proc.pid, signal.SIGTERM)  # a clean restart: AOF is flushed on shutdown
     redis_proc.wait(10)
     del stack.fleet.procs["redis"]
+    with stack.client() as client:
+        down = client.post("/v4/jobs", json=long_job(5))
+    assert down.status_code == 503 and down.headers["retry-after"] == "1", down.text
+    assert down.json() == {"detail": "the job store is unavailable; retry shortly"}
     start_redis(stack.fleet, port, __import__("pathlib").Path(data_dir), stack.log_dir, name="redis-2")
 
     with stack.client() as client:
@@ -123,3 +127,8 @@ def test_redis_restart_loses_no_job(own_stack, tmp_path):
     assert events[-1]["event"] == "end"
     done = next(j for j in jobs if j["id"] == running)
     assert content_of(events) == done["result"]["chat_completion"]["message"]["content"]
+    with stack.client() as client:  # and the API records and queues new jobs again
+        again = client.post("/v4/jobs", json=long_job(5))
+        assert again.status_code == 202, again.text
+        job = poll_until_done(client, again.json()["id"])
+    assert job["status"] == "succeeded" and job["result"]["token_usage"]["completion"] == 5, job

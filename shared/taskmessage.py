@@ -1,7 +1,7 @@
 """The Celery message that carries a job id, built without a Celery producer.
 
 Writing the message ourselves lets the API put the job record and its queue entry in one Redis
-transaction (a job is never recorded without being queued, nor queued without a record) and
+script, atomically (a job is never recorded without being queued, nor queued without a record) and
 keeps the API free of Celery's blocking producer. The layout is Celery's task protocol 2 as
 the kombu Redis transport stores it; a test checks it against what Celery itself sends.
 """

@@ -56,6 +56,14 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
 
+def new_record(job_id: str, account_id: str, model: str, queue: str, spec: Any, now: float,
+               **extra: str) -> dict[str, str]:
+    """A queued job's hash."""
+    return {"id": job_id, "account_id": account_id, "model": model, "queue": queue, "status": "queued",
+            "spec": orjson.dumps(spec).decode(), "created_at": repr(now), "updated_at": repr(now),
+            "attempts": "0", **extra}
+
+
 def iso(ts: str | float | None) -> str | None:
     if ts in (None, ""):
         return None
@@ -96,17 +104,7 @@ class JobStore:
         """Record the job and queue it, in one script."""
         job_id = job_id or new_job_id()
         now = time.time()
-        record = {
-            "id": job_id,
-            "account_id": account_id,
-            "model": model,
-            "queue": queue,
-            "status": "queued",
-            "spec": orjson.dumps(spec).decode(),
-            "created_at": repr(now),
-            "updated_at": repr(now),
-            "attempts": "0",
-        }
+        record = new_record(job_id, account_id, model, queue, spec, now)
         await self.scripts.create_job(
             keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, keys.account_jobs(account_id)],
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
@@ -126,11 +124,9 @@ class JobStore:
                 entry = orjson.loads(raw)
                 job_id = new_job_id()
                 ids.append(job_id)
-                pipe.hset(keys.job(job_id), mapping={
-                    "id": job_id, "account_id": account_id, "model": entry["model"], "queue": entry["queue"],
-                    "status": "queued", "spec": orjson.dumps(entry["spec"]).decode(), "created_at": repr(now),
-                    "updated_at": repr(now), "attempts": "0", "batch_id": batch_id, "custom_id": entry["custom_id"],
-                })
+                pipe.hset(keys.job(job_id), mapping=new_record(
+                    job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
+                    batch_id=batch_id, custom_id=entry["custom_id"]))
                 enqueue(pipe, job_id, entry["queue"], now)
                 pipe.expire(keys.job(job_id), retention)
             pipe.sadd(keys.batch_jobs(batch_id), *ids)

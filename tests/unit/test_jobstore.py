@@ -34,15 +34,35 @@ async def new_job(store, queue=keys.QUEUE_LOCAL):
 
 def test_create_records_and_queues_in_one_step(store):
     async def go():
-        job_id = await new_job(store)
+        returned = await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec={"model": "m"})
+        job_id = returned["id"]
         record = await store.get(job_id)
-        assert record["status"] == "queued" and record["account_id"] == "acct"
-        assert await store.redis.ttl(keys.job(job_id)) > 0
+        assert record["status"] == "queued" and record["account_id"] == "acct" and record["attempts"] == "0"
+        assert orjson.loads(record["spec"]) == {"model": "m"}
+        assert returned == {k: v for k, v in record.items() if k != "message"}
+        retention = store.settings.job_retention_seconds
+        assert retention - 5 < await store.redis.ttl(keys.job(job_id)) <= retention
         (raw,) = await store.redis.lrange(keys.QUEUE_LOCAL, 0, -1)
+        assert record["message"] == raw  # kept for requeue_lost
         message = json.loads(raw)
         assert message["headers"]["id"] == job_id
         assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
+        assert await store.redis.zscore(keys.QUEUED_JOBS, job_id) == float(record["created_at"])
+        assert await store.redis.zscore(keys.account_jobs("acct"), job_id) == float(record["created_at"])
+        assert retention - 5 < await store.redis.ttl(keys.account_jobs("acct")) <= retention
         assert await store.get_for(job_id, "someone-else") is None
+    run(go())
+
+
+def test_a_create_made_again_changes_nothing(store):
+    """A create whose reply was lost is made again with the same id: one record, one message."""
+    async def go():
+        job_id = await new_job(store)
+        assert (await store.claim(job_id, "a")).outcome == "claimed"
+        await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec={"model": "m"}, job_id=job_id)
+        assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
+        record = await store.get(job_id)
+        assert record["status"] == "running" and record["attempts"] == "1"
     run(go())
 
 

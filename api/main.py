@@ -22,8 +22,8 @@ from shared.events import PubSubHub
 from shared.gcfreeze import freeze_startup_objects
 from shared.jobs import JobStore
 from shared.limiter import Limiter
-from shared.scriptchannel import ScriptChannel
 from shared.logs import configure_logging
+from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")

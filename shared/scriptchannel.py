@@ -1,4 +1,5 @@
-"""Lua script calls pipelined on one connection of their own (the worker's job scripts).
+"""Lua script calls pipelined on one connection of their own (the worker's job scripts, and
+the API's job create).
 
 Every job makes a handful of script calls (claim, admission, publishes, finish), and every
 relayed token is part of a publish. Through redis-py's asyncio client each call costs ~120 µs
@@ -7,14 +8,15 @@ and observability layers, a timeout per send): more than the script takes inside
 every call is hiredis-packed bytes on one connection and one future answered, in order, by the
 protocol's reader. The calls made in one turn of the event loop go out in one write (one
 system call, one wake-up of Redis) at the end of that turn, and their replies come back in one
-read; a call made ``at_once`` (the token publishes, on their way to subscribers) is written
-at once, with what the turn held before it.
+read; a call made ``at_once`` (the scripts that publish a job's events, on their way to
+subscribers) is written at once, with what the turn held before it.
 
 Only for ``redis://`` and ``unix://`` URLs (``rediss://`` keeps redis-py's TLS handling);
 anything else of the process still uses redis-py. Errors are redis-py's: the class of an error
 reply is redis-py's (``NoScriptError`` is answered by loading the script and calling again);
 when the connection is lost every call in flight fails with ``ConnectionError`` and is made
-once more on a new connection, as redis-py's client retries; so callers handle them as before.
+again on a new connection, as redis-py's clients retry (10 more times, the waits doubling up
+to 1 s: a Redis back within ~2 s is not noticed); so callers handle them as before.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError
 
@@ -120,7 +124,10 @@ class _Protocol(asyncio.Protocol):
         unsent, self.unsent = self.unsent, []
         # Lost or closing: the calls' futures fail with the connection (connection_lost).
         if unsent and self.lost is None and not self.transport.is_closing():
-            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+            try:
+                self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+            except Exception as exc:  # what was sent before may still be answered: end it all
+                self._abort(f"cannot write to Redis: {exc}")
 
 
 class ScriptChannel:
@@ -209,9 +216,9 @@ class ChannelScript:
         try:
             return await self._run(keys, args)
         except RedisConnectionError:
-            # Once more on a new connection, as redis-py's client retries (the scripts are
-            # written for it: a publish or finish that ran before its reply was lost is a replay).
-            return await self._run(keys, args)
+            # Again on a new connection, as redis-py's client retries (the scripts are written
+            # for it: a create, publish or finish that ran before its reply was lost is a replay).
+            return await _retry().call_with_retry(lambda: self._run(keys, args), _retrying)
 
     async def _run(self, keys: list, args: list):
         try:
@@ -221,3 +228,14 @@ class ChannelScript:
             await self.channel.call("SCRIPT", "LOAD", self.registered.script, at_once=self.at_once)
             return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args,
                                            at_once=self.at_once)
+
+
+def _retry() -> Retry:
+    """As redis-py's clients' default: 10 more tries, the waits doubling from 10-20 ms up to 1 s
+    (redis-py's jitter can make them all near 0: this one keeps at least half, so that retrying
+    lasts 2.1-4.3 s). The first one here (in ``ChannelScript.__call__``) has no wait."""
+    return Retry(EqualJitterBackoff(cap=1.0, base=0.01), 9, supported_errors=(RedisConnectionError,))
+
+
+async def _retrying(error: Exception) -> None:
+    pass

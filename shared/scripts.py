@@ -9,8 +9,8 @@ from shared.scriptchannel import ChannelScript, ScriptChannel
 
 LUA_DIR = Path(__file__).with_name("lua")
 # Through a script channel, these are written at once rather than with the rest of the loop
-# turn's calls: the token publishes, whose latency subscribers see.
-SENT_AT_ONCE = {"publish_events"}
+# turn's calls: the scripts that publish a job's events, whose latency subscribers see.
+SENT_AT_ONCE = {"publish_events", "finish_job", "park_job", "cancel_job"}
 
 
 @cache

@@ -1,6 +1,7 @@
-"""The worker's script calls on one pipelined connection (shared/scriptchannel.py), against a
-real Redis: each caller gets its own reply, errors are redis-py's, a lost connection fails the
-calls in flight and the next call reconnects (and reloads the script)."""
+"""Script calls (the worker's, the API's job create) on one pipelined connection
+(shared/scriptchannel.py), against a real Redis and a tiny stand-in: each caller gets its own
+reply, errors are redis-py's, the calls of one loop turn leave in one write, calls cut by a
+lost connection are retried as redis-py retries (reconnecting, reloading the script)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseEr
 from deploy.devstack import Fleet, free_port, start_redis
 from shared.connections import async_redis, sync_redis
 from shared.scriptchannel import ChannelScript, ScriptChannel
+from shared.jobs import JobStore
 from shared.scripts import Scripts
+from shared.settings import Settings
 from tests.recording import RecordingTransport
 
 pytestmark = pytest.mark.integration
@@ -109,7 +112,7 @@ def test_a_cancelled_caller_does_not_shift_the_replies(redis_server):
     assert replies == [[f"k{i}", str(i)] for i in range(20)]
 
 
-def test_calls_in_flight_fail_when_redis_goes_and_the_next_call_reconnects(redis_server):
+def test_calls_cut_or_made_while_redis_is_down_go_through_when_it_is_back(redis_server):
     fleet, port = redis_server["fleet"], redis_server["port"]
 
     async def use(channel):
@@ -118,12 +121,12 @@ def test_calls_in_flight_fail_when_redis_goes_and_the_next_call_reconnects(redis
         in_flight = asyncio.ensure_future(slow(args=["x"]))
         await asyncio.sleep(0.005)
         await asyncio.to_thread(fleet.stop, "redis", 9)  # SIGKILL: the connection just ends
-        with pytest.raises(RedisConnectionError):
-            await in_flight  # made twice: its connection lost, then none to be had
-        with pytest.raises(RedisConnectionError):
-            await echo(keys=["a"], args=["while down"])
+        while_down = asyncio.ensure_future(echo(keys=["a"], args=["while down"]))
         await asyncio.to_thread(start_redis, fleet, port, redis_server["dir"] / "redis2")
-        assert await echo(keys=["a"], args=["after"]) == ["a", "after"]  # reconnected, reloaded
+        # Both retried until Redis was back (as redis-py's clients retry), on a new connection,
+        # with the scripts loaded again.
+        assert await in_flight == "x"
+        assert await while_down == ["a", "while down"]
 
     asyncio.run(on_channel(redis_server["url"], use))
 
@@ -300,3 +303,26 @@ def test_a_connect_whose_callers_all_gave_up_is_not_handed_out_once_lost():
     result, seen = asyncio.run(go())
     assert result == 1
     assert seen[0] == [b"AUTH", b"secret"]  # a new connection, authenticated again
+
+
+def test_a_create_that_never_gets_an_answer_is_tried_as_redis_py_would_then_fails_with_its_error():
+    async def go():
+        connections = []
+
+        async def hang_up(reader, writer):
+            connections.append(writer)
+            await hang_up_on_first_command(reader, writer)
+
+        server, port = await resp_server(*[hang_up] * 12)
+        channel = ScriptChannel(f"redis://127.0.0.1:{port}/0")
+        store = JobStore(async_redis(f"redis://127.0.0.1:{port}/0"), Settings(), channel)
+        try:
+            with pytest.raises(RedisConnectionError):  # a RedisError: the API answers 503
+                await store.create(account_id="acct", model="m", queue="q", spec={})
+        finally:
+            await channel.close()
+            await store.redis.aclose()
+            await stopped(server)
+        return len(connections)
+
+    assert asyncio.run(go()) == 1 + 10  # the call, then redis-py's 10 retries

@@ -19,7 +19,7 @@ import uvloop
 
 from worker.providers.http import asyncio_transport
 from tests.recording import RecordingTransport
-from worker.providers.netio import HIGH_WATER, AsyncioBackend, AsyncioStream
+from worker.providers.netio import HELD_MAX, HIGH_WATER, AsyncioBackend, AsyncioStream
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -313,34 +313,38 @@ def test_a_request_s_head_and_body_go_out_in_one_write(run, monkeypatch):
     assert written.startswith(b"POST /v1/chat HTTP/1.1\r\n") and written.endswith(b'\r\n\r\n{"x":1}')
 
 
-def test_writes_held_for_the_loop_turn_go_first_when_the_transport_is_full(run):
-    received = []
-
-    async def collect(reader, writer, line):
-        received.append(await reader.readexactly(len(b"held then this")))
-        return False
+def test_held_writes_go_first_when_the_transport_is_full_and_large_ones_at_once(run):
+    large = b"x" * (HELD_MAX + 1)
+    expected = b"held then this" + large
 
     async def go():
-        server = await asyncio.start_server(lambda r, w: collect(r, w, b""), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        arrived = asyncio.get_running_loop().create_future()
+
+        async def collect(reader, writer):
+            arrived.set_result(await reader.readexactly(len(expected)))
+            writer.close()
+
+        server = await asyncio.start_server(collect, "127.0.0.1", 0)
         try:
-            stream = await AsyncioBackend().connect_tcp("127.0.0.1", port)
+            stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
             recorder = stream._transport = RecordingTransport(stream._transport)
-            await stream.write(b"held ")
-            assert recorder.writes == []  # until the end of this loop turn
-            stream._protocol.pause_writing()  # the transport's buffer is above its high mark
-            second = asyncio.ensure_future(stream.write(b"then this"))
-            await asyncio.sleep(0.05)
-            assert recorder.writes == [b"held ", b"then this"] and not second.done()
+
+            async def held_then_paused():
+                await stream.write(b"held ")  # held to the end of the loop turn
+                stream._protocol.pause_writing()  # as if the transport's buffer were over its high mark
+                await stream.write(b"then this")  # the held bytes go first, then this; then it waits
+
+            writing = asyncio.ensure_future(held_then_paused())
+            await asyncio.sleep(0)
+            assert recorder.writes == [b"held ", b"then this"] and not writing.done()
             stream._protocol.resume_writing()
-            await asyncio.wait_for(second, 5)
-            for _ in range(100):
-                if received:
-                    break
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(writing, 5)
+            await stream.write(large)
+            assert recorder.writes[2:] == [large]  # more than is ever held: written at once
+            data = await asyncio.wait_for(arrived, 5)
             await stream.aclose()
+            return data
         finally:
             server.close()
 
-    run(go())
-    assert received == [b"held then this"]
+    assert run(go()) == expected

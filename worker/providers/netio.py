@@ -29,6 +29,7 @@ from httpcore import AsyncNetworkBackend, AsyncNetworkStream
 
 HIGH_WATER = 256 * 1024  # buffered and unread: stop reading from the socket
 LOW_WATER = 64 * 1024  # ... until the reader has taken it below this
+HELD_MAX = 64 * 1024  # writes held to the end of a loop turn (more goes out at once)
 
 
 class _Protocol(asyncio.Protocol):
@@ -115,6 +116,7 @@ class AsyncioStream(AsyncNetworkStream):
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         self._unsent: list[bytes] = []  # written by _flush at the end of the loop turn
+        self._held = 0  # their size
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -150,17 +152,22 @@ class AsyncioStream(AsyncNetworkStream):
         protocol = self._protocol
         if protocol.eof and protocol.error is not None or self._transport.is_closing():
             raise httpcore.WriteError("the connection is closed")
-        if not protocol.write_paused:
+        if not protocol.write_paused and self._held + len(buffer) <= HELD_MAX:
             # Held to the end of this loop turn: a request's head and body go out in one write.
             if not self._unsent:
                 self._loop.call_soon(self._flush)
             self._unsent.append(buffer)
+            self._held += len(buffer)
             return
         self._flush()  # what this turn held goes first
+        if self._transport.is_closing():  # the flush failed
+            raise httpcore.WriteError(str(protocol.error or "the connection is closed"))
         try:
             self._transport.write(buffer)
         except (OSError, RuntimeError) as exc:
             raise httpcore.WriteError(str(exc)) from exc
+        if not protocol.write_paused:
+            return
         waiter = self._loop.create_future()
         protocol.writers.append(waiter)
         try:
@@ -172,7 +179,7 @@ class AsyncioStream(AsyncNetworkStream):
             raise httpcore.WriteError(str(protocol.error)) from protocol.error
 
     def _flush(self) -> None:
-        unsent, self._unsent = self._unsent, []
+        unsent, self._unsent, self._held = self._unsent, [], 0
         if not unsent or self._transport.is_closing():
             return
         try:
@@ -191,6 +198,7 @@ class AsyncioStream(AsyncNetworkStream):
     async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
                         timeout: float | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
+        self._flush()  # nothing held may follow in the clear
         try:
             async with asyncio.timeout(timeout):
                 transport = await loop.start_tls(self._transport, self._protocol, ssl_context,

@@ -11,7 +11,11 @@ if status == "succeeded" or status == "failed" or status == "cancelled" then
   return {"terminal", status}
 end
 local holder = redis.call("GET", KEYS[2])
-if holder and holder ~= ARGV[1] then
+if holder == ARGV[1] then  -- this claim made again (its reply was lost): the same answer
+  return {"claimed", redis.call("HGET", KEYS[1], "attempts"), redis.call("HGETALL", KEYS[1]),
+          redis.call("XRANGE", KEYS[4], "-", "+")}
+end
+if holder then
   return {"busy", tostring(redis.call("PTTL", KEYS[2]))}
 end
 local attempts = redis.call("HINCRBY", KEYS[1], "attempts", 1)

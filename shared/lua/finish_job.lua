@@ -10,7 +10,10 @@
 --       then (seq, type, data) triples
 -- Returns 1, or 0 when the attempt no longer owns the job (nothing written).
 --#include _batch_line
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+--#include _replayed
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return replayed(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) and 1 or 0
+end
 local current = redis.call("HGET", KEYS[1], "status")
 if current == "succeeded" or current == "failed" or current == "cancelled" then
   redis.call("DEL", KEYS[2])

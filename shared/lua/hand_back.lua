@@ -3,7 +3,10 @@
 -- KEYS: job hash, lease, running zset, queue list, queued jobs zset
 -- ARGV: attempt token, now, job id, Celery message
 --#include _enqueue
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+--#include _replayed
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return replayed(KEYS[1], ARGV[1], "queued", ARGV[2]) and 1 or 0
+end
 redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
 redis.call("HINCRBY", KEYS[1], "attempts", -1)
 redis.call("DEL", KEYS[2])

@@ -5,7 +5,10 @@
 -- KEYS: job hash, lease, running zset, events stream, live channel, cancel flag
 -- ARGV: attempt token, now, next try (unix s), reason, seq, event data, retention s, job id
 -- Returns 1 when parked, 0 when the attempt lost the job, 2 when a cancel was requested.
-if redis.call("GET", KEYS[2]) ~= ARGV[1] then return 0 end
+--#include _replayed
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return replayed(KEYS[1], ARGV[1], "throttled", ARGV[2]) and 1 or 0
+end
 if redis.call("EXISTS", KEYS[6]) == 1 then return 2 end
 redis.call("HSET", KEYS[1], "status", "throttled", "updated_at", ARGV[2], "next_try_at", ARGV[3],
            "throttle_reason", ARGV[4])

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import json
+import time
 
 import fakeredis
 import orjson
@@ -86,6 +87,48 @@ def test_a_job_is_owned_by_one_attempt_at_a_time(store):
         from datetime import date
         (row,) = await read_usage(store.redis, "acct", date(2000, 1, 1), date(2100, 1, 1))
         assert (row["requests"], row["succeeded"], row["prompt_tokens"], row["completion_tokens"]) == (1, 1, 3, 2)
+    run(go())
+
+
+class MadeTwice:
+    """Every script call run twice with the same arguments, the second answer returned: a call
+    whose reply was lost, made again (as the script channel and redis-py retry)."""
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+
+    def __getattr__(self, name):
+        script = getattr(self.scripts, name)
+
+        async def twice(keys=(), args=()):
+            await script(keys=keys, args=args)
+            return await script(keys=keys, args=args)
+        return twice
+
+
+def test_claims_and_ending_calls_made_again_answer_the_same_and_change_nothing(store):
+    async def go():
+        from datetime import date
+        again = JobStore(store.redis, store.settings)
+        again.scripts = MadeTwice(again.scripts)
+        job_id = await new_job(store)
+        claim = await again.claim(job_id, "a")
+        assert (claim.outcome, claim.attempts, claim.record["worker"]) == ("claimed", 1, "a")
+        assert await again.park(job_id, "a", 1, time.time() + 5, "rpm") == "parked"
+        assert (await store.get(job_id))["attempts"] == "0"  # waiting is not a delivery, once
+        assert (await again.claim(job_id, "b")).attempts == 1
+        assert await again.finish(job_id, "b", "succeeded", {"result": "{}"}, [(2, END, "{}")], "acct", USAGE)
+        (row,) = await read_usage(store.redis, "acct", date(2000, 1, 1), date(2100, 1, 1))
+        assert (row["requests"], row["succeeded"]) == (1, 1)  # counted once
+
+        other = await new_job(store)
+        assert (await again.claim(other, "c")).attempts == 1
+        assert await again.hand_back(other, "c")
+        assert (await store.get(other))["attempts"] == "0"
+        assert await store.redis.llen(keys.QUEUE_LOCAL) == 3  # the two jobs' messages, and one more
+
+        # An ending call that is not a replay still finds the job lost.
+        assert not await again.finish(job_id, "a", "succeeded", {"result": "{}"}, [(3, END, "{}")], "acct", USAGE)
     run(go())
 
 

@@ -217,8 +217,13 @@ class ChannelScript:
             return await self._run(keys, args)
         except RedisConnectionError:
             # Again on a new connection, as redis-py's client retries (the scripts are written
-            # for it: a create, publish or finish that ran before its reply was lost is a replay).
-            return await _retry().call_with_retry(lambda: self._run(keys, args), _retrying)
+            # for it: a call that ran before its reply was lost, made again, changes nothing).
+            # Bounded in all: each try may wait for a connect that never answers.
+            try:
+                async with asyncio.timeout(RETRY_SECONDS):
+                    return await _retry().call_with_retry(lambda: self._run(keys, args), _retrying)
+            except TimeoutError:
+                raise RedisConnectionError(f"no answer from Redis within {RETRY_SECONDS:g} s") from None
 
     async def _run(self, keys: list, args: list):
         try:
@@ -228,6 +233,9 @@ class ChannelScript:
             await self.channel.call("SCRIPT", "LOAD", self.registered.script, at_once=self.at_once)
             return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args,
                                            at_once=self.at_once)
+
+
+RETRY_SECONDS = 10.0  # the retries' time in all (the waits between them add up to 2.1-4.3 s)
 
 
 def _retry() -> Retry:

@@ -14,3 +14,10 @@ class RecordingTransport:
 
     def __getattr__(self, name: str):
         return getattr(self._transport, name)
+
+
+class FailingTransport(RecordingTransport):
+    """A transport whose every write raises (a socket gone under the event loop's feet)."""
+
+    def write(self, data) -> None:
+        raise OSError("the socket is gone")

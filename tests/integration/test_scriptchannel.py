@@ -10,16 +10,19 @@ from types import SimpleNamespace
 
 import hiredis
 import pytest
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseError
 
 from deploy.devstack import Fleet, free_port, start_redis
 from shared.connections import async_redis, sync_redis
+from shared import scriptchannel
 from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.jobs import JobStore
-from shared.scripts import Scripts
+from shared.scripts import LUA_DIR, SENT_AT_ONCE, Scripts
 from shared.settings import Settings
-from tests.recording import RecordingTransport
+from tests.recording import FailingTransport, RecordingTransport
 
 pytestmark = pytest.mark.integration
 
@@ -112,8 +115,13 @@ def test_a_cancelled_caller_does_not_shift_the_replies(redis_server):
     assert replies == [[f"k{i}", str(i)] for i in range(20)]
 
 
-def test_calls_cut_or_made_while_redis_is_down_go_through_when_it_is_back(redis_server):
+def test_calls_cut_or_made_while_redis_is_down_go_through_when_it_is_back(redis_server, monkeypatch):
     fleet, port = redis_server["fleet"], redis_server["port"]
+    # Retrying for longer than by default (at least 2.1 s), whatever the time Redis takes to
+    # start again on a busy machine.
+    monkeypatch.setattr(scriptchannel, "RETRY_SECONDS", 60.0)
+    monkeypatch.setattr(scriptchannel, "_retry", lambda: Retry(EqualJitterBackoff(cap=1.0, base=0.01), 60,
+                                                               supported_errors=(RedisConnectionError,)))
 
     async def use(channel):
         slow, echo = script(channel, SLOW), script(channel, ECHO)
@@ -169,7 +177,9 @@ def test_the_calls_of_one_loop_turn_go_out_in_one_write_and_publishes_at_once(re
         client = async_redis(redis_server["url"])
         try:
             scripts = Scripts(client, channel)
-            assert scripts.publish_events.at_once and not scripts.claim_job.at_once
+            publishing = {path.stem for path in LUA_DIR.glob("[a-z]*.lua") if "PUBLISH" in path.read_text()}
+            assert publishing == SENT_AT_ONCE  # every script that publishes events goes at once
+            assert all(getattr(scripts, name).at_once for name in publishing) and not scripts.claim_job.at_once
             echo = script(channel, ECHO)
             assert await echo(keys=["k"], args=["loaded"]) == ["k", "loaded"]
             protocol = channel._protocol
@@ -187,6 +197,22 @@ def test_the_calls_of_one_loop_turn_go_out_in_one_write_and_publishes_at_once(re
             assert len(recorder.writes) == 1  # the turn's own flush found nothing left to write
         finally:
             await client.aclose()
+
+    asyncio.run(on_channel(redis_server["url"], use))
+
+
+def test_a_write_that_fails_ends_the_connection_and_the_next_call_reconnects(redis_server):
+    async def use(channel):
+        echo = script(channel, ECHO)
+        assert await echo(keys=["k"], args=["first"]) == ["k", "first"]
+        protocol = channel._protocol
+        protocol.transport = FailingTransport(protocol.transport)
+        held = protocol.send(hiredis.pack_command(("ECHO", "never sent")))
+        with pytest.raises(RedisConnectionError, match="cannot write to Redis: the socket is gone"):
+            await held
+        assert protocol.lost is not None
+        assert await echo(keys=["k"], args=["again"]) == ["k", "again"]  # on a new connection
+        assert channel._protocol is not protocol
 
     asyncio.run(on_channel(redis_server["url"], use))
 

@@ -12,13 +12,14 @@ import struct
 import threading
 import time
 
+import httpcore
 import httpx
 import pytest
 import trustme
 import uvloop
 
 from worker.providers.http import asyncio_transport
-from tests.recording import RecordingTransport
+from tests.recording import FailingTransport, RecordingTransport
 from worker.providers.netio import HELD_MAX, HIGH_WATER, AsyncioBackend, AsyncioStream
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
@@ -348,3 +349,21 @@ def test_held_writes_go_first_when_the_transport_is_full_and_large_ones_at_once(
             server.close()
 
     assert run(go()) == expected
+
+
+def test_a_held_write_that_fails_fails_the_next_write(run):
+    async def go():
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        try:
+            stream = await AsyncioBackend().connect_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
+            stream._transport = FailingTransport(stream._transport)
+            await stream.write(b"held ")  # held: its failure comes when it is flushed
+            stream._protocol.pause_writing()
+            with pytest.raises(httpcore.WriteError, match="the socket is gone"):
+                await stream.write(b"then this")
+            with pytest.raises(httpcore.ReadError, match="the socket is gone"):
+                await stream.read(100)
+        finally:
+            server.close()
+
+    run(go())

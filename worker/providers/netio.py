@@ -161,7 +161,7 @@ class AsyncioStream(AsyncNetworkStream):
             return
         self._flush()  # what this turn held goes first
         if self._transport.is_closing():  # the flush failed
-            raise httpcore.WriteError(str(protocol.error or "the connection is closed"))
+            raise httpcore.WriteError(str(protocol.error or "the connection is closed")) from protocol.error
         try:
             self._transport.write(buffer)
         except (OSError, RuntimeError) as exc:
@@ -199,6 +199,8 @@ class AsyncioStream(AsyncNetworkStream):
                         timeout: float | None = None) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()
         self._flush()  # nothing held may follow in the clear
+        if self._transport.is_closing():  # the flush failed
+            raise httpcore.ConnectError(str(self._protocol.error or "the connection is closed"))
         try:
             async with asyncio.timeout(timeout):
                 transport = await loop.start_tls(self._transport, self._protocol, ssl_context,

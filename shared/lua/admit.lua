@@ -61,6 +61,21 @@ for _, s in ipairs(scopes) do
   end
 end
 
+-- This admission made again (its reply was lost): the job holds it already, in every scope (in
+-- the window of each rate-limited one, with a live lease in each capped one). The same answer,
+-- whatever joined the account's line meanwhile.
+if #scopes > 0 then
+  local held = true
+  for _, s in ipairs(scopes) do
+    if (s.rpm or s.tpm) and redis.call("ZSCORE", KEYS[s.k], job) == false then held = false; break end
+    local until_ms = s.conc and redis.call("ZSCORE", KEYS[s.k + 3], job)
+    if s.conc and (not until_ms or tonumber(until_ms) <= now) then held = false; break end
+  end
+  if held then
+    return {"admitted", redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1"}
+  end
+end
+
 -- Order: only the first waiting job of the account may be admitted. A job submitted before
 -- the first in line (its delivery was slower than a later job's) takes that place, and with it
 -- the duty to set the account's wake-up time: the one there may be a requeue's watchdog.

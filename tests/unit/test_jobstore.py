@@ -270,6 +270,26 @@ def test_a_job_submitted_before_the_first_in_line_takes_its_place():
     run(go())
 
 
+def test_an_admission_made_again_answers_as_the_first_did():
+    """The reply to an admission is lost; meanwhile an earlier job of the account joins the
+    line; the admission made again is still admitted, and counted once."""
+    from shared.limiter import Limiter
+
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings())
+        await redis.hset(keys.account("a"), mapping={"rpm": 1, "max_concurrency": 5})
+        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
+                      tokens=10)
+        assert (await limiter.admit(job_id="j2", submitted_at=2.0, **common)).outcome == "admitted"
+        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "waiting"
+        again = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
+        assert (again.outcome, again.next_job, again.holds) == ("admitted", "j1", True)
+        assert await redis.zrange(keys.rate("acct:a", "req"), 0, -1) == ["j2"]
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j1"]
+    run(go())
+
+
 def test_a_job_whose_cancel_was_requested_is_not_parked(store):
     async def go():
         job_id = await new_job(store)

@@ -16,7 +16,8 @@ anything else of the process still uses redis-py. Errors are redis-py's: the cla
 reply is redis-py's (``NoScriptError`` is answered by loading the script and calling again);
 when the connection is lost every call in flight fails with ``ConnectionError`` and is made
 again on a new connection, as redis-py's clients retry (10 more times, the waits doubling up
-to 1 s: a Redis back within ~2 s is not noticed); so callers handle them as before.
+to 1 s: a Redis back within ~2 s is not noticed; 10 s at most in all); so callers handle them
+as before.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from typing import Any
 
 import hiredis
 from redis._parsers.base import BaseParser
-from redis.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError
 
@@ -246,4 +247,4 @@ def _retry() -> Retry:
 
 
 async def _retrying(error: Exception) -> None:
-    pass
+    """Called by ``Retry`` after each failed try: the next try reconnects by itself."""

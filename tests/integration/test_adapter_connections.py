@@ -105,6 +105,19 @@ def test_a_key_http_refuses_is_never_quoted_back(fake, family, caplog):
     assert (err.code, err.retryable) == ("upstream_auth", False), err.message
 
 
+@pytest.mark.parametrize("status", [401, 403])
+@pytest.mark.parametrize("family, message, secrets", [
+    ("anthropic", "invalid x-api-key: ak-test", ("ak-test", "x-api-key")),
+    ("gemini", "API key not valid: gk-test", ("gk-test", "API key")),
+])
+def test_a_mid_stream_auth_error_is_not_echoed(fake, family, message, secrets, status):
+    # These two families report errors inside an answer already streaming; their text can quote the key.
+    fake.script([{"status": status, "error_after": 2, "message": message}], family=family)
+    err = adapter_error(fake, family, request_for(FAMILY_MODELS[family], Q))
+    assert err.code == "upstream_auth" and not err.retryable
+    assert not any(secret in err.message for secret in secrets)
+
+
 @pytest.mark.parametrize("family", list(FAMILY_MODELS))
 def test_answers_are_asked_for_uncompressed(fake, family):
     # A compressed stream could inflate far beyond the bytes received.

@@ -196,11 +196,3 @@ def test_leading_skipper_drops_only_the_stripped_whitespace():
     assert run(" ", ["\n\nHi"]) == ["\n\nHi"]                # different whitespace passes unchanged
     assert run(" ", ["  two"]) == [" two"]                   # only as much as was stripped
     assert run("", [" x"]) == [" x"]
-
-
-@pytest.mark.parametrize("status", [401, 403])
-def test_anthropic_mid_stream_auth_error_is_not_echoed(fake, status):
-    fake.script([{"status": status, "error_after": 2, "message": "invalid x-api-key: ak-test"}], family="anthropic")
-    err = adapter_error(fake, "anthropic", request_for(MODEL, HI))
-    assert err.code == "upstream_auth" and not err.retryable
-    assert "ak-test" not in err.message and "x-api-key" not in err.message

@@ -176,11 +176,3 @@ def test_gemini_finish_reasons():
     for reason in ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"):
         assert finish_reason(reason) == "content_filter"
     assert finish_reason("MALFORMED_FUNCTION_CALL") == "malformed_function_call"
-
-
-@pytest.mark.parametrize("status", [401, 403])
-def test_gemini_mid_stream_auth_error_is_not_echoed(fake, status):
-    fake.script([{"status": status, "error_after": 2, "message": "API key not valid: gk-test"}], family="gemini")
-    err = adapter_error(fake, "gemini", request_for(MODEL, HI))
-    assert err.code == "upstream_auth" and not err.retryable
-    assert "gk-test" not in err.message and "API key" not in err.message

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
+from shared.gcfreeze import freeze_startup_objects
 from shared.jobs import JobStore
 from shared.scriptchannel import ScriptChannel
-from shared.gcfreeze import freeze_startup_objects
 from shared.settings import Settings, get_settings
 from worker.providers.local import LocalProvider
 from worker.providers.registry import Providers

@@ -9,11 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-import orjson
-
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.http import HTTPProvider, classify, sse_json
+from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -158,10 +155,7 @@ class AnthropicProvider(HTTPProvider):
         err = event.get("error") if isinstance(event.get("error"), dict) else {}
         etype = err.get("type") or "api_error"
         status = ERROR_STATUS.get(etype, 500)
-        exc = classify(status, orjson.dumps(event), httpx.Headers(), self.display)
-        if exc.code != "upstream_auth":  # that message stays classify's: the upstream's may quote the key
-            exc.message = f"{self.display} reported an error mid-stream ({etype}): {err.get('message') or etype}"
-        return exc
+        return mid_stream_error(status, event, self.display, etype, err.get("message") or etype)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
         missing = self.missing_configuration()

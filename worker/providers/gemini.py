@@ -9,12 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-import orjson
-
 from worker.providers.anthropic import merge_extra, merge_turns, split_system
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.http import HTTPProvider, classify, sse_json
+from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
 
 ROLES = {"user": "user", "assistant": "model"}
 
@@ -87,11 +84,7 @@ class GeminiProvider(HTTPProvider):
         if status is None:
             code = err.get("code")
             status = code if isinstance(code, int) and 400 <= code < 600 else 400
-        exc = classify(status, orjson.dumps(chunk), httpx.Headers(), self.display)
-        if exc.code != "upstream_auth":  # that message stays classify's: the upstream's may quote the key
-            exc.message = (f"{self.display} reported an error mid-stream ({name or status}): "
-                           f"{err.get('message') or name or status}")
-        return exc
+        return mid_stream_error(status, chunk, self.display, name or status, err.get("message") or name or status)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
         missing = self.missing_configuration()

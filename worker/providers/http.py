@@ -204,6 +204,16 @@ def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) ->
                          code="upstream_rejected", status=status)
 
 
+def mid_stream_error(status: int, event: Any, provider: str, kind: str, detail: str) -> ProviderError:
+    """An error a provider reported inside an answer already streaming (``event``), classified as
+    its HTTP ``status`` would be. The message names it, but for a refused key: the upstream's
+    text may quote the key, and ``classify``'s own message stays."""
+    exc = classify(status, orjson.dumps(event), httpx.Headers(), provider)
+    if exc.code != "upstream_auth":
+        exc.message = f"{provider} reported an error mid-stream ({kind}): {detail}"
+    return exc
+
+
 async def read_error_body(response: httpx.Response, timeout: float = 5.0) -> bytes:
     """At most MAX_ERROR_BODY bytes of an error answer, within ``timeout``: an upstream that
     sends an error status and then stalls must not hold the job."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from deploy.devstack import free_port
-from tests.conftest import DEV_KEY
+from tests.conftest import ADMIN_KEY, DEV_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -315,7 +315,7 @@ def test_models(cli):
 
 
 def test_admin_bootstrap_then_chat_and_usage(stack, cli):
-    admin_env = cli_env(CHATFLEET_REDIS_URL=stack.redis_url)
+    admin_env = cli_env(stack.base_url, CHATFLEET_ADMIN_API_KEY=ADMIN_KEY)
     r = run(["admin", "create-account", "cli-team", "--rpm", "100", "--max-concurrency", "4"], admin_env)
     assert r.returncode == 0, r.stderr
     account_id = r.stdout.strip()
@@ -357,10 +357,37 @@ def test_admin_bootstrap_then_chat_and_usage(stack, cli):
     assert by_model.returncode == 0 and "gpt-4o-mini" not in by_model.stdout  # nothing in that range
 
 
-def test_admin_with_unreachable_redis_is_one_line():
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    r = run(["admin", "create-account", "x"], cli_env(CHATFLEET_REDIS_URL=url))
-    assert_one_line_error(r, f"cannot reach Redis at {url}")
+def test_admin_lists_accounts_and_revokes_keys(stack, cli):
+    admin_env = cli_env(stack.base_url, CHATFLEET_ADMIN_API_KEY=ADMIN_KEY)
+    account_id = run(["admin", "create-account", "cli-listed", "--tpm", "5000"], admin_env).stdout.strip()
+    listed = json.loads(run(["admin", "accounts", "--json"], admin_env).stdout)
+    mine = next(a for a in listed if a["id"] == account_id)
+    assert mine["name"] == "cli-listed" and mine["limits"]["tpm"] == 5000
+    table = run(["admin", "accounts"], admin_env)
+    assert table.returncode == 0 and account_id in table.stdout and "5000" in table.stdout
+
+    created = run(["admin", "create-key", account_id], admin_env)
+    key = created.stdout.strip()
+    key_id = created.stderr.split()[1]
+    assert key_id.startswith("key_")
+    assert cli("models", key=key).returncode == 0
+    r = run(["admin", "revoke-key", key_id], admin_env)
+    assert r.returncode == 0 and r.stdout == f"{key_id} revoked\n", r.stderr
+    assert_one_line_error(cli("models", key=key), "401", "invalid API key")
+    assert_one_line_error(run(["admin", "revoke-key", key_id], admin_env), "404", key_id)
+
+
+def test_admin_needs_the_admin_key(stack):
+    assert_one_line_error(run(["admin", "accounts"], cli_env(stack.base_url)),
+                          "no admin API key", "CHATFLEET_ADMIN_API_KEY")
+    # An account's key is not an admin key.
+    assert_one_line_error(run(["admin", "--admin-key", DEV_KEY, "accounts"], cli_env(stack.base_url)), "401")
+
+
+def test_admin_with_unreachable_api_is_one_line():
+    url = f"http://127.0.0.1:{free_port()}"
+    r = run(["admin", "create-account", "x"], cli_env(url, CHATFLEET_ADMIN_API_KEY="cf-admin-x"))
+    assert_one_line_error(r, f"cannot reach {url}")
 
 
 # --- batches ----------------------------------------------------------------------------------

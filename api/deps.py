@@ -11,9 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from shared.accounts import authenticate
+from api.accounts import authenticate
+from api.streams import PubSubHub
 from shared.catalog import Catalog
-from shared.events import PubSubHub
 from shared.jobs import JobStore
 from shared.settings import Settings
 

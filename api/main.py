@@ -13,15 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from api.accounts import add_api_key, ensure_account
 from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.routes import admin, batches, chat, health, jobs, models, usage
-from shared.accounts import add_api_key, ensure_account
+from api.streams import PubSubHub
 from shared.catalog import get_catalog
 from shared.connections import async_redis
-from shared.events import PubSubHub
 from shared.gcfreeze import freeze_startup_objects
 from shared.jobs import JobStore
-from shared.limiter import Limiter
 from shared.logs import configure_logging
 from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings, get_settings
@@ -69,7 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
         channel = ScriptChannel.for_url(settings.redis_url)
         app.state.store = JobStore(redis, settings, channel)
-        app.state.limiter = Limiter(redis, settings)
         app.state.hub = PubSubHub(redis)
         await app.state.hub.start()
         _on_sigterm(app.state.hub.shutdown)

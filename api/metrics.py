@@ -1,5 +1,10 @@
-"""The API's metrics: a pure ASGI middleware timing every request, ``GET /metrics``, and the
-decorator that counts open SSE streams. The metrics themselves are in ``shared/metrics.py``."""
+"""The API's Prometheus metrics (README, "Metrics"): their definitions, a pure ASGI middleware
+timing every request, ``GET /metrics``, and the decorator that counts open SSE streams.
+
+Labels are bounded by construction: route templates, status codes, model ids of the catalog.
+Never an account, a job id, a key, or any message text. Each worker process has metrics of its
+own (``worker/metrics.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,46 @@ import functools
 import time
 
 from fastapi import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
-from shared import metrics
+# No *_created series: they double the samples and nothing here reads them.
+disable_created_metrics()
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+
+# Seconds: from sub-second HTTP answers up to a minute.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+HTTP_REQUEST_DURATION = Histogram(
+    "chatfleet_http_request_duration_seconds",
+    "API request latency until the response starts (for streams: time to the first byte), "
+    "by method, route template and status code.",
+    ["method", "route", "status"], buckets=_BUCKETS, registry=REGISTRY,
+)
+SSE_STREAMS_ACTIVE = Gauge(
+    "chatfleet_sse_streams_active",
+    "Server-sent event streams the API is serving now, by route template.",
+    ["route"], registry=REGISTRY,
+)
+JOBS_SUBMITTED = Counter(
+    "chatfleet_jobs_submitted",
+    "Jobs accepted by the API (POST /v4/jobs and /v4/chat-completions), by model.",
+    ["model"], registry=REGISTRY,
+)
 
 UNMATCHED = "unmatched"  # no route: never the raw path (unbounded, and may carry ids)
 
@@ -38,7 +80,7 @@ class MetricsMiddleware:
         def observe(status: int) -> None:
             nonlocal observed
             observed = True
-            metrics.HTTP_REQUEST_DURATION.labels(scope.get("method", ""), route_template(scope),
+            HTTP_REQUEST_DURATION.labels(scope.get("method", ""), route_template(scope),
                                                  str(status)).observe(time.perf_counter() - started)
 
         async def send_observed(message):
@@ -56,7 +98,7 @@ class MetricsMiddleware:
 
 async def metrics_endpoint() -> Response:
     """``GET /metrics``: the API process's metrics, in the Prometheus text format (no auth)."""
-    return Response(generate_latest(metrics.API_REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
 def track_sse(route: str):
@@ -68,7 +110,7 @@ def track_sse(route: str):
         @functools.wraps(generator_function)
         async def tracked(*args, **kwargs):
             inner = generator_function(*args, **kwargs)
-            gauge = metrics.SSE_STREAMS_ACTIVE.labels(route)
+            gauge = SSE_STREAMS_ACTIVE.labels(route)
             gauge.inc()
             try:
                 async for item in inner:

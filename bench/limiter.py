@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.limiter [--admissions 20000] [--callers 50]
 
-Calls ``shared.limiter.Limiter.admit`` directly (no API, no worker) from 50 concurrent asyncio
+Calls ``worker.limits.Limiter.admit`` directly (no API, no worker) from 50 concurrent asyncio
 callers, distinct job ids, on a fresh Redis (started here), with one async Redis client as the
 fleet makes them (``shared.connections.async_redis``):
 
@@ -30,7 +30,7 @@ import time
 from bench._stack import cpu_seconds, fresh_redis, run_async, table
 from shared import keys
 from shared.connections import async_redis
-from shared.limiter import Limiter
+from worker.limits import Limiter
 from shared.settings import Settings
 
 HIGH = 10**12

@@ -20,7 +20,8 @@ import time
 from bench._stack import cpu_seconds, fresh_redis, run_async, table
 from shared import keys
 from shared.connections import async_redis
-from shared.jobs import TOKEN, JobStore
+from shared.events import TOKEN
+from shared.jobs import JobStore
 from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings
 

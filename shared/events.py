@@ -1,32 +1,24 @@
-"""A job's token events: the per-job stream (source of truth) and live pub/sub.
+"""A job's events: what workers publish and the API relays.
 
 Each event has a sequence number 1, 2, 3, ... (its stream id is ``0-<seq>``), a type
-(``token``, ``end``, ``error``) and a JSON data string that is sent to clients as it is.
-Live messages on ``chatfleet:job:{id}:live`` are ``"<seq>\\n<type>\\n<data>"``.
-
-Pub/sub is at-most-once, so a follower treats live messages as a fast path only: it reads the
-stream for whatever it has not seen (on start, after a gap in the sequence, after a
-reconnection, and when idle), which is what makes late joins and resumes exact.
+(``token``, ``throttled``, ``end``, ``error``) and a JSON data string that is sent to clients as
+it is. Workers append them to the job's stream ``chatfleet:job:{id}:events`` (the source of
+truth, kept as long as the job) and publish them live on ``chatfleet:job:{id}:live`` as
+``"<seq>\\n<type>\\n<data>"``, in the same script (``lua/publish_events.lua``). The API's
+follower (``api/streams.py``) reads the stream for whatever pub/sub did not bring.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import random
-from collections.abc import AsyncIterator
 from typing import NamedTuple
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import keys
 
-log = logging.getLogger(__name__)
-
-TERMINAL_EVENTS = frozenset({"end", "error"})
-READ_RETRY_SECONDS = 0.5
+TOKEN = "token"
+THROTTLED = "throttled"
+END = "end"
+ERROR = "error"
+TERMINAL_EVENTS = frozenset({END, ERROR})
 
 
 class Event(NamedTuple):
@@ -54,178 +46,6 @@ async def read_events(redis, job_id: str, after: int = 0, count: int | None = No
     return [stream_event(entry_id, fields) for entry_id, fields in entries]
 
 
-_RESYNC = object()
-_SHUTDOWN = object()
-# Yielded by follow() when this process is shutting down: the client should reconnect
-# (to another instance) with Last-Event-ID.
-SHUTDOWN = "shutdown"
-
-
-class PubSubHub:
-    """One pub/sub connection per process, fanned out to any number of local followers."""
-
-    QUEUE_SIZE = 10_000
-
-    def __init__(self, redis):
-        self._redis = redis
-        self._pubsub = None
-        self._subscribers: dict[str, set[asyncio.Queue]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._reader: asyncio.Task | None = None
-        self._lock = asyncio.Lock()
-        self._wakeup = asyncio.Event()
-        self.stopping = False
-
-    def shutdown(self) -> None:
-        """Tell every follower to end now (the process is stopping)."""
-        self.stopping = True
-        for channel in list(self._subscribers):
-            self._deliver(channel, _SHUTDOWN)
-
-    @property
-    def active(self) -> int:
-        return sum(len(s) for s in self._subscribers.values())
-
-    async def start(self) -> None:
-        self._pubsub = self._redis.pubsub()
-        self._reader = asyncio.create_task(self._read_forever(), name="pubsub-hub")
-
-    async def close(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
-
-    @contextlib.asynccontextmanager
-    async def subscription(self, channel: str) -> AsyncIterator[asyncio.Queue]:
-        queue: asyncio.Queue = asyncio.Queue(self.QUEUE_SIZE)
-        async with self._lock:
-            first = channel not in self._subscribers
-            self._subscribers.setdefault(channel, set()).add(queue)
-            if first:
-                self._confirmed[channel] = asyncio.Event()
-                await self._pubsub.subscribe(channel)
-                self._wakeup.set()
-        try:
-            # Until the server confirms the subscription a message could slip past; the
-            # follower reads the stream after this, and idles into a re-read, so it cannot.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._confirmed[channel].wait(), 1.0)
-            yield queue
-        finally:
-            async with self._lock:
-                subs = self._subscribers.get(channel)
-                if subs is not None:
-                    subs.discard(queue)
-                    if not subs:
-                        del self._subscribers[channel]
-                        self._confirmed.pop(channel, None)
-                        with contextlib.suppress(Exception):
-                            await self._pubsub.unsubscribe(channel)
-
-    def _deliver(self, channel: str, item) -> None:
-        for queue in self._subscribers.get(channel, ()):
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
-                # A slow follower: drop what it has queued and make it re-read the stream
-                # (or stop, if that is what this was).
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(_SHUTDOWN if item is _SHUTDOWN else _RESYNC)
-
-    async def _read_forever(self) -> None:
-        while True:
-            try:
-                if not self._subscribers:
-                    # Sleep until someone subscribes (not a poll: a new follower's
-                    # confirmation must not wait for the next tick).
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                message = await self._pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
-                if message is None:
-                    continue
-                channel = message["channel"]
-                if message["type"] == "subscribe":
-                    if channel in self._confirmed:
-                        self._confirmed[channel].set()
-                elif message["type"] == "message":
-                    self._deliver(channel, parse_live(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # connection lost: messages may be gone, resync all
-                log.warning("pub/sub connection lost (%s); followers re-read their streams", exc)
-                for channel in list(self._subscribers):
-                    self._deliver(channel, _RESYNC)
-                await asyncio.sleep(0.5)
-
-
-async def follow(
-    redis, hub: PubSubHub, job_id: str, after: int = 0, idle_seconds: float = 5.0
-) -> AsyncIterator[Event | None]:
-    """Yield the job's events after ``after`` in order, each once, until a terminal one.
-
-    Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive), and
-    while Redis does not answer (the events are read again once it does).
-    """
-    last = after
-    if hub.stopping:
-        yield Event(last, SHUTDOWN, "")
-        return
-    async with hub.subscription(keys.job_channel(job_id)) as queue:
-        need_read = True
-        failures = 0  # consecutive reads that Redis did not answer
-        while True:
-            if need_read:
-                try:
-                    missed = await read_events(redis, job_id, last)
-                except (RedisConnectionError, RedisTimeoutError) as exc:
-                    # Redis restarting, loading, or out of connections: the stream holds
-                    # everything, so try again shortly (with a keep-alive meanwhile) rather
-                    # than cut the client off. Other errors are not passing: they propagate.
-                    if hub.stopping:
-                        yield Event(last, SHUTDOWN, "")
-                        return
-                    failures += 1
-                    if failures == 1 or failures % 20 == 0:
-                        log.warning("could not read the events of %s (%s); retrying", job_id, exc)
-                    await asyncio.sleep(READ_RETRY_SECONDS * random.uniform(0.5, 1.5))
-                    yield None
-                    continue
-                failures = 0
-                need_read = False
-                for event in missed:
-                    yield event
-                    last = event.seq
-                    if event.terminal:
-                        return
-            if queue.empty():
-                # (asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per event)
-                try:
-                    async with asyncio.timeout(idle_seconds):
-                        item = await queue.get()
-                except TimeoutError:
-                    need_read = True
-                    yield None
-                    continue
-            else:
-                item = queue.get_nowait()
-            if item is _RESYNC:
-                need_read = True
-                continue
-            if item is _SHUTDOWN:
-                yield Event(last, SHUTDOWN, "")
-                return
-            if item.seq <= last:
-                continue
-            if item.seq != last + 1:
-                need_read = True
-                continue
-            yield item
-            last = item.seq
-            if item.terminal:
-                return
+async def last_event_seq(redis, job_id: str) -> int:
+    last = await redis.xrevrange(keys.job_events(job_id), count=1)
+    return int(last[0][0].split("-")[1]) if last else 0

@@ -2,7 +2,10 @@
 
 A job is a hash ``chatfleet:job:{id}`` plus its event stream. Jobs may run more than once
 (the broker redelivers, a dead worker's lease lapses); a lease fences each attempt so that
-only the attempt that owns the job can publish events or finish it.
+only the attempt that owns the job can publish events or finish it. Every transition is one
+Lua script (``lua/``), written so that a call made again after its reply was lost changes
+nothing: the API creates and cancels jobs, workers claim, publish, park, hand back and finish
+them.
 """
 
 from __future__ import annotations
@@ -10,46 +13,26 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.events import Event, stream_event
+from shared.events import ERROR, Event, last_event_seq, stream_event
+from shared.queue import run_job_message
+from shared.schemas import iso
 from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
 from shared.settings import Settings
-from shared.taskmessage import run_job_message
 from shared.usage import UsageRecord, day_score, utc_day
 from shared.usage import record as usage_record
-
-END = "end"
-ERROR = "error"
-TOKEN = "token"
-THROTTLED = "throttled"
-
-PUBLIC_FIELDS = ("status", "model", "account_id", "attempts")
-
-# kombu's Redis transport keeps delivered, unacknowledged messages here (its defaults).
-UNACKED = "unacked"
-UNACKED_INDEX = "unacked_index"
 
 
 def batch_keys(batch_id: str) -> list[str]:
     """The batch keys a finishing job touches (when it is a batch line)."""
     return [keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_errors(batch_id),
             keys.BATCH_IN_FLIGHT, keys.ACTIVE_BATCHES]
-
-
-def enqueue(pipe, job_id: str, queue: str, now: float) -> None:
-    """Queue the job's message on ``pipe`` and remember it (``lua/_enqueue.lua`` in Python):
-    the message in the job's hash, the job in the queued-jobs index (see ``requeue_lost``)."""
-    message = run_job_message(job_id, queue)
-    pipe.hset(keys.job(job_id), "message", message)
-    pipe.lpush(queue, message)
-    pipe.zadd(keys.QUEUED_JOBS, {job_id: now})
 
 
 def new_job_id() -> str:
@@ -62,19 +45,6 @@ def new_record(job_id: str, account_id: str, model: str, queue: str, spec: Any, 
     return {"id": job_id, "account_id": account_id, "model": model, "queue": queue, "status": "queued",
             "spec": orjson.dumps(spec).decode(), "created_at": repr(now), "updated_at": repr(now),
             "attempts": "0", **extra}
-
-
-def iso(ts: str | float | None) -> str | None:
-    if ts in (None, ""):
-        return None
-    return (
-        datetime.fromtimestamp(float(ts), tz=timezone.utc).isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def _loads(value: str | None) -> Any:
-    return None if value in (None, "") else orjson.loads(value)
 
 
 @dataclass
@@ -111,29 +81,6 @@ class JobStore:
                   *(item for pair in record.items() for item in pair)],
         )
         return record
-
-    async def feed_batch(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:
-        """Turn the first ``len(entries)`` staged lines of a batch into queued jobs, in one
-        transaction with their removal from the staging list (lines are never lost or doubled)."""
-        now = time.time()
-        retention = self.settings.job_retention_seconds
-        ids = []
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.ltrim(keys.batch_pending(batch_id), len(entries), -1)
-            for raw in entries:
-                entry = orjson.loads(raw)
-                job_id = new_job_id()
-                ids.append(job_id)
-                pipe.hset(keys.job(job_id), mapping=new_record(
-                    job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
-                    batch_id=batch_id, custom_id=entry["custom_id"]))
-                enqueue(pipe, job_id, entry["queue"], now)
-                pipe.expire(keys.job(job_id), retention)
-            pipe.sadd(keys.batch_jobs(batch_id), *ids)
-            pipe.expire(keys.batch_jobs(batch_id), retention)
-            pipe.incrby(keys.BATCH_IN_FLIGHT, len(ids))
-            await pipe.execute()
-        return ids
 
     async def get(self, job_id: str) -> dict[str, str] | None:
         record = await self.redis.hgetall(keys.job(job_id))
@@ -293,101 +240,3 @@ class JobStore:
             args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
                   run_job_message(job_id, queue), int(time.time() * 1000)],
         ))
-
-    async def requeue_unclaimed(self, older_than: float) -> list[str]:
-        """Jobs whose message a worker took but never started (it died holding them).
-
-        Celery prefetches at most as many messages as a worker has threads, so a live worker
-        starts every message it takes at once, and the job's claim follows within moments. A
-        message still unacknowledged after ``older_than`` seconds whose job was never claimed
-        belongs to a dead worker; the broker would only give it back after the visibility
-        timeout. Such a job is queued again now and the stale entry dropped (if the worker was
-        alive after all, its late start finds the job taken and does nothing)."""
-        cutoff = time.time() - older_than
-        tags = await self.redis.zrangebyscore(UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
-        if not tags:
-            return []
-        payloads = await self.redis.hmget(UNACKED, tags)
-        requeued = []
-        for tag, payload in zip(tags, payloads):
-            if payload is None:
-                await self.redis.zrem(UNACKED_INDEX, tag)
-                continue
-            try:
-                message = orjson.loads(payload)[0]
-                job_id = message["headers"]["id"]
-            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-                continue
-            record = await self.redis.hmget(keys.job(job_id), "status", "queue", "updated_at")
-            status, queue, updated = record
-            if status != "queued" or queue is None or float(updated or 0) > cutoff:
-                continue
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(keys.job(job_id), "updated_at", repr(time.time()))
-                enqueue(pipe, job_id, queue, time.time())
-                pipe.hdel(UNACKED, tag)
-                pipe.zrem(UNACKED_INDEX, tag)
-                await pipe.execute()
-            requeued.append(job_id)
-        return requeued
-
-    async def lapsed_jobs(self, now: float) -> list[str]:
-        return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)
-
-    async def requeue_lapsed(self, job_id: str) -> bool:
-        queue = await self.redis.hget(keys.job(job_id), "queue")
-        if queue is None:
-            await self.redis.zrem(keys.RUNNING_JOBS, job_id)
-            return False
-        return bool(await self.scripts.requeue_lapsed(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue, keys.QUEUED_JOBS],
-            args=[job_id, repr(time.time()), run_job_message(job_id, queue)],
-        ))
-
-    async def requeue_lost(self, older_than: float) -> list[str]:
-        """Jobs queued more than ``older_than`` seconds ago whose message is neither on their
-        queue nor held by a worker: lost between kombu's BRPOP and its unacked record (a
-        worker killed in that instant). Each gets a new message (``lua/requeue_lost.lua``)."""
-        now = time.time()
-        cutoff = now - older_than
-        candidates = await self.redis.zrangebyscore(keys.QUEUED_JOBS, "-inf", cutoff, start=0, num=200)
-        requeued = []
-        for job_id in candidates:
-            queue = await self.redis.hget(keys.job(job_id), "queue")
-            if queue is None:
-                await self.redis.zrem(keys.QUEUED_JOBS, job_id)
-                continue
-            outcome = await self.scripts.requeue_lost(
-                keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, UNACKED],
-                args=[job_id, repr(now), run_job_message(job_id, queue), repr(cutoff)],
-            )
-            if outcome == "requeued":
-                requeued.append(job_id)
-        return requeued
-
-
-async def last_event_seq(redis, job_id: str) -> int:
-    last = await redis.xrevrange(keys.job_events(job_id), count=1)
-    return int(last[0][0].split("-")[1]) if last else 0
-
-
-def public_view(record: dict[str, str]) -> dict[str, Any]:
-    """The job as ``GET /v4/jobs/{id}`` shows it."""
-    return {
-        "id": record["id"],
-        "object": "job",
-        "status": record["status"],
-        "model": record.get("model"),
-        "account_id": record.get("account_id"),
-        "created_at": iso(record.get("created_at")),
-        "updated_at": iso(record.get("updated_at")),
-        "started_at": iso(record.get("started_at")),
-        "finished_at": iso(record.get("finished_at")),
-        "attempts": int(record.get("attempts") or 0),
-        "next_try_at": iso(record.get("next_try_at")) if record.get("status") == "throttled" else None,
-        "throttle_reason": record.get("throttle_reason") if record.get("status") == "throttled" else None,
-        "result": _loads(record.get("result")),
-        "usage": _loads(record.get("usage")),
-        "error": _loads(record.get("error")),
-        "stream_url": f"/v4/jobs/{record['id']}/stream",
-    }

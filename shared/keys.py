@@ -1,19 +1,38 @@
-"""Every Redis key and channel the fleet uses, named once.
+"""Every Redis key and channel the fleet uses, named once, Celery's and kombu's included.
 
-Celery's own keys (queue lists, ``unacked``, ``_kombu.*``) live beside these under the names
-of the queues below.
+The Celery broker's keys are kombu's Redis transport's: a list per queue (named as the queue),
+and the unacknowledged-message hash, index and mutex, whose names ``worker.celery_app`` passes
+to kombu from here, so that the reaper (``worker/queue/recovery.py``) reads the keys kombu
+writes.
 """
 
 from __future__ import annotations
 
 PREFIX = "chatfleet"
 
-# Celery queues (Redis lists of the same name).
+# --- the queue: Celery's queues, its one task, and kombu's bookkeeping -------------------------
+
 QUEUE_INTERACTIVE = "chatfleet.interactive"
+QUEUE_BATCH = "chatfleet.batch"
 QUEUE_LOCAL = "chatfleet.local"
+QUEUES = (QUEUE_INTERACTIVE, QUEUE_BATCH, QUEUE_LOCAL)
 
 # Name of the one Celery task; it carries only the job id.
 RUN_JOB_TASK = "chatfleet.run_job"
+
+# kombu's Redis transport: delivered, unacknowledged messages (hash: delivery tag -> message),
+# their index (sorted set: delivery tag -> delivery time) and the lock of its restore pass.
+# These are kombu's defaults; they are set explicitly in the transport options.
+UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"
+UNACKED_MUTEX = "unacked_mutex"
+
+# Sorted set: jobs waiting in a queue (member job id, score when queued). Each such job's hash
+# keeps its queue message (field ``message``) until a worker claims it, so that the reaper can
+# tell a message still queued or held by a worker from one lost on its way (see requeue_lost).
+QUEUED_JOBS = f"{PREFIX}:jobs:queued"
+
+# --- jobs ----------------------------------------------------------------------------------------
 
 
 def job(job_id: str) -> str:
@@ -41,9 +60,12 @@ def job_lease(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:lease"
 
 
-def account_jobs(account_id: str) -> str:
-    """Sorted set: the account's job ids scored by creation time."""
-    return f"{PREFIX}:account:{account_id}:jobs"
+# Sorted set: running job ids scored by the time their lease lapses (for the lease reaper).
+RUNNING_JOBS = f"{PREFIX}:jobs:running"
+
+# --- accounts and API keys -------------------------------------------------------------------------
+
+ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
 
 
 def account(account_id: str) -> str:
@@ -51,7 +73,14 @@ def account(account_id: str) -> str:
     return f"{PREFIX}:account:{account_id}"
 
 
-ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
+def account_jobs(account_id: str) -> str:
+    """Sorted set: the account's job ids scored by creation time."""
+    return f"{PREFIX}:account:{account_id}:jobs"
+
+
+def account_api_keys(account_id: str) -> str:
+    """Hash: the account's API keys, key id -> digest."""
+    return f"{PREFIX}:account:{account_id}:keys"
 
 
 def api_key(key_hash: str) -> str:
@@ -59,17 +88,14 @@ def api_key(key_hash: str) -> str:
     return f"{PREFIX}:apikey:{key_hash}"
 
 
-# Sorted set: running job ids scored by the time their lease lapses (for the lease reaper).
-RUNNING_JOBS = f"{PREFIX}:jobs:running"
-# Lock held by the one worker that sweeps lapsed leases at a time.
-REAPER_LOCK = f"{PREFIX}:lock:reaper"
-# Sorted set: worker hostnames scored by their last heartbeat (unix seconds).
-WORKERS = f"{PREFIX}:workers"
+def api_key_id(key_id: str) -> str:
+    """String: the digest of the key with this id (for listing and revocation)."""
+    return f"{PREFIX}:apikey-id:{key_id}"
 
 
-def worker(hostname: str) -> str:
-    """Hash: what a worker consumes and when it last reported."""
-    return f"{PREFIX}:worker:{hostname}"
+# --- rate limits -----------------------------------------------------------------------------------
+
+RATE_PARTS = ("req", "tok", "total", "conc")
 
 
 def rate(scope: str, part: str) -> str:
@@ -79,6 +105,19 @@ def rate(scope: str, part: str) -> str:
     return f"{PREFIX}:rl:{scope}:{part}"
 
 
+def account_rate(account_id: str) -> list[str]:
+    """The account scope's keys, in ``RATE_PARTS`` order."""
+    return [rate(f"acct:{account_id}", part) for part in RATE_PARTS]
+
+
+def rate_scopes(account_id: str, model: str, deployment: str) -> list[str]:
+    """The 12 keys of the three scopes a job is admitted in (account, account x model,
+    deployment), each in ``RATE_PARTS`` order."""
+    return [rate(scope, part)
+            for scope in (f"acct:{account_id}", f"acct:{account_id}:model:{model}", f"dep:{deployment}")
+            for part in RATE_PARTS]
+
+
 def account_waiting(account_id: str) -> str:
     """Sorted set: the account's throttled jobs, scored by submission time (admission order)."""
     return f"{PREFIX}:account:{account_id}:waiting"
@@ -86,13 +125,10 @@ def account_waiting(account_id: str) -> str:
 
 # Sorted set: accounts with waiting jobs, scored by when (unix ms) to try the first one again.
 THROTTLED_ACCOUNTS = f"{PREFIX}:throttled"
-# Lock held by the one worker that releases throttled jobs at a time.
-SCHEDULER_LOCK = f"{PREFIX}:lock:scheduler"
 
+# --- usage -----------------------------------------------------------------------------------------
 
-def api_key_id(key_id: str) -> str:
-    """String: the digest of the key with this id (for listing and revocation)."""
-    return f"{PREFIX}:apikey-id:{key_id}"
+USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage
 
 
 def usage_day(account_id: str, day: str) -> str:
@@ -103,9 +139,9 @@ def usage_day(account_id: str, day: str) -> str:
 def usage_days(account_id: str) -> str:
     """Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD)."""
     return f"{PREFIX}:usage:{account_id}:days"
-USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage
 
-QUEUE_BATCH = "chatfleet.batch"
+
+# --- batches ---------------------------------------------------------------------------------------
 
 
 def batch(batch_id: str) -> str:
@@ -138,14 +174,28 @@ def account_batches(account_id: str) -> str:
     return f"{PREFIX}:account:{account_id}:batches"
 
 
-# Sorted set: jobs waiting in a queue (member job id, score when queued). Each such job's hash
-# keeps its queue message (field ``message``) until a worker claims it, so that the reaper can
-# tell a message still queued or held by a worker from one lost on its way (see requeue_lost).
-QUEUED_JOBS = f"{PREFIX}:jobs:queued"
-
 # Sorted set: batches with lines still to feed or to finish, by creation time.
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"
 # Counter: batch jobs handed to the queue and not finished yet, fleet-wide.
 BATCH_IN_FLIGHT = f"{PREFIX}:batches:in-flight"
-# Lock held by the one worker that feeds batches at a time.
-BATCH_FEEDER_LOCK = f"{PREFIX}:lock:batch-feeder"
+
+# --- workers and their fleet-wide services -----------------------------------------------------------
+
+# Sorted set: worker hostnames scored by their last heartbeat (unix seconds).
+WORKERS = f"{PREFIX}:workers"
+
+
+def worker(hostname: str) -> str:
+    """Hash: what a worker consumes and when it last reported."""
+    return f"{PREFIX}:worker:{hostname}"
+
+
+def lock(service: str) -> str:
+    """String with a TTL: held by the one worker that runs ``service``'s pass at a time
+    (``reaper``, ``scheduler``, ``batch-feeder``)."""
+    return f"{PREFIX}:lock:{service}"
+
+
+REAPER_LOCK = lock("reaper")
+SCHEDULER_LOCK = lock("scheduler")
+BATCH_FEEDER_LOCK = lock("batch-feeder")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
@@ -98,6 +99,16 @@ class ChatCompletionRequest(BaseModel):
 
 
 # --- responses ----------------------------------------------------------------------------
+
+
+def iso(ts: str | float | None) -> str | None:
+    """A unix time (as stored in Redis) as the API shows times: ISO 8601, UTC, milliseconds."""
+    if ts in (None, ""):
+        return None
+    return (
+        datetime.fromtimestamp(float(ts), tz=timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def token_usage(prompt: int, completion: int) -> dict[str, int]:

@@ -112,7 +112,7 @@ def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fa
 def _add_other_account(redis_url: str) -> None:
     import asyncio
 
-    from shared.accounts import add_api_key, ensure_account
+    from api.accounts import add_api_key, ensure_account
     from shared.connections import async_redis
 
     async def add():

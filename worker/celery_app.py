@@ -6,7 +6,7 @@
   still running (a dead worker's jobs come back sooner, through their lapsed leases);
 - the job id is the task id and the only argument: Flower shows ids, never content;
 - our own redelivery cap (``CHATFLEET_MAX_DELIVERIES``), since Celery has none;
-- kombu's Redis transport with one client per channel (``worker.broker``);
+- kombu's Redis transport with one client per channel (``worker/queue/broker.py``);
 - task events only while a monitor wants them: Flower turns them on in every worker while it
   runs (``CHATFLEET_WORKER_TASK_EVENTS`` sends them always), since publishing three events per
   job nobody reads costs about a tenth of a provider worker's CPU.
@@ -41,8 +41,10 @@ def _flower_credentials() -> None:
 _flower_credentials()
 
 app = Celery("chatfleet", broker=settings.redis_url, include=["worker.tasks"])
-app.conf.broker_transport = "worker.broker:Transport"
-_transport = {"visibility_timeout": settings.visibility_timeout}
+app.conf.broker_transport = "worker.queue.broker:Transport"
+# The unacknowledged-message keys, named where the reaper reads them (shared/keys.py).
+_transport = {"visibility_timeout": settings.visibility_timeout, "unacked_key": keys.UNACKED,
+              "unacked_index_key": keys.UNACKED_INDEX, "unacked_mutex_key": keys.UNACKED_MUTEX}
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -54,7 +56,7 @@ app.conf.update(
     result_backend_transport_options=_transport,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    task_queues=[Queue(keys.QUEUE_INTERACTIVE), Queue(keys.QUEUE_BATCH), Queue(keys.QUEUE_LOCAL)],
+    task_queues=[Queue(name) for name in keys.QUEUES],
     task_default_queue=keys.QUEUE_INTERACTIVE,
     task_routes={keys.RUN_JOB_TASK: {"queue": keys.QUEUE_INTERACTIVE}},
     worker_send_task_events=settings.worker_task_events,
@@ -63,7 +65,7 @@ app.conf.update(
     accept_content=["json"],
     worker_hijack_root_logger=False,
     worker_concurrency=settings.worker_concurrency,
-    worker_pool="worker.pool:TaskPool",
+    worker_pool="worker.queue.pool:TaskPool",
     enable_utc=True,
 )
 

@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from celery import signals
 
 from shared import keys
-from shared.metrics import start_worker_metrics_server
 from worker.celery_app import app
-from worker.pool import TaskPool as LoopPool
-from worker.pool import finished_attempt
+from worker.metrics import start_worker_metrics_server
+from worker.queue.pool import TaskPool as LoopPool
+from worker.queue.pool import finished_attempt
 from worker.runtime import current_runtime, get_runtime, stop_runtime
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ PRESTART_TIMEOUT_SECONDS = 10
 
 @app.task(name=keys.RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
-    ran = finished_attempt()  # the job already ran on the loop (worker.pool)
+    ran = finished_attempt()  # the job already ran on the loop (worker/queue/pool.py)
     if ran is not None:
         return ran.result()
     return get_runtime().run_job(job_id)

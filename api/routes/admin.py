@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AdminAuth, RedisDep
-from shared import accounts
+from api import accounts
 
 router = APIRouter(prefix="/v4/admin", dependencies=[AdminAuth])
 

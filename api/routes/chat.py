@@ -15,9 +15,9 @@ from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
 from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
-from api.submission import submit
-from shared.events import SHUTDOWN, Event, follow
-from shared.jobs import END, ERROR, THROTTLED
+from api.jobs import submit
+from api.streams import SHUTDOWN, follow
+from shared.events import END, ERROR, THROTTLED, Event
 from shared.schemas import ChatCompletionRequest
 
 router = APIRouter()
@@ -109,7 +109,7 @@ async def create_chat_completion(
     except NotAdmitted as exc:
         await cancel_job()
         await close_events()
-        headers.update(await ratelimit_headers(redis, request.app.state.limiter, account))
+        headers.update(await ratelimit_headers(redis, request.app.state.settings, account))
         return JSONResponse(
             {"detail": f"rate limited: {exc.reason}; retry after {math.ceil(exc.retry_after)} s",
              "code": "rate_limited"},
@@ -126,7 +126,7 @@ async def create_chat_completion(
         await close_events()
         raise
     # After admission, so that the remaining counts include this request.
-    headers.update(await ratelimit_headers(redis, request.app.state.limiter, account))
+    headers.update(await ratelimit_headers(redis, request.app.state.settings, account))
 
     if body.stream:
         @track_sse("/v4/chat-completions")

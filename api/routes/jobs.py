@@ -14,10 +14,10 @@ from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
 from api.ratelimit import ratelimit_headers
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
-from api.submission import submit
+from api.jobs import public_view, submit
 from shared import keys
-from shared.events import SHUTDOWN, follow
-from shared.jobs import END, ERROR, THROTTLED, last_event_seq, public_view
+from api.streams import SHUTDOWN, follow
+from shared.events import END, ERROR, THROTTLED, last_event_seq
 from shared.schemas import TERMINAL_STATUSES, ChatCompletionRequest
 
 router = APIRouter(prefix="/v4/jobs")
@@ -32,7 +32,7 @@ async def create_job(body: ChatCompletionRequest, request: Request, account: Cur
                      catalog: CatalogDep, store: StoreDep):
     record = await submit(body, account, catalog, store)
     headers = {"Location": f"/v4/jobs/{record['id']}",
-               **await ratelimit_headers(store.redis, request.app.state.limiter, account)}
+               **await ratelimit_headers(store.redis, request.app.state.settings, account)}
     return JSONResponse(public_view(record), status_code=202, headers=headers)
 
 

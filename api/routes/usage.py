@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 
 from api.deps import AdminAuth, CurrentAccount, RedisDep
-from shared import accounts
-from shared.usage import default_range, group, read_usage, to_csv
+from api import accounts
+from api.usage import default_range, group, read_usage, to_csv
 
 router = APIRouter()
 

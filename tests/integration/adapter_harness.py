@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from shared.catalog import ModelSpec, get_catalog
-from shared.prompts import prepare_job_spec
+from api.prompts import prepare_job_spec
 from shared.schemas import ChatCompletionRequest
 from tests.conftest import fake_provider_settings
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta

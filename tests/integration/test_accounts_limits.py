@@ -11,7 +11,7 @@ import pytest
 
 from shared import keys
 from shared.connections import sync_redis
-from shared.taskmessage import run_job_message
+from shared.queue import run_job_message
 from tests.conftest import wait_for
 from tests.integration.test_spine import poll_until_done, read_sse
 

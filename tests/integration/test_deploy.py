@@ -30,7 +30,7 @@ import yaml
 from shared import keys
 from shared.provider_config import ProviderSettings
 from shared.settings import Settings
-from worker.pool import STOP_MARGIN_SECONDS
+from worker.queue.pool import STOP_MARGIN_SECONDS
 
 pytestmark = pytest.mark.integration
 

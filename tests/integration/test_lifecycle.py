@@ -144,7 +144,7 @@ def test_readyz_reports_each_dependency(stack):
 
 
 def test_a_worker_runs_its_jobs_on_its_loop_and_acks_each_once_it_ended(own_stack):
-    # worker/pool.py: no pool thread per job; Celery still sees each job active from its start,
+    # worker/queue/pool.py: no pool thread per job; Celery still sees each job active from its start,
     # acknowledges its message only when it has ended, and logs the job's run time.
     s = own_stack(fake_url=own_stack.fake_url)
     own_stack.fake.config(tokens_per_s=4, tokens=40)  # ~10 s per job: all 30 run at once

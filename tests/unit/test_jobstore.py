@@ -1,36 +1,20 @@
 """Every job state transition, against the Lua scripts themselves (fakeredis runs them)."""
 
-import asyncio
 import base64
 import json
 import time
 
-import fakeredis
 import orjson
 import pytest
 
+from api.usage import read_usage
 from shared import keys
-from shared.events import read_events
-from shared.jobs import END, TOKEN, JobStore
-from shared.settings import Settings
-from shared.usage import read_usage, record
+from shared.events import END, TOKEN, read_events
+from shared.jobs import JobStore
+from shared.usage import record
+from tests.unit.jobstores import new_job, run
 
 USAGE = record(None, "m", 3, 2, None)
-
-
-@pytest.fixture
-def store():
-    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5))
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-async def new_job(store, queue=keys.QUEUE_LOCAL):
-    record = await store.create(account_id="acct", model="m", queue=queue, spec={"model": "m"})
-    return record["id"]
 
 
 def test_create_records_and_queues_in_one_step(store):
@@ -185,20 +169,6 @@ def test_redelivery_cap(store):
     run(go())
 
 
-def test_lapsed_lease_is_requeued_once(store):
-    async def go():
-        job_id = await new_job(store)
-        await store.redis.delete(keys.QUEUE_LOCAL)
-        await store.claim(job_id, "a")
-        assert not await store.requeue_lapsed(job_id)  # lease still held
-        await store.redis.delete(keys.job_lease(job_id))
-        assert job_id in await store.lapsed_jobs(now=10**12)
-        assert await store.requeue_lapsed(job_id)
-        assert not await store.requeue_lapsed(job_id)
-        assert (await store.get(job_id))["status"] == "queued"
-        assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
-    run(go())
-
 
 def test_a_claim_carries_the_record_and_the_events_already_published(store):
     async def go():
@@ -212,81 +182,6 @@ def test_a_claim_carries_the_record_and_the_events_already_published(store):
         assert second.outcome == "claimed" and second.attempts == 2
         assert second.events == [(1, TOKEN, '{"x":1}'), (2, TOKEN, '{"x":2}')]
         assert second.record["worker"] == "b"
-    run(go())
-
-
-def test_admission_without_any_limit_records_nothing_to_settle():
-    from shared.limiter import Limiter
-
-    async def go():
-        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-        limiter = Limiter(redis, Settings())
-        common = dict(model="m", deployment="d", deployment_rpm=None, deployment_tpm=None, tokens=10,
-                      submitted_at=1.0)
-        free = await limiter.admit(job_id="j1", account_id="free", **common)
-        assert (free.outcome, free.holds) == ("admitted", False)
-        assert not [k for k in await redis.keys("*") if k.startswith(keys.rate("", "").split("::")[0] + ":")]
-        await redis.hset(keys.account("capped"), mapping={"rpm": 5})
-        capped = await limiter.admit(job_id="j2", account_id="capped", **common)
-        assert (capped.outcome, capped.holds) == ("admitted", True)
-        assert await redis.zcard(keys.rate("acct:capped", "req")) == 1
-        on_deployment = await limiter.admit(job_id="j3", account_id="free",
-                                            **{**common, "deployment_rpm": 100})
-        assert (on_deployment.outcome, on_deployment.holds) == ("admitted", True)
-        assert await redis.zcard(keys.rate("dep:d", "req")) == 1
-    run(go())
-
-
-def test_a_job_submitted_before_the_first_in_line_takes_its_place():
-    """Deliveries race: a job can reach admission after a later one of its account became first
-    in line. It goes ahead of that one, and the account's wake-up time is the window's end again
-    even if a requeue had pushed it to its watchdog (a stall of seconds otherwise)."""
-    from shared.limiter import Limiter
-
-    async def go():
-        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-        limiter = Limiter(redis, Settings(rate_window_seconds=3))
-        await redis.hset(keys.account("a"), mapping={"rpm": 1})
-        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
-                      tokens=10)
-        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "admitted"
-        later = await limiter.admit(job_id="j3", submitted_at=3.0, **common)
-        assert later.outcome == "waiting" and "requests-per-window" in later.reason
-        window_end = int(later.retry_at * 1000)
-        await redis.zadd(keys.THROTTLED_ACCOUNTS, {"a": window_end + 5000})  # a requeue's watchdog
-        earlier = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
-        assert earlier.outcome == "waiting" and "requests-per-window" in earlier.reason
-        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3"]
-        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "a") == pytest.approx(window_end, abs=100)
-        # Behind the first in line, a later job only queues up and leaves the wake-up time be.
-        last = await limiter.admit(job_id="j4", submitted_at=4.0, **common)
-        assert last.outcome == "waiting" and "behind" in last.reason
-        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3", "j4"]
-        # With room in the window, an earlier job that was never in line is admitted ahead of
-        # the first in line, and hands the turn on to it.
-        await redis.hset(keys.account("a"), "rpm", 10)
-        first = await limiter.admit(job_id="j0", submitted_at=0.5, **common)
-        assert (first.outcome, first.next_job) == ("admitted", "j2")
-    run(go())
-
-
-def test_an_admission_made_again_answers_as_the_first_did():
-    """The reply to an admission is lost; meanwhile an earlier job of the account joins the
-    line; the admission made again is still admitted, and counted once."""
-    from shared.limiter import Limiter
-
-    async def go():
-        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-        limiter = Limiter(redis, Settings())
-        await redis.hset(keys.account("a"), mapping={"rpm": 1, "max_concurrency": 5})
-        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
-                      tokens=10)
-        assert (await limiter.admit(job_id="j2", submitted_at=2.0, **common)).outcome == "admitted"
-        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "waiting"
-        again = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
-        assert (again.outcome, again.next_job, again.holds) == ("admitted", "j1", True)
-        assert await redis.zrange(keys.rate("acct:a", "req"), 0, -1) == ["j2"]
-        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j1"]
     run(go())
 
 
@@ -331,33 +226,4 @@ def test_only_the_first_in_line_is_requeued_and_a_line_keeps_its_wake_up(store):
         await redis.delete(line)
         assert await store.scripts.release_account(**release) == 1
         assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is None
-    run(go())
-
-
-def test_a_message_lost_between_the_queue_and_a_worker_is_replaced_once_sure(store):
-    """kombu takes a message off the queue before recording it as unacknowledged: a worker
-    killed in between loses it. The reaper gives such a job a new message, and only then."""
-    async def go():
-        on_queue = await new_job(store)
-        assert await store.requeue_lost(older_than=0) == []  # its message is on the queue
-        held = await new_job(store)
-        lost = await new_job(store)
-        claimed = await new_job(store)
-        # Three messages taken off the queue (oldest first, like BRPOP): one a worker recorded
-        # as unacknowledged, one that vanished with its worker, one that was started.
-        raws = [await store.redis.rpop(keys.QUEUE_LOCAL) for _ in range(4)]
-        by_job = {json.loads(raw)["headers"]["id"]: raw for raw in raws}
-        await store.redis.lpush(keys.QUEUE_LOCAL, by_job[on_queue])
-        tag = json.loads(by_job[held])["properties"]["delivery_tag"]
-        await store.redis.hset("unacked", tag, json.dumps([json.loads(by_job[held]), "", keys.QUEUE_LOCAL]))
-        assert (await store.claim(claimed, "w")).outcome == "claimed"
-        assert "message" not in await store.get(claimed)
-
-        assert await store.requeue_lost(older_than=3600) == []  # not old enough to be sure
-        assert await store.requeue_lost(older_than=0) == [lost]
-        queue = [json.loads(m)["headers"]["id"] for m in await store.redis.lrange(keys.QUEUE_LOCAL, 0, -1)]
-        assert sorted(queue) == sorted([on_queue, lost])
-        assert (await store.get(lost))["status"] == "queued"
-        assert await store.requeue_lost(older_than=0) == []  # its new message is on the queue
-        assert await store.redis.zscore(keys.QUEUED_JOBS, claimed) is None
     run(go())

@@ -1,4 +1,4 @@
-"""The worker's pool (worker/pool.py): jobs start on the loop, Celery's trace runs when they end."""
+"""The worker's pool (worker/queue/pool.py): jobs start on the loop, Celery's trace runs when they end."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from celery.worker import state as worker_state
 from celery.worker.request import Request
 
 from shared import keys
-from shared.taskmessage import run_job_message
+from shared.queue import run_job_message
 from tests.conftest import wait_for
-from worker import pool as loop_pool
+from worker.queue import pool as loop_pool
 from worker import runtime as worker_runtime
 from worker.tasks import app
 

@@ -1,7 +1,7 @@
 import pytest
 
 from shared.catalog import get_catalog
-from shared.prompts import RequestError, build_messages, prepare_job_spec, render_template
+from api.prompts import RequestError, build_messages, prepare_job_spec, render_template
 from shared.schemas import ChatCompletionRequest
 
 LOCAL = get_catalog().get("smollm2-135m-instruct")

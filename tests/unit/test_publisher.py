@@ -7,10 +7,10 @@ import pytest
 from redis.exceptions import ResponseError
 
 from shared import keys
-from shared.events import read_events
-from shared.jobs import TOKEN, JobStore
+from shared.events import TOKEN, read_events
+from shared.jobs import JobStore
 from shared.settings import Settings
-from worker.runner import Publisher
+from worker.publishing import Publisher
 
 
 def test_publishes_of_many_jobs_share_round_trips_and_keep_their_own_outcomes():
@@ -79,7 +79,8 @@ def test_a_redis_failure_reaches_every_job_of_the_round_trip():
 def test_an_attempt_cancelled_while_draining_still_waits_for_the_publish_in_flight():
     """The time limit or a cancel can interrupt ``drain``; the attempt's last events are numbered
     after what the publish in flight writes, so ``close`` must wait for it to land."""
-    from worker.runner import Attempt, Emitter
+    from worker.attempt import Attempt
+    from worker.publishing import Emitter
 
     class SlowPublisher:
         def __init__(self):

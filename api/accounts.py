@@ -13,7 +13,7 @@ import time
 import orjson
 
 from shared import keys
-from shared.jobs import iso
+from shared.schemas import iso
 
 KEY_PREFIX = "cf-"
 
@@ -24,10 +24,6 @@ def hash_key(secret: str) -> str:
 
 def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def account_keys(account_id: str) -> str:
-    return f"{keys.account(account_id)}:keys"
 
 
 async def ensure_account(redis, account_id: str, name: str | None = None) -> None:
@@ -54,7 +50,7 @@ async def add_api_key(redis, account_id: str, secret: str | None = None) -> tupl
             # Enough to tell keys apart in a listing, not enough to use one.
             "prefix": secret[:7],
         })
-        pipe.hset(account_keys(account_id), key_id, digest)
+        pipe.hset(keys.account_api_keys(account_id), key_id, digest)
         pipe.set(keys.api_key_id(key_id), digest)
         await pipe.execute()
     return key_id, secret
@@ -143,7 +139,7 @@ async def update_account(redis, account_id: str, name: str | None = None, limits
 
 
 async def list_api_keys(redis, account_id: str) -> list[dict]:
-    entries = await redis.hgetall(account_keys(account_id))
+    entries = await redis.hgetall(keys.account_api_keys(account_id))
     async with redis.pipeline(transaction=False) as pipe:
         for digest in entries.values():
             pipe.hgetall(keys.api_key(digest))
@@ -164,7 +160,7 @@ async def revoke_api_key(redis, key_id: str) -> bool:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.delete(keys.api_key(digest), keys.api_key_id(key_id))
         if record.get("account_id"):
-            pipe.hdel(account_keys(record["account_id"]), key_id)
+            pipe.hdel(keys.account_api_keys(record["account_id"]), key_id)
         await pipe.execute()
     return True
 

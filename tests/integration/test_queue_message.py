@@ -9,7 +9,7 @@ from celery import Celery
 from deploy.devstack import Fleet, free_port, start_redis
 from shared import keys
 from shared.connections import sync_redis
-from shared.taskmessage import run_job_message
+from shared.queue import run_job_message
 
 pytestmark = pytest.mark.integration
 

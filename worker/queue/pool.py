@@ -1,6 +1,6 @@
 """Celery's threads pool, with jobs started on the worker's event loop instead of in a thread.
 
-Every job runs on the runtime's loop (``worker.runtime``). Through Celery's threads pool, each
+Every job runs on the runtime's loop (``worker/runtime.py``). Through Celery's threads pool, each
 job also held a pool thread for its whole life, blocked on the loop's answer: two hand-overs
 between threads per job (Celery's consumer → pool thread → loop), a thousand parked threads
 for a thousand streams, and a pool thread that must win the GIL from a loop thread busy relaying
@@ -16,7 +16,7 @@ task, and the run time Celery logs and reports (task-succeeded) is the job's. On
 threads pool as before. A warm shutdown waits for the jobs on the loop and their acks before
 the pool stops (at most the grace period and ``STOP_MARGIN_SECONDS``).
 
-Selected by ``worker_pool`` in ``worker.celery_app`` (a worker started without ``-P``);
+Selected by ``worker_pool`` in ``worker/celery_app.py`` (a worker started without ``-P``);
 ``-P threads`` still works, each job then blocking a pool thread.
 """
 
@@ -29,11 +29,11 @@ import threading
 import time
 from typing import Any, Callable
 
-import orjson
 from celery.concurrency import thread
 from celery.concurrency.base import apply_target
 
 from shared import keys
+from shared.queue import body_job_id
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,7 @@ def _job_id(args: tuple) -> str | None:
     the pool: (task name, task id, request, body, content type, content encoding)."""
     if len(args) < 5 or args[0] != keys.RUN_JOB_TASK or args[4] != "application/json":
         return None
-    body = args[3]
-    try:
-        positional = orjson.loads(bytes(body) if isinstance(body, memoryview) else body)[0]
-    except (orjson.JSONDecodeError, TypeError, IndexError, KeyError):
-        return None
-    if len(positional) != 1 or not isinstance(positional[0], str):
-        return None
-    return positional[0]
+    return body_job_id(args[3])
 
 
 class _JobRuntime(logging.Filter):
@@ -133,7 +126,7 @@ class TaskPool(thread.TaskPool):
 
     def on_stop(self) -> None:
         """A warm shutdown: the runtime hands the jobs still running back to the queue after the
-        grace period (``worker.tasks``); wait for them and their acks, within a bound, so that a
+        grace period (``worker/tasks.py``); wait for them and their acks, within a bound, so that a
         job stuck on a dead Redis does not keep the process from exiting (its unacked message is
         restored when the connection closes, and the job's lease fences any duplicate)."""
         from shared.settings import get_settings

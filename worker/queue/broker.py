@@ -7,7 +7,7 @@ callbacks per client), about 7 % of a provider worker's CPU at a few hundred job
 A ``redis.Redis`` is safe to share between threads (each command borrows a connection from
 the pool), so the channel keeps one and hands it out; everything else is kombu's.
 
-Selected with ``broker_transport`` in ``worker.celery_app``; the broker URL stays ``redis://``.
+Selected with ``broker_transport`` in ``worker/celery_app.py``; the broker URL stays ``redis://``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
-"""Turning a chat-completion request into a queued job (shared by sync and async routes)."""
+"""Jobs as the API makes and shows them: a chat-completion request turned into a queued job
+(for the synchronous and the asynchronous routes alike), and the job as ``GET /v4/jobs/{id}``
+shows it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
+import orjson
 from fastapi import HTTPException
 
-from shared import metrics
+from api import metrics
+from api.prompts import RequestError, prepare_job_spec
 from shared.catalog import Catalog
 from shared.jobs import JobStore
-from shared.prompts import RequestError, prepare_job_spec
 from shared.provider_config import get_provider_settings
-from shared.schemas import ChatCompletionRequest
+from shared.schemas import ChatCompletionRequest, iso
 
 
 async def submit(
@@ -40,3 +45,30 @@ async def submit(
     record = await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)
     metrics.JOBS_SUBMITTED.labels(spec.id).inc()
     return record
+
+
+def _loads(value: str | None) -> Any:
+    return None if value in (None, "") else orjson.loads(value)
+
+
+def public_view(record: dict[str, str]) -> dict[str, Any]:
+    """The job as ``GET /v4/jobs/{id}`` shows it."""
+    throttled = record.get("status") == "throttled"
+    return {
+        "id": record["id"],
+        "object": "job",
+        "status": record["status"],
+        "model": record.get("model"),
+        "account_id": record.get("account_id"),
+        "created_at": iso(record.get("created_at")),
+        "updated_at": iso(record.get("updated_at")),
+        "started_at": iso(record.get("started_at")),
+        "finished_at": iso(record.get("finished_at")),
+        "attempts": int(record.get("attempts") or 0),
+        "next_try_at": iso(record.get("next_try_at")) if throttled else None,
+        "throttle_reason": record.get("throttle_reason") if throttled else None,
+        "result": _loads(record.get("result")),
+        "usage": _loads(record.get("usage")),
+        "error": _loads(record.get("error")),
+        "stream_url": f"/v4/jobs/{record['id']}/stream",
+    }

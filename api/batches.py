@@ -13,21 +13,23 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import orjson
 from pydantic import ValidationError
 
+from api.prompts import RequestError, prepare_job_spec
 from shared import keys
 from shared.catalog import Catalog
-from shared.jobs import iso
-from shared.prompts import RequestError, prepare_job_spec
-from shared.provider_config import ProviderSettings
-from shared.schemas import ChatCompletionRequest
+from shared.provider_config import ProviderSettings, get_provider_settings
+from shared.schemas import ChatCompletionRequest, iso
+from shared.settings import Settings
 
 MAX_CUSTOM_ID = 512
 MAX_REPORTED_ERRORS = 1000
+MAX_METADATA_KEYS = 16
 STATUSES_DONE = frozenset({"completed", "failed", "expired", "cancelled"})
 TIMESTAMPS = ("created_at", "in_progress_at", "finalizing_at", "completed_at", "failed_at",
               "expired_at", "cancelling_at", "cancelled_at", "expires_at")
@@ -180,5 +182,118 @@ def view(record: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def now_repr() -> str:
-    return repr(time.time())
+def check_metadata(metadata: Any) -> dict[str, str]:
+    if not isinstance(metadata, dict):
+        raise LineError("metadata must be a JSON object of strings")
+    if len(metadata) > MAX_METADATA_KEYS or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in metadata.items()):
+        raise LineError(f"metadata: at most {MAX_METADATA_KEYS} string keys (64 chars) "
+                        "with string values (512 chars)")
+    return metadata
+
+
+async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], catalog: Catalog) -> tuple[int, list, int]:
+    """Validate every line and stage the valid ones; returns (lines, reported errors, error count).
+    Runs the CPU work on a thread, a chunk at a time, and writes each chunk from the loop."""
+    chunks = validate_lines(lines, account, catalog, get_provider_settings())
+    total, errors, error_count = 0, [], 0
+
+    def next_chunk():
+        return next(chunks, None)
+
+    while (chunk := await anyio.to_thread.run_sync(next_chunk)) is not None:
+        entries, chunk_errors = chunk
+        total += len(entries) + len(chunk_errors)
+        error_count += len(chunk_errors)
+        errors.extend(chunk_errors[: max(MAX_REPORTED_ERRORS - len(errors), 0)])
+        if entries and not error_count:  # once a line is bad nothing will run: stop staging
+            await redis.rpush(keys.batch_pending(batch_id), *entries)
+    return total, errors, error_count
+
+
+async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str, str], window: str,
+                 catalog: Catalog, settings: Settings) -> dict[str, Any]:
+    """Validate and stage a batch; it is ``in_progress`` (the workers' feeder hands its lines to
+    the queue) or, if any line is bad, ``failed`` with every bad line reported and nothing run.
+    Raises LineError for a bad completion window."""
+    window_seconds = parse_window(window)
+    batch_id = new_batch_id()
+    now = time.time()
+    await redis.hset(keys.batch(batch_id), mapping={
+        "id": batch_id, "account_id": account, "status": "validating", "created_at": repr(now),
+        "completion_window": window, "metadata": orjson.dumps(metadata).decode(),
+        "total": 0, "completed": 0, "failed": 0,
+    })
+    await redis.zadd(keys.account_batches(account), {batch_id: now})
+    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog)
+    retention = max(settings.job_retention_seconds, window_seconds + 86400)
+    if total == 0:
+        errors, error_count = [{"line": 0, "code": "empty_batch", "message": "the batch has no lines"}], 1
+    if error_count:
+        # Refused whole: nothing runs; every bad line is reported with its number.
+        await redis.delete(keys.batch_pending(batch_id))
+        await redis.hset(keys.batch(batch_id), mapping={
+            "status": "failed", "failed_at": repr(time.time()), "total": total,
+            "errors": orjson.dumps({"object": "list", "data": errors, "total": error_count}).decode(),
+        })
+    else:
+        started = time.time()
+        await redis.hset(keys.batch(batch_id), mapping={
+            "status": "in_progress", "in_progress_at": repr(started), "total": total,
+            "expires_at": repr(now + window_seconds),
+        })
+        await redis.zadd(keys.ACTIVE_BATCHES, {batch_id: now})
+    for key in (keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_results(batch_id),
+                keys.batch_errors(batch_id)):
+        await redis.expire(key, retention)
+    return view(await redis.hgetall(keys.batch(batch_id)))
+
+
+async def get_own(redis, batch_id: str, account: str) -> dict[str, str] | None:
+    """The batch's record if it belongs to ``account``; None otherwise, exactly as if missing."""
+    record = await redis.hgetall(keys.batch(batch_id))
+    if not record or record.get("account_id") != account:
+        return None
+    return record
+
+
+class UnknownCursor(LookupError):
+    """``after`` names no batch of the account."""
+
+
+async def page(redis, account: str, limit: int, after: str | None) -> dict[str, Any]:
+    """The account's batches, newest first; ``after`` is the last id of the previous page."""
+    max_score = "+inf"
+    if after is not None:
+        score = await redis.zscore(keys.account_batches(account), after)
+        if score is None:
+            raise UnknownCursor(after)
+        max_score = f"({score}"
+    ids = await redis.zrevrangebyscore(keys.account_batches(account), max_score, "-inf", start=0, num=limit + 1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in ids[:limit]:
+            pipe.hgetall(keys.batch(batch_id))
+        records = await pipe.execute()
+    data = [view(r) for r in records if r]
+    return {"object": "list", "data": data, "has_more": len(ids) > limit,
+            "last_id": data[-1]["id"] if data else None}
+
+
+async def cancel(redis, record: dict[str, str]) -> dict[str, Any]:
+    """Ask for the batch to end: the workers' feeder cancels what has not run (``ending``)."""
+    batch_id = record["id"]
+    if record["status"] in ("in_progress", "validating") and not record.get("ending"):
+        await redis.hset(keys.batch(batch_id), mapping={
+            "status": "cancelling", "ending": "cancelled", "cancelling_at": repr(time.time())})
+    return view(await redis.hgetall(keys.batch(batch_id)))
+
+
+async def jsonl(redis, key: str) -> AsyncIterator[bytes]:
+    """A results or errors list as JSONL, a thousand lines at a time."""
+    start = 0
+    while True:
+        chunk = await redis.lrange(key, start, start + 999)
+        if not chunk:
+            return
+        yield ("\n".join(chunk) + "\n").encode()
+        start += len(chunk)

@@ -1,9 +1,8 @@
-"""Every Prometheus metric of the fleet, defined once (README, "Metrics", lists them).
+"""Each worker process's Prometheus metrics (README, "Metrics"), served on its own port
+(``CHATFLEET_WORKER_METRICS_PORT``, by ``start_worker_metrics_server``).
 
-Two registries: the API's (served on ``GET /metrics``) and each worker process's (served on
-its own port, ``CHATFLEET_WORKER_METRICS_PORT``, by ``start_worker_metrics_server``). Labels
-are bounded by construction: route templates, status codes, model ids of the catalog, provider
-families, error codes, queue names. Never an account, a job id, a key, or any message text.
+Labels are bounded by construction: model ids of the catalog, provider families, error codes,
+queue names, outcomes. Never an account, a job id, a key, or any message text.
 """
 
 from __future__ import annotations
@@ -35,85 +34,63 @@ log = logging.getLogger(__name__)
 # No *_created series: they double the samples and nothing here reads them.
 disable_created_metrics()
 
-API_REGISTRY = CollectorRegistry()
-WORKER_REGISTRY = CollectorRegistry()
-for _registry in (API_REGISTRY, WORKER_REGISTRY):
-    ProcessCollector(registry=_registry)
-    PlatformCollector(registry=_registry)
-    GCCollector(registry=_registry)
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 
-# Seconds: from sub-second HTTP answers up to the 10-minute job time limit.
+# Seconds: from the first token of a fast provider up to the 10-minute job time limit.
 _FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
-# --- API ----------------------------------------------------------------------------------------
-
-HTTP_REQUEST_DURATION = Histogram(
-    "chatfleet_http_request_duration_seconds",
-    "API request latency until the response starts (for streams: time to the first byte), "
-    "by method, route template and status code.",
-    ["method", "route", "status"], buckets=_FAST_BUCKETS, registry=API_REGISTRY,
-)
-SSE_STREAMS_ACTIVE = Gauge(
-    "chatfleet_sse_streams_active",
-    "Server-sent event streams the API is serving now, by route template.",
-    ["route"], registry=API_REGISTRY,
-)
-JOBS_SUBMITTED = Counter(
-    "chatfleet_jobs_submitted",
-    "Jobs accepted by the API (POST /v4/jobs and /v4/chat-completions), by model.",
-    ["model"], registry=API_REGISTRY,
-)
-
-# --- workers ------------------------------------------------------------------------------------
 
 JOBS_FINISHED = Counter(
     "chatfleet_jobs_finished",
     "Jobs finished by a worker, by final status (succeeded, failed, cancelled), model and provider family.",
-    ["status", "model", "provider"], registry=WORKER_REGISTRY,
+    ["status", "model", "provider"], registry=REGISTRY,
 )
 JOB_ATTEMPT_DURATION = Histogram(
     "chatfleet_job_attempt_duration_seconds",
     "Duration of one attempt at a job in a worker (claim to finish, park or hand-back), by outcome.",
-    ["outcome"], buckets=_SLOW_BUCKETS, registry=WORKER_REGISTRY,
+    ["outcome"], buckets=_SLOW_BUCKETS, registry=REGISTRY,
 )
 JOBS_RUNNING = Gauge(
     "chatfleet_jobs_running",
     "Jobs this worker process is running now (admitted, calling their provider).",
-    registry=WORKER_REGISTRY,
+    registry=REGISTRY,
 )
 RATELIMIT_ADMISSIONS = Counter(
     "chatfleet_ratelimit_admissions",
     "Jobs admitted by the rate limiter, by model.",
-    ["model"], registry=WORKER_REGISTRY,
+    ["model"], registry=REGISTRY,
 )
 RATELIMIT_REJECTIONS = Counter(
     "chatfleet_ratelimit_rejections",
     "Jobs not admitted by the rate limiter, by model and reason (requests, tokens, concurrency: "
     "the job waits; order: it waits behind earlier jobs of its account; too_large: it fails).",
-    ["model", "reason"], registry=WORKER_REGISTRY,
+    ["model", "reason"], registry=REGISTRY,
 )
 PROVIDER_CALL_DURATION = Histogram(
     "chatfleet_provider_call_duration_seconds",
     "Duration of one provider call (the whole streamed answer), by provider family, model and "
     "outcome (ok, error, aborted: cancelled, lost or timed out).",
-    ["provider", "model", "outcome"], buckets=_SLOW_BUCKETS, registry=WORKER_REGISTRY,
+    ["provider", "model", "outcome"], buckets=_SLOW_BUCKETS, registry=REGISTRY,
 )
 PROVIDER_TTFT = Histogram(
     "chatfleet_provider_time_to_first_token_seconds",
     "Time from the start of a provider call to its first text, by provider family and model.",
-    ["provider", "model"], buckets=_FAST_BUCKETS, registry=WORKER_REGISTRY,
+    ["provider", "model"], buckets=_FAST_BUCKETS, registry=REGISTRY,
 )
 PROVIDER_ERRORS = Counter(
     "chatfleet_provider_errors",
     "Failed provider calls (retried or not), by provider family and error code.",
-    ["provider", "code"], registry=WORKER_REGISTRY,
+    ["provider", "code"], registry=REGISTRY,
 )
 TOKENS = Counter(
     "chatfleet_tokens",
     "Tokens of finished jobs as recorded in usage, by model, provider family and direction "
     "(in: prompt, out: completion).",
-    ["model", "provider", "direction"], registry=WORKER_REGISTRY,
+    ["model", "provider", "direction"], registry=REGISTRY,
 )
 
 
@@ -148,7 +125,7 @@ class RedisGauges(Collector):
     queue) and throttled jobs waiting for admission (``ZCARD`` of each throttled account's
     waiting set). Every worker reports the same values: aggregate with ``max``."""
 
-    QUEUES = (keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH, keys.QUEUE_LOCAL)
+    QUEUES = keys.QUEUES
     MAX_ACCOUNTS = 1000
     MIN_INTERVAL = 1.0  # seconds: scrapes closer together reuse the last reading
 
@@ -226,14 +203,14 @@ def start_worker_metrics_server(settings=None) -> int | None:
                 return _server[1]
             for port in range(base, base + PORT_ATTEMPTS):
                 try:
-                    start_http_server(port, registry=WORKER_REGISTRY)
+                    start_http_server(port, registry=REGISTRY)
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         raise
                     log.warning("worker metrics port %d is in use; trying %d", port, port + 1)
                     continue
                 try:
-                    WORKER_REGISTRY.register(RedisGauges(settings.redis_url))
+                    REGISTRY.register(RedisGauges(settings.redis_url))
                 except ValueError:  # already registered (a second call in this process)
                     pass
                 _server = (os.getpid(), port)

@@ -6,7 +6,8 @@ nor a token bucket (which lets a burst of N follow a full minute). Admission is 
 (``lua/admit.lua``): requests, estimated tokens (prompt + max_tokens) and a concurrency lease,
 across the account, the account's per-model override and the provider deployment, all or
 nothing. After the call, ``settle`` replaces the estimate with the real count and frees the
-lease. Leases expire on their own, so a killed worker cannot lock an account out.
+lease. Leases expire on their own, so a killed worker cannot lock an account out. The API
+reads what is left of the account's limits for its response headers (``api/ratelimit.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,6 @@ from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
 from shared.settings import Settings
 
-PARTS = ("req", "tok", "total", "conc")
-
-
-def scope_keys(account_id: str, model: str, deployment: str) -> list[str]:
-    """The 12 keys of the three scopes (account, account x model, deployment)."""
-    out = []
-    for scope in (f"acct:{account_id}", f"acct:{account_id}:model:{model}", f"dep:{deployment}"):
-        out.extend(keys.rate(scope, part) for part in PARTS)
-    return out
-
 
 @dataclass
 class Admission:
@@ -40,12 +31,6 @@ class Admission:
     holds: bool = True
     retry_at: float | None = None  # unix seconds
     reason: str = ""
-
-
-@dataclass
-class Usage:
-    limit: int | None
-    remaining: int | None
 
 
 class Limiter:
@@ -68,7 +53,7 @@ class Limiter:
     ) -> Admission:
         result = await self.scripts.admit(
             keys=[keys.account(account_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS,
-                  *scope_keys(account_id, model, deployment), keys.job(job_id)],
+                  *keys.rate_scopes(account_id, model, deployment), keys.job(job_id)],
             args=[int(time.time() * 1000), self.window_ms, job_id, tokens, self.lease_ms, account_id,
                   repr(submitted_at), model, deployment_rpm or -1, deployment_tpm or -1],
         )
@@ -82,31 +67,15 @@ class Limiter:
         """Record the real token count and free the job's slots; returns the account's next
         waiting job ("" if none)."""
         return await self.scripts.settle(
-            keys=[keys.account_waiting(account_id), *scope_keys(account_id, model, deployment)],
+            keys=[keys.account_waiting(account_id), *keys.rate_scopes(account_id, model, deployment)],
             args=[job_id, tokens],
         )
 
     def renew_leases(self, pipe, *, job_id: str, account_id: str, model: str, deployment: str) -> None:
         """Queue on ``pipe`` the renewal of the job's concurrency leases (only those it holds)."""
         expiry = int(time.time() * 1000) + self.lease_ms
-        for key in scope_keys(account_id, model, deployment)[3::4]:
+        for key in keys.rate_scopes(account_id, model, deployment)[3::4]:
             pipe.zadd(key, {job_id: expiry}, xx=True)
-
-    async def account_usage(self, account_id: str, limits: dict[str, int | None]) -> dict[str, Usage]:
-        """Remaining requests and tokens of the account in the current window (for headers)."""
-        req, tok, total, conc = (keys.rate(f"acct:{account_id}", part) for part in PARTS)
-        now_ms = int(time.time() * 1000)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcount(req, now_ms - self.window_ms, "+inf")
-            pipe.get(total)
-            pipe.zcount(conc, now_ms, "+inf")
-            used_requests, used_tokens, running = await pipe.execute()
-        out = {}
-        for name, used in (("requests", used_requests), ("tokens", int(used_tokens or 0)),
-                           ("concurrency", running)):
-            limit = limits.get(name)
-            out[name] = Usage(limit, None if limit is None else max(limit - int(used), 0))
-        return out
 
 
 def reservation(prompt_bytes: int, max_tokens: int | None, fallback_completion: int) -> int:

@@ -1,0 +1,23 @@
+"""A job store on fakeredis (which runs the Lua scripts), and helpers for the tests that use one."""
+
+import asyncio
+
+import fakeredis
+
+from shared import keys
+from shared.jobs import JobStore
+from shared.settings import Settings
+
+
+def fake_store() -> JobStore:
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def new_job(store, queue=keys.QUEUE_LOCAL):
+    record = await store.create(account_id="acct", model="m", queue=queue, spec={"model": "m"})
+    return record["id"]

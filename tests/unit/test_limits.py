@@ -1,0 +1,78 @@
+"""Admission under the fleet's limits (worker/limits.py), against admit.lua itself."""
+
+import fakeredis
+import pytest
+
+from shared import keys
+from shared.settings import Settings
+from tests.unit.jobstores import run
+from worker.limits import Limiter
+
+
+def test_admission_without_any_limit_records_nothing_to_settle():
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings())
+        common = dict(model="m", deployment="d", deployment_rpm=None, deployment_tpm=None, tokens=10,
+                      submitted_at=1.0)
+        free = await limiter.admit(job_id="j1", account_id="free", **common)
+        assert (free.outcome, free.holds) == ("admitted", False)
+        assert not [k for k in await redis.keys("*") if k.startswith(keys.rate("", "").split("::")[0] + ":")]
+        await redis.hset(keys.account("capped"), mapping={"rpm": 5})
+        capped = await limiter.admit(job_id="j2", account_id="capped", **common)
+        assert (capped.outcome, capped.holds) == ("admitted", True)
+        assert await redis.zcard(keys.rate("acct:capped", "req")) == 1
+        on_deployment = await limiter.admit(job_id="j3", account_id="free",
+                                            **{**common, "deployment_rpm": 100})
+        assert (on_deployment.outcome, on_deployment.holds) == ("admitted", True)
+        assert await redis.zcard(keys.rate("dep:d", "req")) == 1
+    run(go())
+
+
+def test_a_job_submitted_before_the_first_in_line_takes_its_place():
+    """Deliveries race: a job can reach admission after a later one of its account became first
+    in line. It goes ahead of that one, and the account's wake-up time is the window's end again
+    even if a requeue had pushed it to its watchdog (a stall of seconds otherwise)."""
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings(rate_window_seconds=3))
+        await redis.hset(keys.account("a"), mapping={"rpm": 1})
+        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
+                      tokens=10)
+        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "admitted"
+        later = await limiter.admit(job_id="j3", submitted_at=3.0, **common)
+        assert later.outcome == "waiting" and "requests-per-window" in later.reason
+        window_end = int(later.retry_at * 1000)
+        await redis.zadd(keys.THROTTLED_ACCOUNTS, {"a": window_end + 5000})  # a requeue's watchdog
+        earlier = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
+        assert earlier.outcome == "waiting" and "requests-per-window" in earlier.reason
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3"]
+        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "a") == pytest.approx(window_end, abs=100)
+        # Behind the first in line, a later job only queues up and leaves the wake-up time be.
+        last = await limiter.admit(job_id="j4", submitted_at=4.0, **common)
+        assert last.outcome == "waiting" and "behind" in last.reason
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j2", "j3", "j4"]
+        # With room in the window, an earlier job that was never in line is admitted ahead of
+        # the first in line, and hands the turn on to it.
+        await redis.hset(keys.account("a"), "rpm", 10)
+        first = await limiter.admit(job_id="j0", submitted_at=0.5, **common)
+        assert (first.outcome, first.next_job) == ("admitted", "j2")
+    run(go())
+
+
+def test_an_admission_made_again_answers_as_the_first_did():
+    """The reply to an admission is lost; meanwhile an earlier job of the account joins the
+    line; the admission made again is still admitted, and counted once."""
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings())
+        await redis.hset(keys.account("a"), mapping={"rpm": 1, "max_concurrency": 5})
+        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
+                      tokens=10)
+        assert (await limiter.admit(job_id="j2", submitted_at=2.0, **common)).outcome == "admitted"
+        assert (await limiter.admit(job_id="j1", submitted_at=1.0, **common)).outcome == "waiting"
+        again = await limiter.admit(job_id="j2", submitted_at=2.0, **common)
+        assert (again.outcome, again.next_job, again.holds) == ("admitted", "j1", True)
+        assert await redis.zrange(keys.rate("acct:a", "req"), 0, -1) == ["j2"]
+        assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j1"]
+    run(go())

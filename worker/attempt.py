@@ -1,0 +1,72 @@
+"""One attempt at a job, as the process holds it: the runtime's handle (``RunningJob``: how the
+lease keeper renews or stops it) and the runner's state (``Attempt``: what was delivered, what
+it is billed)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from shared.catalog import ModelSpec
+from shared.usage import UsageRecord
+
+if TYPE_CHECKING:
+    from worker.publishing import Emitter
+
+
+@dataclass
+class RunningJob:
+    job_id: str
+    token: str
+    task: asyncio.Task
+    reason: str | None = None
+    # (account, model, deployment) while the job holds concurrency leases.
+    limits: tuple[str, str, str] | None = None
+    # Whether the attempt holds the job's lease (only then is it renewed and watched).
+    owned: bool = False
+
+    def stop(self, reason: str) -> None:
+        """Interrupt the attempt (``reason``: cancel, lost, shutdown). Re-checked here: an
+        attempt that has meanwhile finished or parked its job released the lease itself and must
+        not be interrupted."""
+        if self.reason is None and self.owned:
+            self.reason = reason
+            self.task.cancel()
+
+
+@dataclass
+class Attempt:
+    job_id: str
+    token: str
+    seq: int
+    delivered: list[str] = field(default_factory=list)
+    account_id: str = ""
+    model_id: str = ""
+    started: float = 0.0
+    prompt_bytes: int = 0
+    submitted_at: float = 0.0
+    batch_id: str = ""
+    spec: ModelSpec | None = None
+    usage: UsageRecord | None = None
+    handle: RunningJob | None = None
+    emitter: Emitter | None = None
+    number: int = 0  # which delivery of the job this attempt is (the claim's count)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.delivered)
+
+    @property
+    def provider(self) -> str:
+        return self.spec.family if self.spec is not None else "unknown"
+
+    def log_context(self) -> dict:
+        """The job context carried by this attempt's log lines (never any content)."""
+        out = {"job_id": self.job_id, "account_id": self.account_id, "model": self.model_id,
+               "attempt": self.number}
+        if self.spec is not None:
+            out["provider"] = self.spec.family
+        if self.batch_id:
+            out["batch_id"] = self.batch_id
+        return out

@@ -1,0 +1,199 @@
+"""Publishing an attempt's text as token events: coalesced across every job of the process
+(``Publisher``), and without making the provider's stream wait (``Emitter``).
+
+Each event is appended to the job's stream and published live by ``lua/publish_events.lua``,
+fenced by the attempt's lease: a publish that finds the lease gone raises ``LostOwnership``,
+one that finds a cancel request ``JobCancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import orjson
+from redis.exceptions import RedisError
+
+from shared.events import TOKEN
+from shared.jobs import JobStore
+from shared.schemas import stream_chunk
+from worker.attempt import Attempt
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class LostOwnership(Exception):
+    """Another attempt owns the job now (our lease lapsed); this one must stop writing."""
+
+
+
+class Publisher:
+    """The publishes of every running job of the process, coalesced: whatever jobs submit while
+    one round trip is in flight goes out together in the next (one script call for all of
+    them). With hundreds of streams, a round trip per token and job was the worker's largest
+    cost; this keeps the relay latency at about one round trip."""
+
+    # Per round trip, bounds on the script's run time inside Redis (which serves nobody else
+    # meanwhile): jobs, and events (a job that fell behind brings up to Emitter.MAX_PENDING).
+    MAX_JOBS = 256
+    MAX_EVENTS = 2048
+
+    def __init__(self, store: JobStore):
+        self.store = store
+        self.waiting: list[tuple[str, str, list[tuple[int, str, str]], asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def publish(self, job_id: str, token: str, events: list[tuple[int, str, str]]) -> int:
+        """``JobStore.publish``, in the next round trip."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((job_id, token, events, future))
+        if self.task is None:
+            self.task = asyncio.create_task(self._run())
+        outcome = await future
+        if isinstance(outcome, Exception):
+            # A copy per job: one exception object raised in hundreds of tasks would collect
+            # all their tracebacks.
+            raise copy.copy(outcome) from outcome
+        return outcome
+
+    def _next_batch(self) -> list:
+        batch, events, taken = [], 0, 0
+        for entry in self.waiting:
+            if len(batch) == self.MAX_JOBS or (batch and events + len(entry[2]) > self.MAX_EVENTS):
+                break
+            taken += 1
+            if not entry[3].done():  # its caller is gone (cancelled): nothing to send
+                batch.append(entry)
+                events += len(entry[2])
+        del self.waiting[:taken]
+        return batch
+
+    async def _run(self) -> None:
+        batch: list = []
+        try:
+            while self.waiting:
+                batch = self._next_batch()
+                if not batch:
+                    continue
+                try:
+                    outcomes = await self.store.publish_many([(j, t, e) for j, t, e, _ in batch])
+                    if len(outcomes) != len(batch):
+                        raise RedisError(f"publish answered {len(outcomes)} of {len(batch)} jobs")
+                except Exception as exc:  # Redis: every job of the round trip hears it
+                    outcomes = [exc] * len(batch)
+                for (*_, future), outcome in zip(batch, outcomes):
+                    if not future.done():
+                        future.set_result(outcome)
+                batch = []
+        finally:
+            self.task = None
+            # Only when cancelled (the process is stopping): nobody is left to answer these.
+            for *_, future in batch + self.waiting:
+                future.cancel()
+            self.waiting = []
+
+
+class Emitter:
+    """Publishes an attempt's text as token events without making the provider wait.
+
+    While one publish is in flight, new deltas queue up and go together in the next one (one
+    round trip for several events, each still its own event). ``attempt.seq`` and
+    ``attempt.delivered`` move only when a publish succeeded, so they always say exactly what
+    subscribers have. A lost lease or a cancel request seen by a publish is raised on the next
+    ``emit`` or ``drain``.
+    """
+
+    MAX_PENDING = 256
+
+    def __init__(self, publisher: Publisher, attempt: Attempt):
+        self.publisher = publisher
+        self.attempt = attempt
+        self.pending: list[str] = []
+        self.task: asyncio.Task | None = None
+        self.closing = False  # the attempt is ending: what is pending goes with its last events
+
+    async def emit(self, text: str) -> None:
+        self.pending.append(text)
+        if self.task is not None and self.task.done():
+            task, self.task = self.task, None
+            task.result()  # raises what the last publish learned
+        if self.task is None:
+            self.task = asyncio.create_task(self._flush())
+        elif len(self.pending) >= self.MAX_PENDING:
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until everything emitted is published (raises LostOwnership / JobCancelled)."""
+        while self.task is not None:
+            task = self.task
+            # ``self.task`` keeps pointing at the publish in flight until it has landed: if this
+            # wait is cancelled (a cancel, the time limit), ``close`` must still wait for it, or
+            # the attempt's last events would reuse the ids it is writing.
+            await asyncio.shield(task)
+            self.task = None
+            if self.pending:
+                self.task = asyncio.create_task(self._flush())
+
+    async def close(self) -> list[str]:
+        """For an attempt that is ending: let the publish in flight land, then hand over the
+        text not yet published, to go out with the attempt's last events in the same round
+        trip. What the last publish raises no longer matters."""
+        self.closing = True
+        if self.task is not None:
+            task, self.task = self.task, None
+            try:
+                await asyncio.shield(task)
+            except (LostOwnership, JobCancelled):
+                return []
+        pending, self.pending = self.pending, []
+        return pending
+
+    async def _flush(self) -> None:
+        attempt = self.attempt
+        while self.pending and not self.closing:
+            texts, self.pending = self.pending, []
+            events = token_events(attempt, texts)
+            outcome = await self.publisher.publish(attempt.job_id, attempt.token, events)
+            if outcome < 0:
+                self.pending = []
+                raise LostOwnership()
+            attempt.seq += len(texts)
+            attempt.delivered.extend(texts)
+            if outcome == 1:
+                self.pending = []
+                raise JobCancelled()
+
+
+def token_events(attempt: Attempt, texts: list[str]) -> list[tuple[int, str, str]]:
+    """The token events of ``texts``, numbered after the attempt's last published event."""
+    return [(attempt.seq + i + 1, TOKEN, dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+
+
+def chunk_text(data: str) -> str:
+    return orjson.loads(data)["chat_completion"]["message"]["content"]
+
+
+def dumps(value) -> str:
+    return orjson.dumps(value).decode()
+
+
+
+async def emit(publisher: Publisher, attempt: Attempt, text: str) -> None:
+    """Publish ``text`` as the attempt's next token event (through its emitter)."""
+    if attempt.emitter is None:
+        attempt.emitter = Emitter(publisher, attempt)
+    await attempt.emitter.emit(text)
+
+
+async def unpublished(attempt: Attempt) -> list[tuple[int, str, str]]:
+    """The token events still to publish, numbered after every published one; they go out
+    with the attempt's last events (one round trip) and count as delivered from here on."""
+    if attempt.emitter is None:
+        return []
+    texts = await attempt.emitter.close()
+    events = token_events(attempt, texts)
+    attempt.seq += len(texts)
+    attempt.delivered.extend(texts)
+    return events

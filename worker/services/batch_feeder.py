@@ -1,0 +1,106 @@
+"""The batch feeder: hands staged batch lines to the queue in chunks, within the fleet-wide
+in-flight budget (``CHATFLEET_BATCH_MAX_IN_FLIGHT``) and round robin across batches, and winds
+down cancelled and expired batches. One worker of the fleet at a time.
+
+The API validates and stages a batch's lines (``api/batches.py``); each line then runs as a job
+like any other, and the script that finishes a line's job writes its result line and counts it
+(``lua/_batch_line.lua``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from shared import keys
+from shared.jobs import JobStore, new_job_id, new_record
+from shared.queue import run_job_message
+from shared.settings import Settings
+from worker.services.base import Service
+
+FEED_SECONDS = 0.1
+CHUNK = 500
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class BatchFeeder(Service):
+    name = "batch feeder"
+    lock = keys.BATCH_FEEDER_LOCK
+    lock_ms = 30_000
+
+    def __init__(self, store: JobStore, settings: Settings):
+        self.store = store
+        self.redis = store.redis
+        self.settings = settings
+
+    def interval(self) -> float:
+        return FEED_SECONDS
+
+    async def due(self) -> bool:
+        return bool(await self.redis.exists(keys.ACTIVE_BATCHES))  # one round trip while idle
+
+    async def run_pass(self) -> None:
+        active = await self.redis.zrange(keys.ACTIVE_BATCHES, 0, -1)
+        if not active:
+            return
+        in_flight = int(await self.redis.get(keys.BATCH_IN_FLIGHT) or 0)
+        budget = self.settings.batch_max_in_flight - in_flight
+        share = max(budget // len(active), 1) if budget > 0 else 0
+        now = time.time()
+        for batch_id in active:
+            record = await self.redis.hgetall(keys.batch(batch_id))
+            if not record:
+                await self.redis.zrem(keys.ACTIVE_BATCHES, batch_id)
+                continue
+            if not record.get("ending") and float(record.get("expires_at") or "inf") < now:
+                await self.redis.hset(keys.batch(batch_id), mapping={"ending": "expired"})
+                record["ending"] = "expired"
+            if record.get("ending"):
+                await self.wind_down(batch_id, record)
+                continue
+            if share <= 0 or record.get("status") != "in_progress":
+                continue
+            entries = await self.redis.lrange(keys.batch_pending(batch_id), 0, min(share, CHUNK) - 1)
+            if entries:
+                await self.feed(batch_id, record["account_id"], entries)
+
+    async def feed(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:
+        """Turn the first ``len(entries)`` staged lines of a batch into queued jobs, in one script
+        with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled)."""
+        now = time.time()
+        job_keys = [keys.batch_pending(batch_id), keys.batch_jobs(batch_id), keys.BATCH_IN_FLIGHT,
+                    keys.QUEUED_JOBS]
+        args: list = [len(entries), repr(now), self.settings.job_retention_seconds]
+        ids = []
+        for raw in entries:
+            entry = orjson.loads(raw)
+            job_id = new_job_id()
+            ids.append(job_id)
+            record = new_record(job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
+                                batch_id=batch_id, custom_id=entry["custom_id"])
+            job_keys += [keys.job(job_id), entry["queue"]]
+            args += [job_id, run_job_message(job_id, entry["queue"]), len(record)]
+            for pair in record.items():
+                args.extend(pair)
+        await self.store.scripts.feed_batch(keys=job_keys, args=args)
+        return ids
+
+    async def wind_down(self, batch_id: str, record: dict[str, str]) -> None:
+        """A cancelled or expired batch: lines never handed out become error lines; lines that
+        were are cancelled like any job (running ones stop, queued ones never start)."""
+        ending = record["ending"]
+        message = ("the batch was cancelled before this request ran" if ending == "cancelled"
+                   else "the batch's completion window ended before this request ran")
+        await self.store.scripts.drain_batch(
+            keys=[keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_errors(batch_id),
+                  keys.ACTIVE_BATCHES],
+            args=[CHUNK, f"batch_{ending}", message, repr(time.time()), batch_id],
+        )
+        if record.get("wound_down"):
+            return
+        async for job_id in self.redis.sscan_iter(keys.batch_jobs(batch_id), count=500):
+            status, model = await self.redis.hmget(keys.job(job_id), "status", "model")
+            if status and status not in TERMINAL:
+                await self.store.cancel(job_id, record["account_id"], model, batch_id)
+        await self.redis.hset(keys.batch(batch_id), "wound_down", "1")

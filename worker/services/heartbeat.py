@@ -1,0 +1,41 @@
+"""The worker's heartbeat: what it consumes and when it last reported, for ``/readyz``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from shared import keys
+from shared.settings import Settings
+from worker.services.base import Service
+
+
+class Heartbeat(Service):
+    name = "heartbeat"
+
+    def __init__(self, redis, settings: Settings, hostname: str, queues: list[str], running: Callable[[], int]):
+        self.redis = redis
+        self.settings = settings
+        self.hostname = hostname
+        self.queues = queues
+        self.running = running
+
+    def interval(self) -> float:
+        return self.settings.worker_heartbeat_seconds
+
+    async def run_pass(self) -> None:
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.worker(self.hostname), mapping={
+                "hostname": self.hostname, "queues": ",".join(self.queues),
+                "pid": os.getpid(), "running": self.running(), "seen_at": repr(now),
+            })
+            pipe.expire(keys.worker(self.hostname), int(self.settings.worker_heartbeat_seconds * 3) + 1)
+            pipe.zadd(keys.WORKERS, {self.hostname: now})
+            await pipe.execute()
+
+    async def leave(self) -> None:
+        """The worker stops: it no longer counts for ``/readyz``."""
+        await self.redis.zrem(keys.WORKERS, self.hostname)
+        await self.redis.delete(keys.worker(self.hostname))

@@ -1,0 +1,68 @@
+"""The lease keeper: every 250 ms, which running jobs of the process were cancelled; every third
+of a lease, the renewal of their job leases and concurrency leases. One pipelined round trip for
+all jobs of the process. An attempt whose lease was lost, or whose job was cancelled, is
+stopped (``RunningJob.stop``)."""
+
+from __future__ import annotations
+
+import time
+
+from shared import keys
+from shared.jobs import JobStore
+from shared.settings import Settings
+from worker.attempt import RunningJob
+from worker.limits import Limiter
+from worker.services.base import Service
+
+CANCEL_POLL_SECONDS = 0.25
+
+
+class LeaseKeeper(Service):
+    name = "lease keeper"
+
+    def __init__(self, store: JobStore, limiter: Limiter, settings: Settings, running: dict[str, RunningJob]):
+        self.store = store
+        self.limiter = limiter
+        self.settings = settings
+        self.running = running
+        self.renew_every = settings.lease_seconds / 3
+        self.last_renew = 0.0
+
+    def interval(self) -> float:
+        return CANCEL_POLL_SECONDS
+
+    async def due(self) -> bool:
+        return any(entry.owned for entry in self.running.values())
+
+    async def run_pass(self) -> None:
+        jobs = [(entry.job_id, entry) for entry in self.running.values() if entry.owned]
+        renew = time.monotonic() - self.last_renew >= self.renew_every
+        replies: list[int] = []  # index, in the pipeline's results, of each job's answer
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id, entry in jobs:
+                replies.append(len(pipe))
+                if renew:
+                    await self.store.scripts.renew_lease(
+                        keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
+                        args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
+                        client=pipe,
+                    )
+                    if entry.limits:
+                        account_id, model, deployment = entry.limits
+                        self.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id, model=model,
+                                                  deployment=deployment)
+                else:
+                    pipe.exists(keys.job_cancel(job_id))
+            results = await pipe.execute()
+        if renew:
+            self.last_renew = time.monotonic()
+        for (_, entry), index in zip(jobs, replies):
+            result = results[index]
+            if renew:
+                owned, cancel = result
+                if not owned:
+                    entry.stop("lost")
+                elif cancel:
+                    entry.stop("cancel")
+            elif result:
+                entry.stop("cancel")

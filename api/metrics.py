@@ -12,35 +12,17 @@ import functools
 import time
 
 from fastapi import Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
-# No *_created series: they double the samples and nothing here reads them.
-disable_created_metrics()
+from shared.metrics import FAST_BUCKETS, process_registry
 
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
-
-# Seconds: from sub-second HTTP answers up to a minute.
-_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+REGISTRY = process_registry()
 
 HTTP_REQUEST_DURATION = Histogram(
     "chatfleet_http_request_duration_seconds",
     "API request latency until the response starts (for streams: time to the first byte), "
     "by method, route template and status code.",
-    ["method", "route", "status"], buckets=_BUCKETS, registry=REGISTRY,
+    ["method", "route", "status"], buckets=FAST_BUCKETS, registry=REGISTRY,
 )
 SSE_STREAMS_ACTIVE = Gauge(
     "chatfleet_sse_streams_active",

@@ -8,9 +8,19 @@ writes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 PREFIX = "chatfleet"
 
+
+def _family(template: str) -> Callable[[str], str]:
+    """The keys of one family: ``template`` under the prefix, ``{}`` standing for the id."""
+    def key(id_: str) -> str:
+        return f"{PREFIX}:{template.format(id_)}"
+    return key
+
 # --- the queue: Celery's queues, its one task, and kombu's bookkeeping -------------------------
+
 
 QUEUE_INTERACTIVE = "chatfleet.interactive"
 QUEUE_BATCH = "chatfleet.batch"
@@ -34,31 +44,20 @@ QUEUED_JOBS = f"{PREFIX}:jobs:queued"
 
 # --- jobs ----------------------------------------------------------------------------------------
 
+# Hash: the job record (status, request, result, timestamps, attempts).
+job = _family("job:{}")
 
-def job(job_id: str) -> str:
-    """Hash: the job record (status, request, result, timestamps, attempts)."""
-    return f"{PREFIX}:job:{job_id}"
+# Stream: every event of the job, ids ``0-1``, ``0-2``, ... (backs replay and resume).
+job_events = _family("job:{}:events")
 
+# Pub/sub channel: the same events, live, for subscribers that are already listening.
+job_channel = _family("job:{}:live")
 
-def job_events(job_id: str) -> str:
-    """Stream: every event of the job, ids ``0-1``, ``0-2``, ... (backs replay and resume)."""
-    return f"{PREFIX}:job:{job_id}:events"
+# String: present once cancellation of the job was requested.
+job_cancel = _family("job:{}:cancel")
 
-
-def job_channel(job_id: str) -> str:
-    """Pub/sub channel: the same events, live, for subscribers that are already listening."""
-    return f"{PREFIX}:job:{job_id}:live"
-
-
-def job_cancel(job_id: str) -> str:
-    """String: present once cancellation of the job was requested."""
-    return f"{PREFIX}:job:{job_id}:cancel"
-
-
-def job_lease(job_id: str) -> str:
-    """String with a TTL: the token of the worker attempt that currently runs the job."""
-    return f"{PREFIX}:job:{job_id}:lease"
-
+# String with a TTL: the token of the worker attempt that currently runs the job.
+job_lease = _family("job:{}:lease")
 
 # Sorted set: running job ids scored by the time their lease lapses (for the lease reaper).
 RUNNING_JOBS = f"{PREFIX}:jobs:running"
@@ -67,31 +66,20 @@ RUNNING_JOBS = f"{PREFIX}:jobs:running"
 
 ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
 
+# Hash: the account (name, limits).
+account = _family("account:{}")
 
-def account(account_id: str) -> str:
-    """Hash: the account (name, limits)."""
-    return f"{PREFIX}:account:{account_id}"
+# Sorted set: the account's job ids scored by creation time.
+account_jobs = _family("account:{}:jobs")
 
+# Hash: the account's API keys, key id -> digest.
+account_api_keys = _family("account:{}:keys")
 
-def account_jobs(account_id: str) -> str:
-    """Sorted set: the account's job ids scored by creation time."""
-    return f"{PREFIX}:account:{account_id}:jobs"
+# Hash: an API key by the SHA-256 of its secret (account id, key id, created_at).
+api_key = _family("apikey:{}")
 
-
-def account_api_keys(account_id: str) -> str:
-    """Hash: the account's API keys, key id -> digest."""
-    return f"{PREFIX}:account:{account_id}:keys"
-
-
-def api_key(key_hash: str) -> str:
-    """Hash: an API key by the SHA-256 of its secret (account id, key id, created_at)."""
-    return f"{PREFIX}:apikey:{key_hash}"
-
-
-def api_key_id(key_id: str) -> str:
-    """String: the digest of the key with this id (for listing and revocation)."""
-    return f"{PREFIX}:apikey-id:{key_id}"
-
+# String: the digest of the key with this id (for listing and revocation).
+api_key_id = _family("apikey-id:{}")
 
 # --- rate limits -----------------------------------------------------------------------------------
 
@@ -118,10 +106,8 @@ def rate_scopes(account_id: str, model: str, deployment: str) -> list[str]:
             for part in RATE_PARTS]
 
 
-def account_waiting(account_id: str) -> str:
-    """Sorted set: the account's throttled jobs, scored by submission time (admission order)."""
-    return f"{PREFIX}:account:{account_id}:waiting"
-
+# Sorted set: the account's throttled jobs, scored by submission time (admission order).
+account_waiting = _family("account:{}:waiting")
 
 # Sorted set: accounts with waiting jobs, scored by when (unix ms) to try the first one again.
 THROTTLED_ACCOUNTS = f"{PREFIX}:throttled"
@@ -136,43 +122,28 @@ def usage_day(account_id: str, day: str) -> str:
     return f"{PREFIX}:usage:{account_id}:{day}"
 
 
-def usage_days(account_id: str) -> str:
-    """Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD)."""
-    return f"{PREFIX}:usage:{account_id}:days"
-
+# Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD).
+usage_days = _family("usage:{}:days")
 
 # --- batches ---------------------------------------------------------------------------------------
 
+# Hash: the batch (status, timestamps, counters total/completed/failed, metadata, errors).
+batch = _family("batch:{}")
 
-def batch(batch_id: str) -> str:
-    """Hash: the batch (status, timestamps, counters total/completed/failed, metadata, errors)."""
-    return f"{PREFIX}:batch:{batch_id}"
+# List: lines not yet handed to the queue, as prepared job specs (JSON).
+batch_pending = _family("batch:{}:pending")
 
+# Set: job ids of the lines already handed to the queue.
+batch_jobs = _family("batch:{}:jobs")
 
-def batch_pending(batch_id: str) -> str:
-    """List: lines not yet handed to the queue, as prepared job specs (JSON)."""
-    return f"{PREFIX}:batch:{batch_id}:pending"
+# List: one JSONL line per succeeded request.
+batch_results = _family("batch:{}:results")
 
+# List: one JSONL line per failed, cancelled or expired request.
+batch_errors = _family("batch:{}:errors")
 
-def batch_jobs(batch_id: str) -> str:
-    """Set: job ids of the lines already handed to the queue."""
-    return f"{PREFIX}:batch:{batch_id}:jobs"
-
-
-def batch_results(batch_id: str) -> str:
-    """List: one JSONL line per succeeded request."""
-    return f"{PREFIX}:batch:{batch_id}:results"
-
-
-def batch_errors(batch_id: str) -> str:
-    """List: one JSONL line per failed, cancelled or expired request."""
-    return f"{PREFIX}:batch:{batch_id}:errors"
-
-
-def account_batches(account_id: str) -> str:
-    """Sorted set: the account's batch ids by creation time."""
-    return f"{PREFIX}:account:{account_id}:batches"
-
+# Sorted set: the account's batch ids by creation time.
+account_batches = _family("account:{}:batches")
 
 # Sorted set: batches with lines still to feed or to finish, by creation time.
 ACTIVE_BATCHES = f"{PREFIX}:batches:active"
@@ -184,17 +155,12 @@ BATCH_IN_FLIGHT = f"{PREFIX}:batches:in-flight"
 # Sorted set: worker hostnames scored by their last heartbeat (unix seconds).
 WORKERS = f"{PREFIX}:workers"
 
+# Hash: what a worker consumes and when it last reported.
+worker = _family("worker:{}")
 
-def worker(hostname: str) -> str:
-    """Hash: what a worker consumes and when it last reported."""
-    return f"{PREFIX}:worker:{hostname}"
-
-
-def lock(service: str) -> str:
-    """String with a TTL: held by the one worker that runs ``service``'s pass at a time
-    (``reaper``, ``scheduler``, ``batch-feeder``)."""
-    return f"{PREFIX}:lock:{service}"
-
+# String with a TTL: held by the one worker that runs ``service``'s pass at a time
+# (``reaper``, ``scheduler``, ``batch-feeder``).
+lock = _family("lock:{}")
 
 REAPER_LOCK = lock("reaper")
 SCHEDULER_LOCK = lock("scheduler")

@@ -28,12 +28,12 @@ import socket
 from typing import Any
 
 import hiredis
-from redis._parsers.base import BaseParser
+from redis import exceptions as errors
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
 
 # A connection that went silent (a dropped NAT entry, a failover) is found out as redis-py's
@@ -44,10 +44,34 @@ TCP_OPTIONS = {getattr(socket, name): value for name, value in (
     if hasattr(socket, name)}
 
 
+# An error reply's class, by its code, as redis-py's parsers map them: what the callers of a
+# script handle (NOSCRIPT: load and call again; LOADING, a refused connection: retried as
+# connection errors) and what a Redis Cluster answers (MOVED, ASK, CROSSSLOT, ...).
+ERROR_CODES: dict[str, type[RedisError]] = {
+    "NOSCRIPT": errors.NoScriptError, "LOADING": errors.BusyLoadingError, "READONLY": errors.ReadOnlyError,
+    "OOM": errors.OutOfMemoryError, "NOPERM": errors.NoPermissionError, "EXECABORT": errors.ExecAbortError,
+    "WRONGPASS": errors.AuthenticationError, "NOAUTH": errors.AuthenticationError,
+    "MOVED": errors.MovedError, "ASK": errors.AskError, "TRYAGAIN": errors.TryAgainError,
+    "CLUSTERDOWN": errors.ClusterDownError, "CROSSSLOT": errors.ClusterCrossSlotError,
+    "MASTERDOWN": errors.MasterDownError,
+}
+# Replies with the generic code ERR that mean something more.
+ERR_MESSAGES: dict[str, type[RedisError]] = {
+    "max number of clients reached": RedisConnectionError,
+    "invalid password": errors.AuthenticationError,
+}
+
+
 def _error(reply: Exception) -> RedisError:
-    """The exception redis-py raises for this error reply (NoScriptError, BusyLoadingError,
-    ReadOnlyError, ...: the code prefix decides)."""
-    return BaseParser.parse_error(str(reply))
+    """The exception redis-py raises for this error reply: the code prefix decides, the message
+    follows it (``NOSCRIPT No matching script`` is a NoScriptError("No matching script"))."""
+    text = str(reply)
+    code, _, message = text.partition(" ")
+    if code == "ERR":
+        return ERR_MESSAGES.get(message, ResponseError)(message)
+    if code in ERROR_CODES:
+        return ERROR_CODES[code](message)
+    return ResponseError(text)
 
 
 class _Protocol(asyncio.Protocol):

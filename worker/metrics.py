@@ -13,34 +13,18 @@ import os
 import threading
 import time
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    GCCollector,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    disable_created_metrics,
-    start_http_server,
-)
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import keys
+from shared.metrics import FAST_BUCKETS, process_registry
 
 log = logging.getLogger(__name__)
 
-# No *_created series: they double the samples and nothing here reads them.
-disable_created_metrics()
+REGISTRY = process_registry()
 
-REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
-
-# Seconds: from the first token of a fast provider up to the 10-minute job time limit.
-_FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds: from a tenth of a second up to the 10-minute job time limit.
 _SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -79,7 +63,7 @@ PROVIDER_CALL_DURATION = Histogram(
 PROVIDER_TTFT = Histogram(
     "chatfleet_provider_time_to_first_token_seconds",
     "Time from the start of a provider call to its first text, by provider family and model.",
-    ["provider", "model"], buckets=_FAST_BUCKETS, registry=REGISTRY,
+    ["provider", "model"], buckets=FAST_BUCKETS, registry=REGISTRY,
 )
 PROVIDER_ERRORS = Counter(
     "chatfleet_provider_errors",

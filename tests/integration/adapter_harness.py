@@ -5,13 +5,32 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from shared.catalog import ModelSpec, get_catalog
 from api.prompts import prepare_job_spec
+from shared.catalog import ModelSpec, get_catalog
 from shared.schemas import ChatCompletionRequest
 from tests.conftest import fake_provider_settings
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.base import (
+    Completion,
+    GenerationRequest,
+    ProviderError,
+    TextDelta,
+)
 from worker.providers.http import make_client
 from worker.providers.registry import load_adapter
+
+HI = [{"role": "user", "content": "say something nice"}]
+
+# Two system messages, two user turns in a row and two assistant turns in a row: what families
+# that want one system prompt and alternating turns must merge.
+MIXED_TURNS = [
+    {"role": "system", "content": "be nice"},
+    {"role": "user", "content": "hi there"},
+    {"role": "user", "content": "again"},
+    {"role": "assistant", "content": "ok"},
+    {"role": "system", "content": "and brief"},
+    {"role": "assistant", "content": "sure"},
+    {"role": "user", "content": "go"},
+]
 
 
 def request_for(model: str, messages: list[dict], continuation: str = "", continuation_events: int = 0,

@@ -12,15 +12,19 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from tests.conftest import fake_provider_settings
-from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
+from tests.integration.adapter_harness import (
+    HI,
+    adapter_error,
+    request_for,
+    run_adapter,
+)
 from worker.providers.base import ProviderError
-from worker.providers.bedrock import BedrockProvider, WhitespaceJoiner, converse_messages, prefill
+from worker.providers.bedrock import BedrockProvider, converse_messages
 
 pytestmark = pytest.mark.integration
 
 MODEL = "llama3-1-405b-instruct-v1"
 UPSTREAM = "meta.llama3-1-405b-instruct-v1:0"
-HI = [{"role": "user", "content": "say something nice"}]
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<credential>[^,]+), SignedHeaders=(?P<signed>[^,]+), "
                   r"Signature=(?P<signature>[0-9a-f]{64})$")
 
@@ -29,11 +33,8 @@ def user(text):
     return {"role": "user", "content": [{"text": text}]}
 
 
-def test_bedrock_streams_text_usage_and_finish(fake):
-    deltas, done = run_adapter(fake, "bedrock", request_for(MODEL, HI, model_parameters={"max_tokens": 5}))
-    assert "".join(deltas) == "tok0 tok1 tok2 tok3 tok4"
-    assert len(deltas) == 5
-    assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 3, 5)
+def test_bedrock_request_on_the_wire(fake):
+    run_adapter(fake, "bedrock", request_for(MODEL, HI, model_parameters={"max_tokens": 5}))
     (sent,) = fake.requests(family="bedrock")
     assert sent["path"] == f"/model/{UPSTREAM}/converse-stream"
     assert sent["body"] == {"messages": [user("say something nice")],
@@ -143,47 +144,10 @@ def test_bedrock_conversation_must_start_with_user(fake):
     assert fake.requests(family="bedrock") == []
 
 
-@pytest.mark.parametrize("behaviour, code, retryable", [
-    ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
-    ({"status": 503}, "upstream_unavailable", True),
-    ({"status": 500}, "upstream_unavailable", True),
-    ({"status": 400, "message": "Malformed input request: bad temperature"}, "upstream_rejected", False),
-    ({"status": 400, "message": "Input is too long for requested model."}, "context_length_exceeded", False),
-    ({"status": 401}, "upstream_auth", False),
-    ({"status": 403, "message": "The security token included in the request is invalid."}, "upstream_auth", False),
-    ({"cut_after": 3}, "stream_cut", True),
-    ({"cut_after": 0}, "stream_cut", True),
-    ({"status": 429, "error_after": 2}, "upstream_rate_limited", True),        # throttlingException
-    ({"status": 503, "error_after": 2}, "upstream_unavailable", True),         # serviceUnavailableException
-    ({"status": 500, "error_after": 2}, "upstream_unavailable", True),         # internalServerException
-    ({"status": 529, "error_after": 2}, "upstream_unavailable", True),         # modelStreamErrorException
-    ({"status": 400, "error_after": 2, "message": "bad thing mid-way"}, "upstream_rejected", False),  # validationException
-])
-def test_bedrock_faults_are_classified(fake, behaviour, code, retryable):
-    fake.script([behaviour], family="bedrock")
-    err = adapter_error(fake, "bedrock", request_for(MODEL, HI))
-    assert (err.code, err.retryable) == (code, retryable), err
-    if "retry_after" in behaviour:
-        assert err.retry_after == 2
-    if behaviour.get("message"):
-        if code == "upstream_auth":  # the upstream's text about our key stays in the worker log
-            assert behaviour["message"] not in err.message
-        else:
-            assert behaviour["message"] in err.message
-    assert "secret-test" not in err.message and "AKIDTEST" not in err.message
-
-
 def test_bedrock_throttling_exception_frame_is_named(fake):
     fake.script([{"status": 429, "error_after": 1}], family="bedrock")
     err = adapter_error(fake, "bedrock", request_for(MODEL, HI))
     assert "throttlingException" in err.message and err.status == 429
-
-
-def test_bedrock_hang_hits_first_token_timeout(fake):
-    fake.script([{"hang": True}], family="bedrock")
-    err = adapter_error(fake, "bedrock", request_for(MODEL, HI), provider_first_token_timeout=0.5)
-    assert err.code == "upstream_timeout" and err.retryable
-    assert "0.5 s" in err.message
 
 
 def test_bedrock_slow_first_token_hits_first_token_timeout(fake):
@@ -191,18 +155,6 @@ def test_bedrock_slow_first_token_hits_first_token_timeout(fake):
     fake.script([{"ttft_ms": 2000}], family="bedrock")
     err = adapter_error(fake, "bedrock", request_for(MODEL, HI), provider_first_token_timeout=0.5)
     assert err.code == "upstream_timeout" and "first token" in err.message
-
-
-def test_bedrock_stall_between_tokens_hits_idle_timeout(fake):
-    fake.script([{"tokens_per_s": 1, "tokens": 5}], family="bedrock")
-    err = adapter_error(fake, "bedrock", request_for(MODEL, HI), provider_idle_timeout=0.3)
-    assert err.code == "upstream_timeout" and "next token" in err.message
-
-
-def test_bedrock_unconfigured_is_model_unavailable(fake):
-    err = adapter_error(fake, "bedrock", request_for(MODEL, HI), aws_secret_access_key=None)
-    assert err.code == "model_unavailable" and "AWS_SECRET_ACCESS_KEY" in err.message
-    assert fake.requests(family="bedrock") == []
 
 
 def test_bedrock_continues_with_an_assistant_prefill(fake):
@@ -236,19 +188,6 @@ def test_bedrock_default_max_tokens_is_reduced_when_continuing(fake):
     req = request_for(MODEL, HI, continuation="tok0", continuation_events=1)
     run_adapter(fake, "bedrock", req)
     assert fake.requests(family="bedrock")[0]["body"]["inferenceConfig"]["maxTokens"] == 4095
-
-
-def test_whitespace_joiner_and_prefill():
-    assert prefill("a b \n ") == ("a b", " \n ")
-    assert prefill("   ") == ("", "   ")
-    joiner = WhitespaceJoiner(" ")
-    assert joiner.feed(" b") == "b" and joiner.feed(" c") == " c"
-    joiner = WhitespaceJoiner("\n")
-    assert joiner.feed("\n\nb") == "\nb"        # the model's extra newline is kept
-    joiner = WhitespaceJoiner("  ")
-    assert joiner.feed(" ") == "" and joiner.feed(" x") == "x"  # matched across deltas
-    joiner = WhitespaceJoiner(" ")
-    assert joiner.feed("b") == "b" and joiner.feed(" c") == " c"  # no whitespace repeated: nothing dropped
 
 
 def test_converse_messages_rules():

@@ -2,18 +2,18 @@
 
 import pytest
 
-from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
+from tests.integration.adapter_harness import (
+    HI,
+    adapter_error,
+    request_for,
+    run_adapter,
+)
 
 pytestmark = pytest.mark.integration
 
-HI = [{"role": "user", "content": "say something nice"}]
 
-
-def test_openai_streams_text_usage_and_finish(fake):
-    deltas, done = run_adapter(fake, "openai", request_for("gpt-4o", HI, model_parameters={"max_tokens": 5}))
-    assert "".join(deltas) == "tok0 tok1 tok2 tok3 tok4"
-    assert len(deltas) == 5
-    assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 3, 5)
+def test_openai_request_on_the_wire(fake):
+    run_adapter(fake, "openai", request_for("gpt-4o", HI, model_parameters={"max_tokens": 5}))
     (sent,) = fake.requests(family="openai")
     body = sent["body"]
     assert body["model"] == "gpt-4o" and body["stream"] is True
@@ -34,39 +34,6 @@ def test_openai_passes_parameters_and_stop(fake):
     assert body["frequency_penalty"] == 0.5 and body["presence_penalty"] == 0.1
     assert "max_tokens" not in body  # hosted default: the model's limit
     assert body["messages"][0] == {"role": "system", "content": "be nice"}
-
-
-@pytest.mark.parametrize("behaviour, code, retryable", [
-    ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
-    ({"status": 503}, "upstream_unavailable", True),
-    ({"status": 500}, "upstream_unavailable", True),
-    ({"status": 400, "message": "bad temperature"}, "upstream_rejected", False),
-    ({"status": 400, "message": "This model's maximum context length is 8192 tokens"}, "context_length_exceeded", False),
-    ({"status": 401}, "upstream_auth", False),
-    ({"cut_after": 3}, "stream_cut", True),
-    ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
-])
-def test_openai_faults_are_classified(fake, behaviour, code, retryable):
-    fake.script([behaviour])
-    err = adapter_error(fake, "openai", request_for("gpt-4", HI))
-    assert (err.code, err.retryable) == (code, retryable), err
-    if "retry_after" in behaviour:
-        assert err.retry_after == 2
-    if behaviour.get("message"):
-        assert behaviour["message"] in err.message
-
-
-def test_openai_hang_hits_first_token_timeout(fake):
-    fake.script([{"hang": True}])
-    err = adapter_error(fake, "openai", request_for("gpt-4", HI), provider_first_token_timeout=0.5)
-    assert err.code == "upstream_timeout" and err.retryable
-    assert "0.5 s" in err.message
-
-
-def test_openai_stall_between_tokens_hits_idle_timeout(fake):
-    fake.script([{"tokens_per_s": 1, "tokens": 5}])
-    err = adapter_error(fake, "openai", request_for("gpt-4", HI), provider_idle_timeout=0.3)
-    assert err.code == "upstream_timeout" and "next token" in err.message
 
 
 def test_openai_retry_after_delivered_text_skips_what_was_sent(fake):

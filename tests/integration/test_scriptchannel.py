@@ -16,10 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ReadOnlyError, ResponseError
 
 from deploy.devstack import Fleet, free_port, start_redis
-from shared.connections import async_redis, sync_redis
 from shared import scriptchannel
-from shared.scriptchannel import ChannelScript, ScriptChannel
+from shared.connections import async_redis, sync_redis
 from shared.jobs import JobStore
+from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.scripts import LUA_DIR, SENT_AT_ONCE, Scripts
 from shared.settings import Settings
 from tests.recording import FailingTransport, RecordingTransport

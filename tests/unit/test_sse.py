@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+from httpx_sse import EventSource
 
 from worker.providers.sse import MAX_EVENT_BYTES, EventTooLarge, parse_sse
 
@@ -32,15 +33,9 @@ STREAMS = {
 
 
 def reference(raw: bytes) -> list[tuple]:
-    lines = SSELineDecoder()
-    lines = lines.decode(raw.decode("utf-8")) + lines.flush()
-    decoder = SSEDecoder()
-    out = []
-    for line in lines:
-        sse = decoder.decode(line.rstrip("\n"))
-        if sse is not None:
-            out.append((sse.event, sse.data, sse.id, sse.retry))
-    return out
+    """What httpx-sse's public reader gives for the same body."""
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=raw)
+    return [(sse.event, sse.data, sse.id, sse.retry) for sse in EventSource(response).iter_sse()]
 
 
 def parsed(chunks: list[bytes]) -> list[tuple]:

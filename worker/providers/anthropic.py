@@ -1,7 +1,8 @@
 """Anthropic Messages API (the claude-* models), streamed.
 
 A retried call continues where the last one stopped: the delivered text goes back as a final
-assistant message (a "prefill"), which the model continues rather than repeats.
+assistant message (a "prefill"), which the model continues rather than repeats
+(``continuation.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
 from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -58,41 +60,12 @@ def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, st
     return "\n\n".join(system), [m for m in messages if m["role"] != "system"]
 
 
-class LeadingSkipper:
-    """Drops, from the start of the continued output, the whitespace that was stripped off the
-    end of the prefill (the subscriber already has it).
-
-    Anthropic refuses a final assistant message that ends in whitespace, so "Hello " is sent as
-    "Hello" and the model's continuation usually starts " world": the " " must not be delivered
-    twice. Output characters are dropped while they match the stripped whitespace; at the first
-    one that does not (or once it is used up) everything passes unchanged, so a model that goes
-    on with "world" gives "Hello world" and one that goes on with "\\n" gives "Hello \\n...".
-    """
-
-    def __init__(self, pending: str):
-        self.pending = pending
-
-    def feed(self, text: str) -> str:
-        if not self.pending:
-            return text
-        i = 0
-        n = min(len(text), len(self.pending))
-        while i < n and text[i] == self.pending[i]:
-            i += 1
-        if i == len(text):  # all of it matched: wait for more
-            self.pending = self.pending[i:]
-            return ""
-        self.pending = ""
-        return text[i:]
-
-
 class AnthropicProvider(HTTPProvider):
     family = "anthropic"
     display = "Anthropic"
 
     def _url(self, request: GenerationRequest) -> str:
-        base = request.spec.base_url or self.settings.anthropic_base_url
-        return base.rstrip("/") + "/v1/messages"
+        return self.endpoint(request, self.settings.anthropic_base_url, "/v1/messages")
 
     def _headers(self, request: GenerationRequest | None = None) -> dict[str, str]:
         headers = {"x-api-key": self.settings.anthropic_api_key.get_secret_value(),
@@ -122,20 +95,16 @@ class AnthropicProvider(HTTPProvider):
         elif messages[-1]["role"] == "assistant":
             # The client's own prefill: same rule, it must not end in whitespace.
             prefill = messages.pop()["content"]
-        stripped = prefill.rstrip()
-        trailing = prefill[len(stripped):]
+        stripped, trailing = split_prefill(prefill)
         if stripped:
             messages.append({"role": "assistant", "content": stripped})
         return system, messages, trailing, bool(request.continuation) and bool(stripped)
 
     def _body(self, request: GenerationRequest, system: str, messages: list[dict[str, str]]) -> dict[str, Any]:
         params = request.params
-        max_tokens = params.get("max_tokens") or request.spec.max_output
-        if request.continuation:
-            max_tokens = max(max_tokens - request.continuation_events, 1)
         body: dict[str, Any] = {
             "model": request.spec.upstream,
-            "max_tokens": max_tokens,
+            "max_tokens": max_tokens_left(request, request.spec.max_output),
             "messages": messages,
             "stream": True,
             "temperature": params.get("temperature", 0.2),
@@ -158,12 +127,10 @@ class AnthropicProvider(HTTPProvider):
         return mid_stream_error(status, event, self.display, etype, err.get("message") or etype)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        missing = self.missing_configuration()
-        if missing:
-            raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
+        self.check_configured()
         system, messages, trailing, prefilled = self._conversation(request)
         body = self._body(request, system, messages)
-        skip = LeadingSkipper(trailing)
+        skip = WhitespaceSkipper(trailing)
         input_tokens = output_tokens = 0
         stop_reason = None
         async with self.upstream.stream(self._url(request), body, self._headers(request)) as response:
@@ -199,10 +166,7 @@ class AnthropicProvider(HTTPProvider):
                     raise self._stream_error(event)
                 # ping, content_block_start/stop, and event types added later: nothing to do
         self.check_ended(stop_reason)
-        # One call's worth: the prefilled text was prompt to this call, but completion to the job.
-        carried = request.continuation_events if request.continuation else 0
-        prompt = max(input_tokens - carried, 0) if prefilled else input_tokens
-        yield Completion(stop_reason, prompt, output_tokens + carried)
+        yield one_call(request, stop_reason, input_tokens, output_tokens, prefilled)
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

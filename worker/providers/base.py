@@ -57,31 +57,6 @@ class ProviderError(Exception):
         return self.message
 
 
-class PrefixSkipper:
-    """For providers that cannot continue a partial answer: regenerate, and drop the part the
-    subscriber already has. If the new text departs from it, the job cannot go on without
-    contradicting what was delivered, so it ends with ``stream_interrupted``."""
-
-    def __init__(self, prefix: str, provider: str):
-        self.prefix = prefix
-        self.matched = 0
-        self.provider = provider
-
-    def feed(self, text: str) -> str:
-        if self.matched >= len(self.prefix):
-            return text
-        want = self.prefix[self.matched:self.matched + len(text)]
-        if not text.startswith(want) and not want.startswith(text):
-            raise ProviderError(
-                f"{self.provider}'s stream broke after part of the answer was delivered, and the "
-                "retried call answered differently; the job stops here rather than contradict "
-                "what was already sent", code="stream_interrupted",
-            )
-        take = min(len(text), len(self.prefix) - self.matched)
-        self.matched += take
-        return text[take:]
-
-
 class Provider(ABC):
     family: str
 

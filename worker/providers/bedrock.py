@@ -6,7 +6,8 @@ is ``application/vnd.amazon.eventstream``: binary frames, each an event (``messa
 ``contentBlockDelta``, ``contentBlockStop``, ``messageStop``, ``metadata``) or a modelled
 exception. botocore signs the request and decodes the frames; httpx carries them.
 
-A retried call continues the delivered text as an assistant prefill (see ``prefill``).
+A retried call continues the delivered text as an assistant prefill, sent without its trailing
+whitespace, which Bedrock refuses (``continuation.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
 from worker.providers.http import HTTPProvider, classify
 
 SIGNING_SERVICE = "bedrock"
@@ -70,37 +72,6 @@ def converse_messages(messages: list[dict[str, str]]) -> tuple[list[dict[str, An
     return [{"role": role, "content": [{"text": "\n\n".join(texts)}]} for role, texts in turns], system
 
 
-class WhitespaceJoiner:
-    """Keeps the text right across a prefill whose trailing whitespace had to be stripped.
-
-    Bedrock rejects a final assistant message that ends in whitespace (Anthropic models:
-    "final assistant content cannot end with trailing whitespace"), so ``prefill`` sends the
-    delivered text without it, and the model continues from there, typically starting with that
-    whitespace again (" tok2" after "tok1"). The subscriber already has the stripped whitespace,
-    so the answer's leading characters that repeat it are dropped, one for one, up to the first
-    character that differs; whitespace the model puts there beyond that is kept."""
-
-    def __init__(self, stripped: str):
-        self.pending = stripped
-
-    def feed(self, text: str) -> str:
-        if not self.pending:
-            return text
-        i = 0
-        while i < len(text) and i < len(self.pending) and text[i] == self.pending[i]:
-            i += 1
-        self.pending = self.pending[i:] if i == len(text) else ""
-        return text[i:]
-
-
-def prefill(continuation: str) -> tuple[str, str]:
-    """(text to send as the final assistant message, trailing whitespace held back from it):
-    Bedrock refuses a final assistant message that ends in whitespace; ``WhitespaceJoiner``
-    keeps the streamed text consistent with what was already delivered."""
-    kept = continuation.rstrip()
-    return kept, continuation[len(kept):]
-
-
 class BedrockProvider(HTTPProvider):
     family = "bedrock"
     display = "Bedrock"
@@ -110,10 +81,10 @@ class BedrockProvider(HTTPProvider):
         return self.settings.bedrock_region
 
     def _url(self, request: GenerationRequest) -> str:
-        base = (request.spec.base_url or self.settings.bedrock_endpoint_url
-                or f"https://bedrock-runtime.{self.region}.amazonaws.com")
         model_id = urllib.parse.quote(request.spec.upstream, safe="")
-        return f"{base.rstrip('/')}/model/{model_id}/converse-stream"
+        return self.endpoint(request, self.settings.bedrock_endpoint_url
+                             or f"https://bedrock-runtime.{self.region}.amazonaws.com",
+                             f"/model/{model_id}/converse-stream")
 
     def _headers(self, url: str, content: bytes) -> dict[str, str]:
         """SigV4 headers for exactly this URL and these body bytes (host, content type, date,
@@ -138,12 +109,11 @@ class BedrockProvider(HTTPProvider):
             block = messages[-1]["content"][0]
             block["text"] = (block["text"].rstrip() + request.continuation).rstrip()
         elif request.continuation:
-            text, _ = prefill(request.continuation)
-            if text:  # an all-whitespace continuation is held back entirely (see WhitespaceJoiner)
+            text, _ = split_prefill(request.continuation)
+            if text:  # an all-whitespace continuation is held back entirely (see WhitespaceSkipper)
                 messages.append({"role": "assistant", "content": [{"text": text}]})
-        max_tokens = params.get("max_tokens") or request.spec.max_output
         config: dict[str, Any] = {
-            "maxTokens": max(max_tokens - request.continuation_events, 1),
+            "maxTokens": max_tokens_left(request, request.spec.max_output),
             "temperature": params.get("temperature", 0.2),
         }
         if "top_p" in params:
@@ -176,13 +146,11 @@ class BedrockProvider(HTTPProvider):
                              status=status, retryable=retryable)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        if self.missing_configuration():
-            raise ProviderError(f"{self.display} is not configured: set {self.missing_configuration()}",
-                                code="model_unavailable")
+        self.check_configured()
         url = self._url(request)
         content = orjson.dumps(self._body(request))
         headers = self._headers(url, content)
-        joiner = WhitespaceJoiner(prefill(request.continuation)[1] if request.continuation else "")
+        joiner = WhitespaceSkipper(split_prefill(request.continuation)[1])
         frames = EventStreamBuffer()
         finish_reason = None
         usage = None
@@ -224,5 +192,4 @@ class BedrockProvider(HTTPProvider):
                     else:
                         usage = payload.get("usage") or usage
         self.check_ended(finish_reason, usage)
-        yield self.one_call(finish_reason, int(usage.get("inputTokens", 0)),
-                            int(usage.get("outputTokens", 0)), request.continuation_events)
+        yield one_call(request, finish_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))

@@ -1,7 +1,7 @@
 """Google Gemini API (the gemini-* models), streamed as server-sent events.
 
 A retried call continues where the last one stopped: the delivered text goes back as a final
-``model`` turn, which the model continues rather than repeats.
+``model`` turn, which the model continues rather than repeats (``continuation.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from worker.providers.anthropic import merge_extra, merge_turns, split_system
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.continuation import max_tokens_left, one_call
 from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
 
 ROLES = {"user": "user", "assistant": "model"}
@@ -37,9 +38,8 @@ class GeminiProvider(HTTPProvider):
     display = "Gemini"
 
     def _url(self, request: GenerationRequest) -> str:
-        base = request.spec.base_url or self.settings.gemini_base_url
         model = request.spec.upstream.removeprefix("models/")
-        return f"{base.rstrip('/')}/v1beta/models/{model}:streamGenerateContent"
+        return self.endpoint(request, self.settings.gemini_base_url, f"/v1beta/models/{model}:streamGenerateContent")
 
     def _headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.settings.gemini_api_key.get_secret_value()}
@@ -62,10 +62,9 @@ class GeminiProvider(HTTPProvider):
     def _body(self, request: GenerationRequest, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
         params = request.params
         config: dict[str, Any] = {"temperature": params.get("temperature", 0.2)}
-        if params.get("max_tokens") is not None:
-            config["maxOutputTokens"] = params["max_tokens"]
-            if request.continuation:
-                config["maxOutputTokens"] = max(params["max_tokens"] - request.continuation_events, 1)
+        max_tokens = max_tokens_left(request)
+        if max_tokens is not None:
+            config["maxOutputTokens"] = max_tokens
         for name, field in (("top_p", "topP"), ("top_k", "topK"), ("frequency_penalty", "frequencyPenalty"),
                             ("presence_penalty", "presencePenalty")):
             if name in params:
@@ -87,9 +86,7 @@ class GeminiProvider(HTTPProvider):
         return mid_stream_error(status, chunk, self.display, name or status, err.get("message") or name or status)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        missing = self.missing_configuration()
-        if missing:
-            raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
+        self.check_configured()
         system, contents, prefilled = self._contents(request)
         if not contents:
             raise ProviderError("Gemini models need at least one user message; the conversation has none",
@@ -122,11 +119,6 @@ class GeminiProvider(HTTPProvider):
                 if candidate.get("finishReason"):
                     finish = finish_reason(candidate["finishReason"])
         self.check_ended(finish, usage)
-        # One call's worth: the prefilled text was prompt to this call, but completion to the job.
-        carried = request.continuation_events if request.continuation else 0
-        prompt = int(usage.get("promptTokenCount") or 0)
-        if prefilled:
-            prompt = max(prompt - carried, 0)
         # Thinking models bill their thoughts as output, reported apart from the answer's tokens.
         completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
-        yield Completion(finish, prompt, completion + carried)
+        yield one_call(request, finish, int(usage.get("promptTokenCount") or 0), completion, prefilled)

@@ -25,7 +25,7 @@ import orjson
 from httpx_sse import ServerSentEvent
 
 from shared.provider_config import ProviderSettings
-from worker.providers.base import Completion, Provider, ProviderError
+from worker.providers.base import Provider, ProviderError
 from worker.providers.netio import AsyncioBackend
 from worker.providers.sse import EventTooLarge, event_stream
 
@@ -398,6 +398,17 @@ class HTTPProvider(Provider):
     def missing_configuration(self) -> str | None:
         return self.settings.missing_setting(self.family)
 
+    def check_configured(self) -> None:
+        """Raise ``model_unavailable``, naming what to set, when the family is not configured."""
+        missing = self.missing_configuration()
+        if missing:
+            raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
+
+    @staticmethod
+    def endpoint(request, configured: str | None, path: str) -> str:
+        """``path`` under the model's own ``base_url`` (a catalog override) or the family's."""
+        return (request.spec.base_url or configured or "").rstrip("/") + path
+
     def check_ended(self, finish_reason: str | None, usage: object = True) -> None:
         """A stream is complete only with a finish reason and (pass None if absent) usage."""
         if finish_reason is None:
@@ -405,9 +416,3 @@ class HTTPProvider(Provider):
                                 retryable=True)
         if usage is None:
             raise ProviderError(f"{self.display} sent no token usage", code="upstream_invalid", retryable=True)
-
-    @staticmethod
-    def one_call(finish_reason: str, prompt_tokens: int, completion_tokens: int, carried: int) -> Completion:
-        """Usage as for one call: text carried over from an earlier call was prompt to this
-        one but is completion to the job."""
-        return Completion(finish_reason, max(prompt_tokens - carried, 0), completion_tokens + carried)

@@ -5,8 +5,8 @@
 * A retried call continues the delivered text with a prefix message
   (``{"role": "assistant", "content": <delivered>, "prefix": true}``). Mistral's answer then
   *starts with the prefix* (its prefix guide slices it off with ``content[len(prefix):]``), so
-  an echoed prefix is dropped here; should the model continue without echoing it, the text
-  is passed through as it comes.
+  an echoed prefix is dropped (``continuation.EchoStripper``); should the model continue
+  without echoing it, the text is passed through as it comes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import httpx
 import orjson
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.continuation import EchoStripper, max_tokens_left, one_call
 from worker.providers.http import HTTPProvider, classify, sse_json
-from worker.providers.openai import job_seed
+from worker.providers.openai import job_seed, openai_sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
                   "tool_calls": "tool_calls", "content_filter": "content_filter"}
@@ -28,36 +29,6 @@ SAMPLING = ("top_p", "frequency_penalty", "presence_penalty")
 ERROR_TYPE_STATUS = {"rate_limited": 429, "requests": 429, "rate_limit_error": 429,
                      "invalid_request_error": 400, "invalid_request": 400,
                      "authentication_error": 401, "permission_error": 403}
-
-
-class EchoStripper:
-    """Drops the prefix message's text when the answer starts by repeating it (Mistral's
-    documented behaviour). Text is held back only while it may still be that echo; once it
-    departs from the prefix, everything is passed through (the model continued directly)."""
-
-    def __init__(self, prefix: str):
-        self.prefix = prefix
-        self.held = ""
-        self.done = not prefix
-
-    def feed(self, text: str) -> str:
-        if self.done:
-            return text
-        self.held += text
-        if self.held.startswith(self.prefix):
-            self.done = True
-            return self.held[len(self.prefix):]
-        if self.prefix.startswith(self.held):
-            return ""
-        self.done = True
-        return self.held
-
-    def flush(self) -> str:
-        """At the end of the answer: what is still held was the model's own (short) text."""
-        if self.done:
-            return ""
-        self.done = True
-        return self.held
 
 
 def _error_status(err: dict[str, Any]) -> int:
@@ -78,8 +49,7 @@ class MistralProvider(HTTPProvider):
     display = "Mistral"
 
     def _url(self, request: GenerationRequest) -> str:
-        base = request.spec.base_url or self.settings.mistral_base_url
-        return base.rstrip("/") + "/chat/completions"
+        return self.endpoint(request, self.settings.mistral_base_url, "/chat/completions")
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.settings.mistral_api_key.get_secret_value()}",
@@ -92,23 +62,14 @@ class MistralProvider(HTTPProvider):
         return messages
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
-        params = request.params
-        body: dict[str, Any] = {
+        return {
             "model": request.spec.upstream,
             "messages": self._messages(request),
             "stream": True,
-            "temperature": params.get("temperature", 0.2),
+            **openai_sampling(request.params, max_tokens_left(request), SAMPLING),
+            "random_seed": job_seed(request.job_id),
+            **request.spec.extra,
         }
-        if params.get("max_tokens") is not None:
-            body["max_tokens"] = max(params["max_tokens"] - request.continuation_events, 1)
-        if params.get("stop"):
-            body["stop"] = params["stop"]
-        for name in SAMPLING:
-            if name in params:
-                body[name] = params[name]
-        body["random_seed"] = job_seed(request.job_id)
-        body.update(request.spec.extra)
-        return body
 
     def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:
         err = chunk.get("error", chunk)
@@ -120,9 +81,7 @@ class MistralProvider(HTTPProvider):
         return exc
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        if self.missing_configuration():
-            raise ProviderError(f"{self.display} is not configured: set {self.missing_configuration()}",
-                                code="model_unavailable")
+        self.check_configured()
         echo = EchoStripper(request.continuation)
         finish_reason = None
         usage = None
@@ -160,7 +119,5 @@ class MistralProvider(HTTPProvider):
         tail = echo.flush()
         if tail:
             yield TextDelta(tail)
-        # One call's worth: the continued text was prompt to this call, but completion to the job.
-        carried = request.continuation_events
-        yield Completion(finish_reason, max(int(usage.get("prompt_tokens", 0)) - carried, 0),
-                         int(usage.get("completion_tokens", 0)) + carried)
+        yield one_call(request, finish_reason, int(usage.get("prompt_tokens", 0)),
+                       int(usage.get("completion_tokens", 0)))

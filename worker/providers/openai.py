@@ -3,28 +3,51 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from worker.providers.base import (
-    Completion, GenerationRequest, PrefixSkipper, ProviderError, TextDelta,
-)
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.continuation import PrefixSkipper
 from worker.providers.http import HTTPProvider, sse_json
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
+SAMPLING = ("top_p", "frequency_penalty", "presence_penalty", "reasoning_effort")
 
 
-def openai_sampling(params: dict[str, Any]) -> dict[str, Any]:
+def openai_sampling(params: dict[str, Any], max_tokens: int | None, names: tuple[str, ...]) -> dict[str, Any]:
+    """The sampling fields of an OpenAI-style body: temperature, ``max_tokens`` (when there is
+    one), stop, and the parameters ``names`` the family takes."""
     body: dict[str, Any] = {"temperature": params.get("temperature", 0.2)}
-    if params.get("max_tokens") is not None:
-        body["max_tokens"] = params["max_tokens"]
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
     if params.get("stop"):
         body["stop"] = params["stop"]
-    for name in ("top_p", "frequency_penalty", "presence_penalty", "reasoning_effort"):
+    for name in names:
         if name in params:
             body[name] = params[name]
     return body
+
+
+class Choices:
+    """The text of the first choice of each chunk, with the finish reason and usage the stream
+    reported (read once it is over)."""
+
+    def __init__(self, text_of: Callable[[dict[str, Any]], str | None]):
+        self.text_of = text_of
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    async def texts(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+        async for chunk in chunks:
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+            for choice in chunk.get("choices") or ():
+                text = self.text_of(choice)
+                if text:
+                    yield text
+                if choice.get("finish_reason"):
+                    self.finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
 
 
 async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
@@ -54,8 +77,7 @@ class OpenAIProvider(HTTPProvider):
     display = "OpenAI"
 
     def _url(self, request: GenerationRequest) -> str:
-        base = request.spec.base_url or self.settings.openai_base_url
-        return base.rstrip("/") + "/chat/completions"
+        return self.endpoint(request, self.settings.openai_base_url, "/chat/completions")
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.settings.openai_api_key.get_secret_value()}"}
@@ -67,27 +89,20 @@ class OpenAIProvider(HTTPProvider):
             "stream": True,
             "stream_options": {"include_usage": True},
             "seed": job_seed(request.job_id),
-            **openai_sampling(request.params),
+            # Regenerated whole after a fault (see ``stream``): max_tokens is the request's own.
+            **openai_sampling(request.params, request.params.get("max_tokens"), SAMPLING),
             **request.spec.extra,
         }
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        if self.missing_configuration():
-            raise ProviderError(f"{self.display} is not configured: set {self.missing_configuration()}",
-                                code="model_unavailable")
+        self.check_configured()
         skip = PrefixSkipper(request.continuation, self.display)
-        finish_reason = None
-        usage = None
-        async for chunk in openai_chunks(self, self._url(request), self._body(request), self._headers()):
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content") or ""
-                if text:
-                    text = skip.feed(text)
-                    if text:
-                        yield TextDelta(text)
-                if choice.get("finish_reason"):
-                    finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
-        self.check_ended(finish_reason, usage)
-        yield Completion(finish_reason, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+        choices = Choices(lambda choice: (choice.get("delta") or {}).get("content"))
+        async for text in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers())):
+            text = skip.feed(text)
+            if text:
+                yield TextDelta(text)
+        self.check_ended(choices.finish_reason, choices.usage)
+        usage = choices.usage
+        yield Completion(choices.finish_reason, int(usage.get("prompt_tokens", 0)),
+                         int(usage.get("completion_tokens", 0)))

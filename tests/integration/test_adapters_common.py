@@ -1,0 +1,192 @@
+"""What every hosted family's adapter must do alike, against the fake provider: classify each
+fault as the retry policy needs it, never quote a key back, name the setting it lacks, and time
+out a silent upstream. What differs by family is in its own test file."""
+
+import dataclasses
+
+import pytest
+
+from tests.integration.adapter_harness import (
+    HI,
+    adapter_error,
+    request_for,
+    run_adapter,
+)
+from tests.integration.test_providers_e2e import FAMILY_MODELS
+
+pytestmark = pytest.mark.integration
+
+
+# The hosted families (llm_engine and the local model take a raw prompt: tests of their own).
+MODELS = {family: model for family, model in FAMILY_MODELS.items() if family != "llm_engine"}
+# The credentials each family is configured with (tests/conftest.py), never to be quoted back.
+SECRETS = {"openai": ["sk-test"], "anthropic": ["ak-test"], "gemini": ["gk-test"], "mistral": ["mk-test"],
+           "bedrock": ["secret-test", "AKIDTEST"]}
+# The setting whose absence makes a family unconfigured, and the variable the error names.
+UNCONFIGURED = {"openai": ("openai_api_key", "OPENAI_API_KEY"),
+                "anthropic": ("anthropic_api_key", "ANTHROPIC_API_KEY"),
+                "gemini": ("gemini_api_key", "GEMINI_API_KEY"),
+                "mistral": ("mistral_api_key", "MISTRAL_API_KEY"),
+                "bedrock": ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")}
+# Families whose errors after the stream started say so in these words.
+SAYS_MID_STREAM = {"openai", "anthropic", "gemini"}
+
+FAULTS = {
+    "openai": [
+        ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+        ({"status": 503}, "upstream_unavailable", True),
+        ({"status": 500}, "upstream_unavailable", True),
+        ({"status": 400, "message": "bad temperature"}, "upstream_rejected", False),
+        ({"status": 400, "message": "This model's maximum context length is 8192 tokens"},
+         "context_length_exceeded", False),
+        ({"status": 401}, "upstream_auth", False),
+        ({"cut_after": 3}, "stream_cut", True),
+        ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
+    ],
+    "anthropic": [
+        ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+        ({"status": 529}, "upstream_unavailable", True),
+        ({"status": 500}, "upstream_unavailable", True),
+        ({"status": 503}, "upstream_unavailable", True),
+        ({"status": 400, "message": "temperature: out of range"}, "upstream_rejected", False),
+        ({"status": 400, "message": "prompt is too long: 210000 tokens > 200000 maximum"},
+         "context_length_exceeded", False),
+        ({"status": 401}, "upstream_auth", False),
+        ({"status": 404}, "upstream_rejected", False),
+        ({"cut_after": 3}, "stream_cut", True),
+        ({"status": 529, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 429, "error_after": 2}, "upstream_rate_limited", True),
+        ({"status": 400, "error_after": 2, "message": "bad content"}, "upstream_rejected", False),
+    ],
+    "gemini": [
+        ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+        ({"status": 503}, "upstream_unavailable", True),
+        ({"status": 500}, "upstream_unavailable", True),
+        ({"status": 400, "message": "Invalid value at 'generation_config.temperature'"}, "upstream_rejected", False),
+        ({"status": 400, "message": "The input token count (3000000) exceeds the maximum number of tokens allowed "
+                                    "(2097152). Input is too long."}, "context_length_exceeded", False),
+        ({"status": 401}, "upstream_auth", False),
+        ({"status": 403}, "upstream_auth", False),
+        ({"status": 404}, "upstream_rejected", False),
+        ({"cut_after": 3}, "stream_cut", True),
+        ({"status": 503, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 429, "error_after": 2}, "upstream_rate_limited", True),
+        ({"status": 400, "error_after": 2, "message": "bad content"}, "upstream_rejected", False),
+    ],
+    "mistral": [
+        ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+        ({"status": 503}, "upstream_unavailable", True),
+        ({"status": 500}, "upstream_unavailable", True),
+        ({"status": 400, "message": "bad temperature"}, "upstream_rejected", False),
+        ({"status": 400, "message": "Prompt contains 200000 tokens, too large for model with 131072 maximum "
+                                    "context length"}, "context_length_exceeded", False),
+        ({"status": 401}, "upstream_auth", False),
+        ({"status": 403}, "upstream_auth", False),
+        ({"cut_after": 3}, "stream_cut", True),
+        ({"status": 529, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 500, "error_after": 2}, "upstream_unavailable", True),
+        ({"status": 429, "error_after": 2}, "upstream_rate_limited", True),
+        ({"status": 400, "error_after": 2, "message": "bad thing mid-way"}, "upstream_rejected", False),
+    ],
+    "bedrock": [
+        ({"status": 429, "retry_after": 2}, "upstream_rate_limited", True),
+        ({"status": 503}, "upstream_unavailable", True),
+        ({"status": 500}, "upstream_unavailable", True),
+        ({"status": 400, "message": "Malformed input request: bad temperature"}, "upstream_rejected", False),
+        ({"status": 400, "message": "Input is too long for requested model."}, "context_length_exceeded", False),
+        ({"status": 401}, "upstream_auth", False),
+        ({"status": 403, "message": "The security token included in the request is invalid."}, "upstream_auth", False),
+        ({"cut_after": 3}, "stream_cut", True),
+        ({"cut_after": 0}, "stream_cut", True),
+        ({"status": 429, "error_after": 2}, "upstream_rate_limited", True),        # throttlingException
+        ({"status": 503, "error_after": 2}, "upstream_unavailable", True),         # serviceUnavailableException
+        ({"status": 500, "error_after": 2}, "upstream_unavailable", True),         # internalServerException
+        ({"status": 529, "error_after": 2}, "upstream_unavailable", True),         # modelStreamErrorException
+        ({"status": 400, "error_after": 2, "message": "bad thing mid-way"}, "upstream_rejected", False),  # validationException
+    ],
+}
+FAMILIES = pytest.mark.parametrize("family", list(MODELS))
+
+
+@FAMILIES
+def test_streams_text_then_one_completion_with_usage(fake, family):
+    deltas, done = run_adapter(fake, family, request_for(MODELS[family], HI, model_parameters={"max_tokens": 5}))
+    assert deltas == ["tok0", " tok1", " tok2", " tok3", " tok4"]  # each token its own delta
+    assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 3, 5)
+    assert len(fake.requests(family=family)) == 1
+
+
+@pytest.mark.parametrize("family, behaviour, code, retryable", [
+    (family, *row) for family, rows in FAULTS.items() for row in rows
+], ids=[f"{family}-{i}" for family, rows in FAULTS.items() for i in range(len(rows))])
+def test_faults_are_classified(fake, family, behaviour, code, retryable):
+    fake.script([behaviour], family=family)
+    err = adapter_error(fake, family, request_for(MODELS[family], HI))
+    assert (err.code, err.retryable) == (code, retryable), err
+    if "retry_after" in behaviour:
+        assert err.retry_after == 2
+    if behaviour.get("message"):
+        if code == "upstream_auth":  # the upstream's text about our key stays in the worker log
+            assert behaviour["message"] not in err.message
+        else:
+            assert behaviour["message"] in err.message
+    if "error_after" in behaviour and family in SAYS_MID_STREAM:
+        assert "mid-stream" in err.message
+    for secret in SECRETS[family]:
+        assert secret not in err.message
+
+
+@pytest.mark.parametrize("family", ["openai", "anthropic", "gemini", "mistral"])
+def test_a_refused_key_is_not_echoed(fake, family):
+    fake.config(api_key="the-right-key")
+    err = adapter_error(fake, family, request_for(MODELS[family], HI))
+    assert err.code == "upstream_auth" and not err.retryable
+    for secret in SECRETS[family]:
+        assert secret not in err.message
+
+
+@FAMILIES
+def test_an_unconfigured_family_names_the_variable_and_calls_nobody(fake, family):
+    setting, variable = UNCONFIGURED[family]
+    err = adapter_error(fake, family, request_for(MODELS[family], HI), **{setting: None})
+    assert err.code == "model_unavailable" and variable in err.message and not err.retryable
+    assert fake.requests(family=family) == []
+
+
+@FAMILIES
+def test_a_hang_hits_the_first_token_timeout(fake, family):
+    fake.script([{"hang": True}], family=family)
+    err = adapter_error(fake, family, request_for(MODELS[family], HI), provider_first_token_timeout=0.5)
+    assert err.code == "upstream_timeout" and err.retryable
+    assert "0.5 s" in err.message
+
+
+@FAMILIES
+def test_a_stall_between_tokens_hits_the_idle_timeout(fake, family):
+    fake.script([{"tokens_per_s": 1, "tokens": 5}], family=family)
+    err = adapter_error(fake, family, request_for(MODELS[family], HI), provider_idle_timeout=0.3)
+    assert err.code == "upstream_timeout" and err.retryable and "next token" in err.message
+
+
+@pytest.mark.parametrize("family, extra, expect", [
+    ("anthropic", {"metadata": {"user_id": "u1"}, "top_k": 3}, {"metadata": {"user_id": "u1"}, "top_k": 3}),
+    ("gemini",
+     {"safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+      "generationConfig": {"candidateCount": 1}},
+     # a table in extra is merged into ours, not put in its place
+     {"safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+      "generationConfig": {"temperature": 0.2, "maxOutputTokens": 2, "candidateCount": 1}}),
+    ("mistral", {"safe_prompt": True, "temperature": 0.1}, {"safe_prompt": True, "temperature": 0.1}),
+    ("openai", {"logit_bias": {"50256": -100}}, {"logit_bias": {"50256": -100}}),
+])
+def test_a_models_extra_and_base_url_win(fake, family, extra, expect):
+    req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
+    base_url = fake.base_url + ("/v1" if family == "openai" else "/mistral/v1" if family == "mistral" else "")
+    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"extra": extra, "base_url": base_url}))
+    # the configured base URL points nowhere: the model's own base_url must win
+    deltas, _ = run_adapter(fake, family, req, **{f"{family}_base_url": "http://127.0.0.1:9"})
+    assert "".join(deltas) == "tok0 tok1"
+    body = fake.requests(family=family)[0]["body"]
+    assert {key: body[key] for key in expect} == expect

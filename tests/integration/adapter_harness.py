@@ -15,7 +15,7 @@ from worker.providers.base import (
     ProviderError,
     TextDelta,
 )
-from worker.providers.http import make_client
+from worker.providers.transport import make_client
 from worker.providers.registry import load_adapter
 
 HI = [{"role": "user", "content": "say something nice"}]

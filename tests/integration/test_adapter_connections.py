@@ -11,7 +11,7 @@ from tests.conftest import fake_provider_settings
 from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
 from tests.integration.test_providers_e2e import FAMILY_MODELS
 from worker.providers.base import Completion
-from worker.providers.http import make_client
+from worker.providers.transport import make_client
 from worker.providers.registry import load_adapter
 
 pytestmark = pytest.mark.integration
@@ -52,16 +52,15 @@ def test_consecutive_calls_share_one_connection(fake, family):
 
 
 def test_concurrent_calls_spread_over_the_pools_and_give_their_slots_back(fake):
-    from worker.providers.http import POOL_SHARDS, ShardedTransport
+    from worker.providers.transport import POOL_SHARDS, ShardedTransport, client_limits
 
     fake.config(tokens_per_s=50)
     url = fake.base_url + "/v1/chat/completions"
     body = {"model": "gpt-4o", "messages": Q, "stream": True, "max_tokens": 3}
 
     async def go() -> tuple[list[int], list[int], int]:
-        client = make_client(fake_provider_settings(fake))
-        transport = client._transport
-        assert isinstance(transport, ShardedTransport)
+        transport = ShardedTransport(POOL_SHARDS, client_limits())
+        client = make_client(fake_provider_settings(fake), transport)
         try:
             requests = [client.build_request("POST", url, json=body, headers={"authorization": "Bearer x"})
                         for _ in range(2 * POOL_SHARDS)]

@@ -161,14 +161,14 @@ def test_a_worker_runs_its_jobs_on_its_loop_and_acks_each_once_it_ended(own_stac
             ids = [client.post("/v4/jobs", json=SLOW).json()["id"] for _ in range(30)]
             wait_for(lambda: all(client.get(f"/v4/jobs/{i}").json()["status"] == "running" for i in ids),
                      20, 0.1, "all 30 jobs to run")
-            # Celery's threads pool would hold 30 threads here (53: it starts all 50 ahead).
+            # Celery's threads pool would hold a thread per running job here.
             assert threads() < 10, threads()
-            assert redis.hlen("unacked") == 30  # every message still held by the worker
+            assert redis.hlen(keys.UNACKED) == 30  # every message still held by the worker
             active = control.control.inspect(destination=[f"worker-interactive@{socket.gethostname()}"],
                                              timeout=5).active()
             assert {task["id"] for tasks in active.values() for task in tasks} == set(ids)
             results = [poll_until_done(client, i, 60) for i in ids]
-        wait_for(lambda: redis.hlen("unacked") == 0, 10, what="every message acknowledged")
+        wait_for(lambda: redis.hlen(keys.UNACKED) == 0, 10, what="every message acknowledged")
     finally:
         control.close()
         redis.close()

@@ -18,7 +18,7 @@ import pytest
 import trustme
 import uvloop
 
-from worker.providers.http import asyncio_transport
+from worker.providers.transport import asyncio_transport
 from tests.recording import FailingTransport, RecordingTransport
 from worker.providers.netio import HELD_MAX, HIGH_WATER, AsyncioBackend, AsyncioStream
 

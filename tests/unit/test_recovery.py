@@ -46,7 +46,7 @@ def test_a_message_lost_between_the_queue_and_a_worker_is_replaced_once_sure(sto
         by_job = {json.loads(raw)["headers"]["id"]: raw for raw in raws}
         await store.redis.lpush(keys.QUEUE_LOCAL, by_job[on_queue])
         tag = json.loads(by_job[held])["properties"]["delivery_tag"]
-        await store.redis.hset("unacked", tag, json.dumps([json.loads(by_job[held]), "", keys.QUEUE_LOCAL]))
+        await store.redis.hset(keys.UNACKED, tag, json.dumps([json.loads(by_job[held]), "", keys.QUEUE_LOCAL]))
         assert (await store.claim(claimed, "w")).outcome == "claimed"
         assert "message" not in await store.get(claimed)
 

@@ -5,6 +5,7 @@ And the check ``Upstream.events`` makes first: the answer must be an event strea
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -67,17 +68,33 @@ def test_transport_failures_become_retryable_stream_cuts():
     assert got == [0] and error.code == "stream_cut" and error.retryable
 
 
+def watch_timers(loop: asyncio.AbstractEventLoop) -> Callable[[], list[asyncio.TimerHandle]]:
+    """Record the timers set on ``loop`` from now on; the returned function lists those still
+    pending (neither cancelled nor due yet)."""
+    made: list[asyncio.TimerHandle] = []
+    call_at = loop.call_at
+
+    def recorded(when, callback, *args, **kwargs):
+        handle = call_at(when, callback, *args, **kwargs)
+        made.append(handle)
+        return handle
+
+    loop.call_at = recorded
+    return lambda: [h for h in made if not h.cancelled() and h.when() > loop.time()]
+
+
 def test_a_cancel_from_outside_stays_a_cancel_and_no_timer_is_left():
     up = upstream(0.3, 0.3)
 
     async def go():
-        loop = asyncio.get_running_loop()
+        pending = watch_timers(asyncio.get_running_loop())
         task = asyncio.create_task(consume())
         await asyncio.sleep(0.1)
+        assert pending(), "the stream's timer is set while it waits"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        return [h for h in loop._scheduled if not h.cancelled()]
+        return pending()
 
     async def consume():
         async for _ in up.with_timeouts(items([0.0, 5.0])):
@@ -90,14 +107,14 @@ def test_a_generator_left_suspended_holds_no_timer():
     up = upstream(0.2, 0.2)
 
     async def go():
-        loop = asyncio.get_running_loop()
+        pending = watch_timers(asyncio.get_running_loop())
         stream = up.with_timeouts(items([0.0, 0.0]))
         assert await anext(stream) == 0
         await asyncio.sleep(0.5)  # the timer fires meanwhile and is not set again
-        pending = [h for h in loop._scheduled if not h.cancelled()]
+        left = pending()
         assert await anext(stream) == 1  # resumed later, the next item is still taken
         await stream.aclose()
-        return pending
+        return left
 
     assert asyncio.run(go()) == []
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
-from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
+from worker.providers.faults import mid_stream_error
+from worker.providers.http import HTTPProvider, sse_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 

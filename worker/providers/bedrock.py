@@ -25,7 +25,8 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
-from worker.providers.http import HTTPProvider, classify
+from worker.providers.faults import classify
+from worker.providers.http import HTTPProvider
 
 SIGNING_SERVICE = "bedrock"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",

@@ -12,7 +12,8 @@ from typing import Any
 from worker.providers.anthropic import merge_extra, merge_turns, split_system
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import max_tokens_left, one_call
-from worker.providers.http import HTTPProvider, mid_stream_error, sse_json
+from worker.providers.faults import mid_stream_error
+from worker.providers.http import HTTPProvider, sse_json
 
 ROLES = {"user": "user", "assistant": "model"}
 

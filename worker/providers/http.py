@@ -1,251 +1,27 @@
-"""What every HTTP adapter shares: the client, upstream error classification, timeouts.
-
-Upstream faults are classified here, once: 429/408/409/5xx/529 and transport failures are
-retryable (the runner retries them with backoff, honouring ``Retry-After``); other 4xx are
-the caller's problem and end the job with the upstream's own message.
+"""What every HTTP adapter shares: the streamed request with its timeouts (``Upstream``), and the
+adapters' base class (``HTTPProvider``). The client is in ``transport.py``, the classification of
+upstream faults in ``faults.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import http.cookiejar
 import logging
-import ssl
-import time
-import urllib.request
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpcore
 import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
 from shared.provider_config import ProviderSettings
 from worker.providers.base import Provider, ProviderError
-from worker.providers.netio import AsyncioBackend
+from worker.providers.faults import classify, read_error_body, transport_error
 from worker.providers.sse import EventTooLarge, event_stream
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
-CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens",
-                 "prompt is too long", "input is too long", "exceeds the context", "too long",
-                 "context window", "max_tokens")
-MAX_ERROR_BODY = 4096
-
-
-MAX_CONNECTIONS = 2000
-MAX_KEEPALIVE = 512
-POOL_SHARDS = 16
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several connection pools behind one client; each call goes to the least busy one.
-
-    httpcore's pool does work linear in its connections on every request and every release
-    (it checks each idle connection's socket for a hang-up), so one pool holding the hundreds
-    of streams a worker keeps open to a provider costs milliseconds of CPU per call. Split into
-    ``shards`` pools, each call pays for a fraction of them. Ties go to the first pool, so a
-    worker with little traffic keeps reusing the same few connections."""
-
-    def __init__(self, shards: int, limits: httpx.Limits):
-        per_shard = httpx.Limits(
-            max_connections=-(-limits.max_connections // shards),
-            max_keepalive_connections=-(-limits.max_keepalive_connections // shards),
-            keepalive_expiry=limits.keepalive_expiry,
-        )
-        tls = httpx.create_ssl_context()  # one for all shards: loading the CA bundle is not free
-        self.shards = [asyncio_transport(per_shard, tls) for _ in range(shards)]
-        self.busy = [0] * shards  # calls in flight per shard, until their response is closed
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = self.busy.index(min(self.busy))
-        self.busy[index] += 1
-        try:
-            response = await self.shards[index].handle_async_request(request)
-        except BaseException:
-            self.busy[index] -= 1
-            raise
-        response.stream = _Released(response.stream, self.busy, index)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self.shards:
-            await shard.aclose()
-
-
-class _Released(httpx.AsyncByteStream):
-    """A response body that gives its shard's slot back when it is closed."""
-
-    def __init__(self, stream, busy: list[int], index: int):
-        self._stream = stream
-        self._busy = busy
-        self._index = index
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        if self._busy is not None:
-            self._busy[self._index] -= 1
-            self._busy = None
-        await self._stream.aclose()
-
-
-def asyncio_transport(limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, its connections on the loop's own transports (``netio``) rather than
-    through anyio, which costs a cancel scope, an extra loop turn and a pause/resume of the
-    socket per read of a streamed answer, that is per token. httpx takes no network backend,
-    so the pool it built is replaced by the same one with this backend."""
-    ssl_context = ssl_context or httpx.create_ssl_context()
-    transport = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, http2=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context,
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        http1=True, http2=False,
-        network_backend=AsyncioBackend(),
-    )
-    return transport
-
-
-class NoCookies(http.cookiejar.CookieJar):
-    """A cookie jar that keeps nothing. One client serves every account of the process: a cookie
-    kept from one provider answer (a load balancer's stickiness, bot management) would go with
-    every later call, whoever makes it, and pin them all to one backend."""
-
-    def extract_cookies(self, response, request) -> None:
-        pass
-
-    def set_cookie(self, cookie) -> None:
-        pass
-
-
-def make_client(settings: ProviderSettings) -> httpx.AsyncClient:
-    # No read timeout at the transport: first-token and between-token limits are enforced per
-    # event (see ``Upstream.with_timeouts``), which a single read timeout cannot express.
-    timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE,
-                          keepalive_expiry=30)
-    common = {"timeout": timeout, "follow_redirects": False, "cookies": NoCookies()}
-    if urllib.request.getproxies():
-        # An egress proxy from the environment: httpx applies it only to its own transport.
-        return httpx.AsyncClient(limits=limits, http2=False, **common)
-    return httpx.AsyncClient(transport=ShardedTransport(POOL_SHARDS, limits), **common)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
-
-
-def _upstream_message(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:300].decode(errors="replace").strip()
-    if isinstance(data, list) and data:
-        data = data[0]
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            for key in ("message", "Message", "detail"):
-                if isinstance(err.get(key), str):
-                    return err[key]
-        elif isinstance(err, str):
-            return err
-        for key in ("message", "Message", "detail"):
-            if isinstance(data.get(key), str):
-                return data[key]
-    return body[:300].decode(errors="replace").strip()
-
-
-def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) -> ProviderError:
-    message = _upstream_message(body) or f"HTTP {status}"
-    retry_after = parse_retry_after(headers.get("retry-after"))
-    if retry_after is None and headers.get("retry-after-ms"):
-        retry_after = parse_retry_after(headers["retry-after-ms"])
-        retry_after = retry_after / 1000 if retry_after is not None else None
-    if status == 429:
-        return ProviderError(f"{provider} rate-limited the call: {message}", code="upstream_rate_limited",
-                             status=status, retryable=True, retry_after=retry_after)
-    if status in RETRYABLE_STATUS:
-        return ProviderError(f"{provider} failed (HTTP {status}): {message}", code="upstream_unavailable",
-                             status=status, retryable=True, retry_after=retry_after)
-    if status in (401, 403):
-        # The upstream's own text can quote part of the operator's key: keep it in the worker's
-        # log, tell the client only what happened.
-        log.error("%s refused the configured credentials (HTTP %d): %s", provider, status, message)
-        return ProviderError(f"{provider} refused this fleet's credentials (HTTP {status}); "
-                             "the operator must check the provider key", code="upstream_auth", status=status)
-    if status == 404:
-        return ProviderError(f"{provider} does not know this model or route (HTTP 404): {message}",
-                             code="upstream_rejected", status=status)
-    lowered = message.lower()
-    if status in (400, 413, 422) and any(h in lowered for h in CONTEXT_HINTS):
-        return ProviderError(f"{provider}: the prompt and max_tokens do not fit the model's context: {message}",
-                             code="context_length_exceeded", status=status)
-    return ProviderError(f"{provider} rejected the request (HTTP {status}): {message}",
-                         code="upstream_rejected", status=status)
-
-
-def mid_stream_error(status: int, event: Any, provider: str, kind: str, detail: str) -> ProviderError:
-    """An error a provider reported inside an answer already streaming (``event``), classified as
-    its HTTP ``status`` would be. The message names it, but for a refused key: the upstream's
-    text may quote the key, and ``classify``'s own message stays."""
-    exc = classify(status, orjson.dumps(event), httpx.Headers(), provider)
-    if exc.code != "upstream_auth":
-        exc.message = f"{provider} reported an error mid-stream ({kind}): {detail}"
-    return exc
-
-
-async def read_error_body(response: httpx.Response, timeout: float = 5.0) -> bytes:
-    """At most MAX_ERROR_BODY bytes of an error answer, within ``timeout``: an upstream that
-    sends an error status and then stalls must not hold the job."""
-    body = b""
-    try:
-        async with asyncio.timeout(timeout):
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) >= MAX_ERROR_BODY:
-                    break
-    except (TimeoutError, httpx.HTTPError):
-        pass
-    return body[:MAX_ERROR_BODY]
-
-
-def transport_error(exc: Exception, provider: str) -> ProviderError:
-    if isinstance(exc, httpx.LocalProtocolError):
-        # The request could not even be written: a header that is not valid HTTP. Its text
-        # quotes the header's value, which may be a credential: neither the client nor the log
-        # gets it. Sending it again would fail the same way.
-        log.error("could not send a request to %s: a header is not valid HTTP (%s); check the "
-                  "configured credentials and extra headers", provider, type(exc).__name__)
-        return ProviderError(f"could not send the request to {provider}: a header this fleet sends is "
-                             "not valid HTTP; the operator must check the provider's configuration",
-                             code="upstream_auth")
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return ProviderError(f"cannot connect to {provider}: {exc}", code="upstream_unreachable", retryable=True)
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{provider} timed out: {exc}", code="upstream_timeout", retryable=True)
-    return ProviderError(f"the connection to {provider} broke: {type(exc).__name__}: {exc}",
-                         code="stream_cut", retryable=True)
-
 
 # How long a finished answer's stream is given to end its body (so that its connection can
 # be kept for the next call) before the connection is closed instead.

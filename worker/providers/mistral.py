@@ -19,7 +19,8 @@ import orjson
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import EchoStripper, max_tokens_left, one_call
-from worker.providers.http import HTTPProvider, classify, sse_json
+from worker.providers.faults import classify
+from worker.providers.http import HTTPProvider, sse_json
 from worker.providers.openai import job_seed, openai_sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",

@@ -7,7 +7,7 @@ import importlib
 from shared.provider_config import ProviderSettings, get_provider_settings
 from shared.settings import Settings
 from worker.providers.base import Provider
-from worker.providers.http import make_client
+from worker.providers.transport import make_client
 from worker.providers.local import LocalProvider
 
 HTTP_FAMILIES = {

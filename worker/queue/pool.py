@@ -139,9 +139,3 @@ class TaskPool(thread.TaskPool):
             log.warning("%d jobs still running %d s into the shutdown; leaving them to the queue", left, bound)
         self._completions.shutdown(wait=idle, cancel_futures=not idle)
         super().on_stop()
-
-    def _get_info(self) -> dict:
-        info = super()._get_info()
-        with self._idle:
-            info["jobs-on-loop"] = self._on_loop
-        return info

@@ -1,7 +1,7 @@
 """The HTTP client every adapter of a worker process shares: its pools, its sockets, no cookies.
 
 Connections run on the loop's own transports (``netio.py``) instead of anyio's: on the hot path
-that is 22-27 % less worker CPU per relayed token and, at 1,000 streams, 875 calls open together
+that is 14-27 % less worker CPU per relayed token and, at 1,000 streams, 875 calls open together
 instead of 594 (bench/README.md, "Private hooks"). httpx takes no network backend for its own
 transport, so ``asyncio_transport`` gives its pool one; it is the one private hook of httpx here
 (``transport._pool``), checked before it is used.

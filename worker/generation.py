@@ -14,7 +14,7 @@ from worker import metrics
 from worker.attempt import Attempt
 from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
 from worker.publishing import Publisher, emit
-from worker.retries import retry_delay
+from worker.retries import may_retry, retry_delay
 from worker.stops import StopFilter
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,15 @@ async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_s
                                     retryable=True)
         except ProviderError as exc:
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
+            if not may_retry(exc, calls):
+                raise
+            if attempt.emitter is not None:
+                # The next call continues after all of it (and a cancel or a lost lease that the
+                # publish in flight learned of is raised here, whatever comes next).
+                await attempt.emitter.drain()
             delay = retry_delay(exc, calls)
             if delay is None:
                 raise
-            if attempt.emitter is not None:
-                await attempt.emitter.drain()  # the next call continues after all of it
             log.warning("provider call failed, retrying in %.2fs: %s", delay, exc.message,
                         extra=attempt.log_context())
             await asyncio.sleep(delay)

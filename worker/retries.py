@@ -27,11 +27,14 @@ def backoff(calls: int) -> float:
     return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (calls - 1)) * random.uniform(0.5, 1.0)
 
 
+def may_retry(error: ProviderError, calls: int) -> bool:
+    """Whether ``error``, ending the ``calls``-th call of an attempt, is one to call again after."""
+    return error.retryable and calls < MAX_PROVIDER_CALLS
+
+
 def retry_delay(error: ProviderError, calls: int) -> float | None:
-    """Seconds to wait before calling again after ``error`` ended the ``calls``-th call of an
-    attempt; None when it is not retried."""
-    if not error.retryable or calls >= MAX_PROVIDER_CALLS:
-        return None
+    """Seconds to wait before calling again (``may_retry`` said yes); None when the upstream asks
+    for a wait too long to be worth it: the client hears the fault now."""
     if error.retry_after is not None:
         return None if error.retry_after > MAX_RETRY_AFTER_SECONDS else error.retry_after
     return backoff(calls)

@@ -27,9 +27,16 @@ class Service(ABC):
     #: ``lock_ms`` in the whole fleet.
     hold_lock: bool = False
 
+    #: What the log says when a pass fails.
+    failure = "pass failed"
+
     @abstractmethod
     def interval(self) -> float:
         """Seconds until the next pass."""
+
+    def first_delay(self) -> float:
+        """Seconds from the worker's start to the first pass (an interval, by default)."""
+        return self.interval()
 
     async def due(self) -> bool:
         """Whether a pass has anything to do (before the lock is taken)."""
@@ -41,7 +48,8 @@ class Service(ABC):
 
 
 async def run_service(service: Service, redis, scripts: Scripts, hostname: str) -> None:
-    """Run ``service`` until cancelled: a pass, then a wait, and so on."""
+    """Run ``service`` until cancelled: a wait, a pass, and so on."""
+    await asyncio.sleep(service.first_delay())
     while True:
         try:
             if await service.due():
@@ -52,7 +60,7 @@ async def run_service(service: Service, redis, scripts: Scripts, hostname: str) 
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s pass failed: %s", service.name, exc)
+            log.warning("%s: %s", service.failure, exc)
         await asyncio.sleep(service.interval())
 
 

@@ -26,6 +26,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 class BatchFeeder(Service):
     name = "batch feeder"
+    failure = "batch feeder pass failed"
     lock = keys.BATCH_FEEDER_LOCK
     lock_ms = 30_000
 

@@ -21,8 +21,13 @@ class Heartbeat(Service):
         self.queues = queues
         self.running = running
 
+    failure = "heartbeat failed"
+
     def interval(self) -> float:
         return self.settings.worker_heartbeat_seconds
+
+    def first_delay(self) -> float:
+        return 0.0  # at once: the first heartbeat is what tells /readyz this worker serves
 
     async def run_pass(self) -> None:
         now = time.time()

@@ -19,6 +19,7 @@ CANCEL_POLL_SECONDS = 0.25
 
 class LeaseKeeper(Service):
     name = "lease keeper"
+    failure = "could not check running jobs"
 
     def __init__(self, store: JobStore, limiter: Limiter, settings: Settings, running: dict[str, RunningJob]):
         self.store = store

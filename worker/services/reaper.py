@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 class Reaper(Service):
     name = "reaper"
+    failure = "reaper pass failed"
     lock = keys.REAPER_LOCK
     hold_lock = True  # one pass per interval in the whole fleet
 

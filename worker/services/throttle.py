@@ -14,6 +14,7 @@ TICK_SECONDS = 0.025
 
 class ThrottleScheduler(Service):
     name = "throttle scheduler"
+    failure = "throttle scheduler pass failed"
     lock = keys.SCHEDULER_LOCK
     lock_ms = int(TICK_SECONDS * 1000 * 5)
 

@@ -1,0 +1,85 @@
+"""The provider calls of one attempt (worker/generation.py) and the retry policy they follow."""
+
+import asyncio
+
+import pytest
+
+from shared.catalog import get_catalog
+from worker.attempt import Attempt
+from worker.generation import generate
+from worker.providers.base import Completion, Provider, ProviderError, TextDelta
+from worker.publishing import JobCancelled
+from worker.retries import MAX_PROVIDER_CALLS, may_retry, retry_delay
+
+SPEC = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "prompt": None, "params": {}}
+
+
+class Scripted(Provider):
+    """Each call: a text delta, then the next of ``errors`` (or a completion when none is left)."""
+    family = "openai"
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def stream(self, request):
+        self.calls += 1
+        yield TextDelta(f"t{self.calls}")
+        if self.errors:
+            raise self.errors.pop(0)
+        yield Completion("stop", 1, self.calls)
+
+
+class Publisher:
+    def __init__(self, answer: int):
+        self.answer = answer  # 0: published; 1: a cancel was requested
+        self.events = []
+
+    async def publish(self, job_id, token, events):
+        self.events.extend(events)
+        return self.answer
+
+
+def run(provider, publisher):
+    attempt = Attempt("job_1", "token", 0, account_id="acct", model_id="gpt-4o")
+    model = get_catalog().get("gpt-4o")
+
+    async def go():
+        completion = await generate(attempt, model, provider, SPEC, publisher)
+        if attempt.emitter is not None:
+            await attempt.emitter.drain()
+        return completion
+
+    return asyncio.run(go()), attempt
+
+
+def rate_limited(retry_after=None):
+    return ProviderError("slow down", code="upstream_rate_limited", retryable=True, retry_after=retry_after)
+
+
+def test_a_retryable_fault_is_retried_after_what_was_delivered():
+    provider = Scripted([rate_limited(retry_after=0)])
+    completion, attempt = run(provider, Publisher(0))
+    assert provider.calls == 2 and completion.completion_tokens == 2
+    assert attempt.delivered == ["t1", "t2"]
+
+
+def test_a_cancel_seen_by_the_last_publish_wins_over_a_retry_after_too_long_to_wait():
+    # The upstream asks for a wait beyond what is worth it; meanwhile the job was cancelled:
+    # the attempt ends cancelled, as it would have without the fault.
+    with pytest.raises(JobCancelled):
+        run(Scripted([rate_limited(retry_after=120)]), Publisher(1))
+
+
+def test_a_retry_after_too_long_to_wait_is_the_clients_fault_to_hear():
+    with pytest.raises(ProviderError) as caught:
+        run(Scripted([rate_limited(retry_after=120)]), Publisher(0))
+    assert caught.value.code == "upstream_rate_limited"
+
+
+def test_the_policy():
+    assert may_retry(rate_limited(), 1) and not may_retry(rate_limited(), MAX_PROVIDER_CALLS)
+    assert not may_retry(ProviderError("no", code="upstream_rejected"), 1)
+    assert retry_delay(rate_limited(retry_after=2), 1) == 2
+    assert retry_delay(rate_limited(retry_after=61), 1) is None
+    assert 0.25 <= retry_delay(rate_limited(), 1) <= 0.5 and 1.0 <= retry_delay(rate_limited(), 3) <= 2.0

@@ -20,6 +20,7 @@ import anyio
 import orjson
 from pydantic import ValidationError
 
+from api.openai.wire import ChatRequest
 from api.prompts import RequestError, prepare_job_spec
 from shared import keys
 from shared.catalog import Catalog
@@ -43,41 +44,20 @@ class LineError(ValueError):
     pass
 
 
-def translate_openai_body(body: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI chat-completions body as an SGP v4 one (``/v1/chat/completions`` lines)."""
-    if body.get("stream"):
-        raise LineError("batch lines cannot stream: remove \"stream\"")
-    if body.get("n", 1) != 1:
-        raise LineError("n must be 1")
-    unknown = set(body) - {"model", "messages", "max_tokens", "max_completion_tokens", "temperature",
-                           "top_p", "stop", "frequency_penalty", "presence_penalty", "stream", "n", "seed", "user"}
-    if unknown:
-        raise LineError(f"unsupported OpenAI field(s): {', '.join(sorted(unknown))}")
-    params: dict[str, Any] = {}
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is not None:
-        params["max_tokens"] = max_tokens
-    for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"),
-                         ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty")):
-        if body.get(theirs) is not None:
-            params[ours] = body[theirs]
-    if body.get("stop") is not None:
-        params["stop_sequences"] = [body["stop"]] if isinstance(body["stop"], str) else body["stop"]
-    out = {"model": body.get("model"), "messages": body.get("messages")}
-    if params:
-        out["model_parameters"] = params
-    return out
-
-
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
     return f"{where}: {err['msg']}" if where else err["msg"]
 
 
+V4_URL = "/v4/chat-completions"
+OPENAI_URL = "/v1/chat/completions"
+
+
 def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catalog,
-               providers: ProviderSettings) -> dict[str, Any]:
-    """A staged entry for one valid line; raises LineError saying what is wrong with it."""
+               providers: ProviderSettings, urls: tuple[str, ...] = (V4_URL, OPENAI_URL)) -> dict[str, Any]:
+    """A staged entry for one valid line; raises LineError saying what is wrong with it. A line's
+    ``url`` says which wire format its body is in (one of ``urls``)."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -98,14 +78,15 @@ def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catal
     body = line.get("body")
     if not isinstance(body, dict):
         raise LineError("body must be a JSON object")
-    if url == "/v1/chat/completions":
-        body = translate_openai_body(body)
-    elif url != "/v4/chat-completions":
-        raise LineError("url must be /v4/chat-completions or /v1/chat/completions")
-    elif body.get("stream"):
+    if url not in urls:
+        raise LineError(f"url must be {' or '.join(urls)}")
+    if body.get("stream"):
         raise LineError("batch lines cannot stream: remove \"stream\"")
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        if url == OPENAI_URL:
+            request = ChatRequest.model_validate(body).to_fleet()
+        else:
+            request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise LineError(_first_error(exc)) from None
     if request.account_id is not None and request.account_id != account_id:
@@ -125,7 +106,7 @@ def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catal
 
 
 def validate_lines(lines: Iterator[bytes], account_id: str, catalog: Catalog, providers: ProviderSettings,
-                   chunk: int = 500) -> Iterator[tuple[list[bytes], list[dict]]]:
+                   chunk: int = 500, urls: tuple[str, ...] = (V4_URL, OPENAI_URL)) -> Iterator[tuple[list[bytes], list[dict]]]:
     """Chunks of (staged entries as JSON, errors): bounded memory whatever the batch size."""
     seen: set[str] = set()
     entries: list[bytes] = []
@@ -137,7 +118,7 @@ def validate_lines(lines: Iterator[bytes], account_id: str, catalog: Catalog, pr
             errors.append({"line": number, "code": "invalid_line", "message": "empty line"})
         else:
             try:
-                entries.append(orjson.dumps(parse_line(raw, seen, account_id, catalog, providers)))
+                entries.append(orjson.dumps(parse_line(raw, seen, account_id, catalog, providers, urls)))
             except LineError as exc:
                 errors.append({"line": number, "code": "invalid_line", "message": str(exc)})
         if len(entries) >= chunk or len(errors) >= chunk:
@@ -192,10 +173,11 @@ def check_metadata(metadata: Any) -> dict[str, str]:
     return metadata
 
 
-async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], catalog: Catalog) -> tuple[int, list, int]:
+async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], catalog: Catalog,
+                 urls: tuple[str, ...]) -> tuple[int, list, int]:
     """Validate every line and stage the valid ones; returns (lines, reported errors, error count).
     Runs the CPU work on a thread, a chunk at a time, and writes each chunk from the loop."""
-    chunks = validate_lines(lines, account, catalog, get_provider_settings())
+    chunks = validate_lines(lines, account, catalog, get_provider_settings(), urls=urls)
     total, errors, error_count = 0, [], 0
 
     def next_chunk():
@@ -212,20 +194,22 @@ async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], cat
 
 
 async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str, str], window: str,
-                 catalog: Catalog, settings: Settings) -> dict[str, Any]:
+                 catalog: Catalog, settings: Settings, urls: tuple[str, ...] = (V4_URL, OPENAI_URL),
+                 fields: dict[str, str] | None = None) -> str:
     """Validate and stage a batch; it is ``in_progress`` (the workers' feeder hands its lines to
     the queue) or, if any line is bad, ``failed`` with every bad line reported and nothing run.
-    Raises LineError for a bad completion window."""
+    ``fields`` go in the batch's record as they are (the OpenAI front door's input file, say).
+    Returns the batch's id; raises LineError for a bad completion window."""
     window_seconds = parse_window(window)
     batch_id = new_batch_id()
     now = time.time()
     await redis.hset(keys.batch(batch_id), mapping={
         "id": batch_id, "account_id": account, "status": "validating", "created_at": repr(now),
         "completion_window": window, "metadata": orjson.dumps(metadata).decode(),
-        "total": 0, "completed": 0, "failed": 0,
+        "total": 0, "completed": 0, "failed": 0, **(fields or {}),
     })
     await redis.zadd(keys.account_batches(account), {batch_id: now})
-    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog)
+    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog, urls)
     retention = max(settings.job_retention_seconds, window_seconds + 86400)
     if total == 0:
         errors, error_count = [{"line": 0, "code": "empty_batch", "message": "the batch has no lines"}], 1
@@ -246,7 +230,7 @@ async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str
     for key in (keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_results(batch_id),
                 keys.batch_errors(batch_id)):
         await redis.expire(key, retention)
-    return view(await redis.hgetall(keys.batch(batch_id)))
+    return batch_id
 
 
 async def get_own(redis, batch_id: str, account: str) -> dict[str, str] | None:
@@ -288,12 +272,18 @@ async def cancel(redis, record: dict[str, str]) -> dict[str, Any]:
     return view(await redis.hgetall(keys.batch(batch_id)))
 
 
-async def jsonl(redis, key: str) -> AsyncIterator[bytes]:
-    """A results or errors list as JSONL, a thousand lines at a time."""
+async def line_chunks(redis, key: str) -> AsyncIterator[list[str]]:
+    """A results or errors list, a thousand lines at a time."""
     start = 0
     while True:
         chunk = await redis.lrange(key, start, start + 999)
         if not chunk:
             return
-        yield ("\n".join(chunk) + "\n").encode()
+        yield chunk
         start += len(chunk)
+
+
+async def jsonl(redis, key: str) -> AsyncIterator[bytes]:
+    """A results or errors list as JSONL."""
+    async for chunk in line_chunks(redis, key):
+        yield ("\n".join(chunk) + "\n").encode()

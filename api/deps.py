@@ -26,6 +26,10 @@ async def get_redis(request: Request):
     return request.app.state.redis
 
 
+async def get_raw_redis(request: Request):
+    return request.app.state.raw_redis
+
+
 async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
@@ -40,19 +44,37 @@ async def get_catalog_dep(request: Request) -> Catalog:
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RedisDep = Annotated[object, Depends(get_redis)]
+RawRedisDep = Annotated[object, Depends(get_raw_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 HubDep = Annotated[PubSubHub, Depends(get_hub)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog_dep)]
 
 
+def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:
+    """The key a request carries: ``x-api-key`` (SGP clients), else ``Authorization: Bearer``
+    (OpenAI clients), on every route alike."""
+    if x_api_key:
+        return x_api_key
+    scheme, _, credential = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    return None
+
+
+XApiKey = Annotated[str | None, Header(description="the API key (or send Authorization: Bearer)")]
+Authorization = Annotated[str | None, Header(description="Bearer <API key> (or send x-api-key)")]
+
+
 async def current_account(
     request: Request,
-    x_api_key: Annotated[str | None, Header()] = None,
+    x_api_key: XApiKey = None,
+    authorization: Authorization = None,
     x_selected_account_id: Annotated[str | None, Header()] = None,
 ) -> str:
-    if not x_api_key:
-        raise HTTPException(401, "missing API key: send it in the x-api-key header")
-    account_id = await authenticate(request.app.state.redis, x_api_key)
+    key = presented_key(x_api_key, authorization)
+    if not key:
+        raise HTTPException(401, "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
+    account_id = await authenticate(request.app.state.redis, key)
     if account_id is None:
         raise HTTPException(401, "invalid API key")
     if x_selected_account_id and x_selected_account_id != account_id:
@@ -63,12 +85,13 @@ async def current_account(
 CurrentAccount = Annotated[str, Depends(current_account)]
 
 
-async def require_admin(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(request: Request, x_api_key: XApiKey = None, authorization: Authorization = None) -> None:
     configured = request.app.state.settings.admin_api_key
     if configured is None:
         raise HTTPException(401, "the admin API is disabled: set CHATFLEET_ADMIN_API_KEY to enable it")
-    if not x_api_key or not hmac.compare_digest(x_api_key.encode(), configured.get_secret_value().encode()):
-        raise HTTPException(401, "missing or invalid admin API key (x-api-key)")
+    key = presented_key(x_api_key, authorization)
+    if not key or not hmac.compare_digest(key.encode(), configured.get_secret_value().encode()):
+        raise HTTPException(401, "missing or invalid admin API key (x-api-key or Authorization: Bearer)")
 
 
 AdminAuth = Depends(require_admin)

@@ -18,22 +18,29 @@ from shared.provider_config import get_provider_settings
 from shared.schemas import ChatCompletionRequest, iso
 
 
+class Refused(HTTPException):
+    """A request refused before any job exists: ``param`` names the field at fault, ``code``
+    the kind of fault (the OpenAI front door shows both; the SGP one, only the message)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(status, message)
+        self.param = param
+        self.code = code
+
+
 async def submit(
     body: ChatCompletionRequest, account_id: str, catalog: Catalog, store: JobStore
 ) -> dict[str, str]:
     if body.account_id is not None and body.account_id != account_id:
-        raise HTTPException(403, "this API key cannot act for the account_id in the body")
+        raise Refused(403, "this API key cannot act for the account_id in the body", "account_id")
     spec = catalog.get(body.model)
     if spec is None:
-        raise HTTPException(
-            400, f"model {body.model!r} is not available; GET /v4/models lists the models you can use"
-        )
+        raise Refused(400, f"model {body.model!r} is not available; GET /v4/models lists the models you can use",
+                      "model", "model_not_found")
     missing = get_provider_settings().missing_for(spec)
     if missing:
-        raise HTTPException(
-            400, f"model {spec.id!r} is served by the {spec.family} provider, which is not configured "
-                 f"on this fleet: the operator must set {missing}"
-        )
+        raise Refused(400, f"model {spec.id!r} is served by the {spec.family} provider, which is not configured "
+                           f"on this fleet: the operator must set {missing}", "model", "model_not_available")
     try:
         if spec.raw_prompt:
             # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
@@ -41,7 +48,7 @@ async def submit(
         else:
             job_spec = prepare_job_spec(body, spec)  # no template to render: cheaper than a thread hop
     except RequestError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise Refused(400, str(exc), exc.param, exc.code) from None
     record = await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)
     metrics.JOBS_SUBMITTED.labels(spec.id).inc()
     return record

@@ -9,12 +9,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.accounts import add_api_key, ensure_account
 from api.metrics import MetricsMiddleware, metrics_endpoint
+from api.openai import batches as openai_batches
+from api.openai import chat as openai_chat
+from api.openai import errors as openai_errors
+from api.openai import files as openai_files
+from api.openai import models as openai_models
 from api.routes import admin, batches, chat, health, jobs, models, usage
 from api.streams import PubSubHub
 from shared.catalog import get_catalog
@@ -64,6 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redis = async_redis(settings.redis_url, max_connections=1000)
         app.state.settings = settings
         app.state.redis = redis
+        # Replies as bytes, for file contents (an upload need not be text).
+        app.state.raw_redis = async_redis(settings.redis_url, max_connections=100, decode_responses=False)
         app.state.catalog = get_catalog(settings.catalog_path)
         # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
         channel = ScriptChannel.for_url(settings.redis_url)
@@ -81,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.hub.close()
             if channel is not None:
                 await channel.close()
+            await app.state.raw_redis.aclose()
             await redis.aclose()
 
     app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan)
@@ -91,20 +101,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(usage.router)
     app.include_router(admin.router)
     app.include_router(batches.router)
+    for module in (openai_chat, openai_models, openai_files, openai_batches):  # the OpenAI front door
+        app.include_router(module.router, prefix="/v1")
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
+        if openai_errors.is_openai(request.url.path):
+            return openai_errors.validation_response(exc)
         # FastAPI's own 422, made safe to encode: a request can carry text (lone surrogates)
         # that is valid JSON but cannot be written back as UTF-8.
         return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException):
+        if openai_errors.is_openai(request.url.path):
+            return openai_errors.refused_response(exc)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(openai_errors.OpenAIError)
+    async def _openai_error(request: Request, exc: openai_errors.OpenAIError):
+        return openai_errors.error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError):
         log.error("Redis error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": "the job store is unavailable; retry shortly"}, status_code=503,
-                            headers={"Retry-After": "1"})
+        message = "the job store is unavailable; retry shortly"
+        if openai_errors.is_openai(request.url.path):
+            return openai_errors.error_response(503, message, headers={"Retry-After": "1"})
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "1"})
 
     return app
 

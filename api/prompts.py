@@ -28,7 +28,13 @@ _FORMAT_WIDTH = re.compile(r"%[-#0 +]*(\d+)")
 
 
 class RequestError(ValueError):
-    """The request cannot be served as asked; the message says what to change (HTTP 400)."""
+    """The request cannot be served as asked; the message says what to change (HTTP 400).
+    ``param`` names the request field at fault, ``code`` the kind of fault, where known."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class _TemplateLimit(SecurityError):
@@ -164,7 +170,7 @@ def build_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
     messages = [{"role": m.role, "content": m.text()} for m in request.messages]
     if request.instructions is not None and any(m["role"] == "system" for m in messages):
         raise RequestError(
-            "instructions cannot be combined with a system message: send one or the other"
+            "instructions cannot be combined with a system message: send one or the other", param="instructions",
         )
     if request.memory_strategy is not None:
         messages = messages[-request.memory_strategy.params.k :]
@@ -179,17 +185,25 @@ def check_parameters(request: ChatCompletionRequest, spec: ModelSpec) -> None:
         if unsupported:
             raise RequestError(
                 f"model {spec.id!r} does not support the parameter(s) {', '.join(unsupported)}; "
-                f"it accepts: {', '.join(spec.parameters) or 'none'}"
+                f"it accepts: {', '.join(spec.parameters) or 'none'}", param=unsupported[0],
+                code="unsupported_parameter",
             )
         max_tokens = request.model_parameters.max_tokens
         if max_tokens is not None and max_tokens > spec.max_output:
             raise RequestError(
-                f"max_tokens {max_tokens} is above the limit of model {spec.id!r} ({spec.max_output})"
+                f"max_tokens {max_tokens} is above the limit of model {spec.id!r} ({spec.max_output})",
+                param="max_tokens", code="invalid_value",
+            )
+        temperature = request.model_parameters.temperature
+        if temperature is not None and temperature > spec.temperature_limit:
+            raise RequestError(
+                f"temperature {temperature:g} is above the limit of model {spec.id!r} ({spec.temperature_limit:g})",
+                param="temperature", code="invalid_value",
             )
     if request.chat_template is not None and not spec.chat_template:
         raise RequestError(
             f"model {spec.id!r} ({spec.family}) takes no chat_template: its provider renders the "
-            "chat itself; remove chat_template or pick an LLM-Engine/vLLM or local model"
+            "chat itself; remove chat_template or pick an LLM-Engine/vLLM or local model", param="chat_template",
         )
 
 
@@ -217,7 +231,8 @@ def check_context(spec: ModelSpec, messages, prompt: str | None, max_tokens: int
         raise RequestError(
             f"the prompt (at least {estimate} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
             f"{spec.context_window}-token context window of model {spec.id!r}: shorten the messages "
-            "(memory_strategy last_k keeps the last k) or lower max_tokens"
+            "(memory_strategy last_k keeps the last k) or lower max_tokens", param="messages",
+            code="context_length_exceeded",
         )
 
 
@@ -229,7 +244,7 @@ def sampling_params(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str
         "stop": list(p.stop_sequences or []) if p else [],
     }
     if p is not None:
-        for name in ("top_k", "top_p", "frequency_penalty", "presence_penalty", "reasoning_effort"):
+        for name in ("top_k", "top_p", "frequency_penalty", "presence_penalty", "reasoning_effort", "seed"):
             value = getattr(p, name)
             if value is not None:
                 params[name] = value

@@ -15,6 +15,11 @@ Family = Literal["openai", "anthropic", "gemini", "mistral", "bedrock", "llm_eng
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
 
+# The highest temperature each family's API takes (OpenAI's own scale is 0-2); a model may set
+# its own (``max_temperature``).
+FAMILY_MAX_TEMPERATURE = {"openai": 2.0, "gemini": 2.0, "mistral": 1.5, "anthropic": 1.0, "bedrock": 1.0,
+                          "llm_engine": 2.0, "local": 2.0}
+
 
 class CatalogError(Exception):
     """The catalog file is unreadable or describes a model badly."""
@@ -32,7 +37,7 @@ class ModelSpec(BaseModel):
     price_output: float = Field(0.0, ge=0)
     parameters: tuple[str, ...] = ()
     chat_template: bool = False
-    default_max_tokens: int | None = None
+    default_max_tokens: int | None = Field(None, ge=1)
     bos_token: str = ""
     eos_token: str = ""
     # Raw-prompt families: the template used when the request carries none.
@@ -44,6 +49,12 @@ class ModelSpec(BaseModel):
     # The upstream deployment (provider key/endpoint) whose limits this model shares;
     # by default the family's.
     deployment: str | None = None
+    # The highest temperature the model takes; by default its family's.
+    max_temperature: float | None = Field(None, ge=0)
+
+    @property
+    def temperature_limit(self) -> float:
+        return self.max_temperature if self.max_temperature is not None else FAMILY_MAX_TEMPERATURE[self.family]
 
     @property
     def deployment_name(self) -> str:

@@ -150,6 +150,15 @@ ACTIVE_BATCHES = f"{PREFIX}:batches:active"
 # Counter: batch jobs handed to the queue and not finished yet, fleet-wide.
 BATCH_IN_FLIGHT = f"{PREFIX}:batches:in-flight"
 
+# --- files (the OpenAI front door's uploads, and its batches' output files) ----------------------------
+
+# Hash: a file (account, filename, purpose, bytes, times; an output file: its batch and kind).
+file = _family("file:{}")
+# List: an uploaded file's content, in chunks of bytes.
+file_content = _family("file:{}:content")
+# Sorted set: the account's files by creation time.
+account_files = _family("account:{}:files")
+
 # --- workers and their fleet-wide services -----------------------------------------------------------
 
 # Sorted set: worker hostnames scored by their last heartbeat (unix seconds).

@@ -17,6 +17,16 @@ class TextPart(BaseModel):
     text: str
 
 
+def check_unicode(content: str | list) -> str | list:
+    """``content`` (a string, or text parts), if it is text UTF-8 can carry (no lone surrogate)."""
+    for text in ([content] if isinstance(content, str) else [p.text for p in content]):
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("content is not valid Unicode text (it has a lone surrogate)") from None
+    return content
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,12 +43,7 @@ class Message(BaseModel):
     @field_validator("content")
     @classmethod
     def _valid_unicode(cls, value):
-        for text in ([value] if isinstance(value, str) else [p.text for p in value]):
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                raise ValueError("content is not valid Unicode text (it has a lone surrogate)") from None
-        return value
+        return check_unicode(value)
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -72,6 +77,8 @@ class ModelParameters(BaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    # Sampling seed, for the families whose API takes one (the OpenAI front door passes it).
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
 
     @field_validator("stop_sequences")
     @classmethod

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
     batch_max_in_flight: int = Field(100, ge=1)
 
+    # Files uploaded through the OpenAI front door (POST /v1/files): the largest one, what one
+    # account may keep at once (files and bytes), and how long one is kept.
+    file_max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
+    files_max_bytes_per_account: int = Field(1024 * 1024 * 1024, ge=1024)
+    files_max_per_account: int = Field(1000, ge=1)
+    file_retention_seconds: int = Field(7 * 86400, ge=60)
+
     job_retention_seconds: int = Field(24 * 3600, ge=60)
     # How many times a job may be started (first run + redeliveries) before it is failed.
     max_deliveries: int = Field(3, ge=1)

@@ -58,6 +58,7 @@ def stack_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         "CHATFLEET_LEASE_SECONDS": "3",
         "CHATFLEET_WORKER_HEARTBEAT_SECONDS": "1",
         "CHATFLEET_LOCAL_MODEL_CONTEXT": "4096",
+        "CHATFLEET_FILE_MAX_BYTES": "2000000",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)

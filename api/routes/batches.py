@@ -75,8 +75,8 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
         batches.parse_window(window)
     except batches.LineError as exc:
         raise HTTPException(400, str(exc)) from None
-    batch = await batches.create(redis, account, lines, metadata, window, catalog, settings)
-    return JSONResponse(batch, status_code=201)
+    batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings)
+    return JSONResponse(batches.view(await redis.hgetall(keys.batch(batch_id))), status_code=201)
 
 
 @router.get("")

@@ -2,9 +2,10 @@
 -- or error line, count it, and finalize the batch when every line is accounted for.
 local function batch_line_done(job_key, batch_key, results_key, errors_key, inflight_key, active_key,
                                status, now, job_id)
-  local info = redis.call("HMGET", job_key, "batch_id", "custom_id", "result", "error")
+  local info = redis.call("HMGET", job_key, "batch_id", "custom_id", "result", "error", "model")
   if not info[1] then return end
   local head = '{"custom_id":' .. cjson.encode(info[2] or "") .. ',"job_id":' .. cjson.encode(job_id)
+    .. ',"model":' .. cjson.encode(info[5] or "") .. ',"finished_at":' .. math.floor(tonumber(now))
   if status == "succeeded" then
     redis.call("RPUSH", results_key, head .. ',"response":{"status_code":200,"body":' .. info[3] .. '},"error":null}')
     redis.call("HINCRBY", batch_key, "completed", 1)

@@ -72,8 +72,10 @@ def test_invalid_lines_refuse_the_whole_batch_with_every_reason(stack, fake):
         orjson.dumps(line("b", model="no-such-model")),
         orjson.dumps({**line("c"), "url": "/v2/elsewhere"}),
         orjson.dumps(line("d", stream=True)),
+        # OpenAI's temperature scale goes to 2, Anthropic's models stop at 1
         orjson.dumps({"custom_id": "e", "url": "/v1/chat/completions",
-                      "body": {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "temperature": 1.7}}),
+                      "body": {"model": "claude-3-haiku-20240307", "messages": [{"role": "user", "content": "x"}],
+                               "temperature": 1.7}}),
     ]
     with stack.client() as client:
         r = client.post("/v4/batches", files={"file": ("batch.jsonl", jsonl(bad), "application/jsonl")})

@@ -67,7 +67,7 @@ class GeminiProvider(HTTPProvider):
         if max_tokens is not None:
             config["maxOutputTokens"] = max_tokens
         for name, field in (("top_p", "topP"), ("top_k", "topK"), ("frequency_penalty", "frequencyPenalty"),
-                            ("presence_penalty", "presencePenalty")):
+                            ("presence_penalty", "presencePenalty"), ("seed", "seed")):
             if name in params:
                 config[field] = params[name]
         if params.get("stop"):

@@ -12,7 +12,7 @@ from worker.providers.continuation import max_tokens_left, one_call
 from worker.providers.http import HTTPProvider
 from worker.providers.openai import Choices, openai_chunks, openai_sampling
 
-SAMPLING = ("top_k", "top_p", "frequency_penalty", "presence_penalty")
+SAMPLING = ("top_k", "top_p", "frequency_penalty", "presence_penalty", "seed")
 
 
 class LLMEngineProvider(HTTPProvider):

@@ -110,7 +110,7 @@ class LocalProvider(Provider):
             body["stop"] = params["stop"]
         for ours, theirs in (("top_k", "top_k"), ("top_p", "top_p"),
                              ("frequency_penalty", "frequency_penalty"),
-                             ("presence_penalty", "presence_penalty")):
+                             ("presence_penalty", "presence_penalty"), ("seed", "seed")):
             if ours in params:
                 body[theirs] = params[ours]
         body.update(request.spec.extra)

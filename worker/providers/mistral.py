@@ -68,7 +68,7 @@ class MistralProvider(HTTPProvider):
             "messages": self._messages(request),
             "stream": True,
             **openai_sampling(request.params, max_tokens_left(request), SAMPLING),
-            "random_seed": job_seed(request.job_id),
+            "random_seed": request.params.get("seed", job_seed(request.job_id)),
             **request.spec.extra,
         }
 

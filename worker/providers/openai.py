@@ -88,7 +88,7 @@ class OpenAIProvider(HTTPProvider):
             "messages": request.messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "seed": job_seed(request.job_id),
+            "seed": request.params.get("seed", job_seed(request.job_id)),
             # Regenerated whole after a fault (see ``stream``): max_tokens is the request's own.
             **openai_sampling(request.params, request.params.get("max_tokens"), SAMPLING),
             **request.spec.extra,

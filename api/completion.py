@@ -1,0 +1,267 @@
+"""A synchronous chat completion served through a job, for either front door.
+
+``complete`` submits the job, waits for its admission (a job still throttled after
+``CHATFLEET_SYNC_ADMISSION_WAIT_SECONDS`` is cancelled and answered 429), then streams its
+events to the client or waits for its end. A client that goes away cancels its job. What the
+client reads is worded by an ``Answer``: the SGP v4 one (``SGPAnswer``) or the OpenAI one
+(``api/openai/wire.py``); the flow is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from api.jobs import submit
+from api.metrics import track_sse
+from api.ratelimit import ratelimit_headers
+from api.sse import KEEPALIVE, SSE_HEADERS, sse
+from api.streams import SHUTDOWN, follow
+from shared.catalog import Catalog
+from shared.events import END, ERROR, THROTTLED
+from shared.jobs import JobStore
+from shared.schemas import ChatCompletionRequest
+from shared.settings import Settings
+
+# How a failed job maps onto the synchronous response: the client's mistakes are 4xx, the
+# upstream's and ours 5xx (a provider still rate-limiting after our retries is passed on as 429).
+ERROR_STATUS = {
+    "invalid_request": 400,
+    "model_unavailable": 400,
+    "context_length_exceeded": 400,
+    "upstream_rejected": 400,
+    "content_filter": 400,
+    "limit_exceeded": 400,
+    "upstream_rate_limited": 429,
+    "upstream_auth": 502,
+    "upstream_unavailable": 502,
+    "upstream_unreachable": 502,
+    "upstream_invalid": 502,
+    "stream_cut": 502,
+    "stream_interrupted": 502,
+    "upstream_timeout": 504,
+    "timeout": 504,
+    "redelivery_limit": 500,
+    "internal_error": 500,
+}
+UPSTREAM_RETRY_AFTER_SECONDS = 5
+
+
+class NotAdmitted(Exception):
+    def __init__(self, retry_after: float, reason: str):
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class Answer:
+    """How one front door words a synchronous completion. ``failure`` answers with an error
+    status; the ``stream_*`` methods give the bytes of a streamed answer."""
+
+    route: str  # the route template, for the SSE gauge
+    job_id = ""
+
+    def bind(self, job_id: str) -> None:
+        """The job behind the answer, known once it is submitted."""
+        self.job_id = job_id
+
+    def failure(self, status: int, message: str, code: str | None = None,
+                headers: dict[str, str] | None = None, **extra: Any) -> Response:
+        raise NotImplementedError
+
+    def result(self, body: dict[str, Any], headers: dict[str, str]) -> Response:
+        """The answer of a succeeded job (``body``: its SGP result)."""
+        raise NotImplementedError
+
+    def stream_token(self, data: str) -> bytes | None:
+        """A token event (``data``: its SGP chunk) as the client reads it; None: nothing."""
+        raise NotImplementedError
+
+    def stream_error(self, data: str) -> bytes:
+        """An error event (``data``: ``{code, message}`` as JSON)."""
+        raise NotImplementedError
+
+    def stream_shutdown(self, job_id: str, seq: int) -> bytes:
+        raise NotImplementedError
+
+    def stream_end(self) -> bytes:
+        return b""
+
+
+class SGPAnswer(Answer):
+    """The SGP v4 contract: SSE chunks as the workers publish them, no ``[DONE]``."""
+
+    route = "/v4/chat-completions"
+
+    def failure(self, status, message, code=None, headers=None, **extra):
+        body: dict[str, Any] = {"detail": message}
+        if code is not None:
+            body["code"] = code
+        return JSONResponse({**body, **extra}, status_code=status, headers=headers)
+
+    def result(self, body, headers):
+        return JSONResponse(body, headers=headers)
+
+    def stream_token(self, data):
+        return sse(data)
+
+    def stream_error(self, data):
+        return sse(data, event="error")
+
+    def stream_shutdown(self, job_id, seq):
+        return self.stream_error(orjson.dumps({
+            "code": "server_shutting_down",
+            "message": f"this API instance is restarting; the job continues: follow "
+                       f"/v4/jobs/{job_id}/stream with Last-Event-ID: {seq}",
+            "job_id": job_id, "last_event_id": seq}).decode())
+
+
+async def first_admitted_event(events, admission_deadline: float, overall_deadline: float):
+    """The job's first event that is not a wait. A job throttled past the admission deadline
+    raises NotAdmitted (time spent queued for a worker does not count); nothing at all before
+    the overall deadline raises TimeoutError."""
+    throttled: dict | None = None
+    while True:
+        deadline = overall_deadline if throttled is None else min(admission_deadline, overall_deadline)
+        try:
+            event = await asyncio.wait_for(anext(events), max(deadline - time.monotonic(), 0))
+        except asyncio.TimeoutError:
+            if throttled is None:
+                raise
+            next_try = throttled.get("next_try_epoch", time.time() + 1)
+            raise NotAdmitted(max(next_try - time.time(), 1), throttled.get("reason", "rate limited")) from None
+        if event is None:
+            continue
+        if event.type == THROTTLED:
+            throttled = orjson.loads(event.data)
+            continue
+        return event
+
+
+def job_failure(answer: Answer, error: dict[str, Any], headers: dict[str, str]) -> Response:
+    code = error.get("code")
+    status = ERROR_STATUS.get(code, 502)
+    if status == 429:
+        headers = {**headers, "Retry-After": str(UPSTREAM_RETRY_AFTER_SECONDS)}
+    return answer.failure(status, error.get("message"), code, headers)
+
+
+async def complete(body: ChatCompletionRequest, request: Request, account: str, catalog: Catalog, store: JobStore,
+                   hub, settings: Settings, answer: Answer) -> Response:
+    job = await submit(body, account, catalog, store)
+    job_id = job["id"]
+    answer.bind(job_id)
+    redis = store.redis
+    headers = {"x-chatfleet-job-id": job_id}
+    events = aiter(follow(redis, hub, job_id))
+    finished = False
+
+    async def cancel_job() -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(store.cancel(job_id, account, job["model"]))
+
+    async def close_events() -> None:
+        with contextlib.suppress(Exception):
+            await events.aclose()
+
+    timed_out = f"no answer within {settings.sync_timeout_seconds:g} s; the job was cancelled"
+    started = time.monotonic()
+    try:
+        first = await first_admitted_event(events, started + settings.sync_admission_wait_seconds,
+                                           started + settings.sync_timeout_seconds)
+    except NotAdmitted as exc:
+        await cancel_job()
+        await close_events()
+        headers.update(await ratelimit_headers(redis, settings, account))
+        retry_after = math.ceil(exc.retry_after)
+        return answer.failure(429, f"rate limited: {exc.reason}; retry after {retry_after} s", "rate_limited",
+                              {**headers, "Retry-After": str(retry_after)})
+    except asyncio.TimeoutError:
+        await cancel_job()
+        await close_events()
+        return answer.failure(504, timed_out, headers=headers)
+    except BaseException:
+        await cancel_job()
+        await close_events()
+        raise
+    # After admission, so that the remaining counts include this request.
+    headers.update(await ratelimit_headers(redis, settings, account))
+
+    if body.stream:
+        @track_sse(answer.route)
+        async def relay() -> AsyncIterator[bytes]:
+            nonlocal finished
+            try:
+                event = first
+                while True:
+                    if event is None:
+                        yield KEEPALIVE
+                    elif event.type == SHUTDOWN:
+                        # The job goes on; this instance is stopping. Tell the client where
+                        # to pick it up, and do not cancel it.
+                        finished = True
+                        yield answer.stream_shutdown(job_id, event.seq)
+                        return
+                    elif event.type == END:
+                        finished = True
+                        tail = answer.stream_end()
+                        if tail:
+                            yield tail
+                        return
+                    elif event.type == ERROR:
+                        finished = True
+                        yield answer.stream_error(event.data)
+                        return
+                    elif event.type != THROTTLED:
+                        chunk = answer.stream_token(event.data)
+                        if chunk:
+                            yield chunk
+                    event = await anext(events)
+            finally:
+                await close_events()
+                if not finished:  # the client went away: nobody will read the rest
+                    await cancel_job()
+
+        return StreamingResponse(relay(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+
+    async def wait_for_end(event):
+        while event is None or not (event.terminal or event.type == SHUTDOWN):
+            event = await anext(events)
+        return event
+
+    waiter = asyncio.create_task(wait_for_end(first))
+    try:
+        deadline = started + settings.sync_timeout_seconds
+        while not waiter.done():
+            done, _ = await asyncio.wait({waiter}, timeout=0.5)
+            if done:
+                break
+            if await request.is_disconnected():
+                await cancel_job()
+                return answer.failure(499, "client disconnected")
+            if time.monotonic() > deadline:
+                await cancel_job()
+                return answer.failure(504, timed_out, headers=headers)
+        event = waiter.result()
+    finally:
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await waiter
+        await close_events()
+
+    if event.type == SHUTDOWN:
+        return answer.failure(503, f"this API instance is restarting; the job continues: GET /v4/jobs/{job_id}",
+                              "server_shutting_down", {**headers, "Retry-After": "1"}, job_id=job_id)
+    if event.type == ERROR:
+        return job_failure(answer, orjson.loads(event.data), headers)
+    record = await store.get(job_id)
+    if record is None or record.get("status") != "succeeded":
+        return answer.failure(409, "the request was cancelled", headers=headers)
+    return answer.result(orjson.loads(record["result"]), headers)

@@ -1,0 +1,203 @@
+"""Files in Redis, per account: uploads (a batch's input) and the output files of batches.
+
+An upload is kept as a list of byte chunks (``keys.file_content``) beside its record
+(``keys.file``), for ``CHATFLEET_FILE_RETENTION_SECONDS``, within the account's bounds (files and
+bytes) and the size limit of one file. A batch's output and error files are views on its result
+lists, registered when the batch is first seen finished: their content is read from the batch,
+in OpenAI's line shape, and their size measured once.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import IO, Any
+
+from shared import keys
+from shared.settings import Settings
+
+CHUNK_BYTES = 256 * 1024
+PURPOSES = ("batch",)
+
+
+class FileRefused(Exception):
+    """A file the store does not take: ``status`` 400 or 413, ``param``, the message."""
+
+    def __init__(self, status: int, message: str, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.param = param
+
+
+def safe_filename(name: str) -> str:
+    """The upload's name as the file is shown and downloaded: no path, no quotes or control
+    characters (it goes into a header), at most 255 characters."""
+    name = re.sub(r"[^\w.\- ]", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).strip()
+    return name[:255] or "upload.jsonl"
+
+
+def new_file_id() -> str:
+    return f"file-{secrets.token_hex(12)}"
+
+
+def view(record: dict[str, str]) -> dict[str, Any]:
+    """The file as OpenAI shows it."""
+    expires = record.get("expires_at")
+    return {"id": record["id"], "object": "file", "bytes": int(record.get("bytes") or 0),
+            "created_at": int(float(record["created_at"])), "filename": record.get("filename", ""),
+            "purpose": record.get("purpose", "batch"), "status": "processed", "status_details": None,
+            "expires_at": int(float(expires)) if expires else None}
+
+
+async def _account_usage(redis, account: str) -> tuple[int, int]:
+    """(files, bytes) the account keeps now; expired ones are dropped from its index."""
+    ids = await redis.zrange(keys.account_files(account), 0, -1)
+    if not ids:
+        return 0, 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for file_id in ids:
+            pipe.hget(keys.file(file_id), "bytes")
+        sizes = await pipe.execute()
+    gone = [file_id for file_id, size in zip(ids, sizes) if size is None]
+    if gone:
+        await redis.zrem(keys.account_files(account), *gone)
+    return len(ids) - len(gone), sum(int(size) for size in sizes if size is not None)
+
+
+async def upload(redis, settings: Settings, account: str, filename: str, purpose: str, source: IO[bytes]) -> dict:
+    """Store ``source`` (an uploaded file, spooled to disk) for ``account``; raises FileRefused."""
+    if purpose not in PURPOSES:
+        raise FileRefused(400, f"purpose must be one of: {', '.join(PURPOSES)} (this API serves batches)", "purpose")
+    count, used = await _account_usage(redis, account)
+    if count >= settings.files_max_per_account:
+        raise FileRefused(400, f"this account keeps {count} files, the most it may: delete some first", "file")
+    file_id = new_file_id()
+    size = 0
+    source.seek(0)
+    try:
+        while chunk := source.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > settings.file_max_bytes:
+                raise FileRefused(413, f"the file is larger than {settings.file_max_bytes} bytes, "
+                                       "the most one file may hold", "file")
+            if used + size > settings.files_max_bytes_per_account:
+                raise FileRefused(413, f"this account's files would hold more than "
+                                       f"{settings.files_max_bytes_per_account} bytes: delete some first", "file")
+            await redis.rpush(keys.file_content(file_id), chunk)
+    except BaseException:
+        await redis.delete(keys.file_content(file_id))
+        raise
+    if size == 0:
+        raise FileRefused(400, "the file is empty", "file")
+    now = time.time()
+    retention = settings.file_retention_seconds
+    record = {"id": file_id, "account_id": account, "filename": safe_filename(filename),
+              "purpose": purpose, "bytes": size, "created_at": repr(now), "expires_at": repr(now + retention)}
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.file(file_id), mapping=record)
+        pipe.expire(keys.file(file_id), retention)
+        pipe.expire(keys.file_content(file_id), retention)
+        pipe.zadd(keys.account_files(account), {file_id: now})
+        await pipe.execute()
+    return view({k: str(v) for k, v in record.items()})
+
+
+async def get_own(redis, file_id: str, account: str) -> dict[str, str] | None:
+    """The file's record if it belongs to ``account``; None otherwise, exactly as if missing."""
+    record = await redis.hgetall(keys.file(file_id))
+    if not record or record.get("account_id") != account:
+        return None
+    return record
+
+
+async def content(raw, file_id: str) -> AsyncIterator[bytes]:
+    """An upload's bytes, a chunk at a time (``raw``: a client that does not decode replies)."""
+    start = 0
+    while True:
+        chunks = await raw.lrange(keys.file_content(file_id), start, start + 15)
+        if not chunks:
+            return
+        for chunk in chunks:
+            yield chunk
+        start += len(chunks)
+
+
+async def spooled(raw, file_id: str) -> IO[bytes]:
+    """An upload copied to a temporary file (memory stays bounded whatever its size), at its start."""
+    out = tempfile.SpooledTemporaryFile(max_size=4 * CHUNK_BYTES)
+    async for chunk in content(raw, file_id):
+        out.write(chunk)
+    out.seek(0)
+    return out
+
+
+def lines_of(source: IO[bytes]) -> Iterator[bytes]:
+    for raw in source:
+        yield raw.rstrip(b"\r\n")
+
+
+async def register_output(redis, account: str, file_id: str, filename: str, batch_id: str, kind: str,
+                          created: float, expires: float, measure: Callable[[], AsyncIterator[bytes]]) -> dict:
+    """A batch's output (``kind`` results) or error file, registered once; its size is measured
+    from its content (``measure``) the first time."""
+    record = await redis.hgetall(keys.file(file_id))
+    if record.get("deleted"):
+        return {}
+    if not record:
+        size = 0
+        async for chunk in measure():
+            size += len(chunk)
+        record = {"id": file_id, "account_id": account, "filename": filename, "purpose": "batch_output",
+                  "bytes": str(size), "created_at": repr(created), "expires_at": repr(expires),
+                  "batch_id": batch_id, "kind": kind}
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.file(file_id), "id", file_id)
+            pipe.hset(keys.file(file_id), mapping=record)
+            pipe.expireat(keys.file(file_id), int(expires) + 1)
+            pipe.zadd(keys.account_files(account), {file_id: created}, nx=True)
+            await pipe.execute()
+    return record
+
+
+async def delete(redis, record: dict[str, str]) -> None:
+    """Remove a file. An output file stays deleted (its batch still names it, as OpenAI's do)."""
+    file_id = record["id"]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.account_files(record["account_id"]), file_id)
+        if record.get("batch_id"):
+            pipe.hset(keys.file(file_id), mapping={"deleted": "1"})
+        else:
+            pipe.delete(keys.file(file_id), keys.file_content(file_id))
+        await pipe.execute()
+
+
+async def page(redis, account: str, limit: int, after: str | None, order: str, purpose: str | None,
+               resolve: Callable[[dict[str, str]], Any] | None = None) -> dict[str, Any]:
+    """The account's files, newest first (``order=desc``) or oldest first, after the file ``after``."""
+    index = keys.account_files(account)
+    ids = await redis.zrange(index, 0, -1, desc=order == "desc")
+    if after is not None:
+        if after not in ids:
+            raise LookupError(after)
+        ids = ids[ids.index(after) + 1:]
+    data: list[dict] = []
+    for start in range(0, len(ids), 100):
+        async with redis.pipeline(transaction=False) as pipe:
+            for file_id in ids[start:start + 100]:
+                pipe.hgetall(keys.file(file_id))
+            records = await pipe.execute()
+        for record in records:
+            if not record or record.get("deleted") or (purpose and record.get("purpose") != purpose):
+                continue
+            data.append(view(record))
+            if len(data) > limit:
+                break
+        if len(data) > limit:
+            break
+    has_more = len(data) > limit
+    data = data[:limit]
+    return {"object": "list", "data": data, "has_more": has_more,
+            "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}

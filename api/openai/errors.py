@@ -1,0 +1,92 @@
+"""Errors in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, with the statuses the
+openai SDK maps to its exception classes (400, 401, 403, 404, 409, 413, 422, 429, 5xx).
+
+Every error on a ``/v1`` path takes this shape, whatever raised it: a refused request
+(``api.jobs.Refused``, FastAPI's validation, which OpenAI answers with 400 rather than 422), an
+unknown key, Redis being away. The SGP routes keep theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+PREFIX = "/v1/"
+
+# OpenAI's error types by status (its API reference): the SDK maps the status, clients match these.
+TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
+         409: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+CODES = {401: "invalid_api_key", 404: "not_found", 429: "rate_limit_exceeded", 413: "request_too_large"}
+MAX_MESSAGE = 1000  # characters of a message; what the client sent is never quoted at length
+
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers
+
+
+def is_openai(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return TYPES.get(status, "invalid_request_error")
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    return {"error": {"message": message, "type": error_type(status), "param": param,
+                      "code": code if code is not None else CODES.get(status)}}
+
+
+def refused_response(exc) -> JSONResponse:
+    """An HTTPException (``api.jobs.Refused`` included: its param and code) in OpenAI's shape."""
+    status = exc.status_code
+    message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+    code = getattr(exc, "code", None)
+    if code == "model_not_found":
+        status = 404  # as OpenAI answers an unknown model
+    return error_response(status, message, getattr(exc, "param", None), code, getattr(exc, "headers", None))
+
+
+def error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
+
+
+def param_path(loc: tuple | list) -> str | None:
+    """A validation error's location as OpenAI names params: ``messages[0].content``."""
+    out = ""
+    for part in loc:
+        if part == "body":
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and "[" not in part and part not in ("str", "int", "float", "bool", "list", "dict"):
+            out += ("." if out else "") + part
+    return out or None
+
+
+def validation_response(exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's validation error as OpenAI answers a bad request: 400, the first error, its param."""
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    cause = (first.get("ctx") or {}).get("error")
+    param = getattr(cause, "param", None) or param_path(first.get("loc", ()))
+    message = str(cause) if cause is not None and getattr(cause, "param", None) else first.get("msg", "invalid request")
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return error_response(400, message, param, "unsupported_parameter" if getattr(cause, "param", None) else None)

@@ -67,6 +67,8 @@ class Answer:
 
     route: str  # the route template, for the SSE gauge
     job_id = ""
+    #: A job that fails before its first token is answered with an error status, not a stream.
+    fails_before_streaming = False
 
     def bind(self, job_id: str) -> None:
         """The job behind the answer, known once it is submitted."""
@@ -193,6 +195,10 @@ async def complete(body: ChatCompletionRequest, request: Request, account: str, 
         raise
     # After admission, so that the remaining counts include this request.
     headers.update(await ratelimit_headers(redis, settings, account))
+
+    if body.stream and first is not None and first.type == ERROR and answer.fails_before_streaming:
+        await close_events()
+        return job_failure(answer, orjson.loads(first.data), headers)
 
     if body.stream:
         @track_sse(answer.route)

@@ -163,6 +163,7 @@ def sse_data(value: dict[str, Any]) -> bytes:
 
 class OpenAIAnswer(Answer):
     route = "/v1/chat/completions"
+    fails_before_streaming = True  # as OpenAI: a refused request is a 4xx, streamed or not
 
     def __init__(self, job_model: str, include_usage: bool):
         self.model = job_model

@@ -105,6 +105,13 @@ def test_the_async_client_works_alike(stack, fake):
     assert asyncio.run(go()) == ("tok0 tok1 tok2", "tok0 tok1 tok2")
 
 
+def test_a_stream_refused_before_its_first_token_is_an_error_status(stack, fake):
+    fake.script([{"status": 400, "message": "bad content"}])
+    with pytest.raises(openai.BadRequestError) as caught:
+        list(sdk(stack).chat.completions.create(model=MODEL, messages=Q, stream=True))
+    assert caught.value.code == "upstream_rejected" and caught.value.response.headers["x-chatfleet-job-id"]
+
+
 def test_an_error_after_the_stream_started_is_raised_by_the_sdk(stack, fake):
     fake.script([{"status": 400, "error_after": 2, "message": "bad content"}])  # Anthropic's: not retried
     stream = sdk(stack).chat.completions.create(model="claude-3-haiku-20240307", messages=Q, stream=True)

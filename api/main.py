@@ -7,6 +7,7 @@ import logging
 import signal
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -16,6 +17,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.accounts import add_api_key, ensure_account
+from api.limits import BodyLimit
 from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.openai import batches as openai_batches
 from api.openai import chat as openai_chat
@@ -43,6 +45,23 @@ def _encodable(value):
     if isinstance(value, dict):
         return {k: _encodable(v) for k, v in value.items()}
     return value
+
+
+EXCERPT_CHARS = 200
+
+
+def _excerpts(errors: list[dict]) -> list[dict]:
+    """Validation errors with what they quote of the input cut to an excerpt: a 10 MB value sent
+    is not sent back."""
+    out = []
+    for error in errors:
+        if "input" in error:
+            shown = orjson.dumps(error["input"], default=str)
+            if len(shown) > EXCERPT_CHARS:
+                error = {**error, "input": shown[:EXCERPT_CHARS].decode(errors="ignore")
+                         + f"... ({len(shown)} characters)"}
+        out.append(error)
+    return out
 
 
 def _on_sigterm(callback) -> None:
@@ -104,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (openai_chat, openai_models, openai_files, openai_batches):  # the OpenAI front door
         app.include_router(module.router, prefix="/v1")
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
@@ -112,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return openai_errors.validation_response(exc)
         # FastAPI's own 422, made safe to encode: a request can carry text (lone surrogates)
         # that is valid JSON but cannot be written back as UTF-8.
-        return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": _encodable(jsonable_encoder(_excerpts(exc.errors())))}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _refused(request: Request, exc: StarletteHTTPException):

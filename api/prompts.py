@@ -260,6 +260,13 @@ def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[st
         source = request.chat_template or spec.template
         if source is None:
             raise RequestError(f"model {spec.id!r} has no template configured; send a chat_template")
+        size = sum(len(m["content"]) for m in messages)
+        if size > TEMPLATE_OUTPUT_CHARS:
+            # Said of what the client sent, not of the template that would have failed on it.
+            raise RequestError(
+                f"the messages hold {size} characters, more than the {TEMPLATE_OUTPUT_CHARS} a prompt of model "
+                f"{spec.id!r} may hold: shorten them (memory_strategy last_k keeps the last k)", param="messages",
+                code="context_length_exceeded")
         prompt = render_template(source, messages, spec)
     params = sampling_params(request, spec)
     check_context(spec, messages, prompt, params.get("max_tokens"))

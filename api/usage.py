@@ -64,5 +64,6 @@ def to_csv(rows: list[dict]) -> str:
 
 def default_range(start: date | None, end: date | None) -> tuple[date, date]:
     end = end or datetime.now(timezone.utc).date()
-    start = start or end - timedelta(days=30)
+    # 30 days before the end, or the first day there is (an end in year 1 has no 30 days before it)
+    start = start or (end - timedelta(days=30) if end > date.min + timedelta(days=30) else date.min)
     return start, end

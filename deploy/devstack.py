@@ -21,9 +21,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import redis
 
 from shared import keys
-from shared.connections import redis_answers
+from shared.connections import redis_answers, sync_redis
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +151,36 @@ def start_redis(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = 
     return url
 
 
+# Keys of the fleet (and of Celery and kombu on its queues) in the Redis it uses.
+OWN_KEY_PREFIXES = (keys.PREFIX + ":", keys.PREFIX + ".", "_kombu.", "celery", keys.UNACKED)
+FOREIGN_SAMPLE = 1000
+
+
+def redis_refusal(url: str) -> str | None:
+    """Why the fleet must not use the Redis at ``url`` (None: it may): one that keeps nothing
+    on disk loses every job on a restart, and one that holds other data would mix the fleet's
+    accounts and usage with it."""
+    client = sync_redis(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        try:
+            config = client.config_get("appendonly") | client.config_get("save")
+        except redis.ResponseError:  # CONFIG is renamed or refused: the operator vouches for it
+            config = None
+        if config is not None and config.get("appendonly") != "yes" and not (config.get("save") or "").strip():
+            return (f"the Redis at {url} keeps nothing on disk (appendonly no, no snapshots): run it with "
+                    "deploy/redis.conf, or unset CHATFLEET_REDIS_URL to use the bundled one")
+        for seen, key in enumerate(client.scan_iter(count=FOREIGN_SAMPLE)):
+            if seen >= FOREIGN_SAMPLE:
+                break  # a sample: enough to tell a database of the fleet's from someone else's
+            if not key.startswith(OWN_KEY_PREFIXES):
+                return (f"the Redis at {url} holds data that is not this fleet's (key {key[:60]!r}): point "
+                        "CHATFLEET_REDIS_URL at a Redis (or a database number) of its own, or unset it to use "
+                        "the bundled one")
+    finally:
+        client.close()
+    return None
+
+
 def worker_argv(name: str, queues: list[str], concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
@@ -204,17 +235,27 @@ def main() -> int:
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)  # also when started with SIGINT ignored (a background job)
     try:
-        redis_url = settings.redis_url
-        if redis_answers(redis_url):
+        bundled_note = f"bundled redis-server, data in {settings.data_path / 'redis'}"
+        if "CHATFLEET_REDIS_URL" not in os.environ:
+            # Nothing named: a Redis of the fleet's own, never whatever answers on 6379.
+            redis_url = start_redis(fleet, free_port(), settings.data_path / "redis", log_dir)
+            redis_note = f"{redis_url} ({bundled_note})"
+        elif redis_answers(settings.redis_url):
+            redis_url = settings.redis_url
+            refusal = redis_refusal(redis_url)
+            if refusal:
+                print(f"chatfleet will not start: {refusal}", file=sys.stderr)
+                return 1
             redis_note = f"{redis_url} (already running)"
         else:
+            redis_url = settings.redis_url
             parsed = urlparse(redis_url)
             if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
                 print(f"Redis at {redis_url} does not answer; start it or point CHATFLEET_REDIS_URL "
                       "at a local address to get a bundled one", file=sys.stderr)
                 return 1
             start_redis(fleet, parsed.port or 6379, settings.data_path / "redis", log_dir)
-            redis_note = f"{redis_url} (bundled redis-server, data in {settings.data_path / 'redis'})"
+            redis_note = f"{redis_url} ({bundled_note})"
 
         for what, port in (("API", settings.api_port), ("Flower", settings.flower_port)):
             if port_in_use("127.0.0.1", port):
@@ -226,6 +267,7 @@ def main() -> int:
         admin_key = (settings.admin_api_key.get_secret_value() if settings.admin_api_key
                      else f"cf-admin-{secrets.token_urlsafe(18)}")
         env.update({
+            "CHATFLEET_REDIS_URL": redis_url,
             "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
             "CHATFLEET_DEV_API_KEY": settings.dev_api_key,
             "CHATFLEET_FLOWER_BASIC_AUTH": flower_auth,

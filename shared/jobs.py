@@ -10,6 +10,7 @@ them.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -182,8 +183,9 @@ class JobStore:
             args=args,
         ))
 
-    async def fail_unclaimed(self, job_id: str, code: str, message: str) -> None:
-        """Fail a job no attempt may own any more (its deliveries are used up)."""
+    async def fail_unclaimed(self, job_id: str, code: str, message: str, catalog=None) -> None:
+        """Fail a job no attempt may own any more (its deliveries are used up); ``catalog`` prices
+        what it used."""
         token = f"final-{uuid.uuid4().hex}"
         lease = keys.job_lease(job_id)
         if not await self.redis.set(lease, token, nx=True, px=int(self.settings.lease_seconds * 1000)):
@@ -191,10 +193,14 @@ class JobStore:
         record = await self.get(job_id) or {}
         seq = await last_event_seq(self.redis, job_id) + 1
         error = orjson.dumps({"code": code, "message": message}).decode()
-        # What earlier attempts consumed is unknown once their workers are gone: the record
-        # counts the job, and the completion tokens subscribers received.
+        # What earlier attempts consumed is not known exactly once their workers are gone: the
+        # bill counts the prompt of every attempt that was admitted (each sent it upstream), at a
+        # typical 4 bytes per token, and the completion tokens subscribers received.
         delivered = max(seq - 1, 0)
-        usage = usage_record(None, record.get("model", ""), 0, delivered,
+        prompt_bytes = int(orjson.loads(record["spec"]).get("prompt_bytes", 0)) if record.get("spec") else 0
+        prompt_tokens = int(record.get("admitted") or 0) * math.ceil(prompt_bytes / 4)
+        spec = catalog.get(record.get("model", "")) if catalog is not None else None
+        usage = usage_record(spec, record.get("model", ""), prompt_tokens, delivered,
                              float(record["started_at"]) if record.get("started_at") else None, estimated=True)
         await self.finish(job_id, token, "failed", {"error": error}, [(seq, ERROR, error)],
                           record.get("account_id", ""), usage, record.get("batch_id", ""))

@@ -28,9 +28,29 @@ def _mask(match: re.Match) -> str:
     return (match.group("bearer") or match.group("prefix")) + MASK
 
 
+# The configured secrets themselves (provider keys, whatever they look like), masked wherever
+# they appear: ``register_secrets`` adds them as they are loaded.
+_configured: set[str] = set()
+_configured_pattern: re.Pattern | None = None
+MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
+
+
+def register_secrets(values) -> None:
+    """Mask these exact values in every log line from now on."""
+    global _configured_pattern
+    new = {v for v in values if v and len(v) >= MIN_SECRET_CHARS} - _configured
+    if new:
+        _configured.update(new)
+        _configured_pattern = re.compile("|".join(re.escape(v) for v in sorted(_configured, key=len, reverse=True)))
+
+
 def redact(text: str) -> str:
-    """``text`` with anything that looks like an API key or a bearer token masked."""
-    return _SECRETS.sub(_mask, text) if text else text
+    """``text`` with the configured secrets, and anything that looks like an API key or a bearer
+    token, masked."""
+    if not text:
+        return text
+    text = _SECRETS.sub(_mask, text)
+    return _configured_pattern.sub(MASK, text) if _configured_pattern is not None else text
 
 
 class RedactingFilter(logging.Filter):
@@ -123,6 +143,9 @@ def configure_logging(settings=None) -> None:
             root.removeHandler(handler)
     root.addHandler(make_handler(fmt))
     root.setLevel(level)
+    from shared.provider_config import get_provider_settings
+
+    register_secrets(get_provider_settings().secret_values())
     for name in _THIRD_PARTY:
         logger = logging.getLogger(name)
         if logger.handlers:

@@ -6,6 +6,7 @@ Secrets are ``SecretStr``: they print as ``**********`` in logs, reprs and error
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,17 @@ class ProviderSettings(BaseSettings):
     llm_engine_base_url: str | None = None
     llm_engine_api_key: SecretStr | None = None
 
+    # The hosts, beyond its family's configured endpoint, a family's key may be sent to (a model's
+    # catalog base_url elsewhere is refused, or called without the key where the family can be),
+    # comma-separated: OPENAI_KEY_HOSTS, ANTHROPIC_KEY_HOSTS, GEMINI_KEY_HOSTS, MISTRAL_KEY_HOSTS,
+    # AWS_KEY_HOSTS (Bedrock's credentials), LLM_ENGINE_KEY_HOSTS.
+    openai_key_hosts: str = ""
+    anthropic_key_hosts: str = ""
+    gemini_key_hosts: str = ""
+    mistral_key_hosts: str = ""
+    aws_key_hosts: str = ""
+    llm_engine_key_hosts: str = ""
+
     # Upstream timeouts (seconds), the same for every family.
     provider_connect_timeout: float = Field(10.0, alias="CHATFLEET_PROVIDER_CONNECT_TIMEOUT")
     provider_first_token_timeout: float = Field(120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
@@ -50,6 +62,18 @@ class ProviderSettings(BaseSettings):
             value = value.strip()
             return value or None
         return value
+
+    def secret_values(self) -> list[str]:
+        """Every configured credential, to be masked wherever it could be written."""
+        return [value.get_secret_value() for name, value in self if isinstance(value, SecretStr)]
+
+    def key_hosts(self, family: str, configured: str | None) -> set[str]:
+        """The hosts ``family``'s key may go to: its configured endpoint's, and those named."""
+        named = getattr(self, f"{'aws' if family == 'bedrock' else family}_key_hosts", "")
+        hosts = {h.strip().lower() for h in named.split(",") if h.strip()}
+        if configured:
+            hosts.add((urlsplit(configured).hostname or "").lower())
+        return hosts
 
     @property
     def bedrock_region(self) -> str:

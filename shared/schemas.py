@@ -158,5 +158,5 @@ def stream_chunk(
     return chunk
 
 
-JobStatus = Literal["queued", "running", "throttled", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "throttled", "cancelling", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
     batch_max_in_flight: int = Field(100, ge=1)
 
+    # Request bodies: every route's (a chat request, a JSON batch), and uploads' (multipart).
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+
     # Files uploaded through the OpenAI front door (POST /v1/files): the largest one, what one
     # account may keep at once (files and bytes), and how long one is kept.
     file_max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
@@ -89,6 +93,8 @@ class Settings(BaseSettings):
     # Each worker process serves its Prometheus metrics on this port (the next free one up to
     # +20 when several workers share a machine); 0 disables.
     worker_metrics_port: int = Field(9100, ge=0, le=65535)
+    # Where they listen: loopback, like the API under `make run`; 0.0.0.0 for a scraper elsewhere.
+    worker_metrics_host: str = "127.0.0.1"
 
     local_model_path: str = ""
     local_model_slots: int = Field(2, ge=1)

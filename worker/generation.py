@@ -31,7 +31,7 @@ async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_s
         request = GenerationRequest(
             spec=model, messages=job_spec["messages"], prompt=job_spec.get("prompt"),
             params=params, continuation=attempt.text, continuation_events=len(attempt.delivered),
-            job_id=attempt.job_id,
+            job_id=attempt.job_id, account_id=attempt.account_id,
         )
         completion = None
         call_started = time.monotonic()

@@ -187,7 +187,7 @@ def start_worker_metrics_server(settings=None) -> int | None:
                 return _server[1]
             for port in range(base, base + PORT_ATTEMPTS):
                 try:
-                    start_http_server(port, registry=REGISTRY)
+                    start_http_server(port, addr=settings.worker_metrics_host, registry=REGISTRY)
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         raise

@@ -62,6 +62,7 @@ class JobRunner:
                 job_id, "redelivery_limit",
                 f"the job was started {claim.attempts} times without finishing "
                 "(each time its worker was lost); it will not be retried again",
+                catalog=self.catalog,
             )
             return "exhausted"
         if claim.outcome != "claimed":

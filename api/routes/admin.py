@@ -11,11 +11,15 @@ from api import accounts
 router = APIRouter(prefix="/v4/admin", dependencies=[AdminAuth])
 
 
+# Every limit, wherever it is set: a count Redis's scripts hold exactly (their numbers are doubles).
+MAX_LIMIT = 10**12
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rpm: int | None = Field(None, ge=1, description="requests per minute (sliding window)")
-    tpm: int | None = Field(None, ge=1, description="prompt + completion tokens per minute")
-    max_concurrency: int | None = Field(None, ge=1, description="jobs running at once")
+    rpm: int | None = Field(None, ge=1, le=MAX_LIMIT, description="requests per minute (sliding window)")
+    tpm: int | None = Field(None, ge=1, le=MAX_LIMIT, description="prompt + completion tokens per minute")
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT, description="jobs running at once")
 
 
 class AccountCreate(BaseModel):

@@ -18,8 +18,6 @@ from shared import keys
 
 router = APIRouter(prefix="/v4/batches")
 
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-
 
 class BatchBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +47,7 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
     metadata: Any = {}
     window = "24h"
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        form = await request.form()
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(400, "upload the JSONL file as the multipart form field 'file'")

@@ -41,16 +41,23 @@ async def get_job(job_id: str, account: CurrentAccount, store: StoreDep):
     record = await store.get_for(job_id, account)
     if record is None:
         raise _not_found(job_id)
+    if record["status"] == "running" and await store.redis.exists(keys.job_cancel(job_id)):
+        record["status"] = "cancelling"  # its worker stops it within a quarter of a second
     return public_view(record)
 
 
 @router.post("/{job_id}/cancel")
 async def cancel_job(job_id: str, account: CurrentAccount, store: StoreDep):
+    """A queued or throttled job is cancelled at once; a running one answers ``cancelling``
+    (its worker stops it, and it ends ``cancelled``); a finished one stays as it is."""
     record = await store.get_for(job_id, account)
     if record is None:
         raise _not_found(job_id)
-    await store.cancel(job_id, account, record["model"], record.get("batch_id", ""))
-    return public_view(await store.get(job_id))
+    outcome, _ = await store.cancel(job_id, account, record["model"], record.get("batch_id", ""))
+    record = await store.get(job_id) or record
+    if outcome == "requested" and record["status"] == "running":
+        record["status"] = "cancelling"
+    return public_view(record)
 
 
 def _parse_last_event_id(value: str | None) -> int:

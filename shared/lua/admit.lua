@@ -162,6 +162,9 @@ end
 
 redis.call("ZREM", KEYS[2], job)
 redis.call("HSETNX", KEYS[16], "started_at", string.format("%.3f", now / 1000))
+-- Each admission is a provider call about to be made (a made-again one returned above): the
+-- job's bill, should its workers all be lost, counts the prompts sent (shared/jobs.py).
+redis.call("HINCRBY", KEYS[16], "admitted", 1)
 local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
 return {"admitted", next_job or "", #scopes > 0 and "1" or "0"}

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from shared.logs import make_handler
 from tests.integration.adapter_harness import (
     HI,
     adapter_error,
@@ -127,11 +128,10 @@ def test_faults_are_classified(fake, family, behaviour, code, retryable):
     assert (err.code, err.retryable) == (code, retryable), err
     if "retry_after" in behaviour:
         assert err.retry_after == 2
-    if behaviour.get("message"):
-        if code == "upstream_auth":  # the upstream's text about our key stays in the worker log
-            assert behaviour["message"] not in err.message
-        else:
-            assert behaviour["message"] in err.message
+    if behaviour.get("message"):  # the upstream's text stays in the worker's log
+        assert behaviour["message"] not in err.message
+    if "status" in behaviour and "error_after" not in behaviour:
+        assert f"HTTP {behaviour['status']}" in err.message
     if "error_after" in behaviour and family in SAYS_MID_STREAM:
         assert "mid-stream" in err.message
     for secret in SECRETS[family]:
@@ -190,3 +190,64 @@ def test_a_models_extra_and_base_url_win(fake, family, extra, expect):
     assert "".join(deltas) == "tok0 tok1"
     body = fake.requests(family=family)[0]["body"]
     assert {key: body[key] for key in expect} == expect
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+@pytest.mark.parametrize("where", ["upfront", "mid-stream"])
+def test_an_upstreams_text_reaches_the_log_scrubbed_never_the_client(fake, family, where, caplog):
+    secret = SECRETS[family][0]
+    text = f"bad request from key {secret} via redis-internal.corp.example:6380"
+    fake.script([{"status": 400, "message": text, **({"error_after": 2} if where == "mid-stream" else {})}],
+                family=family)
+    with caplog.at_level("INFO"):
+        err = adapter_error(fake, family, request_for(MODELS[family], HI))
+    assert secret not in err.message and "corp.example" not in err.message and "bad request" not in err.message
+    logged = "\n".join(make_handler("json").format(r) for r in caplog.records)
+    assert "redis-internal.corp.example:6380" in logged, logged  # the operator can read what happened
+    assert secret not in logged
+
+
+def test_a_connection_failure_names_no_host(fake):
+    err = adapter_error(fake, "openai", request_for(MODELS["openai"], HI), openai_base_url="http://127.0.0.1:9/v1")
+    assert err.code == "upstream_unreachable" and "127.0.0.1" not in err.message and ":9" not in err.message
+
+
+@pytest.mark.parametrize("family", ["openai", "anthropic", "gemini", "mistral", "bedrock"])
+def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family):
+    # The fake is the family's configured endpoint at 127.0.0.1; a model routed to localhost is
+    # another host, which the key is not for, unless the operator names it.
+    req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
+    elsewhere = fake.base_url.replace("127.0.0.1", "localhost") + {"openai": "/v1", "mistral": "/mistral/v1"}.get(family, "")
+    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"base_url": elsewhere}))
+    err = adapter_error(fake, family, req)
+    variable = f"{'AWS' if family == 'bedrock' else family.upper()}_KEY_HOSTS"
+    assert err.code == "model_unavailable" and variable in err.message and "localhost" in err.message
+    assert fake.requests(family=family) == []
+    deltas, _ = run_adapter(fake, family, req, **{f"{'aws' if family == 'bedrock' else family}_key_hosts": "localhost"})
+    assert "".join(deltas) == "tok0 tok1"
+
+
+def test_llm_engine_calls_another_host_without_its_key(fake):
+    req = request_for("llama-3-1-8b-instruct", HI, model_parameters={"max_tokens": 2})
+    req = dataclasses.replace(req, spec=req.spec.model_copy(
+        update={"base_url": fake.base_url.replace("127.0.0.1", "localhost") + "/v1"}))
+    adapter_error(fake, "llm_engine", req)  # the fake, like a vLLM started with --api-key, wants one
+    assert "authorization" not in fake.requests()[-1]["headers"]
+    run_adapter(fake, "llm_engine", req, llm_engine_key_hosts="localhost")
+    assert fake.requests()[-1]["headers"]["authorization"] == "Bearer le-test"
+
+
+@pytest.mark.parametrize("family, field", [("openai", ("user",)), ("anthropic", ("metadata", "user_id")),
+                                           ("llm_engine", ("user",))])
+def test_calls_name_their_account_upstream_opaquely(fake, family, field):
+    model = FAMILY_MODELS[family]
+    sent = []
+    for account in ("acct_alpha", "acct_alpha", "acct_beta"):
+        req = dataclasses.replace(request_for(model, HI, model_parameters={"max_tokens": 1}), account_id=account)
+        run_adapter(fake, family, req)
+        value = fake.requests()[-1]["body"]
+        for key in field:
+            value = value[key]
+        sent.append(value)
+    assert sent[0] == sent[1] != sent[2]  # one name per account, the same for all its calls
+    assert all(v.startswith("chatfleet-") and "acct_" not in v for v in sent)

@@ -72,6 +72,8 @@ def test_job_that_keeps_losing_its_worker_is_failed_not_looped(own_stack):
     assert done["status"] == "failed"
     assert done["error"]["code"] == "redelivery_limit"
     assert done["attempts"] == 1
+    # Billed what was sent: the prompt went upstream once (its one admitted attempt).
+    assert done["usage"]["prompt_tokens"] > 0 and done["usage"]["estimated"]
     assert events[-1]["event"] == "error"
     assert json.loads(events[-1]["data"])["code"] == "redelivery_limit"
 

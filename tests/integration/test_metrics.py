@@ -245,3 +245,20 @@ def test_logs_are_json_with_job_context_and_no_content_or_keys(stack, fake):
         for secret in (CANARY, DEV_KEY, "cf-invalid-key-for-logs-42", *PROVIDER_KEYS):
             assert secret not in text, (name, secret)
         assert not re.search(r"\b(?:sk|cf)-(?!\*\*\*)[A-Za-z0-9_\-]{12,}", text), name
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on ``port`` at, from the kernel's table."""
+    found = set()
+    with open("/proc/net/tcp") as table:
+        for row in list(table)[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def test_worker_metrics_listen_on_loopback_like_the_api(stack):
+    port = int(worker_metrics_url(stack).rsplit(":", 1)[1].split("/")[0])
+    assert listening_addresses(port) == {"127.0.0.1"}

@@ -200,6 +200,10 @@ def test_cancel_running_job_stops_the_model(stack):
         requested = time.monotonic()
         r = client.post(f"/v4/jobs/{job['id']}/cancel")
         assert r.status_code == 200
+        # What the client can rely on: it is being stopped (a poll says so until it has).
+        assert r.json()["status"] == "cancelling"
+        seen = client.get(f"/v4/jobs/{job['id']}").json()["status"]
+        assert seen in ("cancelling", "cancelled")
         done = poll_until_done(client, job["id"], timeout=10)
         stopped_after = time.monotonic() - requested
         assert done["status"] == "cancelled"

@@ -74,3 +74,12 @@ def test_prefix_skipper_drops_the_delivered_prefix_and_stops_on_a_departure():
     with pytest.raises(ProviderError) as exc:
         other.feed(" else")
     assert exc.value.code == "stream_interrupted" and not exc.value.retryable
+
+
+def test_the_local_model_keeps_no_prompt_cache_between_calls():
+    from shared.settings import Settings
+    from worker.providers.local import LocalProvider
+
+    spec = get_catalog().get("smollm2-135m-instruct")
+    req = GenerationRequest(spec=spec, messages=[], prompt="p", params={}, account_id="acct_a")
+    assert LocalProvider(Settings())._body(req, "p", 5)["cache_prompt"] is False

@@ -162,10 +162,15 @@ def test_redelivery_cap(store):
             await store.redis.delete(keys.job_lease(job_id))  # the worker died
         claim = await store.claim(job_id, "c")
         assert claim.outcome == "exhausted" and claim.attempts == 2
+        # Both attempts were admitted (each sent the prompt upstream) before their workers died.
+        await store.redis.hset(keys.job(job_id), mapping={"admitted": 2, "spec": orjson.dumps(
+            {"model": "m", "prompt_bytes": 400}).decode()})
         await store.fail_unclaimed(job_id, "redelivery_limit", "gave up")
         record = await store.get(job_id)
         assert record["status"] == "failed" and record["attempts"] == "2"
         assert orjson.loads(record["error"])["code"] == "redelivery_limit"
+        usage = orjson.loads(record["usage"])
+        assert usage["prompt_tokens"] == 2 * 100 and usage["estimated"]
     run(go())
 
 

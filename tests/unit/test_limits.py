@@ -76,3 +76,20 @@ def test_an_admission_made_again_answers_as_the_first_did():
         assert await redis.zrange(keys.rate("acct:a", "req"), 0, -1) == ["j2"]
         assert await redis.zrange(keys.account_waiting("a"), 0, -1) == ["j1"]
     run(go())
+
+
+def test_each_admission_is_counted_on_the_job_once():
+    async def go():
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        limiter = Limiter(redis, Settings())
+        await redis.hset(keys.account("a"), mapping={"rpm": 10})
+        common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
+                      tokens=10, submitted_at=1.0)
+        assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"
+        assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"  # made again: the same
+        assert await redis.hget(keys.job("j1"), "admitted") == "1"
+        await limiter.settle(job_id="j1", account_id="a", model="m", deployment="d", tokens=10)
+        await redis.delete(keys.rate("acct:a", "req"))  # a later attempt, admitted anew
+        assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"
+        assert await redis.hget(keys.job("j1"), "admitted") == "2"
+    run(go())

@@ -128,3 +128,11 @@ def test_configure_logging_is_idempotent_and_keeps_foreign_handlers():
             if handler not in before:
                 root.removeHandler(handler)
         root.setLevel(level)
+
+
+def test_configured_secrets_are_masked_whatever_they_look_like():
+    from shared.logs import register_secrets
+
+    register_secrets(["plain-looking-secret-42", "abc"])  # the second: too short to be told from words
+    assert redact("upstream said: key plain-looking-secret-42 is wrong, abc") == \
+        "upstream said: key *** is wrong, abc"

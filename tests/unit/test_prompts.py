@@ -99,3 +99,13 @@ def test_lone_surrogate_in_content_is_a_validation_error():
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="lone surrogate"):
         req(messages=[{"content": "bad \ud800 text"}])
+
+
+def test_a_prompt_too_large_is_said_of_the_messages_not_the_template():
+    spec = get_catalog().get("smollm2-135m-instruct")
+    huge = ChatCompletionRequest.model_validate({"model": spec.id, "messages": [{"content": "x" * 2_000_001}]})
+    with pytest.raises(RequestError) as caught:
+        prepare_job_spec(huge, spec)
+    message = str(caught.value)
+    assert "2000001 characters" in message and "messages" in message and "chat_template" not in message
+    assert caught.value.param == "messages"

@@ -109,6 +109,7 @@ class AnthropicProvider(HTTPProvider):
             "messages": messages,
             "stream": True,
             "temperature": params.get("temperature", 0.2),
+            "metadata": {"user_id": request.upstream_user},
         }
         if system:
             body["system"] = system

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,14 @@ class GenerationRequest:
     # known without the model's tokenizer (one event per token for llama.cpp and most streams).
     continuation_events: int = 0
     job_id: str = ""
+    account_id: str = ""
+
+    @property
+    def upstream_user(self) -> str:
+        """Who makes the call, as providers that take one are told (OpenAI's ``user``, Anthropic's
+        ``metadata.user_id``): the account, opaque, the same for all its calls, so that a provider's
+        abuse reports can name it without the fleet's account ids leaving it."""
+        return "chatfleet-" + hashlib.sha256(self.account_id.encode()).hexdigest()[:24]
 
     @property
     def max_tokens(self) -> int | None:

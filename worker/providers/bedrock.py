@@ -12,6 +12,7 @@ whitespace, which Bedrock refuses (``continuation.py``).
 
 from __future__ import annotations
 
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,8 +26,10 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
-from worker.providers.faults import classify
+from worker.providers.faults import classify, shown_kind
 from worker.providers.http import HTTPProvider
+
+log = logging.getLogger(__name__)
 
 SIGNING_SERVICE = "bedrock"
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -143,7 +146,8 @@ class BedrockProvider(HTTPProvider):
             exc = classify(400, orjson.dumps({"message": message}), httpx.Headers(), self.display)
             exc.message += " (in the stream)"
             return exc
-        return ProviderError(f"{self.display} failed mid-stream ({name}): {message}", code=code,
+        log.warning("%s failed mid-stream (%s): %s", self.display, name, message)
+        return ProviderError(f"{self.display} failed mid-stream{shown_kind(name)}", code=code,
                              status=status, retryable=retryable)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:

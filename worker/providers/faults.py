@@ -2,8 +2,10 @@
 (``worker/retries.py``) and the client see.
 
 429/408/409/425/5xx/529 and transport failures are retryable (honouring ``Retry-After``); other
-4xx are the caller's problem and end the job with the upstream's own message, except a refused
-key, whose upstream text (it may quote the key) stays in the worker's log.
+4xx are the caller's problem and end the job. The client is shown the status and the upstream's
+error names (type, code, param), never its text, which can quote the fleet's key or name
+internal hosts: that goes to the worker's log, scrubbed of every configured secret
+(``shared/logs.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import time
 from typing import Any
 
@@ -42,63 +45,86 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(when.timestamp() - time.time(), 0.0)
 
 
-def _upstream_message(body: bytes) -> str:
+def _upstream_error(body: bytes) -> tuple[str, dict[str, Any]]:
+    """(the upstream's error text, its error object when it sent JSON)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:300].decode(errors="replace").strip()
+        return body[:300].decode(errors="replace").strip(), {}
     if isinstance(data, list) and data:
         data = data[0]
-    if isinstance(data, dict):
-        err = data.get("error", data)
-        if isinstance(err, dict):
-            for key in ("message", "Message", "detail"):
-                if isinstance(err.get(key), str):
-                    return err[key]
-        elif isinstance(err, str):
-            return err
-        for key in ("message", "Message", "detail"):
-            if isinstance(data.get(key), str):
-                return data[key]
-    return body[:300].decode(errors="replace").strip()
+    if not isinstance(data, dict):
+        return body[:300].decode(errors="replace").strip(), {}
+    err = data.get("error", data)
+    if isinstance(err, str):
+        return err, data
+    if not isinstance(err, dict):
+        err = data
+    for key in ("message", "Message", "detail"):
+        if isinstance(err.get(key), str):
+            return err[key], err
+    for key in ("message", "Message", "detail"):
+        if isinstance(data.get(key), str):
+            return data[key], err
+    return body[:300].decode(errors="replace").strip(), err
+
+
+# What of an upstream's error the client is shown: its structured fields, when they are names.
+# Its text is not: it can quote the fleet's key or name internal hosts; the worker's log has it.
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
+SHOWN_FIELDS = ("type", "code", "status", "param", "reason")
+
+
+def upstream_names(fields: dict[str, Any], *extra: str) -> str:
+    """``"; type invalid_request_error, param temperature"``: the names an upstream's error
+    carries (and ``extra`` ones), safe to show; "" when there are none."""
+    shown = [f"{key} {value}" for key in SHOWN_FIELDS
+             if isinstance(value := fields.get(key), str) and NAME.fullmatch(value)]
+    shown += [value for value in extra if isinstance(value, str) and NAME.fullmatch(value)]
+    return "; " + ", ".join(shown) if shown else ""
+
+
+def shown_kind(kind: Any) -> str:
+    """``" (overloaded_error)"``: the kind of an upstream's error, to show when it is a name."""
+    return f" ({kind})" if isinstance(kind, str) and NAME.fullmatch(kind) else ""
 
 
 def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) -> ProviderError:
-    message = _upstream_message(body) or f"HTTP {status}"
+    text, fields = _upstream_error(body)
     retry_after = parse_retry_after(headers.get("retry-after"))
     if retry_after is None and headers.get("retry-after-ms"):
         retry_after = parse_retry_after(headers["retry-after-ms"])
         retry_after = retry_after / 1000 if retry_after is not None else None
-    if status == 429:
-        return ProviderError(f"{provider} rate-limited the call: {message}", code="upstream_rate_limited",
-                             status=status, retryable=True, retry_after=retry_after)
-    if status in RETRYABLE_STATUS:
-        return ProviderError(f"{provider} failed (HTTP {status}): {message}", code="upstream_unavailable",
-                             status=status, retryable=True, retry_after=retry_after)
+    names = upstream_names(fields)
     if status in (401, 403):
-        # The upstream's own text can quote part of the operator's key: keep it in the worker's
-        # log, tell the client only what happened.
-        log.error("%s refused the configured credentials (HTTP %d): %s", provider, status, message)
+        log.error("%s refused the configured credentials (HTTP %d): %s", provider, status, text)
         return ProviderError(f"{provider} refused this fleet's credentials (HTTP {status}); "
                              "the operator must check the provider key", code="upstream_auth", status=status)
+    retryable = status == 429 or status in RETRYABLE_STATUS
+    (log.info if retryable else log.warning)("%s answered HTTP %d: %s", provider, status, text)
+    if status == 429:
+        return ProviderError(f"{provider} rate-limited the call (HTTP 429{names})", code="upstream_rate_limited",
+                             status=status, retryable=True, retry_after=retry_after)
+    if status in RETRYABLE_STATUS:
+        return ProviderError(f"{provider} failed (HTTP {status}{names})", code="upstream_unavailable",
+                             status=status, retryable=True, retry_after=retry_after)
     if status == 404:
-        return ProviderError(f"{provider} does not know this model or route (HTTP 404): {message}",
+        return ProviderError(f"{provider} does not know this model or route (HTTP 404{names})",
                              code="upstream_rejected", status=status)
-    lowered = message.lower()
-    if status in (400, 413, 422) and any(h in lowered for h in CONTEXT_HINTS):
-        return ProviderError(f"{provider}: the prompt and max_tokens do not fit the model's context: {message}",
-                             code="context_length_exceeded", status=status)
-    return ProviderError(f"{provider} rejected the request (HTTP {status}): {message}",
-                         code="upstream_rejected", status=status)
+    if status in (400, 413, 422) and any(h in text.lower() for h in CONTEXT_HINTS):
+        return ProviderError(f"{provider}: the prompt and max_tokens do not fit the model's context "
+                             f"(HTTP {status}{names})", code="context_length_exceeded", status=status)
+    return ProviderError(f"{provider} rejected the request (HTTP {status}{names})", code="upstream_rejected",
+                         status=status)
 
 
 def mid_stream_error(status: int, event: Any, provider: str, kind: str, detail: str) -> ProviderError:
     """An error a provider reported inside an answer already streaming (``event``), classified as
-    its HTTP ``status`` would be. The message names it, but for a refused key: the upstream's
-    text may quote the key, and ``classify``'s own message stays."""
+    its HTTP ``status`` would be; the message names its kind (the upstream's text, ``detail``,
+    goes to the log with the rest of the event)."""
     exc = classify(status, orjson.dumps(event), httpx.Headers(), provider)
     if exc.code != "upstream_auth":
-        exc.message = f"{provider} reported an error mid-stream ({kind}): {detail}"
+        exc.message = f"{provider} reported an error mid-stream{shown_kind(str(kind))}"
     return exc
 
 
@@ -127,9 +153,16 @@ def transport_error(exc: Exception, provider: str) -> ProviderError:
         return ProviderError(f"could not send the request to {provider}: a header this fleet sends is "
                              "not valid HTTP; the operator must check the provider's configuration",
                              code="upstream_auth")
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return ProviderError(f"cannot connect to {provider}: {exc}", code="upstream_unreachable", retryable=True)
+    # The exception's text names the host and port: the log has it, the client the kind of fault.
+    log.warning("the connection to %s failed: %s: %s", provider, type(exc).__name__, exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return ProviderError(f"cannot connect to {provider} (timed out)", code="upstream_unreachable",
+                             retryable=True)
+    if isinstance(exc, httpx.ConnectError):
+        reason = "refused" if "refused" in str(exc).lower() else "failed"
+        return ProviderError(f"cannot connect to {provider} (connection {reason})", code="upstream_unreachable",
+                             retryable=True)
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{provider} timed out: {exc}", code="upstream_timeout", retryable=True)
-    return ProviderError(f"the connection to {provider} broke: {type(exc).__name__}: {exc}",
-                         code="stream_cut", retryable=True)
+        return ProviderError(f"{provider} timed out ({type(exc).__name__})", code="upstream_timeout", retryable=True)
+    return ProviderError(f"the connection to {provider} broke ({type(exc).__name__})", code="stream_cut",
+                         retryable=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import httpx
 import orjson
 from httpx_sse import ServerSentEvent
 
+from shared.logs import register_secrets
 from shared.provider_config import ProviderSettings
 from worker.providers.base import Provider, ProviderError
 from worker.providers.faults import classify, read_error_body, transport_error
@@ -168,6 +170,7 @@ class HTTPProvider(Provider):
     display: str
 
     def __init__(self, client: httpx.AsyncClient, settings: ProviderSettings):
+        register_secrets(settings.secret_values())
         self.settings = settings
         self.upstream = Upstream(client, settings, self.display)
 
@@ -180,10 +183,27 @@ class HTTPProvider(Provider):
         if missing:
             raise ProviderError(f"{self.display} is not configured: set {missing}", code="model_unavailable")
 
-    @staticmethod
-    def endpoint(request, configured: str | None, path: str) -> str:
-        """``path`` under the model's own ``base_url`` (a catalog override) or the family's."""
+    #: A family whose calls may go without its key (a self-hosted vLLM): a model routed to a host the
+    #: key is not for is called without it, where another family's call is refused.
+    key_optional = False
+
+    def endpoint(self, request, configured: str | None, path: str) -> str:
+        """``path`` under the model's own ``base_url`` (a catalog override) or the family's
+        (``configured``). The family's key goes only to its own hosts (``key_allowed``)."""
+        if not self.key_allowed(request, configured) and not self.key_optional:
+            host = urlsplit(request.spec.base_url).hostname
+            variable = f"{'AWS' if self.family == 'bedrock' else self.family.upper()}_KEY_HOSTS"
+            raise ProviderError(f"model {request.spec.id!r} is routed to {host}, a host this fleet's "
+                                f"{self.display} key is not for: the operator must name it in {variable}",
+                                code="model_unavailable")
         return (request.spec.base_url or configured or "").rstrip("/") + path
+
+    def key_allowed(self, request, configured: str | None) -> bool:
+        """Whether the family's key may go where the model is routed."""
+        if not request.spec.base_url:
+            return True
+        host = (urlsplit(request.spec.base_url).hostname or "").lower()
+        return host in self.settings.key_hosts(self.family, configured)
 
     def check_ended(self, finish_reason: str | None, usage: object = True) -> None:
         """A stream is complete only with a finish reason and (pass None if absent) usage."""

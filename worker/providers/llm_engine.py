@@ -25,9 +25,13 @@ class LLMEngineProvider(HTTPProvider):
                                 code="model_unavailable")
         return self.endpoint(request, self.settings.llm_engine_base_url, "/completions")
 
-    def _headers(self) -> dict[str, str]:
+    key_optional = True  # a self-hosted vLLM may take none
+
+    def _headers(self, request: GenerationRequest) -> dict[str, str]:
         key = self.settings.llm_engine_api_key
-        return {"authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+        if key is None or not self.key_allowed(request, self.settings.llm_engine_base_url):
+            return {}
+        return {"authorization": f"Bearer {key.get_secret_value()}"}
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         return {
@@ -35,6 +39,7 @@ class LLMEngineProvider(HTTPProvider):
             "prompt": (request.prompt or "") + request.continuation,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "user": request.upstream_user,
             **openai_sampling(request.params, max_tokens_left(request), SAMPLING),
             **request.spec.extra,
         }
@@ -43,7 +48,7 @@ class LLMEngineProvider(HTTPProvider):
         if request.prompt is None:
             raise ProviderError(f"{self.display} needs a rendered prompt", code="invalid_request")
         choices = Choices(lambda choice: choice.get("text"))
-        async for text in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers())):
+        async for text in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers(request))):
             yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)
         usage = choices.usage

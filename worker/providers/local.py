@@ -102,7 +102,9 @@ class LocalProvider(Provider):
             "prompt": prompt,
             "stream": True,
             "temperature": params.get("temperature", 0.2),
-            "cache_prompt": True,
+            # No prompt cache: llama.cpp would reuse a slot's cached prefix whoever sent it,
+            # and how fast a prompt is read would tell one account what another asked.
+            "cache_prompt": False,
         }
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
@@ -120,7 +122,7 @@ class LocalProvider(Provider):
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
             self.model.executor, self.model.complete,
-            {"prompt": prompt, "max_tokens": 0, "n_predict": 0, "cache_prompt": True},
+            {"prompt": prompt, "max_tokens": 0, "n_predict": 0, "cache_prompt": False},
         )
         error = _error_of(result)
         if error:

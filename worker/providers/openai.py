@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.providers.continuation import PrefixSkipper
+from worker.providers.faults import shown_kind
 from worker.providers.http import HTTPProvider, sse_json
+
+log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
@@ -62,7 +66,9 @@ async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
             if "error" in chunk:
                 err = chunk["error"] or {}
                 message = err.get("message", err) if isinstance(err, dict) else err
-                raise ProviderError(f"{provider.display} failed mid-stream: {message}",
+                log.warning("%s failed mid-stream: %s", provider.display, message)
+                kind = err.get("type") or err.get("code") if isinstance(err, dict) else None
+                raise ProviderError(f"{provider.display} failed mid-stream{shown_kind(kind)}",
                                     code="upstream_unavailable", retryable=True)
             yield chunk
 
@@ -89,6 +95,7 @@ class OpenAIProvider(HTTPProvider):
             "stream": True,
             "stream_options": {"include_usage": True},
             "seed": request.params.get("seed", job_seed(request.job_id)),
+            "user": request.upstream_user,
             # Regenerated whole after a fault (see ``stream``): max_tokens is the request's own.
             **openai_sampling(request.params, request.params.get("max_tokens"), SAMPLING),
             **request.spec.extra,

@@ -1,0 +1,55 @@
+"""Inputs meant to hurt: bounded before they are read, never echoed back at length."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import DEV_KEY
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 16 * 1024 * 1024  # CHATFLEET_MAX_BODY_BYTES's default
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(stack):
+    huge = b'{"model": "gpt-4o-mini", "messages": [{"content": "' + b"x" * (LIMIT + 10) + b'"}]}'
+    with httpx.Client(base_url=stack.base_url, headers={"x-api-key": DEV_KEY}, timeout=60) as http:
+        declared = http.post("/v4/chat-completions", content=huge, headers={"content-type": "application/json"})
+        chunked = http.post("/v4/chat-completions", content=(huge[i:i + 65536] for i in range(0, len(huge), 65536)),
+                            headers={"content-type": "application/json"})
+        openai_door = http.post("/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+    for r in (declared, chunked):
+        assert r.status_code == 413, r.text[:200]
+        assert str(LIMIT) in r.json()["detail"]
+    assert openai_door.status_code == 413 and openai_door.json()["error"]["code"] == "request_too_large"
+
+
+def test_a_validation_error_quotes_only_an_excerpt_of_the_input(stack):
+    stops = ["s" * (2 * 1024 * 1024)]  # five stop sequences of 2 MB: one too many, and 10 MB in all
+    body = {"model": "gpt-4o-mini", "messages": [{"content": "hi"}],
+            "model_parameters": {"stop_sequences": stops * 5}}
+    with stack.client() as client:
+        r = client.post("/v4/chat-completions", json=body)
+    assert r.status_code == 422
+    assert len(r.content) < 4096, len(r.content)
+    assert "stop_sequences" in r.text and "characters)" in r.text
+
+
+def test_an_upstreams_text_never_reaches_the_client(stack, fake):
+    """An upstream error quoting the fleet's own key and an internal host: the client gets the
+    status, a code and the fleet's words, in the sync answer, the job and the stream alike."""
+    text = "invalid request from key sk-test at redis-internal.corp.example:6380"
+    body = {"model": "gpt-4o-mini", "messages": [{"content": "hi"}], "model_parameters": {"max_tokens": 3}}
+    fake.script([{"status": 400, "message": text}])
+    with stack.client() as client:
+        sync = client.post("/v4/chat-completions", json=body)
+        job = client.get(f"/v4/jobs/{sync.headers['x-chatfleet-job-id']}").json()
+        fake.script([{"status": 400, "message": text}], family="anthropic")
+        with client.stream("POST", "/v4/chat-completions",
+                           json={**body, "model": "claude-3-haiku-20240307", "stream": True}) as r:
+            streamed = r.read().decode()
+    assert sync.status_code == 400 and sync.json()["code"] == "upstream_rejected"
+    for seen in (sync.text, str(job["error"]), streamed):
+        assert "sk-test" not in seen and "corp.example" not in seen and "invalid request from" not in seen
+    assert "event: error" in streamed and "HTTP 400" in streamed

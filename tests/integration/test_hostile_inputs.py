@@ -53,3 +53,15 @@ def test_an_upstreams_text_never_reaches_the_client(stack, fake):
     for seen in (sync.text, str(job["error"]), streamed):
         assert "sk-test" not in seen and "corp.example" not in seen and "invalid request from" not in seen
     assert "event: error" in streamed and "HTTP 400" in streamed
+
+
+def test_edge_dates_and_huge_limits_are_clear_answers_not_500s(stack):
+    with stack.client() as client:
+        assert client.get("/v4/usage", params={"end": "0001-01-01"}).status_code == 200
+    with stack.admin() as admin:
+        assert admin.get("/v4/admin/usage", params={"end": "0001-01-01"}).status_code == 200
+        for body in ({"name": "x", "limits": {"rpm": 2**64}}, {"name": "x", "model_limits": {"m": {"tpm": 2**64}}},
+                     {"name": "x", "limits": {"tpm": 10**21}}):
+            r = admin.post("/v4/admin/accounts", json=body)
+            assert r.status_code == 422, (body, r.text)
+        assert admin.post("/v4/admin/accounts", json={"name": "x", "limits": {"rpm": 10**12}}).status_code == 201

@@ -56,10 +56,13 @@ def _excerpts(errors: list[dict]) -> list[dict]:
     out = []
     for error in errors:
         if "input" in error:
-            shown = orjson.dumps(error["input"], default=str)
+            try:
+                shown = orjson.dumps(error["input"], default=str).decode()
+            except TypeError:  # a number JSON libraries refuse (past 64 bits): its digits
+                shown = repr(error["input"])
+                error = {**error, "input": shown}
             if len(shown) > EXCERPT_CHARS:
-                error = {**error, "input": shown[:EXCERPT_CHARS].decode(errors="ignore")
-                         + f"... ({len(shown)} characters)"}
+                error = {**error, "input": shown[:EXCERPT_CHARS] + f"... ({len(shown)} characters)"}
         out.append(error)
     return out
 

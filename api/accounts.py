@@ -83,12 +83,14 @@ def _limits_mapping(limits: dict | None) -> tuple[dict[str, str], list[str]]:
 
 
 async def create_account(redis, name: str, limits: dict | None = None, model_limits: dict | None = None,
-                         account_id: str | None = None) -> str:
+                         fallback_models: dict | None = None, account_id: str | None = None) -> str:
     account_id = account_id or new_account_id()
     to_set, _ = _limits_mapping(limits or {})
     fields = {"id": account_id, "name": name, "created_at": repr(time.time()), **to_set}
     if model_limits:
         fields["model_limits"] = orjson.dumps(model_limits).decode()
+    if fallback_models:
+        fields["fallback_models"] = orjson.dumps(fallback_models).decode()
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.account(account_id), mapping=fields)
         pipe.sadd(keys.ACCOUNTS, account_id)
@@ -111,6 +113,7 @@ def account_view(record: dict[str, str]) -> dict:
         "created_at": iso(record.get("created_at")),
         "limits": {name: int(record[name]) if record.get(name) else None for name in LIMIT_FIELDS},
         "model_limits": orjson.loads(record["model_limits"]) if record.get("model_limits") else {},
+        "fallback_models": orjson.loads(record["fallback_models"]) if record.get("fallback_models") else {},
     }
 
 
@@ -124,12 +127,14 @@ async def list_accounts(redis) -> list[dict]:
 
 
 async def update_account(redis, account_id: str, name: str | None = None, limits: dict | None = None,
-                         model_limits: dict | None = None) -> None:
+                         model_limits: dict | None = None, fallback_models: dict | None = None) -> None:
     to_set, to_del = _limits_mapping(limits)
     if name is not None:
         to_set["name"] = name
     if model_limits is not None:
         to_set["model_limits"] = orjson.dumps(model_limits).decode()
+    if fallback_models is not None:
+        to_set["fallback_models"] = orjson.dumps(fallback_models).decode()
     async with redis.pipeline(transaction=True) as pipe:
         if to_set:
             pipe.hset(keys.account(account_id), mapping=to_set)

@@ -77,5 +77,7 @@ def public_view(record: dict[str, str]) -> dict[str, Any]:
         "result": _loads(record.get("result")),
         "usage": _loads(record.get("usage")),
         "error": _loads(record.get("error")),
+        # model@deployment that answered (another deployment, or a fallback model, after a fault)
+        "served_by": record.get("served_by") or None,
         "stream_url": f"/v4/jobs/{record['id']}/stream",
     }

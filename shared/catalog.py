@@ -49,6 +49,9 @@ class ModelSpec(BaseModel):
     # The upstream deployment (provider key/endpoint) whose limits this model shares;
     # by default the family's.
     deployment: str | None = None
+    # Several deployments serving the model (keys, regions, providers; ``[deployments.<name>]``):
+    # calls are spread across them by weight, and a call that fails on one is made on the next.
+    deployments: tuple[str, ...] = ()
     # The highest temperature the model takes; by default its family's.
     max_temperature: float | None = Field(None, ge=0)
 
@@ -58,7 +61,8 @@ class ModelSpec(BaseModel):
 
     @property
     def deployment_name(self) -> str:
-        return self.deployment or self.family
+        """The deployment the model is admitted under (its first, when it has several)."""
+        return self.deployments[0] if self.deployments else (self.deployment or self.family)
 
     @property
     def queue(self) -> str:
@@ -70,11 +74,19 @@ class ModelSpec(BaseModel):
 
 
 class DeploymentLimits(BaseModel):
-    """What the provider key behind a deployment allows, for the whole fleet."""
+    """A provider deployment: what its key allows, for the whole fleet (``rpm``, ``tpm``), and,
+    for a model's extra deployments, where and how it is called (each unset field: the model's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
+    family: Family | None = None
+    base_url: str | None = None
+    upstream: str | None = None
+    # The environment variable holding this deployment's key (default: its family's).
+    key_env: str | None = None
+    # Its share of the calls, among the model's deployments that are not cooling down.
+    weight: float = Field(1.0, ge=0)
 
 
 class Catalog:
@@ -84,6 +96,21 @@ class Catalog:
 
     def deployment_limits(self, spec: ModelSpec) -> DeploymentLimits:
         return self.deployments.get(spec.deployment_name, DeploymentLimits())
+
+    def routes(self, spec: ModelSpec) -> list[tuple[str, ModelSpec, DeploymentLimits]]:
+        """Where the model can be called: (deployment name, the model as that deployment serves
+        it, the deployment), one per deployment (one, its own, when it names none)."""
+        if not spec.deployments:
+            return [(spec.deployment_name, spec, self.deployment_limits(spec))]
+        out = []
+        for name in spec.deployments:
+            dep = self.deployments.get(name, DeploymentLimits())
+            served = spec.model_copy(update={
+                "family": dep.family or spec.family, "upstream": dep.upstream or spec.upstream,
+                # A deployment's own endpoint is its adapter's (worker/providers/registry.py), with its key.
+                "base_url": None if dep.base_url else spec.base_url, "deployment": name, "deployments": ()})
+            out.append((name, served, dep))
+        return out
 
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
@@ -129,6 +156,11 @@ def load_catalog(override_path: str = "") -> Catalog:
             limits[name] = DeploymentLimits(**fields)
         except (ValidationError, TypeError) as exc:
             raise CatalogError(f"deployment {name!r} in the catalog: {exc}") from exc
+    for spec in models.values():
+        unknown = [name for name in spec.deployments if name not in limits]
+        if unknown:
+            raise CatalogError(f"model {spec.id!r} in the catalog names deployments that are not "
+                               f"[deployments.<name>] tables: {', '.join(unknown)}")
     return Catalog(models, limits)
 
 

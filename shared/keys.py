@@ -112,6 +112,14 @@ account_waiting = _family("account:{}:waiting")
 # Sorted set: accounts with waiting jobs, scored by when (unix ms) to try the first one again.
 THROTTLED_ACCOUNTS = f"{PREFIX}:throttled"
 
+def deployment_health(deployment: str, bucket: str) -> str:
+    """Hash: a deployment's calls and failures in one window (``bucket``: its start / window)."""
+    return f"{PREFIX}:dep:{deployment}:health:{bucket}"
+
+
+# String with a TTL: the deployment is cooling down (calls go to the model's others first).
+deployment_cooldown = _family("dep:{}:cooldown")
+
 # --- usage -----------------------------------------------------------------------------------------
 
 USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
     batch_max_in_flight: int = Field(100, ge=1)
 
+    # Failover across a model's deployments: one failing at least this share of at least this
+    # many calls in a window cools down (calls go to the others first) for this long.
+    failover_window_seconds: float = Field(60.0, ge=1)
+    failover_min_calls: int = Field(5, ge=1)
+    failover_failure_ratio: float = Field(0.5, gt=0, le=1)
+    failover_cooldown_seconds: float = Field(30.0, ge=1)
+
     # Request bodies: every route's (a chat request, a JSON batch), and uploads' (multipart).
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)

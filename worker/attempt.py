@@ -52,6 +52,12 @@ class Attempt:
     handle: RunningJob | None = None
     emitter: Emitter | None = None
     number: int = 0  # which delivery of the job this attempt is (the claim's count)
+    served_by: str = ""  # model@deployment of the call that answered
+
+    def serve(self, route) -> None:
+        """The answer came from ``route`` (a ``worker.failover.Route``): its model is billed."""
+        self.spec = route.spec
+        self.served_by = route.label
 
     @property
     def text(self) -> str:

@@ -1,6 +1,12 @@
 """The provider calls of one attempt: stream each answer through the stop filter to the
-subscribers, and call again after a retryable fault (``worker/retries.py``), each call
-continuing after the text already delivered, so that subscribers never see text twice."""
+subscribers, and call again after a retryable fault, each call continuing after the text already
+delivered, so that subscribers never see text twice.
+
+Where the next call goes is ``worker/failover.py``'s: while nothing was delivered, a retryable
+fault moves the attempt at once to the next of its routes (another deployment of the model, then
+the account's fallback models); otherwise, and on the last route, the call is made again where
+the last one went, after the wait ``worker/retries.py`` decides.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,10 @@ import logging
 import time
 from typing import Any
 
-from shared.catalog import ModelSpec
 from worker import metrics
 from worker.attempt import Attempt
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.failover import Failover, Route
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
 from worker.publishing import Publisher, emit
 from worker.retries import may_retry, retry_delay
 from worker.stops import StopFilter
@@ -20,12 +26,18 @@ from worker.stops import StopFilter
 log = logging.getLogger(__name__)
 
 
-async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_spec: dict[str, Any],
-                   publisher: Publisher) -> Completion:
-    """The completion of the attempt's last call; raises the ProviderError that ended it."""
+async def generate(attempt: Attempt, routes: list[Route], job_spec: dict[str, Any], publisher: Publisher,
+                   failover: Failover | None = None) -> tuple[Completion, Route]:
+    """The completion of the attempt's last call and the route that served it; raises the
+    ProviderError that ended the attempt."""
     params = job_spec["params"]
-    calls = 0
+    routes = list(routes)
+    shared = len(routes) > 1  # deployments' health is tracked where there is somewhere else to go
+    fallbacks_loaded = failover is None
+    index, calls = 0, 0
     while True:
+        route = routes[index]
+        model = route.spec
         calls += 1
         stops = StopFilter(params.get("stop"))
         request = GenerationRequest(
@@ -37,7 +49,10 @@ async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_s
         call_started = time.monotonic()
         first_text = True
         try:
-            async for item in provider.stream(request):
+            if route.provider is None:
+                raise ProviderError(f"no adapter for the {model.family} family, or the key of deployment "
+                                    f"{route.deployment!r} is not set", code="model_unavailable", retryable=shared)
+            async for item in route.provider.stream(request):
                 if isinstance(item, TextDelta):
                     if first_text and item.text:
                         first_text = False
@@ -52,6 +67,19 @@ async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_s
                                     retryable=True)
         except ProviderError as exc:
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
+            if shared and exc.retryable:
+                await failover.record(route, False)
+            if exc.retryable and not attempt.delivered:
+                if index + 1 == len(routes) and not fallbacks_loaded:
+                    fallbacks_loaded = True
+                    fallbacks = await failover.fallbacks(attempt.account_id, attempt.model_id)
+                    routes += fallbacks
+                    shared = shared or bool(fallbacks)
+                if index + 1 < len(routes):
+                    index, calls = index + 1, 0
+                    log.warning("provider call failed on %s, moving to %s: %s", route.label, routes[index].label,
+                                exc.message, extra=attempt.log_context())
+                    continue
             if not may_retry(exc, calls):
                 raise
             if attempt.emitter is not None:
@@ -69,10 +97,12 @@ async def generate(attempt: Attempt, model: ModelSpec, provider: Provider, job_s
             metrics.record_provider_call(model.family, model.id, "aborted", time.monotonic() - call_started)
             raise
         metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
+        if shared:
+            await failover.record(route, True)
         tail = stops.flush()
         if tail:
             await emit(publisher, attempt, tail)
         # What is not yet published goes out with the job's last events (one round trip).
         if stops.stopped:
             completion.finish_reason = "stop"
-        return completion
+        return completion, route

@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.usage import record as usage_record
 from worker import metrics
 from worker.attempt import Attempt, RunningJob
+from worker.failover import Failover, Route
 from worker.generation import generate
 from worker.limits import Admission, Limiter, reservation
 from worker.providers.base import Completion, Provider, ProviderError
@@ -41,6 +42,7 @@ class JobRunner:
         self.catalog = catalog
         self.providers = providers
         self.settings = settings
+        self.failover = Failover(store.redis, store.scripts, catalog, providers, settings)
 
     async def run(self, job_id: str, token: str, running: RunningJob) -> str:
         """Run one attempt, timed (``chatfleet_job_attempt_duration_seconds``, by outcome)."""
@@ -99,7 +101,8 @@ class JobRunner:
         attempt.handle = running
 
         try:
-            admission = await self._admit(attempt, model, job_spec)
+            routes = await self.failover.routes(model)
+            admission = await self._admit(attempt, model, routes[0], job_spec)
         except RedisError as exc:
             # Fail closed: nothing runs without admission. The lease lapses and the job is
             # handed out again once Redis answers.
@@ -121,8 +124,9 @@ class JobRunner:
                 await self._pass_turn(attempt)
                 return outcome
             return "lost"
+        deployment = routes[0].deployment  # admitted under the first route's limits
         if admission.holds:
-            running.limits = (account_id, model.id, model.deployment_name)
+            running.limits = (account_id, model.id, deployment)
         if not record.get("started_at"):
             attempt.started = time.time()
         if admission.next_job:
@@ -130,13 +134,13 @@ class JobRunner:
 
         log.info("job started", extra={**context, "provider": model.family})
         with metrics.JOBS_RUNNING.track_inprogress():
-            outcome = await self._execute(attempt, model, job_spec, running)
+            outcome = await self._execute(attempt, routes, job_spec, running)
         running.limits = None
         if not admission.holds:
             return outcome  # no limit applied: nothing was reserved, nothing to release
         try:
             next_job = await self.limiter.settle(
-                job_id=job_id, account_id=account_id, model=model.id, deployment=model.deployment_name,
+                job_id=job_id, account_id=account_id, model=model.id, deployment=deployment,
                 tokens=attempt.usage.prompt_tokens + attempt.usage.completion_tokens if attempt.usage else 0,
             )
             if next_job:
@@ -153,25 +157,23 @@ class JobRunner:
         except RedisError as exc:  # the watchdog still wakes the line
             log.warning("could not pass the turn on: %s", exc, extra=attempt.log_context())
 
-    async def _admit(self, attempt: Attempt, model: ModelSpec, job_spec) -> Admission:
-        limits = self.catalog.deployment_limits(model)
+    async def _admit(self, attempt: Attempt, model: ModelSpec, route: Route, job_spec) -> Admission:
+        limits = route.limits
         completion_bound = min(model.max_output, self.settings.default_completion_reservation)
         return await self.limiter.admit(
             job_id=attempt.job_id, account_id=attempt.account_id, model=model.id,
-            deployment=model.deployment_name, deployment_rpm=limits.rpm, deployment_tpm=limits.tpm,
+            deployment=route.deployment, deployment_rpm=limits.rpm, deployment_tpm=limits.tpm,
             tokens=reservation(attempt.prompt_bytes, job_spec["params"].get("max_tokens"), completion_bound),
             submitted_at=attempt.submitted_at,
         )
 
-    async def _execute(self, attempt: Attempt, model: ModelSpec, job_spec, running: RunningJob) -> str:
+    async def _execute(self, attempt: Attempt, routes: list[Route], job_spec, running: RunningJob) -> str:
         job_id = attempt.job_id
         try:
-            provider = self.providers.get(model.family)
-            if provider is None:
-                raise ProviderError(f"no adapter for the {model.family} family", code="model_unavailable")
             try:
                 async with asyncio.timeout(self.settings.job_time_limit_seconds):
-                    completion = await generate(attempt, model, provider, job_spec, self.publisher)
+                    completion, route = await generate(attempt, routes, job_spec, self.publisher, self.failover)
+                    attempt.serve(route)
             except TimeoutError:
                 raise ProviderError(
                     f"the job ran longer than its limit of {self.settings.job_time_limit_seconds:g} s",
@@ -235,7 +237,7 @@ class JobRunner:
         body = completion_body(attempt.text, completion.finish_reason,
                                completion.prompt_tokens, completion.completion_tokens)
         return await self._finish(
-            attempt, "succeeded", {"result": dumps(body)},
+            attempt, "succeeded", {"result": dumps(body), "served_by": attempt.served_by},
             [*tokens, (attempt.seq + 1, TOKEN, dumps(final)),
              (attempt.seq + 2, END, dumps({"status": "succeeded"}))],
             completion.prompt_tokens, completion.completion_tokens,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AdminAuth, RedisDep
 from api import accounts
+from api.deps import AdminAuth, CatalogDep, RedisDep
 
 router = APIRouter(prefix="/v4/admin", dependencies=[AdminAuth])
 
@@ -22,11 +24,16 @@ class Limits(BaseModel):
     max_concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT, description="jobs running at once")
 
 
+# Per model, the models to fall back on, in order, when every deployment of it fails.
+Fallbacks = dict[str, Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=5)]]
+
+
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     limits: Limits = Field(default_factory=Limits)
     model_limits: dict[str, Limits] = Field(default_factory=dict)
+    fallback_models: Fallbacks = Field(default_factory=dict)
 
 
 class AccountUpdate(BaseModel):
@@ -34,6 +41,16 @@ class AccountUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     limits: Limits | None = None
     model_limits: dict[str, Limits] | None = None
+    fallback_models: Fallbacks | None = None
+
+
+def _check_fallbacks(value: dict[str, list[str]] | None, catalog) -> None:
+    for model, fallbacks in (value or {}).items():
+        for name in [model, *fallbacks]:
+            if catalog.get(name) is None:
+                raise HTTPException(400, f"fallback_models: {name!r} is not a model of the catalog")
+        if model in fallbacks:
+            raise HTTPException(400, f"fallback_models: {model!r} cannot fall back on itself")
 
 
 def _model_limits(value: dict[str, Limits] | None) -> dict | None:
@@ -50,9 +67,10 @@ async def _account_or_404(redis, account_id: str) -> dict:
 
 
 @router.post("/accounts", status_code=201)
-async def create_account(body: AccountCreate, redis: RedisDep):
+async def create_account(body: AccountCreate, redis: RedisDep, catalog: CatalogDep):
+    _check_fallbacks(body.fallback_models, catalog)
     account_id = await accounts.create_account(
-        redis, body.name, body.limits.model_dump(), _model_limits(body.model_limits))
+        redis, body.name, body.limits.model_dump(), _model_limits(body.model_limits), body.fallback_models)
     return await accounts.get_account(redis, account_id)
 
 
@@ -67,11 +85,13 @@ async def get_account(account_id: str, redis: RedisDep):
 
 
 @router.patch("/accounts/{account_id}")
-async def update_account(account_id: str, body: AccountUpdate, redis: RedisDep):
+async def update_account(account_id: str, body: AccountUpdate, redis: RedisDep, catalog: CatalogDep):
     await _account_or_404(redis, account_id)
+    _check_fallbacks(body.fallback_models, catalog)
     # Only the limits named in the body change; null removes a limit.
     limits = body.limits.model_dump(exclude_unset=True) if body.limits is not None else None
-    await accounts.update_account(redis, account_id, body.name, limits, _model_limits(body.model_limits))
+    await accounts.update_account(redis, account_id, body.name, limits, _model_limits(body.model_limits),
+                                  body.fallback_models)
     return await accounts.get_account(redis, account_id)
 
 

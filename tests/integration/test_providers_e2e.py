@@ -84,10 +84,11 @@ def test_upstream_rejection_is_a_clear_job_error_and_sync_400(stack, fake, famil
         done = poll_until_done(client, job["id"])
         assert done["status"] == "failed"
         assert done["error"]["code"] == "upstream_rejected"
-        assert "unsupported value for temperature" in done["error"]["message"]
+        # The fleet's words, with the status: the upstream's own text stays in the worker's log.
+        assert "HTTP 400" in done["error"]["message"] and "unsupported value" not in done["error"]["message"]
         fake.script([{"status": 400, "message": "unsupported value for temperature"}])
         r = client.post("/v4/chat-completions", json=body(model))
-    assert r.status_code == 400 and "unsupported value" in r.json()["detail"]
+    assert r.status_code == 400 and r.json()["code"] == "upstream_rejected" and "HTTP 400" in r.json()["detail"]
 
 
 def test_persistent_rate_limit_is_a_429_with_retry_after(stack, fake):

@@ -4,8 +4,9 @@ import asyncio
 
 import pytest
 
-from shared.catalog import get_catalog
+from shared.catalog import DeploymentLimits, get_catalog
 from worker.attempt import Attempt
+from worker.failover import Route
 from worker.generation import generate
 from worker.providers.base import Completion, Provider, ProviderError, TextDelta
 from worker.publishing import JobCancelled
@@ -42,10 +43,11 @@ class Publisher:
 
 def run(provider, publisher):
     attempt = Attempt("job_1", "token", 0, account_id="acct", model_id="gpt-4o")
-    model = get_catalog().get("gpt-4o")
+    route = Route("openai", get_catalog().get("gpt-4o"), DeploymentLimits(), provider)
 
     async def go():
-        completion = await generate(attempt, model, provider, SPEC, publisher)
+        completion, served = await generate(attempt, [route], SPEC, publisher)
+        assert served is route
         if attempt.emitter is not None:
             await attempt.emitter.drain()
         return completion

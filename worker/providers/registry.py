@@ -1,12 +1,17 @@
-"""Which adapter serves which family. Adapters share one HTTP client per worker process."""
+"""Which adapter serves which family, or which deployment of a model. Adapters share one HTTP
+client per worker process."""
 
 from __future__ import annotations
 
 import importlib
+import os
 
+from pydantic import SecretStr
+
+from shared.catalog import DeploymentLimits
 from shared.provider_config import ProviderSettings, get_provider_settings
 from shared.settings import Settings
-from worker.providers.base import Provider
+from worker.providers.base import Provider, ProviderError
 from worker.providers.transport import make_client
 from worker.providers.local import LocalProvider
 
@@ -18,6 +23,15 @@ HTTP_FAMILIES = {
     "bedrock": "worker.providers.bedrock:BedrockProvider",
     "llm_engine": "worker.providers.llm_engine:LLMEngineProvider",
 }
+
+
+# Each family's settings of its endpoint and its key, which a deployment of its own replaces.
+ENDPOINT_SETTINGS = {"openai": ("openai_base_url", "openai_api_key"),
+                     "anthropic": ("anthropic_base_url", "anthropic_api_key"),
+                     "gemini": ("gemini_base_url", "gemini_api_key"),
+                     "mistral": ("mistral_base_url", "mistral_api_key"),
+                     "llm_engine": ("llm_engine_base_url", "llm_engine_api_key"),
+                     "bedrock": ("bedrock_endpoint_url", None)}
 
 
 def load_adapter(family: str):
@@ -38,6 +52,28 @@ class Providers(dict):
         if family not in self and family in HTTP_FAMILIES:
             self[family] = load_adapter(family)(self.client, self.provider_settings)
         return super().get(family, default)
+
+    def for_deployment(self, name: str, family: str, deployment: DeploymentLimits) -> Provider | None:
+        """The adapter of a deployment with an endpoint or a key of its own (the family's adapter
+        for one that has neither): its settings are the family's, with its endpoint and key."""
+        if not (deployment.base_url or deployment.key_env) or family not in ENDPOINT_SETTINGS:
+            return self.get(family)
+        cached = super().get(f"deployment:{name}")
+        if cached is not None:
+            return cached
+        url_field, key_field = ENDPOINT_SETTINGS[family]
+        update: dict = {}
+        if deployment.base_url:
+            update[url_field] = deployment.base_url
+        if deployment.key_env:
+            secret = os.environ.get(deployment.key_env, "").strip()
+            if not secret or key_field is None:
+                raise ProviderError(f"deployment {name!r} reads its key from {deployment.key_env}, which is not set",
+                                    code="model_unavailable")
+            update[key_field] = SecretStr(secret)
+        adapter = load_adapter(family)(self.client, self.provider_settings.model_copy(update=update))
+        self[f"deployment:{name}"] = adapter
+        return adapter
 
     async def close(self) -> None:
         for provider in self.values():

@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -134,3 +136,29 @@ def test_redis_restart_loses_no_job(own_stack, tmp_path):
         assert again.status_code == 202, again.text
         job = poll_until_done(client, again.json()["id"])
     assert job["status"] == "succeeded" and job["result"]["token_usage"]["completion"] == 5, job
+
+
+def test_workers_outlive_a_redis_killed_under_them(own_stack):
+    """Redis SIGKILLed under running jobs and back 2 s later: every worker is still there (kombu's
+    channel, closing a connection Redis dropped, used to fail in a way Celery stops a worker on),
+    and the jobs, those running then and those sent after, finish."""
+    stack = own_stack(fake_url=own_stack.fake_url)
+    own_stack.fake.config(tokens_per_s=20, tokens=1000)
+    body = {"model": "gpt-4o-mini", "messages": [{"content": "x"}], "model_parameters": {"max_tokens": 40}}
+    with stack.client() as client:
+        ids = [client.post("/v4/jobs", json=body).json()["id"] for _ in range(6)]
+        wait_for(lambda: all(client.get(f"/v4/jobs/{i}").json()["status"] == "running" for i in ids), 20,
+                 what="the jobs to run")
+    redis_proc = stack.fleet.procs["redis"]
+    port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    data_dir = next(a for a in redis_proc.args if a.endswith("redis"))
+    stack.fleet.kill("redis")
+    time.sleep(2)
+    start_redis(stack.fleet, port, Path(data_dir), stack.log_dir, name="redis-2")
+    time.sleep(3)
+    for name in ("worker-interactive", "worker-local"):
+        assert stack.fleet.procs[name].poll() is None, (name, stack.logs())
+    with stack.client() as client:
+        ids.append(client.post("/v4/jobs", json=body).json()["id"])
+        jobs = [poll_until_done(client, i, timeout=90) for i in ids]
+    assert [j["status"] for j in jobs] == ["succeeded"] * 7, jobs

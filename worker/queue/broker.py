@@ -19,6 +19,7 @@ import contextlib
 import threading
 
 from kombu.transport import redis as kombu_redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 class Channel(kombu_redis.Channel):
@@ -30,7 +31,13 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
-        pool = self.pool
+        try:
+            pool = self.pool
+        except AttributeError as exc:
+            # kombu builds a pool from its connection, which is gone once Redis dropped it (a
+            # restart): it then fails with an AttributeError that Celery takes for a bug and stops
+            # the worker on, where a lost connection is what it is, and is recovered from.
+            raise RedisConnectionError("the connection to the broker is closed") from exc
         shared = self._shared
         if shared is None or shared[0] is not pool:  # first use, or kombu replaced its pool
             with self._client_lock:

@@ -84,7 +84,8 @@ def fleet(extra: dict[str, str] | None = None) -> BenchStack:
            "CHATFLEET_ADMIN_API_KEY": ADMIN, "CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT": "2",
            "CHATFLEET_PROVIDER_IDLE_TIMEOUT": "2", "CHATFLEET_SHUTDOWN_GRACE_SECONDS": "2",
            "CHATFLEET_WORKER_METRICS_PORT": "0", **(extra or {})}
-    stack = BenchStack(fake_knobs={"ttft_ms": 20, "tokens_per_s": 20, "record_limit": 0}, extra_env=env)
+    stack = BenchStack(fake_knobs={"ttft_ms": 20, "tokens_per_s": 20, "tokens": 10_000, "record_limit": 0},
+                       extra_env=env)
     restart_redis_with_shipped_conf(stack)
     stack.start_api()
     for name in ("w1", "w2"):
@@ -100,8 +101,12 @@ def restart_redis_with_shipped_conf(stack: BenchStack, down: float = 0.0) -> Non
     port = stack.redis_url.rsplit(":", 1)[1].split("/")[0]
     stack.fleet.kill("redis")
     time.sleep(down)
-    argv = [redis_server_binary(), str(ROOT / "deploy" / "redis.conf"), "--port", port, "--bind", "127.0.0.1",
-            "--dir", str(stack.tmp / "redis"), "--protected-mode", "yes"]
+    # The shipped file as it is, but for where it keeps its data and listens (its /data is a volume's).
+    shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
+    conf = stack.tmp / "redis.conf"
+    conf.write_text("\n".join(line for line in shipped if not line.startswith(("dir ", "bind ", "protected-mode "))) +
+                    f"\ndir {stack.tmp / 'redis'}\nbind 127.0.0.1\nprotected-mode yes\nport {port}\n")
+    argv = [redis_server_binary(), str(conf)]
     stack.fleet.spawn("redis", argv, dict(os.environ), stack.log_dir)
     deadline = time.monotonic() + 30
     while not redis_answers(stack.redis_url):
@@ -233,19 +238,22 @@ async def run_jobs(stack: BenchStack, n: int, chaos, scenario: str, tokens: int 
         followers = []
         deadline = time.monotonic() + timeout
         chaos_task = asyncio.create_task(chaos())
-        for i in range(n):
+        i = 0
+        while i < n or not chaos_task.done():  # at least n jobs, and jobs for as long as the faults go on
             job = await submit(client, tokens, stream=i % 2 == 0)
+            i += 1
             if job is None:
                 continue
             jobs.append(job)
             if job.stream:
                 followers.append(asyncio.create_task(follow(client, job, deadline)))
-            await asyncio.sleep(random.uniform(0.02, 0.1))
+            await asyncio.sleep(random.uniform(0.05, 0.15))
         notes = await chaos_task
         await asyncio.gather(*followers)
         await settle(client, jobs, max(deadline - time.monotonic(), 30))
         tally = check(Tally(scenario), jobs, await ledger(client))
-        tally.notes[:0] = notes or []
+        resumed = sum(1 for j in jobs if (j.record or {}).get("attempts", 0) > 1)
+        tally.notes[:0] = [*(notes or []), f"{resumed} jobs resumed by another attempt"]
         return tally
 
 
@@ -301,7 +309,7 @@ def upstream(rate: float, jobs: int) -> Tally:
 
 def batch(lines: int, interactive: int) -> Tally:
     stack = fleet({"CHATFLEET_BATCH_MAX_IN_FLIGHT": "100"})
-    tally = Tally(f"{lines}-line batch + {interactive} interactive")
+    tally = Tally(f"{lines}-line batch + interactive jobs")
     try:
         stack.fake.config(tokens_per_s=0)
         body = b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v4/chat-completions",
@@ -313,13 +321,25 @@ def batch(lines: int, interactive: int) -> Tally:
             async with httpx.AsyncClient(base_url=stack.base_url, headers={"x-api-key": KEY}, timeout=120) as client:
                 r = await client.post("/v4/batches", files={"file": ("b.jsonl", body, "application/jsonl")})
                 batch_id = r.json()["id"]
-                jobs = [j for j in [await submit(client, 5, False) for _ in range(interactive)] if j]
+                jobs: list[Job] = []
+                over = asyncio.Event()
+
+                async def interactive_load():  # alongside the batch, for as long as it runs
+                    while not over.is_set() or len(jobs) < interactive:
+                        job = await submit(client, 5, False)
+                        if job:
+                            jobs.append(job)
+                        await asyncio.sleep(0.1)
+
+                load = asyncio.create_task(interactive_load())
                 deadline = time.monotonic() + 600
                 while time.monotonic() < deadline:
                     b = (await client.get(f"/v4/batches/{batch_id}")).json()
                     if b["status"] in ("completed", "failed", "expired", "cancelled"):
                         break
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(0.5)
+                over.set()
+                await load
                 results = (await client.get(f"/v4/batches/{batch_id}/results")).text.splitlines()
                 errors = (await client.get(f"/v4/batches/{batch_id}/errors")).text.splitlines()
                 await settle(client, jobs, 120)
@@ -356,7 +376,7 @@ def schemathesis_bin() -> Path:
     if not exe.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_ENV)], check=True)
         subprocess.run([str(BENCH_ENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        "schemathesis>=4,<5"], check=True)
+                        "schemathesis>=4,<5"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return exe
 
 
@@ -377,7 +397,10 @@ def schema(examples: int) -> Tally:
             text = out.stdout + out.stderr
             found = [int(n) for n in re.findall(r"(\d+) generated", text)]
             cases += found[-1] if found else 0
-            server_errors = len(re.findall(r"Server error", text))
+            failed = re.findall(r"(\d+) failed", text)
+            server_errors = int(failed[-1]) if failed else 0
+            if out.returncode not in (0, 1) and not found:
+                raise RuntimeError(f"schemathesis did not run: {text[-500:]}")
             errors += server_errors
             if server_errors:
                 tally.notes.append(f"{name}: {server_errors} server errors")

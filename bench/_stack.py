@@ -13,13 +13,16 @@ import contextlib
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Self
 
 from deploy.devstack import (
+    ROOT,
     Fleet,
     api_argv,
     free_port,
@@ -165,6 +168,22 @@ class BenchStack:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# The benchmarks' own tools (schemathesis, the LiteLLM proxy): an environment apart from the
+# fleet's, built on first use.
+BENCH_ENV = ROOT / "var" / "bench-env"
+
+
+def bench_tool(executable: str, requirement: str) -> Path:
+    """``executable`` of ``requirement``, installed into ``var/bench-env`` if it is not there."""
+    exe = BENCH_ENV / "bin" / executable
+    if not exe.exists():
+        if not (BENCH_ENV / "bin" / "pip").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(BENCH_ENV)], check=True)
+        subprocess.run([str(BENCH_ENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", requirement],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return exe
 
 
 def run_async(coro):

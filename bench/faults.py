@@ -36,12 +36,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import orjson
 
-from bench._stack import KEY, BenchStack, peak_rss_mib, run_async, table
+from bench._stack import KEY, BenchStack, bench_tool, peak_rss_mib, run_async, table
 from deploy.devstack import ROOT, redis_server_binary
 from shared.connections import redis_answers
 
@@ -367,22 +366,9 @@ def batch(lines: int, interactive: int) -> Tally:
         stack.close()
 
 
-BENCH_ENV = ROOT / "var" / "bench-env"
-
-
-def schemathesis_bin() -> Path:
-    """schemathesis, in an environment of its own (its dependencies are not the fleet's)."""
-    exe = BENCH_ENV / "bin" / "schemathesis"
-    if not exe.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(BENCH_ENV)], check=True)
-        subprocess.run([str(BENCH_ENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                        "schemathesis>=4,<5"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return exe
-
-
 def schema(examples: int) -> Tally:
     tally = Tally("schemathesis")
-    exe = schemathesis_bin()
+    exe = bench_tool("schemathesis", "schemathesis>=4,<5")
     stack = fleet()
     try:
         cases = 0

@@ -30,8 +30,8 @@ import time
 from bench._stack import cpu_seconds, fresh_redis, run_async, table
 from shared import keys
 from shared.connections import async_redis
-from worker.limits import Limiter
 from shared.settings import Settings
+from worker.limits import Limiter
 
 HIGH = 10**12
 MODEL = "gpt-4o-mini"

@@ -23,11 +23,18 @@ from pathlib import Path
 
 import httpx
 
+from api.prompts import render_template
 from bench._stack import CpuWindow, table
-from deploy.devstack import Fleet, api_argv, free_port, start_redis, wait_ready, worker_argv
+from deploy.devstack import (
+    Fleet,
+    api_argv,
+    free_port,
+    start_redis,
+    wait_ready,
+    worker_argv,
+)
 from shared import keys
 from shared.catalog import get_catalog
-from api.prompts import render_template
 from shared.settings import Settings
 
 MODEL = "smollm2-135m-instruct"

@@ -117,11 +117,13 @@ class BenchStack:
             raise
 
     # processes ----------------------------------------------------------------------------
-    def start_api(self) -> str:
+    def start_api(self, name: str = "api") -> str:
+        """An API process on a free port; returns its URL (the first one started is ``base_url``)."""
         port = free_port()
-        self.fleet.spawn("api", api_argv("127.0.0.1", port), self.env, self.log_dir)
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self.base_url
+        self.fleet.spawn(name, api_argv("127.0.0.1", port), self.env, self.log_dir)
+        url = f"http://127.0.0.1:{port}"
+        self.base_url = self.base_url or url
+        return url
 
     def start_worker(self, concurrency: int = 200, name: str = "interactive") -> int:
         """A provider worker (interactive + batch queues), Celery hostname ``{name}@%h``;

@@ -188,7 +188,7 @@ def main() -> None:
         return
 
     results = []
-    for _ in range(args.rounds):
+    for round_ in range(args.rounds):
         for apis in args.apis:
             for workers in args.workers:
                 out = subprocess.run(
@@ -196,11 +196,13 @@ def main() -> None:
                      "--pings", str(args.pings), "--submitters", str(args.submitters)],
                     check=True, stdout=subprocess.PIPE, text=True).stdout
                 r = json.loads(out.strip().splitlines()[-1])
+                r["round"] = round_
                 results.append(r)
                 print(f"  {workers} worker(s), {apis} API(s): {r['rate']:.0f} jobs/s, bare {r['bare_rate']:.0f}/s, "
                       f"{r['statuses']}", flush=True)
 
-    base = {(r["workers"], r["apis"]): r["rate"] for r in results if r["workers"] == min(args.workers)}
+    # Each layout against the fewest-workers layout with as many APIs, of the same round.
+    base = {(r["round"], r["apis"]): r["rate"] for r in results if r["workers"] == min(args.workers)}
     ms = lambda v: f"{v * 1000:.2f}"
     print(f"\nJobs per second by layout, {MODEL}, 8 tokens, fake provider at zero latency, {args.jobs} jobs from "
           f"{args.submitters} submitters per layout, {os.cpu_count()} cores")
@@ -208,7 +210,7 @@ def main() -> None:
         ["workers", "APIs", "bare/s", "jobs/s", f"x {min(args.workers)} worker(s)", "jobs/bare",
          "added p50 ms (1 client)", "Redis ms/job", "Redis ceiling jobs/s", "busiest (share of its cap)"],
         [[str(r["workers"]), str(r["apis"]), f"{r['bare_rate']:.0f}", f"{r['rate']:.0f}",
-          f"{r['rate'] / base[(min(args.workers), r['apis'])]:.2f}", f"{r['rate'] / r['bare_rate']:.2f}",
+          f"{r['rate'] / base[(r['round'], r['apis'])]:.2f}", f"{r['rate'] / r['bare_rate']:.2f}",
           ms(r["fleet_p50"] - r["direct_p50"]), f"{r['ms_per_job']['redis']:.3f}",
           f"{1000 / r['ms_per_job']['redis']:.0f}",
           f"{r['first']} ({r['utilisation'][r['first']]:.0%})"] for r in results]))

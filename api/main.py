@@ -29,6 +29,7 @@ from api.streams import PubSubHub
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.gcfreeze import freeze_startup_objects
+from shared.broker import broker_for
 from shared.jobs import JobStore
 from shared.logs import configure_logging
 from shared.scriptchannel import ScriptChannel
@@ -90,15 +91,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        redis = async_redis(settings.redis_url, max_connections=1000)
+        redis = async_redis(settings.state_url, max_connections=1000)
         app.state.settings = settings
         app.state.redis = redis
         # Replies as bytes, for file contents (an upload need not be text).
-        app.state.raw_redis = async_redis(settings.redis_url, max_connections=100, decode_responses=False)
+        app.state.raw_redis = async_redis(settings.state_url, max_connections=100, decode_responses=False)
         app.state.catalog = get_catalog(settings.catalog_path)
         # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
-        channel = ScriptChannel.for_url(settings.redis_url)
-        app.state.store = JobStore(redis, settings, channel)
+        channel = ScriptChannel.for_url(settings.state_url)
+        broker = broker_for(redis, channel, settings)
+        app.state.store = JobStore(redis, settings, channel, broker)
         app.state.hub = PubSubHub(redis)
         await app.state.hub.start()
         _on_sigterm(app.state.hub.shutdown)
@@ -110,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.hub.close()
+            await broker.close()
             if channel is not None:
                 await channel.close()
             await app.state.raw_redis.aclose()

@@ -5,7 +5,8 @@ A job is a hash ``chatfleet:job:{id}`` plus its event stream. Jobs may run more 
 only the attempt that owns the job can publish events or finish it. Every transition is one
 Lua script (``lua/``), written so that a call made again after its reply was lost changes
 nothing: the API creates and cancels jobs, workers claim, publish, park, hand back and finish
-them.
+them. A transition that queues the job stages its message, pushed to the broker after it
+(``shared/broker.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from shared import keys
+from shared.broker import Broker
 from shared.events import ERROR, Event, last_event_seq, stream_event
 from shared.queue import run_job_message
 from shared.schemas import iso
@@ -61,26 +63,34 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None):
+    """The jobs in the state store (``redis``); their queue messages go to ``broker``, the state
+    store's own Redis unless one is given (``shared/broker.py``)."""
+
+    def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None,
+                 broker: Broker | None = None):
         self.redis = redis
         self.settings = settings
         self.channel = channel  # where the script calls go, if not through ``redis``
         self.scripts = Scripts(redis, channel)
+        self.broker = broker or Broker(redis, channel)
 
     # --- API side -------------------------------------------------------------------------
 
     async def create(
         self, *, account_id: str, model: str, queue: str, spec: dict[str, Any], job_id: str | None = None
     ) -> dict[str, str]:
-        """Record the job and queue it, in one script."""
+        """Record the job with its message staged (one script), then push the message."""
         job_id = job_id or new_job_id()
         now = time.time()
         record = new_record(job_id, account_id, model, queue, spec, now)
-        await self.scripts.create_job(
-            keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, keys.account_jobs(account_id)],
+        message = await self.scripts.create_job(
+            keys=[keys.job(job_id), keys.QUEUED_JOBS, keys.account_jobs(account_id)],
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
                   *(item for pair in record.items() for item in pair)],
         )
+        # Only once the record is there: a worker given the message claims the job at once.
+        if message:
+            await self.broker.push(queue, message)
         return record
 
     async def get(self, job_id: str) -> dict[str, str] | None:
@@ -224,10 +234,14 @@ class JobStore:
         queue = await self.redis.hget(keys.job(job_id), "queue")
         if queue is None:
             return False
-        return bool(await self.scripts.hand_back(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue, keys.QUEUED_JOBS],
-            args=[token, repr(time.time()), job_id, run_job_message(job_id, queue)],
-        ))
+        message = run_job_message(job_id, queue)
+        if not await self.scripts.hand_back(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.QUEUED_JOBS],
+            args=[token, repr(time.time()), job_id, message],
+        ):
+            return False
+        await self.broker.push(queue, message)
+        return True
 
     async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
         """Queue an account's first waiting job for another admission attempt."""
@@ -240,9 +254,12 @@ class JobStore:
             if waiting:
                 await self.redis.zadd(keys.THROTTLED_ACCOUNTS, {account_id: int(time.time() * 1000)})
             return False
-        return bool(await self.scripts.requeue_waiting(
-            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, queue,
-                  keys.QUEUED_JOBS],
+        message = run_job_message(job_id, queue)
+        if not await self.scripts.requeue_waiting(
+            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, keys.QUEUED_JOBS],
             args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
-                  run_job_message(job_id, queue), int(time.time() * 1000)],
-        ))
+                  message, int(time.time() * 1000)],
+        ):
+            return False
+        await self.broker.push(queue, message)
+        return True

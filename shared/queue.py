@@ -1,10 +1,10 @@
 """The queue's message: the Celery message that carries a job id, written and read here.
 
-Every job reaches the queue through one path, the Lua ``enqueue`` (``lua/_enqueue.lua``), called
-by the scripts that create, hand back or requeue a job, with the message built here. Writing the
-message ourselves lets the API record a job and queue it in one script, atomically (a job is
-never recorded without being queued, nor queued without a record), and keeps the API free of
-Celery's blocking producer. The layout is Celery's task protocol 2 as kombu's Redis transport
+Every job reaches the queue through one path: the scripts that create, hand back or requeue a
+job stage the message built here in the job's hash (``lua/_stage.lua``), and the caller pushes
+it to the broker (``shared/broker.py``). Writing the message ourselves keeps the API free of
+Celery's blocking producer, and lets the reaper tell a staged message from one that reached
+its queue. The layout is Celery's task protocol 2 as kombu's Redis transport
 stores it; a test checks it against what Celery itself sends. Its keys (the queue lists, kombu's
 unacknowledged messages) are named in ``shared/keys.py``.
 """
@@ -63,6 +63,16 @@ def run_job_message(job_id: str, queue: str) -> bytes:
         },
     }
     return orjson.dumps(message)
+
+
+def delivery_tag(message: str | bytes) -> str | None:
+    """The delivery tag of a message built by ``run_job_message`` (kombu's key for it in the
+    unacknowledged hash), or None."""
+    try:
+        tag = orjson.loads(message)["properties"]["delivery_tag"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return tag if isinstance(tag, str) else None
 
 
 def stored_job_id(payload: str | bytes) -> str | None:

@@ -30,7 +30,11 @@ def bundled_gguf_path() -> str:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFLEET_", extra="ignore")
 
+    # The Celery broker (kombu's Redis transport), and the state store unless set apart below.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The state store (jobs, their events and streams, accounts, limits, usage, batches, files),
+    # when it is not the broker's Redis (``shared/broker.py``).
+    state_redis_url: str | None = None
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -119,6 +123,11 @@ class Settings(BaseSettings):
     @classmethod
     def _default_model(cls, value: str) -> str:
         return value or bundled_gguf_path()
+
+    @property
+    def state_url(self) -> str:
+        """Where the state store is: ``state_redis_url``, else the broker's Redis."""
+        return self.state_redis_url or self.redis_url
 
     @property
     def visibility_timeout(self) -> int:

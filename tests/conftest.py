@@ -30,6 +30,10 @@ class Stack:
     base_url: str
     env: dict[str, str]
     log_dir: Path
+    state_url: str = ""  # the state store, when it is not the broker's Redis (``redis_url``)
+
+    def __post_init__(self) -> None:
+        self.state_url = self.state_url or self.redis_url
 
     def admin(self) -> httpx.Client:
         return self.client(ADMIN_KEY)
@@ -85,15 +89,21 @@ def fake_provider_settings(fake: FakeProvider, **overrides) -> ProviderSettings:
 
 
 def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fake_url: str | None = None,
-                **extra: str) -> Stack:
+                state_redis: bool = False, **extra: str) -> Stack:
+    """A fleet on a Redis of its own; with ``state_redis``, a second Redis for the state store
+    (the first one is then only the Celery broker)."""
     fleet = Fleet()
     log_dir = tmp / "log"
     redis_url = start_redis(fleet, free_port(), tmp / "redis", log_dir)
+    state_url = ""
+    if state_redis:
+        state_url = start_redis(fleet, free_port(), tmp / "state-redis", log_dir, name="state-redis")
+        extra = {"CHATFLEET_STATE_REDIS_URL": state_url, **extra}
     if fake_url:
         extra = {**provider_env(fake_url), **extra}
     env = stack_env(redis_url, tmp, CHATFLEET_LOCAL_MODEL_SLOTS=str(local_slots), **extra)
     port = free_port()
-    stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir)
+    stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir, state_url)
     queues = [keys.QUEUE_LOCAL]
     stack.start_worker("worker-local", [keys.QUEUE_LOCAL], local_slots)
     if interactive:
@@ -102,7 +112,7 @@ def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fa
     fleet.spawn("api", api_argv("127.0.0.1", port), env, log_dir)
     try:
         wait_ready(stack.base_url, queues, timeout=90, fleet=fleet)
-        _add_other_account(redis_url)
+        _add_other_account(stack.state_url)
     except Exception:
         print(stack.logs())
         fleet.stop_all()

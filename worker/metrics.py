@@ -113,11 +113,14 @@ class RedisGauges(Collector):
     MAX_ACCOUNTS = 1000
     MIN_INTERVAL = 1.0  # seconds: scrapes closer together reuse the last reading
 
-    def __init__(self, redis_url: str):
+    def __init__(self, broker_url: str, state_url: str | None = None):
         import redis
 
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2,
-                                           decode_responses=True)
+        def client(url: str):
+            return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+        self._broker = client(broker_url)  # the queues
+        self._redis = client(state_url) if state_url and state_url != broker_url else self._broker
         self._lock = threading.Lock()
         self._read_at = 0.0
         self._reading: tuple[dict[str, int], int] | None = None
@@ -131,11 +134,11 @@ class RedisGauges(Collector):
             if self._reading is not None and time.monotonic() - self._read_at < self.MIN_INTERVAL:
                 return self._reading
             try:
-                pipe = self._redis.pipeline(transaction=False)
+                pipe = self._broker.pipeline(transaction=False)
                 for queue in self.QUEUES:
                     pipe.llen(queue)
-                pipe.zrange(keys.THROTTLED_ACCOUNTS, 0, self.MAX_ACCOUNTS - 1)
-                *lengths, accounts = pipe.execute()
+                lengths = pipe.execute()
+                accounts = self._redis.zrange(keys.THROTTLED_ACCOUNTS, 0, self.MAX_ACCOUNTS - 1)
                 waiting = 0
                 if accounts:
                     pipe = self._redis.pipeline(transaction=False)
@@ -194,7 +197,7 @@ def start_worker_metrics_server(settings=None) -> int | None:
                     log.warning("worker metrics port %d is in use; trying %d", port, port + 1)
                     continue
                 try:
-                    REGISTRY.register(RedisGauges(settings.redis_url))
+                    REGISTRY.register(RedisGauges(settings.redis_url, settings.state_url))
                 except ValueError:  # already registered (a second call in this process)
                     pass
                 _server = (os.getpid(), port)

@@ -24,6 +24,7 @@ from shared import keys
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.gcfreeze import freeze_startup_objects
+from shared.broker import broker_for
 from shared.jobs import JobStore
 from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings, get_settings
@@ -119,9 +120,10 @@ class WorkerRuntime:
         self.loop.run_forever()
 
     async def _startup(self) -> None:
-        self.redis = async_redis(self.settings.redis_url, max_connections=self.settings.worker_concurrency + 20)
-        self.channel = ScriptChannel.for_url(self.settings.redis_url)  # the jobs' script calls
-        self.store = JobStore(self.redis, self.settings, self.channel)
+        self.redis = async_redis(self.settings.state_url, max_connections=self.settings.worker_concurrency + 20)
+        self.channel = ScriptChannel.for_url(self.settings.state_url)  # the jobs' script calls
+        self.broker = broker_for(self.redis, self.channel, self.settings)
+        self.store = JobStore(self.redis, self.settings, self.channel, self.broker)
         self.providers = Providers(self.settings)
         self.runner = JobRunner(self.store, get_catalog(self.settings.catalog_path), self.providers, self.settings)
         if keys.QUEUE_LOCAL in self.queues:
@@ -132,7 +134,7 @@ class WorkerRuntime:
         self.services: list[Service] = [
             LeaseKeeper(self.store, self.runner.limiter, self.settings, self.running),
             self.heartbeat,
-            Reaper(Recovery(self.redis, self.store.scripts), self.settings),
+            Reaper(Recovery(self.redis, self.store.scripts, self.broker), self.settings),
             ThrottleScheduler(self.store),
             BatchFeeder(self.store, self.settings),
         ]
@@ -150,6 +152,7 @@ class WorkerRuntime:
             await self.providers.close()
         with contextlib.suppress(Exception):
             await self.heartbeat.leave()
+            await self.broker.close()
             await self.redis.aclose()
         if self.channel is not None:
             await self.channel.close()

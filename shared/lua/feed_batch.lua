@@ -1,21 +1,22 @@
 -- Turn the first staged lines of a batch into queued jobs, in one step with their removal from the
 -- staging list: a line is never lost nor queued twice. This call made again after its reply was
--- lost finds its first job recorded and changes nothing.
+-- lost finds its first job recorded and changes nothing (the reaper pushes the messages its
+-- first run staged, should its caller not have).
 -- KEYS: 1 pending list, 2 batch jobs set, 3 batch in-flight counter, 4 queued jobs zset,
---       then per job: its hash, its queue list
+--       then per job: its hash
 -- ARGV: 1 number of jobs n, 2 now, 3 retention s,
 --       then per job: job id, Celery message, field count f, then f field/value pairs
--- Returns the number of jobs queued.
---#include _enqueue
+-- Returns the number of jobs staged (the caller pushes their messages).
+--#include _stage
 local n = tonumber(ARGV[1])
 if n == 0 or redis.call("EXISTS", KEYS[5]) == 1 then return 0 end
 redis.call("LTRIM", KEYS[1], n, -1)
 local a = 4
 for i = 0, n - 1 do
-  local job_key, queue_key = KEYS[5 + 2 * i], KEYS[6 + 2 * i]
+  local job_key = KEYS[5 + i]
   local job_id, message, f = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   redis.call("HSET", job_key, unpack(ARGV, a + 3, a + 2 + 2 * f))
-  enqueue(job_key, queue_key, KEYS[4], job_id, message, ARGV[2])
+  stage(job_key, KEYS[4], job_id, message, ARGV[2])
   redis.call("EXPIRE", job_key, ARGV[3])
   redis.call("SADD", KEYS[2], job_id)
   a = a + 3 + 2 * f

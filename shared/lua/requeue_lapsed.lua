@@ -1,12 +1,12 @@
 -- Hand a job whose worker died (lease lapsed) back to the queue, once.
--- KEYS: job hash, lease, running zset, queue list, queued jobs zset
+-- KEYS: job hash, lease, running zset, queued jobs zset
 -- ARGV: job id, now, Celery message
--- Returns 1 when requeued, 0 when the job is owned again, finished, or gone.
---#include _enqueue
+-- Returns 1 when requeued (the caller pushes the message), 0 when the job is owned again, finished, or gone.
+--#include _stage
 if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
 local status = redis.call("HGET", KEYS[1], "status")
 redis.call("ZREM", KEYS[3], ARGV[1])
 if status ~= "running" then return 0 end
 redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
-enqueue(KEYS[1], KEYS[4], KEYS[5], ARGV[1], ARGV[3], ARGV[2])
+stage(KEYS[1], KEYS[4], ARGV[1], ARGV[3], ARGV[2])
 return 1

@@ -1,9 +1,9 @@
 -- Send an account's first waiting job back to its queue for another admission attempt.
--- KEYS: job hash, account waiting zset, throttled accounts zset, queue list, queued jobs zset
+-- KEYS: job hash, account waiting zset, throttled accounts zset, queued jobs zset
 -- ARGV: job id, now (unix s), account id, watchdog (ms: when to look again if nothing else
 --       does), Celery message, now ms
--- Returns 1 when requeued.
---#include _enqueue
+-- Returns 1 when requeued (the caller pushes the message).
+--#include _stage
 -- Only the first in line goes: the caller's view of the line can be stale (a job submitted
 -- earlier may have taken the first place since, with its own wake-up time, which the watchdog
 -- below must not push back). A line is never left without a wake-up.
@@ -29,6 +29,6 @@ if status ~= "throttled" then
 end
 redis.call("HSET", KEYS[1], "status", "queued", "updated_at", ARGV[2])
 redis.call("HDEL", KEYS[1], "next_try_at")
-enqueue(KEYS[1], KEYS[4], KEYS[5], ARGV[1], ARGV[5], ARGV[2])
+stage(KEYS[1], KEYS[4], ARGV[1], ARGV[5], ARGV[2])
 redis.call("ZADD", KEYS[3], ARGV[4], ARGV[3])
 return 1

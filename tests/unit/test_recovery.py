@@ -95,9 +95,10 @@ def test_requeue_unclaimed_made_again_changes_nothing(store, recovery):
         raw = await store.redis.rpop(keys.QUEUE_LOCAL)
         tag = json.loads(raw)["properties"]["delivery_tag"]
         await store.redis.hset(keys.UNACKED, tag, json.dumps([json.loads(raw), "", keys.QUEUE_LOCAL]))
-        call = dict(keys=[keys.job(job_id), keys.QUEUE_LOCAL, keys.QUEUED_JOBS, keys.UNACKED, keys.UNACKED_INDEX],
-                    args=[job_id, tag, repr(time.time()), raw, repr(time.time() + 1)])
+        await store.redis.hset(keys.job(job_id), "updated_at", repr(time.time() - 100))
+        call = dict(keys=[keys.job(job_id), keys.QUEUED_JOBS],
+                    args=[job_id, repr(time.time()), raw, repr(time.time() - 10)])
         assert await store.scripts.requeue_unclaimed(**call) == 1
         assert await store.scripts.requeue_unclaimed(**call) == 0  # its reply lost, made again
-        assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
+        assert (await store.get(job_id))["message"] == raw  # staged once, for the caller to push
     run(go())

@@ -1,15 +1,18 @@
 """Finding jobs the queue lost, and queueing them again: the reaper's three sweeps.
 
 A job can be stranded three ways, each found here and handed back to its queue by one script
-(``lua/requeue_*.lua``) that checks, atomically, that it really is stranded:
+(``lua/requeue_*.lua``) that checks, atomically in the state store, that it really is stranded,
+and stages a new message, which is then pushed to the broker (``shared/broker.py``):
 
 - its worker died while running it: the attempt's lease lapsed unrenewed (``requeue_lapsed``);
 - its worker died holding its message, never started: kombu keeps the message unacknowledged
   until the visibility timeout (``requeue_unclaimed``);
-- its message was lost between kombu's BRPOP and its unacknowledged record, a worker killed in
-  that instant: the job stays queued with no message anywhere (``requeue_lost``).
+- its message never reached a worker: lost between kombu's BRPOP and its unacknowledged record
+  (a worker killed in that instant), or never pushed (its job's writer died after recording it):
+  the job stays queued with its message nowhere (``requeue_lost``).
 
-A job queued twice by a race with a live worker runs once: each attempt must claim it.
+What the broker holds is read from the broker before the script runs: a message taken in
+between is delivered twice. A job queued twice runs once: each attempt must claim it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from __future__ import annotations
 import time
 
 from shared import keys
+from shared.broker import Broker
 from shared.queue import run_job_message, stored_job_id
 from shared.scripts import Scripts
 
 
 class Recovery:
-    def __init__(self, redis, scripts: Scripts):
+    """``redis`` the state store, ``broker`` Celery's (the state store's Redis unless given)."""
+
+    def __init__(self, redis, scripts: Scripts, broker: Broker | None = None):
         self.redis = redis
         self.scripts = scripts
+        self.broker = broker or Broker(redis)
 
     async def lapsed_jobs(self, now: float) -> list[str]:
         return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)
@@ -34,10 +41,14 @@ class Recovery:
         if queue is None:
             await self.redis.zrem(keys.RUNNING_JOBS, job_id)
             return False
-        return bool(await self.scripts.requeue_lapsed(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, queue, keys.QUEUED_JOBS],
-            args=[job_id, repr(time.time()), run_job_message(job_id, queue)],
-        ))
+        message = run_job_message(job_id, queue)
+        if not await self.scripts.requeue_lapsed(
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.QUEUED_JOBS],
+            args=[job_id, repr(time.time()), message],
+        ):
+            return False
+        await self.broker.push(queue, message)
+        return True
 
     async def requeue_unclaimed(self, older_than: float) -> list[str]:
         """Jobs whose message a worker took but never started (it died holding them).
@@ -49,14 +60,15 @@ class Recovery:
         timeout. Such a job is queued again now and the stale entry dropped (if the worker was
         alive after all, its late start finds the job taken and does nothing)."""
         cutoff = time.time() - older_than
-        tags = await self.redis.zrangebyscore(keys.UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
+        broker = self.broker.redis
+        tags = await broker.zrangebyscore(keys.UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
         if not tags:
             return []
-        payloads = await self.redis.hmget(keys.UNACKED, tags)
+        payloads = await broker.hmget(keys.UNACKED, tags)
         requeued = []
         for tag, payload in zip(tags, payloads):
             if payload is None:
-                await self.redis.zrem(keys.UNACKED_INDEX, tag)
+                await broker.zrem(keys.UNACKED_INDEX, tag)
                 continue
             job_id = stored_job_id(payload)
             if job_id is None:
@@ -66,30 +78,44 @@ class Recovery:
             # script checks again, atomically, the few that look stranded.
             if status != "queued" or queue is None or float(updated or 0) > cutoff:
                 continue
+            message = run_job_message(job_id, queue)
             if await self.scripts.requeue_unclaimed(
-                keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, keys.UNACKED, keys.UNACKED_INDEX],
-                args=[job_id, tag, repr(time.time()), run_job_message(job_id, queue), repr(cutoff)],
+                keys=[keys.job(job_id), keys.QUEUED_JOBS],
+                args=[job_id, repr(time.time()), message, repr(cutoff)],
             ):
+                await self.broker.push(queue, message)
+                # The stale entry goes once the job's new message is on its queue.
+                async with broker.pipeline(transaction=True) as pipe:
+                    pipe.hdel(keys.UNACKED, tag)
+                    pipe.zrem(keys.UNACKED_INDEX, tag)
+                    await pipe.execute()
                 requeued.append(job_id)
         return requeued
 
     async def requeue_lost(self, older_than: float) -> list[str]:
         """Jobs queued more than ``older_than`` seconds ago whose message is neither on their
         queue nor held by a worker: lost between kombu's BRPOP and its unacked record (a
-        worker killed in that instant). Each gets a new message (``lua/requeue_lost.lua``)."""
+        worker killed in that instant), or never pushed. Each gets a new message
+        (``lua/requeue_lost.lua``)."""
         now = time.time()
         cutoff = now - older_than
         candidates = await self.redis.zrangebyscore(keys.QUEUED_JOBS, "-inf", cutoff, start=0, num=200)
         requeued = []
         for job_id in candidates:
-            queue = await self.redis.hget(keys.job(job_id), "queue")
-            if queue is None:
+            queue, status, message = await self.redis.hmget(keys.job(job_id), "queue", "status", "message")
+            if queue is None:  # expired
                 await self.redis.zrem(keys.QUEUED_JOBS, job_id)
                 continue
+            if status == "queued" and message is not None and await self.broker.held(queue, message):
+                await self.redis.zadd(keys.QUEUED_JOBS, {job_id: now}, xx=True)  # look again one cutoff later
+                continue
+            # The script decides, atomically: a job that moved on meanwhile is left alone.
+            new = run_job_message(job_id, queue)
             outcome = await self.scripts.requeue_lost(
-                keys=[keys.job(job_id), queue, keys.QUEUED_JOBS, keys.UNACKED],
-                args=[job_id, repr(now), run_job_message(job_id, queue), repr(cutoff)],
+                keys=[keys.job(job_id), keys.QUEUED_JOBS],
+                args=[job_id, repr(now), new, repr(cutoff), message or ""],
             )
             if outcome == "requeued":
+                await self.broker.push(queue, new)
                 requeued.append(job_id)
         return requeued

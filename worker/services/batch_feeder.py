@@ -68,23 +68,29 @@ class BatchFeeder(Service):
 
     async def feed(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:
         """Turn the first ``len(entries)`` staged lines of a batch into queued jobs, in one script
-        with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled)."""
+        with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled),
+        then push their messages."""
         now = time.time()
         job_keys = [keys.batch_pending(batch_id), keys.batch_jobs(batch_id), keys.BATCH_IN_FLIGHT,
                     keys.QUEUED_JOBS]
         args: list = [len(entries), repr(now), self.settings.job_retention_seconds]
         ids = []
+        messages: dict[str, list[bytes]] = {}
         for raw in entries:
             entry = orjson.loads(raw)
             job_id = new_job_id()
             ids.append(job_id)
             record = new_record(job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
                                 batch_id=batch_id, custom_id=entry["custom_id"])
-            job_keys += [keys.job(job_id), entry["queue"]]
-            args += [job_id, run_job_message(job_id, entry["queue"]), len(record)]
+            message = run_job_message(job_id, entry["queue"])
+            messages.setdefault(entry["queue"], []).append(message)
+            job_keys.append(keys.job(job_id))
+            args += [job_id, message, len(record)]
             for pair in record.items():
                 args.extend(pair)
-        await self.store.scripts.feed_batch(keys=job_keys, args=args)
+        if await self.store.scripts.feed_batch(keys=job_keys, args=args):
+            for queue, queued in messages.items():
+                await self.store.broker.push(queue, *queued)
         return ids
 
     async def wind_down(self, batch_id: str, record: dict[str, str]) -> None:

@@ -89,7 +89,10 @@ def cpu_seconds(pid: int) -> float:
 class BenchStack:
     """Redis + fake provider (+ API, + provider workers), stopped together by ``close()``."""
 
-    def __init__(self, *, fake_knobs: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None):
+    def __init__(self, *, fake_knobs: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None,
+                 state_redis: bool = False):
+        """With ``state_redis``, a second Redis (process ``state-redis``, ``state_url``) holds the
+        state store and the first one only Celery's broker."""
         self.fleet = Fleet()
         self.tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
         self.log_dir = self.tmp / "log"
@@ -99,7 +102,12 @@ class BenchStack:
         try:
             self.fake = start_fake_provider(log_file=self.log_dir / "fake.log", **(fake_knobs or {}))
             self.redis_url = start_redis(self.fleet, free_port(), self.tmp / "redis", self.log_dir)
+            self.state_url = self.redis_url
             env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFLEET_")}
+            if state_redis:
+                self.state_url = start_redis(self.fleet, free_port(), self.tmp / "state-redis", self.log_dir,
+                                             name="state-redis")
+                env["CHATFLEET_STATE_REDIS_URL"] = self.state_url
             env.update({
                 "CHATFLEET_REDIS_URL": self.redis_url,
                 "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
@@ -164,6 +172,7 @@ class BenchStack:
                 self.fake.stop()
                 self.fake = None
             shutil.rmtree(self.tmp / "redis", ignore_errors=True)
+            shutil.rmtree(self.tmp / "state-redis", ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

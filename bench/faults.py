@@ -1,6 +1,6 @@
 """The fault suite: the real stack, a fake upstream, and every fault a deployment meets, as figures.
 
-    .venv/bin/python -m bench.faults [--quick] [--kills 100] [--only kills,redis,upstream,batch,schema]
+    .venv/bin/python -m bench.faults [--quick] [--kills 100] [--only kills,redis,upstream,batch,schema] [--state-redis]
 
 On its own fleet (Redis with the shipped ``deploy/redis.conf``, the API, two provider workers, the
 fake provider), one scenario after the other:
@@ -21,7 +21,9 @@ stopped), streamed text duplicated or out of order (the events' ids and text aga
 deterministic answer), usage counted twice (the ledger's requests and tokens against the jobs'
 own). Each must be 0; a job may still end ``failed`` with a clear code (``redelivery_limit``
 after three lost workers, an upstream fault after four calls). Exits 1 on any loss; the last line
-is the figures. ``--quick`` runs it all in under five minutes.
+is the figures. ``--quick`` runs it all in under five minutes. ``--state-redis`` runs the fleet
+with its state store in a Redis of its own, the first one only Celery's broker; the redis
+scenario then kills and restarts both, together.
 """
 
 from __future__ import annotations
@@ -78,13 +80,16 @@ class Tally:
 # --- the stack ------------------------------------------------------------------------------------
 
 
+STATE_REDIS = False  # --state-redis
+
+
 def fleet(extra: dict[str, str] | None = None) -> BenchStack:
     env = {"CHATFLEET_LEASE_SECONDS": "3", "CHATFLEET_WORKER_HEARTBEAT_SECONDS": "1",
            "CHATFLEET_ADMIN_API_KEY": ADMIN, "CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT": "2",
            "CHATFLEET_PROVIDER_IDLE_TIMEOUT": "2", "CHATFLEET_SHUTDOWN_GRACE_SECONDS": "2",
            "CHATFLEET_WORKER_METRICS_PORT": "0", **(extra or {})}
     stack = BenchStack(fake_knobs={"ttft_ms": 20, "tokens_per_s": 20, "tokens": 10_000, "record_limit": 0},
-                       extra_env=env)
+                       extra_env=env, state_redis=STATE_REDIS)
     restart_redis_with_shipped_conf(stack)
     stack.start_api()
     for name in ("w1", "w2"):
@@ -95,20 +100,24 @@ def fleet(extra: dict[str, str] | None = None) -> BenchStack:
 
 
 def restart_redis_with_shipped_conf(stack: BenchStack, down: float = 0.0) -> None:
-    """Kill Redis (SIGKILL) and start it again from ``deploy/redis.conf`` on the same port and
-    data directory, after ``down`` seconds."""
-    port = stack.redis_url.rsplit(":", 1)[1].split("/")[0]
-    stack.fleet.kill("redis")
+    """Kill Redis (SIGKILL; with the state store apart, both) and start it again from
+    ``deploy/redis.conf`` on the same port and data directory, after ``down`` seconds."""
+    servers = [("redis", stack.redis_url)]
+    if stack.state_url != stack.redis_url:
+        servers.append(("state-redis", stack.state_url))
+    for name, _ in servers:
+        stack.fleet.kill(name)
     time.sleep(down)
     # The shipped file as it is, but for where it keeps its data and listens (its /data is a volume's).
     shipped = (ROOT / "deploy" / "redis.conf").read_text().splitlines()
-    conf = stack.tmp / "redis.conf"
-    conf.write_text("\n".join(line for line in shipped if not line.startswith(("dir ", "bind ", "protected-mode "))) +
-                    f"\ndir {stack.tmp / 'redis'}\nbind 127.0.0.1\nprotected-mode yes\nport {port}\n")
-    argv = [redis_server_binary(), str(conf)]
-    stack.fleet.spawn("redis", argv, dict(os.environ), stack.log_dir)
+    for name, url in servers:
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        conf = stack.tmp / f"{name}.conf"
+        conf.write_text("\n".join(line for line in shipped if not line.startswith(("dir ", "bind ", "protected-mode ")))
+                        + f"\ndir {stack.tmp / name}\nbind 127.0.0.1\nprotected-mode yes\nport {port}\n")
+        stack.fleet.spawn(name, [redis_server_binary(), str(conf)], dict(os.environ), stack.log_dir)
     deadline = time.monotonic() + 30
-    while not redis_answers(stack.redis_url):
+    while not all(redis_answers(url) for _, url in servers):
         if time.monotonic() > deadline:
             raise RuntimeError("Redis did not come back")
         time.sleep(0.05)
@@ -406,7 +415,11 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=None, help="SIGKILLs of workers (default 100; quick 15)")
     parser.add_argument("--kill-every", type=float, default=1.5, help="seconds between kills")
     parser.add_argument("--only", default="kills,redis,upstream,batch,schema")
+    parser.add_argument("--state-redis", action="store_true",
+                        help="the state store in a Redis of its own, the first one only the broker")
     args = parser.parse_args()
+    global STATE_REDIS
+    STATE_REDIS = args.state_redis
     quick = args.quick
     kill_count = args.kills or (15 if quick else 100)
     only = set(args.only.split(","))

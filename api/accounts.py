@@ -13,6 +13,7 @@ import time
 import orjson
 
 from shared import keys
+from shared.connections import multi
 from shared.schemas import iso
 
 KEY_PREFIX = "cf-"
@@ -28,7 +29,7 @@ def new_secret() -> str:
 
 async def ensure_account(redis, account_id: str, name: str | None = None) -> None:
     now = repr(time.time())
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
         pipe.hsetnx(keys.account(account_id), "id", account_id)
         pipe.hsetnx(keys.account(account_id), "name", name or account_id)
         pipe.hsetnx(keys.account(account_id), "created_at", now)
@@ -44,14 +45,15 @@ async def add_api_key(redis, account_id: str, secret: str | None = None) -> tupl
     if existing:
         return existing, secret
     key_id = f"key_{secrets.token_hex(8)}"
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
+        # Listed first, usable last: a key that works is always one its account lists.
+        pipe.hset(keys.account_api_keys(account_id), key_id, digest)
+        pipe.set(keys.api_key_id(key_id), digest)
         pipe.hset(keys.api_key(digest), mapping={
             "account_id": account_id, "key_id": key_id, "created_at": repr(time.time()),
             # Enough to tell keys apart in a listing, not enough to use one.
             "prefix": secret[:7],
         })
-        pipe.hset(keys.account_api_keys(account_id), key_id, digest)
-        pipe.set(keys.api_key_id(key_id), digest)
         await pipe.execute()
     return key_id, secret
 
@@ -91,7 +93,7 @@ async def create_account(redis, name: str, limits: dict | None = None, model_lim
         fields["model_limits"] = orjson.dumps(model_limits).decode()
     if fallback_models:
         fields["fallback_models"] = orjson.dumps(fallback_models).decode()
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
         pipe.hset(keys.account(account_id), mapping=fields)
         pipe.sadd(keys.ACCOUNTS, account_id)
         await pipe.execute()
@@ -135,7 +137,7 @@ async def update_account(redis, account_id: str, name: str | None = None, limits
         to_set["model_limits"] = orjson.dumps(model_limits).decode()
     if fallback_models is not None:
         to_set["fallback_models"] = orjson.dumps(fallback_models).decode()
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
         if to_set:
             pipe.hset(keys.account(account_id), mapping=to_set)
         if to_del:
@@ -162,8 +164,9 @@ async def revoke_api_key(redis, key_id: str) -> bool:
     if digest is None:
         return False
     record = await redis.hgetall(keys.api_key(digest))
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.api_key(digest), keys.api_key_id(key_id))
+    async with multi(redis) as pipe:
+        pipe.delete(keys.api_key(digest))  # unusable first, then unlisted (each key apart: slots)
+        pipe.delete(keys.api_key_id(key_id))
         if record.get("account_id"):
             pipe.hdel(keys.account_api_keys(record["account_id"]), key_id)
         await pipe.execute()

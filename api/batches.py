@@ -226,7 +226,7 @@ async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str
             "status": "in_progress", "in_progress_at": repr(started), "total": total,
             "expires_at": repr(now + window_seconds),
         })
-        await redis.zadd(keys.ACTIVE_BATCHES, {batch_id: now})
+        await redis.zadd(keys.active_batches(keys.shard_of(batch_id)), {batch_id: now})
     for key in (keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_results(batch_id),
                 keys.batch_errors(batch_id)):
         await redis.expire(key, retention)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any
 
 from shared import keys
+from shared.connections import multi
 from shared.settings import Settings
 
 CHUNK_BYTES = 256 * 1024
@@ -96,10 +97,10 @@ async def upload(redis, settings: Settings, account: str, filename: str, purpose
     retention = settings.file_retention_seconds
     record = {"id": file_id, "account_id": account, "filename": safe_filename(filename),
               "purpose": purpose, "bytes": size, "created_at": repr(now), "expires_at": repr(now + retention)}
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
+        pipe.expire(keys.file_content(file_id), retention)  # the content first: never kept past the file
         pipe.hset(keys.file(file_id), mapping=record)
         pipe.expire(keys.file(file_id), retention)
-        pipe.expire(keys.file_content(file_id), retention)
         pipe.zadd(keys.account_files(account), {file_id: now})
         await pipe.execute()
     return view({k: str(v) for k, v in record.items()})
@@ -153,7 +154,7 @@ async def register_output(redis, account: str, file_id: str, filename: str, batc
         record = {"id": file_id, "account_id": account, "filename": filename, "purpose": "batch_output",
                   "bytes": str(size), "created_at": repr(created), "expires_at": repr(expires),
                   "batch_id": batch_id, "kind": kind}
-        async with redis.pipeline(transaction=True) as pipe:
+        async with multi(redis) as pipe:
             pipe.hsetnx(keys.file(file_id), "id", file_id)
             pipe.hset(keys.file(file_id), mapping=record)
             pipe.expireat(keys.file(file_id), int(expires) + 1)
@@ -165,12 +166,13 @@ async def register_output(redis, account: str, file_id: str, filename: str, batc
 async def delete(redis, record: dict[str, str]) -> None:
     """Remove a file. An output file stays deleted (its batch still names it, as OpenAI's do)."""
     file_id = record["id"]
-    async with redis.pipeline(transaction=True) as pipe:
+    async with multi(redis) as pipe:
         pipe.zrem(keys.account_files(record["account_id"]), file_id)
         if record.get("batch_id"):
             pipe.hset(keys.file(file_id), mapping={"deleted": "1"})
         else:
-            pipe.delete(keys.file(file_id), keys.file_content(file_id))
+            pipe.delete(keys.file(file_id))  # gone first, then its content (each key apart: slots)
+            pipe.delete(keys.file_content(file_id))
         await pipe.execute()
 
 

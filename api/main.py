@@ -27,7 +27,7 @@ from api.openai import models as openai_models
 from api.routes import admin, batches, chat, health, jobs, models, usage
 from api.streams import PubSubHub
 from shared.catalog import get_catalog
-from shared.connections import async_redis
+from shared.connections import async_redis, is_cluster_url, node_url
 from shared.gcfreeze import freeze_startup_objects
 from shared.broker import broker_for
 from shared.jobs import JobStore
@@ -101,7 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         channel = ScriptChannel.for_url(settings.state_url)
         broker = broker_for(redis, channel, settings)
         app.state.store = JobStore(redis, settings, channel, broker)
-        app.state.hub = PubSubHub(redis)
+        # A cluster hands every PUBLISH to every node: the hub listens on one of them.
+        pubsub = async_redis(node_url(settings.state_url)) if is_cluster_url(settings.state_url) else redis
+        app.state.hub = PubSubHub(pubsub)
         await app.state.hub.start()
         _on_sigterm(app.state.hub.shutdown)
         if settings.bootstrap_dev_account:
@@ -113,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.hub.close()
             await broker.close()
+            if pubsub is not redis:
+                await pubsub.aclose()
             if channel is not None:
                 await channel.close()
             await app.state.raw_redis.aclose()

@@ -12,23 +12,31 @@ from shared.usage import COUNTERS, day_score
 
 
 async def read_usage(redis, account_id: str, start: date, end: date, model: str | None = None) -> list[dict]:
-    """Rows ``{account_id, day, model, counters...}`` for days in [start, end]."""
-    days = await redis.zrangebyscore(keys.usage_days(account_id), day_score(start.isoformat()),
-                                     day_score(end.isoformat()))
-    if not days:
+    """Rows ``{account_id, day, model, counters...}`` for days in [start, end], summed over the
+    ledger's shards (``shared/keys.py``)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in range(keys.SHARDS):
+            pipe.zrangebyscore(keys.usage_days(account_id, shard), day_score(start.isoformat()),
+                               day_score(end.isoformat()))
+        days_by_shard = await pipe.execute()
+    wanted = [(shard, day) for shard, days in enumerate(days_by_shard) for day in days]
+    if not wanted:
         return []
     async with redis.pipeline(transaction=False) as pipe:
-        for day in days:
-            pipe.hgetall(keys.usage_day(account_id, day))
+        for shard, day in wanted:
+            pipe.hgetall(keys.usage_day(account_id, day, shard))
         hashes = await pipe.execute()
-    rows = []
-    for day, fields in zip(days, hashes):
-        per_model: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
+    by_day: dict[str, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: dict.fromkeys(COUNTERS, 0)))
+    for (_, day), fields in zip(wanted, hashes):
+        per_model = by_day[day]
         for field, value in fields.items():
             m, _, counter = field.rpartition("|")
             if counter in COUNTERS:
-                per_model[m][counter] = int(value)
-        for m, counters in sorted(per_model.items()):
+                per_model[m][counter] += int(value)
+    rows = []
+    for day in sorted(by_day):
+        for m, counters in sorted(by_day[day].items()):
             if model is None or m == model:
                 rows.append({"account_id": account_id, "day": day, "model": m, **counters})
     return rows

@@ -8,7 +8,7 @@ in front of the fake provider at zero latency (gpt-4o-mini, 8 tokens), dev accou
 - bare: N ``chatfleet.ping`` tasks through the same Redis and worker processes (Celery's floor);
 - jobs: N ``POST /v4/jobs`` from 50 submitters spread evenly over the A APIs; jobs/s is
   N / (last ``finished_at`` - first ``created_at``), from the jobs' own timestamps. While they
-  run, the benchmark reads one usage counter (two HGETs every 50 ms), not the jobs, so that
+  run, the benchmark reads one usage counter (an HGET per ledger shard and day every 50 ms), not the jobs, so that
   Redis's CPU is the fleet's own;
 - latency: 300 synchronous ``POST /v4/chat-completions`` from one client, against the same
   call straight to the fake provider: the added p50.
@@ -51,7 +51,8 @@ def finished_count(redis, account_id: str) -> int:
     field = f"{MODEL}|requests"
     with redis.pipeline(transaction=False) as pipe:
         for day in {utc_day(now), utc_day(now - 86400)}:
-            pipe.hget(keys.usage_day(account_id, day), field)
+            for shard in range(keys.SHARDS):
+                pipe.hget(keys.usage_day(account_id, day, shard), field)
         return sum(int(v or 0) for v in pipe.execute())
 
 

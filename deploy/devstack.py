@@ -151,6 +151,54 @@ def start_redis(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = 
     return url
 
 
+def cluster_ports(n: int) -> list[int]:
+    """``n`` free ports a cluster node can use: at most 55535, its bus port (10,000 up) free too."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port <= 55535 and port not in ports and not port_in_use("127.0.0.1", port + 10000):
+            ports.append(port)
+    return ports
+
+
+def start_redis_cluster(fleet: Fleet, ports: list[int], data_dir: Path, log_dir: Path | None = None,
+                        name: str = "cluster") -> str:
+    """A Redis Cluster of ``len(ports)`` masters on loopback (processes ``{name}-0``, ...), the
+    16,384 slots split evenly among them; returns its ``redis+cluster://`` URL (the state
+    store's, ``CHATFLEET_STATE_REDIS_URL``)."""
+    for i, port in enumerate(ports):
+        node_dir = data_dir / f"{name}-{i}"
+        argv = redis_argv(port, node_dir) + ["--cluster-enabled", "yes", "--cluster-config-file",
+                                             str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000"]
+        fleet.spawn(f"{name}-{i}", argv, dict(os.environ), log_dir)
+    clients = []
+    deadline = time.monotonic() + 10
+    for i, port in enumerate(ports):
+        url = f"redis://127.0.0.1:{port}/0"
+        while not redis_answers(url):
+            if time.monotonic() > deadline or fleet.procs[f"{name}-{i}"].poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {port}:\n{fleet.tail(f'{name}-{i}')}")
+            time.sleep(0.05)
+        clients.append(sync_redis(url))
+    try:
+        for i, client in enumerate(clients):
+            low, high = i * 16384 // len(ports), (i + 1) * 16384 // len(ports) - 1
+            client.execute_command("CLUSTER", "ADDSLOTS", *range(low, high + 1))  # (no ADDSLOTSRANGE before 7.0)
+        for port in ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port)
+        deadline = time.monotonic() + 30
+        while not all(c.execute_command("CLUSTER", "INFO").startswith("cluster_state:ok") and
+                      len(str(c.execute_command("CLUSTER", "NODES")).strip().splitlines()) == len(ports)
+                      for c in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not form within 30 s")
+            time.sleep(0.1)
+    finally:
+        for client in clients:
+            client.close()
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
+
+
 # Keys of the fleet (and of Celery and kombu on its queues) in the Redis it uses.
 OWN_KEY_PREFIXES = (keys.PREFIX + ":", keys.PREFIX + ".", "_kombu.", "celery", keys.UNACKED)
 FOREIGN_SAMPLE = 1000
@@ -256,6 +304,18 @@ def main() -> int:
                 return 1
             start_redis(fleet, parsed.port or 6379, settings.data_path / "redis", log_dir)
             redis_note = f"{redis_url} ({bundled_note})"
+
+        if settings.state_redis_url:  # the state store apart: it must answer and keep its data
+            if not redis_answers(settings.state_redis_url):
+                print(f"the state store's Redis at {settings.state_redis_url} does not answer; start it or unset "
+                      "CHATFLEET_STATE_REDIS_URL", file=sys.stderr)
+                return 1
+            refusal = redis_refusal(settings.state_redis_url)
+            if refusal:
+                print(f"chatfleet will not start: {refusal.replace('CHATFLEET_REDIS_URL', 'CHATFLEET_STATE_REDIS_URL')}",
+                      file=sys.stderr)
+                return 1
+            redis_note += f"; state store {settings.state_redis_url}"
 
         for what, port in (("API", settings.api_port), ("Flower", settings.flower_port)):
             if port_in_use("127.0.0.1", port):

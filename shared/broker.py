@@ -5,10 +5,12 @@ store, ``CHATFLEET_STATE_REDIS_URL``) and Celery's queues (the broker, ``CHATFLE
 kombu's Redis transport, a list per queue and the unacknowledged-message hash and index). They
 may be one Redis (the default) or two, so that the state store can be scaled apart from the
 broker. No script touches both: every script that queues a job stages its message in the job's
-hash (``lua/_stage.lua``), and the caller pushes it here afterwards. A caller that dies in
-between leaves the job queued with its message nowhere, which the reaper finds and pushes
-(``worker/queue/recovery.py``): nothing is lost, and a message pushed twice runs once (each
-attempt must claim its job).
+hash (``lua/_stage.lua``), and the caller pushes it here afterwards (made again, as script calls
+are, when the connection is lost). A caller that dies in between, or whose push fails past its
+retries (the API then answers 503, yet the job it recorded runs), leaves the job queued with its
+message nowhere, which the reaper finds and pushes (``worker/queue/recovery.py``, within about
+2.4 lease periods): nothing is lost, and a message pushed twice runs once (each attempt must
+claim its job).
 """
 
 from __future__ import annotations
@@ -34,18 +36,22 @@ class Broker:
     async def push(self, queue: str, *messages: str | bytes) -> None:
         if not messages:
             return
+        # Made again when the connection is lost (on the channel as redis-py's client does): a
+        # message pushed twice runs once, a message not pushed waits for the reaper.
         if self.channel is not None:
-            await self.channel.call("LPUSH", queue, *messages)
+            await self.channel.command("LPUSH", queue, *messages)
         else:
             await self.redis.lpush(queue, *messages)
 
     async def held(self, queue: str, message: str) -> bool:
         """Whether ``message`` is on its queue or held, unacknowledged, by a worker."""
         tag = delivery_tag(message)
+        # The queue first: a message a worker takes meanwhile leaves the list before it is
+        # recorded unacknowledged, so that read in this order it is seen in one or the other.
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hexists(keys.UNACKED, tag or "")
             pipe.lpos(queue, message)
-            unacked, position = await pipe.execute()
+            pipe.hexists(keys.UNACKED, tag or "")
+            position, unacked = await pipe.execute()
         return bool(tag and unacked) or position is not None
 
     async def close(self) -> None:

@@ -1,22 +1,84 @@
-"""Redis clients: one async pool per process and per event loop, shared by everything in it."""
+"""Redis clients: one async pool per process and per event loop, shared by everything in it.
+
+A ``redis+cluster://host:port[,host:port...]`` URL (the state store's, ``CHATFLEET_STATE_REDIS_URL``)
+gives a Redis Cluster client, which finds the cluster's other nodes from those it is given; any
+other URL a client of one Redis. The fleet's keyspace (``shared/keys.py``) keeps every script's
+keys, and every transaction's (``multi``), in one hash slot.
+"""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import ClusterNode
+from redis.cluster import RedisCluster as SyncRedisCluster
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
-def async_redis(url: str, **kwargs) -> aioredis.Redis:
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``(host, port)`` nodes a ``redis+cluster://`` URL names."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    nodes = []
+    for part in netloc.split(","):
+        host, _, port = part.rpartition(":")
+        nodes.append((host.strip("[]") or "127.0.0.1", int(port or 6379)))
+    return nodes
+
+
+def _cluster_kwargs(url: str, kwargs: dict) -> dict:
+    parts = urlsplit(url)
+    if parts.username:
+        kwargs.setdefault("username", parts.username)
+    if parts.password:
+        kwargs.setdefault("password", parts.password)
+    if parts.scheme == "rediss+cluster":
+        kwargs.setdefault("ssl", True)
+    return kwargs
+
+
+def node_url(url: str) -> str:
+    """A plain URL of the first node a cluster URL names (its pub/sub: a cluster hands every
+    PUBLISH to every node, so one node's subscribers see them all)."""
+    parts = urlsplit(url)
+    host, port = cluster_nodes(url)[0]
+    auth = parts.netloc.rpartition("@")[0]
+    scheme = "rediss" if parts.scheme == "rediss+cluster" else "redis"
+    return f"{scheme}://{auth + '@' if auth else ''}{host}:{port}/0"
+
+
+def async_redis(url: str, **kwargs) -> aioredis.Redis | AsyncRedisCluster:
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 30)
     kwargs.setdefault("socket_keepalive", True)
     kwargs.setdefault("retry_on_timeout", True)
+    if is_cluster_url(url):
+        kwargs.pop("retry_on_timeout")
+        return AsyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+                                 **_cluster_kwargs(url, kwargs))
     return aioredis.Redis.from_url(url, **kwargs)
 
 
-def sync_redis(url: str, **kwargs) -> redis.Redis:
+def sync_redis(url: str, **kwargs) -> redis.Redis | SyncRedisCluster:
     kwargs.setdefault("decode_responses", True)
+    if is_cluster_url(url):
+        return SyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+                                **_cluster_kwargs(url, kwargs))
     return redis.Redis.from_url(url, **kwargs)
+
+
+def multi(client):
+    """A pipeline for writes that go together: a MULTI transaction on one Redis; on a cluster,
+    where a transaction must stay in one slot, the same writes in order (each caller orders
+    them so that a crash between two leaves nothing a reader trips on)."""
+    return client.pipeline(transaction=not isinstance(client, (AsyncRedisCluster, SyncRedisCluster)))
 
 
 def redis_answers(url: str, timeout: float = 0.5) -> bool:

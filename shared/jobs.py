@@ -11,6 +11,7 @@ them. A transition that queues the job stages its message, pushed to the broker 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -32,14 +33,31 @@ from shared.usage import UsageRecord, day_score, utc_day
 from shared.usage import record as usage_record
 
 
-def batch_keys(batch_id: str) -> list[str]:
-    """The batch keys a finishing job touches (when it is a batch line)."""
+def batch_keys(batch_id: str, job_id: str) -> list[str]:
+    """The batch keys a finishing job touches when it is a batch line (a batch's lines are jobs
+    of its shard); for any other job, names in the job's shard that the script leaves alone."""
+    shard = keys.shard_of(job_id)
+    if not batch_id:
+        unused = f"{keys.PREFIX}:{keys.shard_tag(shard)}:batch:-"
+        return [unused] * 3 + [keys.batch_in_flight(shard), keys.active_batches(shard)]
+    if keys.shard_of(batch_id) != shard:
+        raise ValueError(f"job {job_id} is not in the shard of its batch {batch_id}")
     return [keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_errors(batch_id),
-            keys.BATCH_IN_FLIGHT, keys.ACTIVE_BATCHES]
+            keys.batch_in_flight(shard), keys.active_batches(shard)]
 
 
-def new_job_id() -> str:
-    return f"job_{uuid.uuid4().hex}"
+def new_job_id(shard: int | None = None) -> str:
+    """A new job id; with ``shard``, one in that shard (a batch's line: the batch's shard)."""
+    hex_ = uuid.uuid4().hex
+    if shard is not None:
+        hex_ = hex_[:-2] + f"{shard:02x}"
+    return f"job_{hex_}"
+
+
+def usage_keys(account_id: str, day: str, job_id: str) -> list[str]:
+    """The ledger's keys an ending job writes, in its shard (``shared/keys.py``)."""
+    shard = keys.shard_of(job_id)
+    return [keys.usage_day(account_id, day, shard), keys.usage_days(account_id, shard), keys.usage_accounts(shard)]
 
 
 def new_record(job_id: str, account_id: str, model: str, queue: str, spec: Any, now: float,
@@ -71,7 +89,7 @@ class JobStore:
         self.redis = redis
         self.settings = settings
         self.channel = channel  # where the script calls go, if not through ``redis``
-        self.scripts = Scripts(redis, channel)
+        self.scripts = Scripts(redis, channel, check_slots=settings.check_slots)
         self.broker = broker or Broker(redis, channel)
 
     # --- API side -------------------------------------------------------------------------
@@ -84,7 +102,7 @@ class JobStore:
         now = time.time()
         record = new_record(job_id, account_id, model, queue, spec, now)
         message = await self.scripts.create_job(
-            keys=[keys.job(job_id), keys.QUEUED_JOBS, keys.account_jobs(account_id)],
+            keys=[keys.job(job_id), keys.queued_of(job_id), keys.account_jobs(account_id, keys.shard_of(job_id))],
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
                   *(item for pair in record.items() for item in pair)],
         )
@@ -110,16 +128,24 @@ class JobStore:
         result = await self.scripts.cancel_job(
             keys=[
                 keys.job(job_id), keys.job_cancel(job_id), keys.job_lease(job_id),
-                keys.RUNNING_JOBS, keys.job_events(job_id), keys.job_channel(job_id),
-                keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS,
-                keys.usage_day(account_id, day), keys.usage_days(account_id), keys.USAGE_ACCOUNTS,
-                *batch_keys(batch_id),
+                keys.running_of(job_id), keys.job_events(job_id), keys.job_channel(job_id),
+                *usage_keys(account_id, day, job_id), *batch_keys(batch_id, job_id),
             ],
             args=[repr(now), self.settings.job_retention_seconds, job_id,
-                  orjson.dumps({"status": "cancelled"}).decode(), account_id, int(now * 1000),
-                  model, day, day_score(day), self.settings.usage_retention_days * 86400],
+                  orjson.dumps({"status": "cancelled"}).decode(), account_id, model, day, day_score(day),
+                  self.settings.usage_retention_days * 86400],
         )
+        if result[0] == "cancelled":
+            # Out of the account's waiting line (its own slot), should it have been in it.
+            await self.line(account_id, job_id, "leave")
         return result[0], (result[1] if len(result) > 1 else "")
+
+    async def line(self, account_id: str, job_id: str, action: str, watchdog_ms: int = 0) -> int:
+        """The account's waiting line, in the account's slot (``lua/line.lua``)."""
+        return int(await self.scripts.line(
+            keys=[keys.account_waiting(account_id), keys.throttled_of(account_id)],
+            args=[job_id, account_id, action, int(time.time() * 1000), watchdog_ms],
+        ))
 
     # --- worker side ----------------------------------------------------------------------
 
@@ -127,8 +153,8 @@ class JobStore:
         """Claim the job for this attempt; a successful claim carries the job's record and the
         events already published, read in the same round trip."""
         result = await self.scripts.claim_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
-                  keys.QUEUED_JOBS],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.job_events(job_id),
+                  keys.queued_of(job_id)],
             args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()),
                   self.settings.max_deliveries, job_id],
         )
@@ -142,7 +168,7 @@ class JobStore:
 
     async def renew(self, job_id: str, token: str) -> tuple[bool, bool]:
         owned, cancel = await self.scripts.renew_lease(
-            keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
+            keys=[keys.job_lease(job_id), keys.running_of(job_id), keys.job_cancel(job_id)],
             args=[token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
         )
         return bool(owned), bool(cancel)
@@ -155,19 +181,30 @@ class JobStore:
         return outcome
 
     async def publish_many(self, batch: list[tuple[str, str, list[tuple[int, str, str]]]]) -> list[Any]:
-        """``publish`` for several jobs in one round trip. Per job: its outcome, or the
-        ``ResponseError`` of an event it could not append (raised by ``publish``)."""
-        job_keys: list[str] = []
-        args: list[Any] = [self.settings.stream_max_events, self.settings.job_retention_seconds]
-        for job_id, token, events in batch:
-            job_keys += [keys.job_events(job_id), keys.job_channel(job_id), keys.job_lease(job_id),
-                         keys.job_cancel(job_id)]
-            args += [token, len(events)]
-            for event in events:
-                args.extend(event)
-        outcomes = await self.scripts.publish_events(keys=job_keys, args=args)
-        return [ResponseError(f"could not append the events of job {job_id}: {outcome}")
-                if isinstance(outcome, str) else int(outcome) for (job_id, _, _), outcome in zip(batch, outcomes)]
+        """``publish`` for several jobs in one round trip: one script call per shard of theirs,
+        sent together. Per job: its outcome, or the ``ResponseError`` of an event it could not
+        append (raised by ``publish``)."""
+        by_shard: dict[int, list[int]] = {}
+        for i, (job_id, _, _) in enumerate(batch):
+            by_shard.setdefault(keys.shard_of(job_id), []).append(i)
+        calls = []
+        for members in by_shard.values():
+            job_keys: list[str] = []
+            args: list[Any] = [self.settings.stream_max_events, self.settings.job_retention_seconds]
+            for i in members:
+                job_id, token, events = batch[i]
+                job_keys += [keys.job_events(job_id), keys.job_channel(job_id), keys.job_lease(job_id),
+                             keys.job_cancel(job_id)]
+                args += [token, len(events)]
+                for event in events:
+                    args.extend(event)
+            calls.append(self.scripts.publish_events(keys=job_keys, args=args))
+        results: list[Any] = [None] * len(batch)
+        for members, outcomes in zip(by_shard.values(), await asyncio.gather(*calls)):
+            for i, outcome in zip(members, outcomes):
+                results[i] = (ResponseError(f"could not append the events of job {batch[i][0]}: {outcome}")
+                              if isinstance(outcome, str) else int(outcome))
+        return results
 
     async def finish(
         self, job_id: str, token: str, status: str, fields: dict[str, str],
@@ -187,9 +224,9 @@ class JobStore:
         for event in events:
             args.extend(event)
         return bool(await self.scripts.finish_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
-                  keys.job_channel(job_id), keys.usage_day(account_id, usage.day),
-                  keys.usage_days(account_id), keys.USAGE_ACCOUNTS, *batch_keys(batch_id)],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.job_events(job_id),
+                  keys.job_channel(job_id), *usage_keys(account_id, usage.day, job_id),
+                  *batch_keys(batch_id, job_id)],
             args=args,
         ))
 
@@ -222,7 +259,7 @@ class JobStore:
         data = orjson.dumps({"status": "throttled", "next_try_at": iso(next_try_at),
                              "next_try_epoch": round(next_try_at, 3), "reason": reason}).decode()
         outcome = await self.scripts.park_job(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_events(job_id),
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.job_events(job_id),
                   keys.job_channel(job_id), keys.job_cancel(job_id)],
             args=[token, repr(time.time()), repr(next_try_at), reason, seq, data,
                   self.settings.job_retention_seconds, job_id],
@@ -236,7 +273,7 @@ class JobStore:
             return False
         message = run_job_message(job_id, queue)
         if not await self.scripts.hand_back(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.QUEUED_JOBS],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.queued_of(job_id)],
             args=[token, repr(time.time()), job_id, message],
         ):
             return False
@@ -244,22 +281,24 @@ class JobStore:
         return True
 
     async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
-        """Queue an account's first waiting job for another admission attempt."""
+        """Queue an account's first waiting job for another admission attempt.
+
+        Three steps, in two slots: the account's line says whether the job is first in it; the
+        job, if still throttled, is queued again (``lua/requeue_waiting.lua``, its message
+        staged, then pushed); the line then gets its next wake-up (``lua/line.lua``). A job
+        that lost its first place in between is admitted or parked again in order, as any
+        other; the line is never left without a wake-up."""
+        if not await self.line(account_id, job_id, "turn"):
+            return False
         queue = await self.redis.hget(keys.job(job_id), "queue")
         if queue is None:  # expired: out of the line, and whoever is first now gets its turn
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(keys.account_waiting(account_id), job_id)
-                pipe.zcard(keys.account_waiting(account_id))
-                _, waiting = await pipe.execute()
-            if waiting:
-                await self.redis.zadd(keys.THROTTLED_ACCOUNTS, {account_id: int(time.time() * 1000)})
+            await self.line(account_id, job_id, "gone")
             return False
         message = run_job_message(job_id, queue)
-        if not await self.scripts.requeue_waiting(
-            keys=[keys.job(job_id), keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS, keys.QUEUED_JOBS],
-            args=[job_id, repr(time.time()), account_id, int((time.time() + watchdog_seconds) * 1000),
-                  message, int(time.time() * 1000)],
-        ):
-            return False
-        await self.broker.push(queue, message)
-        return True
+        outcome = await self.scripts.requeue_waiting(
+            keys=[keys.job(job_id), keys.queued_of(job_id)], args=[job_id, repr(time.time()), message])
+        watchdog = int((time.time() + watchdog_seconds) * 1000)
+        if outcome == "requeued":
+            await self.broker.push(queue, message)
+        await self.line(account_id, job_id, outcome, watchdog)
+        return outcome == "requeued"

@@ -4,19 +4,92 @@ The Celery broker's keys are kombu's Redis transport's: a list per queue (named 
 and the unacknowledged-message hash, index and mutex, whose names ``worker.celery_app`` passes
 to kombu from here, so that the reaper (``worker/queue/recovery.py``) reads the keys kombu
 writes.
+
+The state store's keys are laid out for Redis Cluster: every script's keys share one hash slot
+(the part of a key between its first ``{`` and ``}``, its hash tag, decides the slot).
+
+- A job's keys, and the fleet-wide indexes a job's scripts touch with them (running and queued
+  jobs, usage counters, a batch and its lines), carry the tag of the job's *shard*: one of
+  ``SHARDS``, from the job id. The indexes are one per shard; whoever reads them reads every
+  shard. A batch's lines are jobs of the batch's shard.
+- An account's limits, its waiting line and the index of throttled accounts carry the tag of the
+  account's shard (one of ``ACCOUNT_SHARDS``).
+- A provider deployment's limits and health carry a tag of their own.
+- Keys only ever used alone (API keys, files, workers, locks) carry none.
+
+The shards' tags are chosen so that their slots are spread evenly over the 16,384 (a cluster
+that splits the slots evenly gives each master its share of the shards).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
 PREFIX = "chatfleet"
+
+SHARDS = 16  # job shards
+ACCOUNT_SHARDS = 16
+
+
+def _spread_tags(prefix: str, n: int) -> tuple[str, ...]:
+    """``n`` hash tags, the i-th the first ``{prefix}{i}.{k}`` whose slot is in the i-th of ``n``
+    equal ranges of slots. Fixed forever: they are in the keys' names."""
+    tags = []
+    for i in range(n):
+        low, high = i * REDIS_CLUSTER_HASH_SLOTS // n, (i + 1) * REDIS_CLUSTER_HASH_SLOTS // n
+        k = 0
+        while not low <= key_slot(f"{prefix}{i}.{k}".encode()) < high:
+            k += 1
+        tags.append(f"{prefix}{i}.{k}")
+    return tuple(tags)
+
+
+SHARD_TAGS = _spread_tags("s", SHARDS)
+ACCOUNT_SHARD_TAGS = _spread_tags("a", ACCOUNT_SHARDS)
+
+
+def shard_of(id_: str) -> int:
+    """The shard of a job or batch id: its last two hex digits (ids end in random hex, and a
+    batch's lines are given its shard's), else a CRC of it."""
+    try:
+        return int(id_[-2:], 16) % SHARDS
+    except ValueError:
+        return zlib.crc32(id_.encode()) % SHARDS
+
+
+def account_shard(account_id: str) -> int:
+    return zlib.crc32(account_id.encode()) % ACCOUNT_SHARDS
+
+
+def shard_tag(shard: int) -> str:
+    return "{" + SHARD_TAGS[shard] + "}"
+
+
+def _account_tag(account_id: str) -> str:
+    return "{" + ACCOUNT_SHARD_TAGS[account_shard(account_id)] + "}"
 
 
 def _family(template: str) -> Callable[[str], str]:
     """The keys of one family: ``template`` under the prefix, ``{}`` standing for the id."""
     def key(id_: str) -> str:
         return f"{PREFIX}:{template.format(id_)}"
+    return key
+
+
+def _sharded(template: str) -> Callable[[str], str]:
+    """A family of keys in the shard of their id (a job's, a batch's)."""
+    def key(id_: str) -> str:
+        return f"{PREFIX}:{shard_tag(shard_of(id_))}:{template.format(id_)}"
+    return key
+
+
+def _by_account(template: str) -> Callable[[str], str]:
+    """A family of keys in their account's shard."""
+    def key(account_id: str) -> str:
+        return f"{PREFIX}:{_account_tag(account_id)}:{template.format(account_id)}"
     return key
 
 # --- the queue: Celery's queues, its one task, and kombu's bookkeeping -------------------------
@@ -37,40 +110,55 @@ UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"
 UNACKED_MUTEX = "unacked_mutex"
 
-# Sorted set: jobs waiting in a queue (member job id, score when queued). Each such job's hash
-# keeps its queue message (field ``message``) until a worker claims it, so that the reaper can
-# tell a message still queued or held by a worker from one lost on its way (see requeue_lost).
-QUEUED_JOBS = f"{PREFIX}:jobs:queued"
+def queued_jobs(shard: int) -> str:
+    """Sorted set: the shard's jobs waiting in a queue (member job id, score when queued). Each
+    such job's hash keeps its queue message (field ``message``) until a worker claims it, so that
+    the reaper can tell a message still queued or held by a worker from one lost on its way (see
+    requeue_lost)."""
+    return f"{PREFIX}:{shard_tag(shard)}:jobs:queued"
+
+
+def queued_of(job_id: str) -> str:
+    return queued_jobs(shard_of(job_id))
 
 # --- jobs ----------------------------------------------------------------------------------------
 
 # Hash: the job record (status, request, result, timestamps, attempts).
-job = _family("job:{}")
+job = _sharded("job:{}")
 
 # Stream: every event of the job, ids ``0-1``, ``0-2``, ... (backs replay and resume).
-job_events = _family("job:{}:events")
+job_events = _sharded("job:{}:events")
 
 # Pub/sub channel: the same events, live, for subscribers that are already listening.
-job_channel = _family("job:{}:live")
+job_channel = _sharded("job:{}:live")
 
 # String: present once cancellation of the job was requested.
-job_cancel = _family("job:{}:cancel")
+job_cancel = _sharded("job:{}:cancel")
 
 # String with a TTL: the token of the worker attempt that currently runs the job.
-job_lease = _family("job:{}:lease")
+job_lease = _sharded("job:{}:lease")
 
-# Sorted set: running job ids scored by the time their lease lapses (for the lease reaper).
-RUNNING_JOBS = f"{PREFIX}:jobs:running"
+
+def running_jobs(shard: int) -> str:
+    """Sorted set: the shard's running job ids scored by the time their lease lapses (for the
+    lease reaper)."""
+    return f"{PREFIX}:{shard_tag(shard)}:jobs:running"
+
+
+def running_of(job_id: str) -> str:
+    return running_jobs(shard_of(job_id))
 
 # --- accounts and API keys -------------------------------------------------------------------------
 
 ACCOUNTS = f"{PREFIX}:accounts"  # set of account ids
 
 # Hash: the account (name, limits).
-account = _family("account:{}")
+account = _by_account("account:{}")
 
-# Sorted set: the account's job ids scored by creation time.
-account_jobs = _family("account:{}:jobs")
+def account_jobs(account_id: str, shard: int) -> str:
+    """Sorted set: the account's job ids in the shard, scored by creation time (the account's
+    jobs: every shard's)."""
+    return f"{PREFIX}:{shard_tag(shard)}:account:{account_id}:jobs"
 
 # Hash: the account's API keys, key id -> digest.
 account_api_keys = _family("account:{}:keys")
@@ -86,77 +174,113 @@ api_key_id = _family("apikey-id:{}")
 RATE_PARTS = ("req", "tok", "total", "conc")
 
 
-def rate(scope: str, part: str) -> str:
-    """Rate-limit state of a scope (``acct:{id}``, ``acct:{id}:model:{m}``, ``dep:{name}``):
-    ``req`` zset of admissions, ``tok`` hash of their tokens, ``total`` their sum, ``conc`` zset
-    of concurrency leases."""
-    return f"{PREFIX}:rl:{scope}:{part}"
+def _deployment_tag(deployment: str) -> str:
+    return "{d:" + deployment + "}"
+
+
+def rate(scope: str, part: str, tag: str) -> str:
+    """Rate-limit state of a scope (``acct:{id}``, ``acct:{id}:model:{m}``, ``dep:{name}``) in
+    the slot of ``tag``: ``req`` zset of admissions, ``tok`` hash of their tokens, ``total``
+    their sum, ``conc`` zset of concurrency leases."""
+    return f"{PREFIX}:{tag}:rl:{scope}:{part}"
 
 
 def account_rate(account_id: str) -> list[str]:
     """The account scope's keys, in ``RATE_PARTS`` order."""
-    return [rate(f"acct:{account_id}", part) for part in RATE_PARTS]
+    return [rate(f"acct:{account_id}", part, _account_tag(account_id)) for part in RATE_PARTS]
+
+
+def account_model_rate(account_id: str, model: str) -> list[str]:
+    """The account x model scope's keys, in ``RATE_PARTS`` order (the account's slot)."""
+    return [rate(f"acct:{account_id}:model:{model}", part, _account_tag(account_id)) for part in RATE_PARTS]
+
+
+def deployment_rate(deployment: str) -> list[str]:
+    """The deployment scope's keys, in ``RATE_PARTS`` order (the deployment's own slot)."""
+    return [rate(f"dep:{deployment}", part, _deployment_tag(deployment)) for part in RATE_PARTS]
 
 
 def rate_scopes(account_id: str, model: str, deployment: str) -> list[str]:
     """The 12 keys of the three scopes a job is admitted in (account, account x model,
-    deployment), each in ``RATE_PARTS`` order."""
-    return [rate(scope, part)
-            for scope in (f"acct:{account_id}", f"acct:{account_id}:model:{model}", f"dep:{deployment}")
-            for part in RATE_PARTS]
+    deployment), each in ``RATE_PARTS`` order. The first 8 share the account's slot; the
+    deployment's 4 are in a slot of their own."""
+    return [*account_rate(account_id), *account_model_rate(account_id, model), *deployment_rate(deployment)]
 
 
 # Sorted set: the account's throttled jobs, scored by submission time (admission order).
-account_waiting = _family("account:{}:waiting")
+account_waiting = _by_account("account:{}:waiting")
 
-# Sorted set: accounts with waiting jobs, scored by when (unix ms) to try the first one again.
-THROTTLED_ACCOUNTS = f"{PREFIX}:throttled"
+
+def throttled_accounts(shard: int) -> str:
+    """Sorted set: the shard's accounts with waiting jobs, scored by when (unix ms) to try the
+    first one again."""
+    return f"{PREFIX}:{{{ACCOUNT_SHARD_TAGS[shard]}}}:throttled"
+
+
+def throttled_of(account_id: str) -> str:
+    return throttled_accounts(account_shard(account_id))
+
 
 def deployment_health(deployment: str, bucket: str) -> str:
     """Hash: a deployment's calls and failures in one window (``bucket``: its start / window)."""
-    return f"{PREFIX}:dep:{deployment}:health:{bucket}"
+    return f"{PREFIX}:{_deployment_tag(deployment)}:dep:health:{bucket}"
 
 
-# String with a TTL: the deployment is cooling down (calls go to the model's others first).
-deployment_cooldown = _family("dep:{}:cooldown")
+def deployment_cooldown(deployment: str) -> str:
+    """String with a TTL: the deployment is cooling down (calls go to the model's others first)."""
+    return f"{PREFIX}:{_deployment_tag(deployment)}:dep:cooldown"
 
 # --- usage -----------------------------------------------------------------------------------------
 
-USAGE_ACCOUNTS = f"{PREFIX}:usage:accounts"  # set: accounts that have usage
+# The ledger is kept per job shard, written by the script that ends a job with the job's other
+# keys (exactly once, atomically); an account's usage is the sum over the shards.
 
 
-def usage_day(account_id: str, day: str) -> str:
-    """Hash: the account's usage on ``day`` (YYYY-MM-DD, UTC), fields ``{model}|{counter}``."""
-    return f"{PREFIX}:usage:{account_id}:{day}"
+def usage_accounts(shard: int) -> str:
+    """Set: accounts that have usage in the shard."""
+    return f"{PREFIX}:{shard_tag(shard)}:usage:accounts"
 
 
-# Sorted set: the days the account has usage for (member YYYY-MM-DD, score YYYYMMDD).
-usage_days = _family("usage:{}:days")
+def usage_day(account_id: str, day: str, shard: int) -> str:
+    """Hash: the account's usage on ``day`` (YYYY-MM-DD, UTC) in the shard, fields
+    ``{model}|{counter}``."""
+    return f"{PREFIX}:{shard_tag(shard)}:usage:{account_id}:{day}"
+
+
+def usage_days(account_id: str, shard: int) -> str:
+    """Sorted set: the days the account has usage for in the shard (member YYYY-MM-DD, score
+    YYYYMMDD)."""
+    return f"{PREFIX}:{shard_tag(shard)}:usage:{account_id}:days"
 
 # --- batches ---------------------------------------------------------------------------------------
 
 # Hash: the batch (status, timestamps, counters total/completed/failed, metadata, errors).
-batch = _family("batch:{}")
+batch = _sharded("batch:{}")
 
 # List: lines not yet handed to the queue, as prepared job specs (JSON).
-batch_pending = _family("batch:{}:pending")
+batch_pending = _sharded("batch:{}:pending")
 
 # Set: job ids of the lines already handed to the queue.
-batch_jobs = _family("batch:{}:jobs")
+batch_jobs = _sharded("batch:{}:jobs")
 
 # List: one JSONL line per succeeded request.
-batch_results = _family("batch:{}:results")
+batch_results = _sharded("batch:{}:results")
 
 # List: one JSONL line per failed, cancelled or expired request.
-batch_errors = _family("batch:{}:errors")
+batch_errors = _sharded("batch:{}:errors")
 
 # Sorted set: the account's batch ids by creation time.
 account_batches = _family("account:{}:batches")
 
-# Sorted set: batches with lines still to feed or to finish, by creation time.
-ACTIVE_BATCHES = f"{PREFIX}:batches:active"
-# Counter: batch jobs handed to the queue and not finished yet, fleet-wide.
-BATCH_IN_FLIGHT = f"{PREFIX}:batches:in-flight"
+def active_batches(shard: int) -> str:
+    """Sorted set: the shard's batches with lines still to feed or to finish, by creation time."""
+    return f"{PREFIX}:{shard_tag(shard)}:batches:active"
+
+
+def batch_in_flight(shard: int) -> str:
+    """Counter: the shard's batch jobs handed to the queue and not finished yet (fleet-wide: the
+    sum over the shards)."""
+    return f"{PREFIX}:{shard_tag(shard)}:batches:in-flight"
 
 # --- files (the OpenAI front door's uploads, and its batches' output files) ----------------------------
 

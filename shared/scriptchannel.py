@@ -209,6 +209,14 @@ class ScriptChannel:
         self._protocol = protocol
         return protocol
 
+    async def command(self, *args: Any, at_once: bool = False) -> Any:
+        """A command (not a script) on the channel, made again on a new connection when the
+        connection is lost, as script calls are (the caller makes sure that is harmless)."""
+        try:
+            return await self.call(*args, at_once=at_once)
+        except RedisConnectionError:
+            return await _with_retries(lambda: self.call(*args, at_once=at_once))
+
     async def call(self, *args: Any, at_once: bool = False) -> Any:
         try:
             packed = hiredis.pack_command(args)
@@ -243,12 +251,7 @@ class ChannelScript:
         except RedisConnectionError:
             # Again on a new connection, as redis-py's client retries (the scripts are written
             # for it: a call that ran before its reply was lost, made again, changes nothing).
-            # Bounded in all: each try may wait for a connect that never answers.
-            try:
-                async with asyncio.timeout(RETRY_SECONDS):
-                    return await _retry().call_with_retry(lambda: self._run(keys, args), _retrying)
-            except TimeoutError:
-                raise RedisConnectionError(f"no answer from Redis within {RETRY_SECONDS:g} s") from None
+            return await _with_retries(lambda: self._run(keys, args))
 
     async def _run(self, keys: list, args: list):
         try:
@@ -261,6 +264,16 @@ class ChannelScript:
 
 
 RETRY_SECONDS = 10.0  # the retries' time in all (the waits between them add up to 2.1-4.3 s)
+
+
+async def _with_retries(attempt):
+    """``attempt()`` made again after a lost connection, as redis-py's clients retry; bounded in
+    all: each try may wait for a connect that never answers."""
+    try:
+        async with asyncio.timeout(RETRY_SECONDS):
+            return await _retry().call_with_retry(attempt, _retrying)
+    except TimeoutError:
+        raise RedisConnectionError(f"no answer from Redis within {RETRY_SECONDS:g} s") from None
 
 
 def _retry() -> Retry:

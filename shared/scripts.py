@@ -5,6 +5,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from redis.crc import key_slot
+from redis.exceptions import ClusterCrossSlotError
+
 from shared.scriptchannel import ChannelScript, ScriptChannel
 
 LUA_DIR = Path(__file__).with_name("lua")
@@ -25,13 +28,31 @@ def source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class SlotChecked:
+    """A script that refuses, as Redis Cluster does, a call whose keys are in more than one hash
+    slot, on any Redis (``CHATFLEET_CHECK_SLOTS``: the tests run the fleet so)."""
+
+    def __init__(self, name: str, script):
+        self.name = name
+        self.script = script
+
+    def __call__(self, keys=(), args=(), client=None):
+        slots = {key_slot(key.encode() if isinstance(key, str) else key) for key in keys}
+        if len(slots) > 1:
+            raise ClusterCrossSlotError(f"CROSSSLOT script {self.name}: its keys are in {len(slots)} hash slots: "
+                                        f"{list(keys)}")
+        return self.script(keys=keys, args=args) if client is None else self.script(keys=keys, args=args, client=client)
+
+
 class Scripts:
     """``Scripts(redis).claim_job(keys=[...], args=[...])``: EVALSHA, loading on first use;
-    through ``channel`` where one is given (``shared.scriptchannel``), else through ``redis``."""
+    through ``channel`` where one is given (``shared.scriptchannel``), else through ``redis``.
+    With ``check_slots``, a call whose keys span hash slots is refused (``SlotChecked``)."""
 
-    def __init__(self, redis, channel: ScriptChannel | None = None):
+    def __init__(self, redis, channel: ScriptChannel | None = None, check_slots: bool = False):
         self._redis = redis
         self._channel = channel
+        self._check_slots = check_slots
         self._registered = {}
 
     def __getattr__(self, name: str):
@@ -42,5 +63,7 @@ class Scripts:
             script = self._redis.register_script(source(name))
             if self._channel is not None:
                 script = ChannelScript(self._channel, script, at_once=name in SENT_AT_ONCE)
+            if self._check_slots:
+                script = SlotChecked(name, script)
             self._registered[name] = script
         return script

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # The state store (jobs, their events and streams, accounts, limits, usage, batches, files),
     # when it is not the broker's Redis (``shared/broker.py``).
     state_redis_url: str | None = None
+    # Refuse any script call whose keys span Redis Cluster hash slots, on any Redis (as a
+    # cluster would): how the tests prove the keyspace cluster-ready.
+    check_slots: bool = False
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

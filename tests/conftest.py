@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.devstack import Fleet, api_argv, free_port, start_redis, wait_ready, worker_argv
+from deploy.devstack import Fleet, api_argv, free_port, cluster_ports, start_redis, start_redis_cluster, wait_ready, worker_argv
 from shared import keys
 from shared.provider_config import ProviderSettings
 from tests.fakeprovider import FakeProvider, start_fake_provider
@@ -63,6 +63,8 @@ def stack_env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
         "CHATFLEET_WORKER_HEARTBEAT_SECONDS": "1",
         "CHATFLEET_LOCAL_MODEL_CONTEXT": "4096",
         "CHATFLEET_FILE_MAX_BYTES": "2000000",
+        # Every script call refused if its keys span hash slots, as on Redis Cluster.
+        "CHATFLEET_CHECK_SLOTS": "true",
         "PYTHONUNBUFFERED": "1",
     })
     env.update(extra)
@@ -89,14 +91,18 @@ def fake_provider_settings(fake: FakeProvider, **overrides) -> ProviderSettings:
 
 
 def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fake_url: str | None = None,
-                state_redis: bool = False, **extra: str) -> Stack:
+                state_redis: bool = False, state_cluster: bool = False, **extra: str) -> Stack:
     """A fleet on a Redis of its own; with ``state_redis``, a second Redis for the state store
-    (the first one is then only the Celery broker)."""
+    (the first one is then only the Celery broker); with ``state_cluster``, a Redis Cluster of
+    three masters for it."""
     fleet = Fleet()
     log_dir = tmp / "log"
     redis_url = start_redis(fleet, free_port(), tmp / "redis", log_dir)
     state_url = ""
-    if state_redis:
+    if state_cluster:
+        state_url = start_redis_cluster(fleet, cluster_ports(3), tmp / "cluster", log_dir)
+        extra = {"CHATFLEET_STATE_REDIS_URL": state_url, **extra}
+    elif state_redis:
         state_url = start_redis(fleet, free_port(), tmp / "state-redis", log_dir, name="state-redis")
         extra = {"CHATFLEET_STATE_REDIS_URL": state_url, **extra}
     if fake_url:

@@ -67,7 +67,10 @@ class Failover:
         routes = self._routes_of(spec)
         if len(routes) == 1:
             return routes
-        cooling = await self.redis.mget([keys.deployment_cooldown(r.deployment) for r in routes])
+        async with self.redis.pipeline(transaction=False) as pipe:  # each in its deployment's slot
+            for r in routes:
+                pipe.get(keys.deployment_cooldown(r.deployment))
+            cooling = await pipe.execute()
         healthy = [r for r, c in zip(routes, cooling) if not c and r.provider is not None]
         rest = [r for r, c in zip(routes, cooling) if c or r.provider is None]
         ordered = []

@@ -114,10 +114,10 @@ class RedisGauges(Collector):
     MIN_INTERVAL = 1.0  # seconds: scrapes closer together reuse the last reading
 
     def __init__(self, broker_url: str, state_url: str | None = None):
-        import redis
+        from shared.connections import sync_redis
 
         def client(url: str):
-            return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+            return sync_redis(url, socket_timeout=2, socket_connect_timeout=2)
 
         self._broker = client(broker_url)  # the queues
         self._redis = client(state_url) if state_url and state_url != broker_url else self._broker
@@ -138,7 +138,10 @@ class RedisGauges(Collector):
                 for queue in self.QUEUES:
                     pipe.llen(queue)
                 lengths = pipe.execute()
-                accounts = self._redis.zrange(keys.THROTTLED_ACCOUNTS, 0, self.MAX_ACCOUNTS - 1)
+                pipe = self._redis.pipeline(transaction=False)
+                for shard in range(keys.ACCOUNT_SHARDS):
+                    pipe.zrange(keys.throttled_accounts(shard), 0, self.MAX_ACCOUNTS // keys.ACCOUNT_SHARDS - 1)
+                accounts = [a for found in pipe.execute() for a in found]
                 waiting = 0
                 if accounts:
                     pipe = self._redis.pipeline(transaction=False)

@@ -142,6 +142,7 @@ class JobRunner:
             next_job = await self.limiter.settle(
                 job_id=job_id, account_id=account_id, model=model.id, deployment=deployment,
                 tokens=attempt.usage.prompt_tokens + attempt.usage.completion_tokens if attempt.usage else 0,
+                deployment_holds=admission.deployment_holds,
             )
             if next_job:
                 await self.store.requeue_waiting(next_job, account_id)

@@ -1,9 +1,10 @@
--- Admit a job under every limit that applies to it, atomically, in one round trip.
+-- Admit a job under its account's limits, atomically, in one round trip (the account's slot;
+-- the provider deployment's limits are admitted after it, in theirs: admit_deployment.lua, and
+-- a refusal there gives this admission back: unadmit.lua).
 --
--- Three scopes, each a sliding window of the last ARGV[2] ms plus concurrency leases:
+-- Two scopes, each a sliding window of the last ARGV[2] ms plus concurrency leases:
 --   1. the account (limits from its hash: rpm, tpm, max_concurrency),
---   2. the account for this model (model_limits JSON in the account hash, by model id),
---   3. the provider deployment (rpm, tpm from ARGV: what the upstream key allows).
+--   2. the account for this model (model_limits JSON in the account hash, by model id).
 -- Per scope: req (zset job -> admit ms), tok (hash job -> tokens), total (string: sum of tok),
 -- conc (zset job -> lease expiry ms).
 --
@@ -11,12 +12,12 @@
 -- job that is not the first of them waits behind it.
 --
 -- KEYS: 1 account hash, 2 account waiting zset, 3 throttled accounts zset,
---       4..7 account scope (req, tok, total, conc), 8..11 model scope, 12..15 deployment scope,
---       16 job hash (its started_at is the time of its first admission)
+--       4..7 account scope (req, tok, total, conc), 8..11 model scope
 -- ARGV: 1 now ms, 2 window ms, 3 job id, 4 estimated tokens, 5 lease ms, 6 account id,
---       7 job submission score, 8 model id, 9 deployment rpm (-1: none), 10 deployment tpm
+--       7 job submission score, 8 model id
 -- A scope without any limit is skipped (no commands). Returns
--- {"admitted", next waiting job or "", "1" if the job holds anything to settle else "0"}
+-- {"admitted", next waiting job or "", "1" if the job holds anything to settle else "0",
+--  "1" if admitted now, "0" if this was an admission made again}
 --       | {"waiting", retry at ms, reason} | {"too_large", reason}
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -42,7 +43,6 @@ end
 local scopes = {
   {k = 4, rpm = limit(acct[1]), tpm = limit(acct[2]), conc = limit(acct[3]), name = "account"},
   {k = 8, rpm = model_rpm, tpm = model_tpm, conc = model_conc, name = "account model"},
-  {k = 12, rpm = limit(ARGV[9]), tpm = limit(ARGV[10]), conc = nil, name = "provider deployment"},
 }
 
 local active = {}
@@ -72,7 +72,7 @@ if #scopes > 0 then
     if s.conc and (not until_ms or tonumber(until_ms) <= now) then held = false; break end
   end
   if held then
-    return {"admitted", redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1"}
+    return {"admitted", redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1", "0"}
   end
 end
 
@@ -161,10 +161,6 @@ for _, s in ipairs(scopes) do
 end
 
 redis.call("ZREM", KEYS[2], job)
-redis.call("HSETNX", KEYS[16], "started_at", string.format("%.3f", now / 1000))
--- Each admission is a provider call about to be made (a made-again one returned above): the
--- job's bill, should its workers all be lost, counts the prompts sent (shared/jobs.py).
-redis.call("HINCRBY", KEYS[16], "admitted", 1)
 local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
-return {"admitted", next_job or "", #scopes > 0 and "1" or "0"}
+return {"admitted", next_job or "", #scopes > 0 and "1" or "0", "1"}

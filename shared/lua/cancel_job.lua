@@ -1,11 +1,12 @@
 -- Request cancellation. A job nobody runs (queued or throttled) is cancelled here and now,
--- with its usage record (no tokens); a running one is flagged and its worker stops it.
+-- with its usage record (no tokens); a running one is flagged and its worker stops it. (The
+-- caller then takes a cancelled job out of its account's waiting line: line.lua.)
 -- KEYS: 1 job hash, 2 cancel flag, 3 lease, 4 running zset, 5 events stream, 6 live channel,
---       7 account waiting zset, 8 throttled accounts zset, 9 account usage hash of the day,
---       10 account usage days zset, 11 accounts with usage set, 12 batch hash, 13 batch results,
---       14 batch errors, 15 batch in-flight counter, 16 active batches
--- ARGV: 1 now, 2 retention s, 3 job id, 4 end event data, 5 account id, 6 now ms, 7 model,
---       8 day, 9 day score, 10 usage retention s
+--       7 account usage hash of the day, 8 account usage days zset, 9 accounts with usage set,
+--       10 batch hash, 11 batch results, 12 batch errors, 13 batch in-flight counter,
+--       14 active batches (the job's shard's)
+-- ARGV: 1 now, 2 retention s, 3 job id, 4 end event data, 5 account id, 6 model, 7 day,
+--       8 day score, 9 usage retention s
 -- Returns {"terminal", status} | {"cancelled"} | {"requested"} | {"missing"}
 --#include _batch_line
 local status = redis.call("HGET", KEYS[1], "status")
@@ -23,18 +24,14 @@ redis.call("HDEL", KEYS[1], "next_try_at")
 redis.call("XADD", KEYS[5], "0-" .. seq, "t", "end", "d", ARGV[4])
 redis.call("PUBLISH", KEYS[6], seq .. "\nend\n" .. ARGV[4])
 redis.call("ZREM", KEYS[4], ARGV[3])
--- Out of the account's waiting line; whoever is first now gets its turn at once.
-if redis.call("ZREM", KEYS[7], ARGV[3]) == 1 and redis.call("ZCARD", KEYS[7]) > 0 then
-  redis.call("ZADD", KEYS[8], ARGV[6], ARGV[5])
-end
-local m = ARGV[7] .. "|"
-redis.call("HINCRBY", KEYS[9], m .. "requests", 1)
-redis.call("HINCRBY", KEYS[9], m .. "cancelled", 1)
-redis.call("EXPIRE", KEYS[9], ARGV[10])
-redis.call("ZADD", KEYS[10], ARGV[9], ARGV[8])
-redis.call("EXPIRE", KEYS[10], ARGV[10])
-redis.call("SADD", KEYS[11], ARGV[5])
-batch_line_done(KEYS[1], KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16], "cancelled", ARGV[1], ARGV[3])
+local m = ARGV[6] .. "|"
+redis.call("HINCRBY", KEYS[7], m .. "requests", 1)
+redis.call("HINCRBY", KEYS[7], m .. "cancelled", 1)
+redis.call("EXPIRE", KEYS[7], ARGV[9])
+redis.call("ZADD", KEYS[8], ARGV[8], ARGV[7])
+redis.call("EXPIRE", KEYS[8], ARGV[9])
+redis.call("SADD", KEYS[9], ARGV[5])
+batch_line_done(KEYS[1], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], "cancelled", ARGV[1], ARGV[3])
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 redis.call("EXPIRE", KEYS[5], ARGV[2])
 return {"cancelled"}

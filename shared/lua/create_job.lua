@@ -1,6 +1,6 @@
 -- Record a new job with its queue message staged (the caller pushes it to the broker).
 -- A replay (the reply to a first run was lost, and the call made again) changes nothing.
--- KEYS: job hash, queued jobs zset, account's jobs zset
+-- KEYS: job hash, queued jobs zset, account's jobs zset (the job's shard's)
 -- ARGV: job id, now, retention seconds, Celery message, then the record's fields and values
 -- Returns the message to push: the new one, or on a replay the one still staged ("" if the
 -- job has moved on).

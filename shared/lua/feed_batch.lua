@@ -1,7 +1,7 @@
 -- Turn the first staged lines of a batch into queued jobs, in one step with their removal from the
 -- staging list: a line is never lost nor queued twice. This call made again after its reply was
--- lost finds its first job recorded and changes nothing (the reaper pushes the messages its
--- first run staged, should its caller not have).
+-- lost finds its first job recorded at this call's own time and changes nothing, answering as
+-- the first run did (its caller pushes the messages: twice at worst, and a job runs once).
 -- KEYS: 1 pending list, 2 batch jobs set, 3 batch in-flight counter, 4 queued jobs zset,
 --       then per job: its hash
 -- ARGV: 1 number of jobs n, 2 now, 3 retention s,
@@ -9,7 +9,10 @@
 -- Returns the number of jobs staged (the caller pushes their messages).
 --#include _stage
 local n = tonumber(ARGV[1])
-if n == 0 or redis.call("EXISTS", KEYS[5]) == 1 then return 0 end
+if n == 0 then return 0 end
+if redis.call("EXISTS", KEYS[5]) == 1 then
+  return redis.call("HGET", KEYS[5], "created_at") == ARGV[2] and n or 0
+end
 redis.call("LTRIM", KEYS[1], n, -1)
 local a = 4
 for i = 0, n - 1 do

@@ -16,6 +16,8 @@ if status ~= "queued" or not message then
   redis.call("ZREM", KEYS[2], ARGV[1])
   return "done"
 end
+-- This call made again after its reply was lost: the same answer.
+if message == ARGV[3] and redis.call("HGET", KEYS[1], "updated_at") == ARGV[2] then return "requeued" end
 local score = tonumber(redis.call("ZSCORE", KEYS[2], ARGV[1]) or "0")
 if score > tonumber(ARGV[4]) or message ~= ARGV[5] then return "waiting" end
 redis.call("HSET", KEYS[1], "updated_at", ARGV[2])

@@ -25,7 +25,7 @@ def submit(client, model: str, n: int = 1, max_tokens: int = 3, **extra) -> list
 def clear_health(stack, *deployments: str) -> None:
     redis = sync_redis(stack.redis_url)
     for name in deployments:
-        redis.delete(keys.deployment_cooldown(name), *redis.keys(f"{keys.PREFIX}:dep:{name}:health:*"))
+        redis.delete(keys.deployment_cooldown(name), *redis.keys(keys.deployment_health(name, "*")))
     redis.close()
 
 

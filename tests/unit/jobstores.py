@@ -11,7 +11,7 @@ from shared.settings import Settings
 
 def fake_store() -> JobStore:
     redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5))
+    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5, check_slots=True))
 
 
 def run(coro):

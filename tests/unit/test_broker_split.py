@@ -47,7 +47,7 @@ def test_a_replayed_create_returns_the_staged_message_while_the_job_is_queued():
         store, broker = split_store()
         job_id = await new_job(store)
         staged = (await store.get(job_id))["message"]
-        replay = dict(keys=[keys.job(job_id), keys.QUEUED_JOBS, keys.account_jobs("acct")],
+        replay = dict(keys=[keys.job(job_id), keys.queued_of(job_id), keys.account_jobs("acct", keys.shard_of(job_id))],
                       args=[job_id, "1", 60, "another message", "status", "queued"])
         assert await store.scripts.create_job(**replay) == staged
         assert (await store.get(job_id))["message"] == staged
@@ -92,4 +92,34 @@ def test_a_lapsed_job_goes_back_to_the_brokers_queue():
         assert await recovery.requeue_lapsed(job_id)
         assert queued_ids(await broker.lrange(keys.QUEUE_LOCAL, 0, -1)) == [job_id]
         assert (await store.get(job_id))["status"] == "queued"
+    run(go())
+
+
+def test_a_requeue_made_again_after_its_reply_was_lost_still_gets_its_message_pushed():
+    """The reaper's and the scheduler's requeues, made again with the same arguments (the first
+    run's reply lost): the same answer, so that their caller pushes the staged message rather
+    than leave the job waiting for the reaper's lost-message sweep."""
+    async def go():
+        store, broker = split_store()
+        job_id = await new_job(store)
+        await broker.delete(keys.QUEUE_LOCAL)
+        assert (await store.claim(job_id, "a")).outcome == "claimed"
+        await store.redis.delete(keys.job_lease(job_id))
+        lapsed = dict(keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.queued_of(job_id)],
+                      args=[job_id, "1000.5", "m1"])
+        assert await store.scripts.requeue_lapsed(**lapsed) == 1
+        assert await store.scripts.requeue_lapsed(**lapsed) == 1
+        assert await store.scripts.requeue_lapsed(**dict(lapsed, args=[job_id, "1001.5", "m2"])) == 0
+        assert (await store.get(job_id))["message"] == "m1"
+
+        await store.redis.hset(keys.job(job_id), mapping={"status": "throttled", "updated_at": "1"})
+        waiting = dict(keys=[keys.job(job_id), keys.queued_of(job_id)], args=[job_id, "1002.5", "m3"])
+        assert await store.scripts.requeue_waiting(**waiting) == "requeued"
+        assert await store.scripts.requeue_waiting(**waiting) == "requeued"
+        assert await store.scripts.requeue_waiting(**dict(waiting, args=[job_id, "1003.5", "m4"])) == "busy"
+
+        lost = dict(keys=[keys.job(job_id), keys.queued_of(job_id)], args=[job_id, "1004.5", "m5", "1e12", "m3"])
+        assert await store.scripts.requeue_lost(**lost) == "requeued"
+        assert await store.scripts.requeue_lost(**lost) == "requeued"
+        assert (await store.get(job_id))["message"] == "m5"
     run(go())

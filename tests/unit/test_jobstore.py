@@ -32,9 +32,9 @@ def test_create_records_and_queues_in_one_step(store):
         message = json.loads(raw)
         assert message["headers"]["id"] == job_id
         assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
-        assert await store.redis.zscore(keys.QUEUED_JOBS, job_id) == float(record["created_at"])
-        assert await store.redis.zscore(keys.account_jobs("acct"), job_id) == float(record["created_at"])
-        assert retention - 5 < await store.redis.ttl(keys.account_jobs("acct")) <= retention
+        assert await store.redis.zscore(keys.queued_of(job_id), job_id) == float(record["created_at"])
+        assert await store.redis.zscore(keys.account_jobs("acct", keys.shard_of(job_id)), job_id) == float(record["created_at"])
+        assert retention - 5 < await store.redis.ttl(keys.account_jobs("acct", keys.shard_of(job_id))) <= retention
         assert await store.get_for(job_id, "someone-else") is None
     run(go())
 
@@ -66,7 +66,7 @@ def test_a_job_is_owned_by_one_attempt_at_a_time(store):
         assert [e.seq for e in await read_events(store.redis, job_id)] == [1, 2]
         record = await store.get(job_id)
         assert record["status"] == "succeeded" and record["attempts"] == "1"
-        assert await store.redis.zscore(keys.RUNNING_JOBS, job_id) is None
+        assert await store.redis.zscore(keys.running_of(job_id), job_id) is None
         # One usage record, however many attempts tried to finish.
         from datetime import date
         (row,) = await read_usage(store.redis, "acct", date(2000, 1, 1), date(2100, 1, 1))
@@ -214,21 +214,21 @@ def test_only_the_first_in_line_is_requeued_and_a_line_keeps_its_wake_up(store):
             assert (await store.claim(job_id, f"t-{job_id}")).outcome == "claimed"
             assert await store.park(job_id, f"t-{job_id}", 1, 100.0, "requests-per-window limit") == "parked"
             await redis.zadd(line, {job_id: score})
-        await redis.zadd(keys.THROTTLED_ACCOUNTS, {"acct": 123_000})
+        await redis.zadd(keys.throttled_of("acct"), {"acct": 123_000})
         assert not await store.requeue_waiting(late, "acct")
         assert await redis.hget(keys.job(late), "status") == "throttled"
-        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") == 123_000
-        await redis.zrem(keys.THROTTLED_ACCOUNTS, "acct")  # lost: a stale requeue restores one
+        assert await redis.zscore(keys.throttled_of("acct"), "acct") == 123_000
+        await redis.zrem(keys.throttled_of("acct"), "acct")  # lost: a stale requeue restores one
         assert not await store.requeue_waiting(late, "acct")
-        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is not None
+        assert await redis.zscore(keys.throttled_of("acct"), "acct") is not None
 
         assert await store.requeue_waiting(early, "acct")
         assert await redis.hget(keys.job(early), "status") == "queued"
 
-        release = dict(keys=[line, keys.THROTTLED_ACCOUNTS], args=["acct"])
+        release = dict(keys=[line, keys.throttled_of("acct")], args=["acct"])
         assert await store.scripts.release_account(**release) == 0
-        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is not None
+        assert await redis.zscore(keys.throttled_of("acct"), "acct") is not None
         await redis.delete(line)
         assert await store.scripts.release_account(**release) == 1
-        assert await redis.zscore(keys.THROTTLED_ACCOUNTS, "acct") is None
+        assert await redis.zscore(keys.throttled_of("acct"), "acct") is None
     run(go())

@@ -56,7 +56,7 @@ def test_a_message_lost_between_the_queue_and_a_worker_is_replaced_once_sure(sto
         assert sorted(queue) == sorted([on_queue, lost])
         assert (await store.get(lost))["status"] == "queued"
         assert await recovery.requeue_lost(older_than=0) == []  # its new message is on the queue
-        assert await store.redis.zscore(keys.QUEUED_JOBS, claimed) is None
+        assert await store.redis.zscore(keys.queued_of(claimed), claimed) is None
     run(go())
 
 
@@ -96,9 +96,14 @@ def test_requeue_unclaimed_made_again_changes_nothing(store, recovery):
         tag = json.loads(raw)["properties"]["delivery_tag"]
         await store.redis.hset(keys.UNACKED, tag, json.dumps([json.loads(raw), "", keys.QUEUE_LOCAL]))
         await store.redis.hset(keys.job(job_id), "updated_at", repr(time.time() - 100))
-        call = dict(keys=[keys.job(job_id), keys.QUEUED_JOBS],
+        call = dict(keys=[keys.job(job_id), keys.queued_of(job_id)],
                     args=[job_id, repr(time.time()), raw, repr(time.time() - 10)])
         assert await store.scripts.requeue_unclaimed(**call) == 1
-        assert await store.scripts.requeue_unclaimed(**call) == 0  # its reply lost, made again
-        assert (await store.get(job_id))["message"] == raw  # staged once, for the caller to push
+        staged = await store.get(job_id)
+        # Its reply lost, made again: the same answer (for its caller to push), nothing changed.
+        assert await store.scripts.requeue_unclaimed(**call) == 1
+        assert await store.get(job_id) == staged and staged["message"] == raw
+        # Not a replay (another time): the job, requeued since the cutoff, is left alone.
+        later = dict(call, args=[job_id, repr(time.time() + 1), raw, repr(time.time() - 10)])
+        assert await store.scripts.requeue_unclaimed(**later) == 0
     run(go())

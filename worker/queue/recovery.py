@@ -33,17 +33,24 @@ class Recovery:
         self.scripts = scripts
         self.broker = broker or Broker(redis)
 
+    async def _oldest(self, index, before: float, num: int) -> list[str]:
+        """Members scored before ``before`` in every shard's ``index(shard)``, up to ``num`` each."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zrangebyscore(index(shard), "-inf", before, start=0, num=num)
+            return [member for found in await pipe.execute() for member in found]
+
     async def lapsed_jobs(self, now: float) -> list[str]:
-        return await self.redis.zrangebyscore(keys.RUNNING_JOBS, "-inf", now, start=0, num=500)
+        return await self._oldest(keys.running_jobs, now, 100)
 
     async def requeue_lapsed(self, job_id: str) -> bool:
         queue = await self.redis.hget(keys.job(job_id), "queue")
         if queue is None:
-            await self.redis.zrem(keys.RUNNING_JOBS, job_id)
+            await self.redis.zrem(keys.running_of(job_id), job_id)
             return False
         message = run_job_message(job_id, queue)
         if not await self.scripts.requeue_lapsed(
-            keys=[keys.job(job_id), keys.job_lease(job_id), keys.RUNNING_JOBS, keys.QUEUED_JOBS],
+            keys=[keys.job(job_id), keys.job_lease(job_id), keys.running_of(job_id), keys.queued_of(job_id)],
             args=[job_id, repr(time.time()), message],
         ):
             return False
@@ -80,7 +87,7 @@ class Recovery:
                 continue
             message = run_job_message(job_id, queue)
             if await self.scripts.requeue_unclaimed(
-                keys=[keys.job(job_id), keys.QUEUED_JOBS],
+                keys=[keys.job(job_id), keys.queued_of(job_id)],
                 args=[job_id, repr(time.time()), message, repr(cutoff)],
             ):
                 await self.broker.push(queue, message)
@@ -99,20 +106,20 @@ class Recovery:
         (``lua/requeue_lost.lua``)."""
         now = time.time()
         cutoff = now - older_than
-        candidates = await self.redis.zrangebyscore(keys.QUEUED_JOBS, "-inf", cutoff, start=0, num=200)
+        candidates = await self._oldest(keys.queued_jobs, cutoff, 50)
         requeued = []
         for job_id in candidates:
             queue, status, message = await self.redis.hmget(keys.job(job_id), "queue", "status", "message")
             if queue is None:  # expired
-                await self.redis.zrem(keys.QUEUED_JOBS, job_id)
+                await self.redis.zrem(keys.queued_of(job_id), job_id)
                 continue
             if status == "queued" and message is not None and await self.broker.held(queue, message):
-                await self.redis.zadd(keys.QUEUED_JOBS, {job_id: now}, xx=True)  # look again one cutoff later
+                await self.redis.zadd(keys.queued_of(job_id), {job_id: now}, xx=True)  # look again one cutoff later
                 continue
             # The script decides, atomically: a job that moved on meanwhile is left alone.
             new = run_job_message(job_id, queue)
             outcome = await self.scripts.requeue_lost(
-                keys=[keys.job(job_id), keys.QUEUED_JOBS],
+                keys=[keys.job(job_id), keys.queued_of(job_id)],
                 args=[job_id, repr(now), new, repr(cutoff), message or ""],
             )
             if outcome == "requeued":

@@ -39,20 +39,29 @@ class BatchFeeder(Service):
         return FEED_SECONDS
 
     async def due(self) -> bool:
-        return bool(await self.redis.exists(keys.ACTIVE_BATCHES))  # one round trip while idle
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip while idle
+            for shard in range(keys.SHARDS):
+                pipe.exists(keys.active_batches(shard))
+            return any(await pipe.execute())
 
     async def run_pass(self) -> None:
-        active = await self.redis.zrange(keys.ACTIVE_BATCHES, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.SHARDS):
+                pipe.zrange(keys.active_batches(shard), 0, -1, withscores=True)
+                pipe.get(keys.batch_in_flight(shard))
+            found = await pipe.execute()
+        # Oldest first across the shards, as one list would be.
+        active = [b for b, _ in sorted((pair for listed in found[::2] for pair in listed), key=lambda p: p[1])]
         if not active:
             return
-        in_flight = int(await self.redis.get(keys.BATCH_IN_FLIGHT) or 0)
+        in_flight = sum(int(n or 0) for n in found[1::2])
         budget = self.settings.batch_max_in_flight - in_flight
         share = max(budget // len(active), 1) if budget > 0 else 0
         now = time.time()
         for batch_id in active:
             record = await self.redis.hgetall(keys.batch(batch_id))
             if not record:
-                await self.redis.zrem(keys.ACTIVE_BATCHES, batch_id)
+                await self.redis.zrem(keys.active_batches(keys.shard_of(batch_id)), batch_id)
                 continue
             if not record.get("ending") and float(record.get("expires_at") or "inf") < now:
                 await self.redis.hset(keys.batch(batch_id), mapping={"ending": "expired"})
@@ -71,14 +80,15 @@ class BatchFeeder(Service):
         with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled),
         then push their messages."""
         now = time.time()
-        job_keys = [keys.batch_pending(batch_id), keys.batch_jobs(batch_id), keys.BATCH_IN_FLIGHT,
-                    keys.QUEUED_JOBS]
+        shard = keys.shard_of(batch_id)  # the batch's lines are jobs of its shard
+        job_keys = [keys.batch_pending(batch_id), keys.batch_jobs(batch_id), keys.batch_in_flight(shard),
+                    keys.queued_jobs(shard)]
         args: list = [len(entries), repr(now), self.settings.job_retention_seconds]
         ids = []
         messages: dict[str, list[bytes]] = {}
         for raw in entries:
             entry = orjson.loads(raw)
-            job_id = new_job_id()
+            job_id = new_job_id(shard)
             ids.append(job_id)
             record = new_record(job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
                                 batch_id=batch_id, custom_id=entry["custom_id"])
@@ -101,7 +111,7 @@ class BatchFeeder(Service):
                    else "the batch's completion window ended before this request ran")
         await self.store.scripts.drain_batch(
             keys=[keys.batch(batch_id), keys.batch_pending(batch_id), keys.batch_errors(batch_id),
-                  keys.ACTIVE_BATCHES],
+                  keys.active_batches(keys.shard_of(batch_id))],
             args=[CHUNK, f"batch_{ending}", message, repr(time.time()), batch_id],
         )
         if record.get("wound_down"):

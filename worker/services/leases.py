@@ -5,7 +5,10 @@ stopped (``RunningJob.stop``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+from redis.asyncio.cluster import RedisCluster
 
 from shared import keys
 from shared.jobs import JobStore
@@ -38,13 +41,18 @@ class LeaseKeeper(Service):
     async def run_pass(self) -> None:
         jobs = [(entry.job_id, entry) for entry in self.running.values() if entry.owned]
         renew = time.monotonic() - self.last_renew >= self.renew_every
+        if renew and isinstance(self.store.redis, RedisCluster):
+            results = await self._renew_on_cluster(jobs)
+            self.last_renew = time.monotonic()
+            self._act(jobs, results, range(len(jobs)), renew)
+            return
         replies: list[int] = []  # index, in the pipeline's results, of each job's answer
         async with self.store.redis.pipeline(transaction=False) as pipe:
             for job_id, entry in jobs:
                 replies.append(len(pipe))
                 if renew:
                     await self.store.scripts.renew_lease(
-                        keys=[keys.job_lease(job_id), keys.RUNNING_JOBS, keys.job_cancel(job_id)],
+                        keys=[keys.job_lease(job_id), keys.running_of(job_id), keys.job_cancel(job_id)],
                         args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
                         client=pipe,
                     )
@@ -57,6 +65,25 @@ class LeaseKeeper(Service):
             results = await pipe.execute()
         if renew:
             self.last_renew = time.monotonic()
+        self._act(jobs, results, replies, renew)
+
+    async def _renew_on_cluster(self, jobs) -> list:
+        """The renewals where a pipeline may not carry scripts (Redis Cluster): the scripts sent
+        together, each to its job's node, then the limits' leases in one pipeline."""
+        results = await asyncio.gather(*(self.store.scripts.renew_lease(
+            keys=[keys.job_lease(job_id), keys.running_of(job_id), keys.job_cancel(job_id)],
+            args=[entry.token, int(self.settings.lease_seconds * 1000), repr(time.time()), job_id],
+        ) for job_id, entry in jobs))
+        limited = [(job_id, entry.limits) for job_id, entry in jobs if entry.limits]
+        if limited:
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                for job_id, (account_id, model, deployment) in limited:
+                    self.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id, model=model,
+                                              deployment=deployment)
+                await pipe.execute()
+        return results
+
+    def _act(self, jobs, results, replies, renew: bool) -> None:
         for (_, entry), index in zip(jobs, replies):
             result = results[index]
             if renew:

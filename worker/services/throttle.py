@@ -26,19 +26,23 @@ class ThrottleScheduler(Service):
         return TICK_SECONDS
 
     async def _due_accounts(self, limit: int) -> list[str]:
-        return await self.redis.zrangebyscore(keys.THROTTLED_ACCOUNTS, "-inf", int(time.time() * 1000),
-                                              start=0, num=limit)
+        """Accounts whose wake-up time has come, from every account shard's index."""
+        now = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(keys.ACCOUNT_SHARDS):
+                pipe.zrangebyscore(keys.throttled_accounts(shard), "-inf", now, start=0, num=limit)
+            return [account for due in await pipe.execute() for account in due]
 
     async def due(self) -> bool:
-        # One round trip per tick while nothing is due (the usual case): every worker looks 40
-        # times a second.
+        # One round trip (a command per account shard) per tick while nothing is due (the usual
+        # case): every worker looks 40 times a second.
         return bool(await self._due_accounts(1))
 
     async def run_pass(self) -> None:
-        for account_id in await self._due_accounts(200):
+        for account_id in await self._due_accounts(50):
             head = await self.redis.zrange(keys.account_waiting(account_id), 0, 0)
             if not head:
                 await self.store.scripts.release_account(
-                    keys=[keys.account_waiting(account_id), keys.THROTTLED_ACCOUNTS], args=[account_id])
+                    keys=[keys.account_waiting(account_id), keys.throttled_of(account_id)], args=[account_id])
             else:
                 await self.store.requeue_waiting(head[0], account_id)

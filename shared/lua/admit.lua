@@ -19,6 +19,7 @@
 -- {"admitted", next waiting job or "", "1" if the job holds anything to settle else "0",
 --  "1" if admitted now, "0" if this was an admission made again}
 --       | {"waiting", retry at ms, reason} | {"too_large", reason}
+--#include _window
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local job = ARGV[3]
@@ -97,42 +98,11 @@ end
 
 for _, s in ipairs(scopes) do
   local req, tok, total, conc = KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], KEYS[s.k + 3]
-  -- Slide the window: forget admissions older than it, and their tokens.
-  local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)
-  if #old > 0 then
-    local gone = 0
-    for first = 1, #old, 1000 do  -- unpack() has a stack limit: in chunks
-      local chunk = {unpack(old, first, math.min(first + 999, #old))}
-      for _, a in ipairs(redis.call("HMGET", tok, unpack(chunk))) do gone = gone + (tonumber(a) or 0) end
-      redis.call("HDEL", tok, unpack(chunk))
-    end
-    redis.call("DECRBY", total, gone)
-    redis.call("ZREMRANGEBYSCORE", req, "-inf", now - window)
-  end
+  slide(req, tok, total, now, window)
   redis.call("ZREMRANGEBYSCORE", conc, "-inf", now)  -- leases of dead workers lapse
   s.known = redis.call("ZSCORE", req, job) ~= false
   if not s.known then
-    if s.rpm then
-      local count = redis.call("ZCARD", req)
-      if count >= s.rpm then
-        local nth = redis.call("ZRANGE", req, count - s.rpm, count - s.rpm, "WITHSCORES")
-        later(tonumber(nth[2]) + window + 1, s.name .. " requests-per-window limit (" .. s.rpm .. ")")
-      end
-    end
-    if s.tpm then
-      local used = tonumber(redis.call("GET", total) or "0")
-      if used + est > s.tpm then
-        -- When will enough of the window's tokens have slid out?
-        local entries = redis.call("ZRANGE", req, 0, -1, "WITHSCORES")
-        local freed = 0
-        local at = now + window
-        for i = 1, #entries, 2 do
-          freed = freed + (tonumber(redis.call("HGET", tok, entries[i])) or 0)
-          if used - freed + est <= s.tpm then at = tonumber(entries[i + 1]) + window + 1; break end
-        end
-        later(at, s.name .. " tokens-per-window limit (" .. s.tpm .. ")")
-      end
-    end
+    window_wait(req, tok, total, s.rpm, s.tpm, est, now, window, s.name, later)
   end
   if s.conc and redis.call("ZSCORE", conc, job) == false then
     if redis.call("ZCARD", conc) >= s.conc then

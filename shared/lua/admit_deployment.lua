@@ -6,6 +6,7 @@
 --       7 tpm (-1: none)
 -- Returns {"admitted", "1" if admitted now, "0" if this was an admission made again}
 --       | {"waiting", retry at ms, reason}
+--#include _window
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local job = ARGV[3]
@@ -17,44 +18,14 @@ local function limit(v)
 end
 local rpm, tpm = limit(ARGV[6]), limit(ARGV[7])
 local req, tok, total = KEYS[1], KEYS[2], KEYS[3]
-local name = "provider deployment"
 
-local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)
-if #old > 0 then
-  local gone = 0
-  for first = 1, #old, 1000 do  -- unpack() has a stack limit: in chunks
-    local chunk = {unpack(old, first, math.min(first + 999, #old))}
-    for _, a in ipairs(redis.call("HMGET", tok, unpack(chunk))) do gone = gone + (tonumber(a) or 0) end
-    redis.call("HDEL", tok, unpack(chunk))
-  end
-  redis.call("DECRBY", total, gone)
-  redis.call("ZREMRANGEBYSCORE", req, "-inf", now - window)
-end
+slide(req, tok, total, now, window)
 if redis.call("ZSCORE", req, job) ~= false then return {"admitted", "0"} end
 
 local retry_at, reason = nil, nil
-if rpm then
-  local count = redis.call("ZCARD", req)
-  if count >= rpm then
-    local nth = redis.call("ZRANGE", req, count - rpm, count - rpm, "WITHSCORES")
-    retry_at, reason = tonumber(nth[2]) + window + 1, name .. " requests-per-window limit (" .. rpm .. ")"
-  end
-end
-if tpm then
-  local used = tonumber(redis.call("GET", total) or "0")
-  if used + est > tpm then
-    local entries = redis.call("ZRANGE", req, 0, -1, "WITHSCORES")
-    local freed = 0
-    local at = now + window
-    for i = 1, #entries, 2 do
-      freed = freed + (tonumber(redis.call("HGET", tok, entries[i])) or 0)
-      if used - freed + est <= tpm then at = tonumber(entries[i + 1]) + window + 1; break end
-    end
-    if retry_at == nil or at > retry_at then
-      retry_at, reason = at, name .. " tokens-per-window limit (" .. tpm .. ")"
-    end
-  end
-end
+window_wait(req, tok, total, rpm, tpm, est, now, window, "provider deployment", function(t, why)
+  if retry_at == nil or t > retry_at then retry_at = t; reason = why end
+end)
 if retry_at then return {"waiting", tostring(retry_at), reason} end
 
 redis.call("ZADD", req, now, job)

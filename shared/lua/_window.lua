@@ -1,0 +1,43 @@
+-- Included by the admission scripts: one scope's sliding window of the last ``window`` ms
+-- (req: zset job -> admit ms, tok: hash job -> tokens, total: their sum).
+
+-- Forget admissions older than the window, and their tokens.
+local function slide(req, tok, total, now, window)
+  local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)
+  if #old > 0 then
+    local gone = 0
+    for first = 1, #old, 1000 do  -- unpack() has a stack limit: in chunks
+      local chunk = {unpack(old, first, math.min(first + 999, #old))}
+      for _, a in ipairs(redis.call("HMGET", tok, unpack(chunk))) do gone = gone + (tonumber(a) or 0) end
+      redis.call("HDEL", tok, unpack(chunk))
+    end
+    redis.call("DECRBY", total, gone)
+    redis.call("ZREMRANGEBYSCORE", req, "-inf", now - window)
+  end
+end
+
+-- For a job not yet in the window: ``later(at ms, reason)`` for each of the scope's limits
+-- (rpm, tpm; nil: none) that it would break now, ``at`` when it no longer would.
+local function window_wait(req, tok, total, rpm, tpm, est, now, window, name, later)
+  if rpm then
+    local count = redis.call("ZCARD", req)
+    if count >= rpm then
+      local nth = redis.call("ZRANGE", req, count - rpm, count - rpm, "WITHSCORES")
+      later(tonumber(nth[2]) + window + 1, name .. " requests-per-window limit (" .. rpm .. ")")
+    end
+  end
+  if tpm then
+    local used = tonumber(redis.call("GET", total) or "0")
+    if used + est > tpm then
+      -- When will enough of the window's tokens have slid out?
+      local entries = redis.call("ZRANGE", req, 0, -1, "WITHSCORES")
+      local freed = 0
+      local at = now + window
+      for i = 1, #entries, 2 do
+        freed = freed + (tonumber(redis.call("HGET", tok, entries[i])) or 0)
+        if used - freed + est <= tpm then at = tonumber(entries[i + 1]) + window + 1; break end
+      end
+      later(at, name .. " tokens-per-window limit (" .. tpm .. ")")
+    end
+  end
+end

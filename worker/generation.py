@@ -69,6 +69,12 @@ async def generate(attempt: Attempt, routes: list[Route], job_spec: dict[str, An
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
             if shared and exc.retryable:
                 await failover.record(route, False)
+            if attempt.emitter is not None:
+                # What the provider sent before the fault is published before deciding where the
+                # next call goes (tokens still in flight count as delivered), and the next call
+                # continues after all of it. A cancel or a lost lease that the publish in flight
+                # learned of is raised here, whatever comes next.
+                await attempt.emitter.drain()
             if exc.retryable and not attempt.delivered:
                 if index + 1 == len(routes) and not fallbacks_loaded:
                     fallbacks_loaded = True
@@ -82,10 +88,6 @@ async def generate(attempt: Attempt, routes: list[Route], job_spec: dict[str, An
                     continue
             if not may_retry(exc, calls):
                 raise
-            if attempt.emitter is not None:
-                # The next call continues after all of it (and a cancel or a lost lease that the
-                # publish in flight learned of is raised here, whatever comes next).
-                await attempt.emitter.drain()
             delay = retry_delay(exc, calls)
             if delay is None:
                 raise

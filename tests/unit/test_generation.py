@@ -79,6 +79,47 @@ def test_a_retry_after_too_long_to_wait_is_the_clients_fault_to_hear():
     assert caught.value.code == "upstream_rate_limited"
 
 
+
+class SlowPublisher(Publisher):
+    """A publish that takes a while to land: the provider's fault arrives while it is in flight."""
+
+    async def publish(self, job_id, token, events):
+        await asyncio.sleep(0.05)
+        return await super().publish(job_id, token, events)
+
+
+class NoFallbacks:
+    def __init__(self):
+        self.recorded = []
+
+    async def record(self, route, ok):
+        self.recorded.append((route.deployment, ok))
+
+    async def fallbacks(self, account_id, model_id):
+        return []
+
+
+def test_tokens_still_being_published_when_the_stream_is_cut_keep_the_attempt_where_it_was():
+    # The cut comes while the first token's publish is in flight: that token is delivered all
+    # the same, so the next call goes to the same deployment and continues after it, and the
+    # other deployment (which would start the answer again) is never called.
+    first, other = Scripted([ProviderError("cut", code="stream_cut", retryable=True)]), Scripted([])
+    spec = get_catalog().get("gpt-4o")
+    routes = [Route("first", spec, DeploymentLimits(), first), Route("other", spec, DeploymentLimits(), other)]
+    attempt = Attempt("job_1", "token", 0, account_id="acct", model_id="gpt-4o")
+    publisher, failover = SlowPublisher(0), NoFallbacks()
+
+    async def go():
+        completion, served = await generate(attempt, routes, SPEC, publisher, failover)
+        await attempt.emitter.drain()
+        return completion, served
+
+    completion, served = asyncio.run(go())
+    assert served is routes[0] and other.calls == 0 and first.calls == 2
+    assert attempt.delivered == ["t1", "t2"] and [seq for seq, _, _ in publisher.events] == [1, 2]
+    assert failover.recorded == [("first", False), ("first", True)]
+
+
 def test_the_policy():
     assert may_retry(rate_limited(), 1) and not may_retry(rate_limited(), MAX_PROVIDER_CALLS)
     assert not may_retry(ProviderError("no", code="upstream_rejected"), 1)

@@ -151,6 +151,56 @@ def start_redis(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = 
     return url
 
 
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # Debian's; the one on PATH switches user
+
+
+def rabbitmq_server() -> str | None:
+    """The rabbitmq-server script to start a node of our own with, or None."""
+    return RABBITMQ_SERVER if os.access(RABBITMQ_SERVER, os.X_OK) else shutil.which("rabbitmq-server")
+
+
+def start_rabbitmq(fleet: Fleet, port: int, data_dir: Path, log_dir: Path | None = None,
+                   name: str = "rabbitmq", timeout: float = 60.0) -> str:
+    """A RabbitMQ node of our own on loopback (``port``, and ``port + 10000`` between nodes), its
+    data under ``data_dir`` (kept across a restart on the same port); returns its ``amqp://`` URL
+    (``CHATFLEET_BROKER_URL``). Never the machine's own node."""
+    server = rabbitmq_server()
+    if server is None:
+        raise RuntimeError("rabbitmq-server is not installed")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cookie = data_dir / ".erlang.cookie"
+    if not cookie.exists():
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
+    (data_dir / "enabled_plugins").write_text("[].\n")
+    (data_dir / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n")
+    env = {**os.environ, "HOME": str(data_dir), "RABBITMQ_NODENAME": f"chatfleet-{port}@localhost",
+           "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(port),
+           "RABBITMQ_DIST_PORT": str(port + 10000), "RABBITMQ_MNESIA_BASE": str(data_dir / "mnesia"),
+           "RABBITMQ_FEATURE_FLAGS_FILE": str(data_dir / "feature_flags"), "RABBITMQ_LOGS": "-",
+           "RABBITMQ_ENABLED_PLUGINS_FILE": str(data_dir / "enabled_plugins"),
+           "RABBITMQ_CONFIG_FILE": str(data_dir / "rabbitmq"), "RABBITMQ_PID_FILE": str(data_dir / "pid")}
+    fleet.spawn(name, [server], env, log_dir)
+    url = f"amqp://guest:guest@127.0.0.1:{port}//"
+    deadline = time.monotonic() + timeout
+    while not amqp_answers(url):
+        if time.monotonic() > deadline or fleet.procs[name].poll() is not None:
+            raise RuntimeError(f"rabbitmq-server did not start on port {port}:\n{fleet.tail(name)}")
+        time.sleep(0.2)
+    return url
+
+
+def amqp_answers(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=1) as connection:
+            connection.connect()
+        return True
+    except Exception:  # noqa: BLE001 - not up (yet)
+        return False
+
+
 def cluster_ports(n: int) -> list[int]:
     """``n`` free ports a cluster node can use: at most 55535, its bus port (10,000 up) free too."""
     ports: list[int] = []
@@ -316,6 +366,14 @@ def main() -> int:
                       file=sys.stderr)
                 return 1
             redis_note += f"; state store {settings.state_redis_url}"
+
+        if settings.broker_url:  # the broker apart (a Redis of its own, or RabbitMQ): it must answer
+            broker = urlparse(settings.broker_url)
+            if not port_in_use(broker.hostname or "127.0.0.1", broker.port or (5672 if settings.broker_is_amqp else 6379)):
+                print(f"the broker at {broker.hostname}:{broker.port} does not answer; start it or unset "
+                      "CHATFLEET_BROKER_URL", file=sys.stderr)
+                return 1
+            redis_note += f"; broker {broker.scheme}://{broker.hostname}:{broker.port}{broker.path}"
 
         for what, port in (("API", settings.api_port), ("Flower", settings.flower_port)):
             if port_in_use("127.0.0.1", port):

@@ -11,16 +11,37 @@ retries (the API then answers 503, yet the job it recorded runs), leaves the job
 message nowhere, which the reaper finds and pushes (``worker/queue/recovery.py``, within about
 2.4 lease periods): nothing is lost, and a message pushed twice runs once (each attempt must
 claim its job).
+
+The broker may also be RabbitMQ (``CHATFLEET_BROKER_URL=amqp://...``, ``AmqpBroker``): the
+same staged message is published with publisher confirms to a durable queue as a persistent
+message, and once RabbitMQ confirmed it the job's record names it (field ``pushed``,
+``lua/mark_pushed.lua``): a queued job whose current message was confirmed is held by RabbitMQ
+(on its queue, or unacknowledged by a worker, which RabbitMQ redelivers if that worker's
+connection goes), so the reaper's ``requeue_lost`` pushes only the messages never confirmed,
+and ``requeue_unclaimed`` has nothing to do (RabbitMQ has no visibility timeout to wait out).
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from shared import keys
 from shared.connections import async_redis
 from shared.queue import delivery_tag
 from shared.scriptchannel import ScriptChannel
+from shared.scripts import Scripts
+
+log = logging.getLogger(__name__)
 
 
 class Broker:
@@ -62,10 +83,147 @@ class Broker:
             await self.redis.aclose()
 
 
-def broker_for(state_redis: Any, state_channel: ScriptChannel | None, settings, max_connections: int = 50) -> Broker:
-    """The broker of ``settings``: the state store's own client and channel when both are one
-    Redis, else clients of its own (closed by ``Broker.close``)."""
-    if settings.state_url == settings.redis_url:
+class BrokerUnavailable(RedisConnectionError):
+    """RabbitMQ could not take a message (past the retries). A Redis connection error in kind, so
+    that every caller that copes with an unreachable store copes with it alike (the API answers
+    503 with Retry-After; the reaper and the feeder try again on their next pass)."""
+
+
+class AmqpBroker:
+    """Publishes job messages to RabbitMQ, each confirmed by the broker before ``push`` returns,
+    then records in each job that its message was confirmed. ``state`` is the state store's
+    client, ``scripts`` its scripts.
+
+    kombu's AMQP client blocks and is not safe to share between threads: pushes run on a few
+    threads of their own, each with its own connection (opened on first use, opened again after
+    a fault). A push that fails on a lost connection is made again on a new one, up to
+    ``ATTEMPTS`` times (a message published twice runs once); one that still fails raises, and
+    its job waits for the reaper as with Redis."""
+
+    THREADS = 4
+    ATTEMPTS = 4
+    CONFIRM_TIMEOUT = 10.0
+    redis = None  # no kombu bookkeeping to read (``Recovery.requeue_unclaimed``)
+
+    def __init__(self, url: str, state: Any, scripts: Scripts):
+        from kombu import Connection
+
+        self.url = url
+        self.state = state
+        self.scripts = scripts
+        probe = Connection(url)  # not connected: it only names the transport's errors
+        self._connection_errors = probe.connection_errors + probe.channel_errors
+        self._executor = ThreadPoolExecutor(self.THREADS, thread_name_prefix="amqp-push")
+        self._local = threading.local()
+        self._open: set = set()
+        self._open_lock = threading.Lock()
+
+    # --- on a push thread -------------------------------------------------------------------
+
+    def _producer(self):
+        producer = getattr(self._local, "producer", None)
+        if producer is None:
+            from kombu import Connection, Producer
+
+            connection = Connection(self.url, connect_timeout=5, transport_options={"confirm_publish": True})
+            with self._open_lock:
+                self._open.add(connection)
+            producer = Producer(connection)  # connects
+            self._local.producer, self._local.declared = producer, set()
+        return producer
+
+    def _drop(self) -> None:
+        producer = getattr(self._local, "producer", None)
+        self._local.producer = None
+        if producer is not None:
+            with self._open_lock:
+                self._open.discard(producer.connection)
+            try:
+                producer.connection.close()
+            except Exception:  # noqa: BLE001 - it is broken already; a new one replaces it
+                pass
+
+    def _publish(self, queue: str, messages: tuple[str | bytes, ...]) -> None:
+        from amqp.exceptions import MessageNacked
+        from kombu.exceptions import OperationalError
+
+        errors = (*self._connection_errors, OperationalError, MessageNacked, OSError)
+        for attempt in range(self.ATTEMPTS):
+            try:
+                producer = self._producer()
+                if queue not in self._local.declared:
+                    # As Celery's workers declare it (``Queue(name)``): durable, shared.
+                    producer.channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False)
+                    self._local.declared.add(queue)
+                for message in messages:
+                    envelope = orjson.loads(message)
+                    properties = envelope["properties"]
+                    producer.publish(
+                        base64.b64decode(envelope["body"]), exchange="", routing_key=queue,
+                        content_type=envelope["content-type"], content_encoding=envelope["content-encoding"],
+                        headers=envelope["headers"], correlation_id=properties["correlation_id"],
+                        delivery_mode=2, priority=properties.get("priority", 0), retry=False,
+                        timeout=self.CONFIRM_TIMEOUT,
+                    )
+                return
+            except errors as exc:
+                self._drop()
+                if attempt + 1 == self.ATTEMPTS:
+                    raise BrokerUnavailable(f"RabbitMQ did not take the message: {type(exc).__name__}: {exc}") from exc
+                time.sleep(0.05 * 2 ** attempt)
+
+    # --- on the event loop -----------------------------------------------------------------
+
+    async def push(self, queue: str, *messages: str | bytes) -> None:
+        if not messages:
+            return
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._publish, queue, messages)
+        marks = [(job_id, tag) for job_id, tag in map(_job_and_tag, messages) if job_id and tag]
+        try:
+            await asyncio.gather(*(self.scripts.mark_pushed(keys=[keys.job(job_id)], args=[tag])
+                                   for job_id, tag in marks))
+        except RedisError as exc:
+            # The messages are on their queue; unmarked, the reaper pushes them once more later
+            # (each runs once).
+            log.warning("could not record %d confirmed message(s) as pushed: %s", len(marks), exc)
+
+    async def held(self, queue: str, message: str) -> bool:
+        """Whether RabbitMQ confirmed ``message``: it then holds it until a worker acknowledges it."""
+        job_id, tag = _job_and_tag(message)
+        if not job_id or not tag:
+            return False
+        return await self.state.hget(keys.job(job_id), "pushed") == tag
+
+    async def close(self) -> None:
+        def close_all():
+            with self._open_lock:
+                opened, self._open = list(self._open), set()
+            for connection in opened:
+                try:
+                    connection.close()
+                except Exception:  # noqa: BLE001 - closing on the way out
+                    pass
+
+        await asyncio.get_running_loop().run_in_executor(None, close_all)
+        self._executor.shutdown(wait=False)
+
+
+def _job_and_tag(message: str | bytes) -> tuple[str | None, str | None]:
+    try:
+        envelope = orjson.loads(message)
+        return envelope["headers"]["id"], envelope["properties"]["delivery_tag"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None, None
+
+
+def broker_for(state_redis: Any, state_channel: ScriptChannel | None, settings,
+               max_connections: int = 50) -> Broker | AmqpBroker:
+    """The broker of ``settings``: RabbitMQ's (``AmqpBroker``); the state store's own client and
+    channel when both are one Redis; else clients of its own (closed by ``Broker.close``)."""
+    if settings.broker_is_amqp:
+        return AmqpBroker(settings.broker, state_redis,
+                          Scripts(state_redis, state_channel, check_slots=settings.check_slots))
+    if settings.state_url == settings.broker:
         return Broker(state_redis, state_channel)
-    return Broker(async_redis(settings.redis_url, max_connections=max_connections),
-                  ScriptChannel.for_url(settings.redis_url), owns=True)
+    return Broker(async_redis(settings.broker, max_connections=max_connections),
+                  ScriptChannel.for_url(settings.broker), owns=True)

@@ -27,11 +27,18 @@ def bundled_gguf_path() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], LOCAL_MODEL_FILE)
 
 
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHATFLEET_", extra="ignore")
 
-    # The Celery broker (kombu's Redis transport), and the state store unless set apart below.
+    # The Celery broker (kombu's Redis transport) unless ``broker_url`` names another, and the
+    # state store unless set apart below.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Celery broker, where it is not ``redis_url``: a Redis of its own (``redis://``), or
+    # RabbitMQ (``amqp://user:password@host:5672/vhost``), see ``shared/broker.py``.
+    broker_url: str | None = None
     # The state store (jobs, their events and streams, accounts, limits, usage, batches, files),
     # when it is not the broker's Redis (``shared/broker.py``).
     state_redis_url: str | None = None
@@ -122,6 +129,17 @@ class Settings(BaseSettings):
     # json: one JSON object per line (ts, level, logger, message, job context); text: plain lines.
     log_format: Literal["json", "text"] = "json"
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+        if scheme not in ("redis", "rediss", *AMQP_SCHEMES):
+            raise ValueError(f"CHATFLEET_BROKER_URL must be a redis:// or an amqp:// URL, not {scheme or value!r} "
+                             "(Celery's broker is one Redis or RabbitMQ; Redis Cluster is for the state store)")
+        return value
+
     @field_validator("local_model_path")
     @classmethod
     def _default_model(cls, value: str) -> str:
@@ -129,8 +147,18 @@ class Settings(BaseSettings):
 
     @property
     def state_url(self) -> str:
-        """Where the state store is: ``state_redis_url``, else the broker's Redis."""
+        """Where the state store is: ``state_redis_url``, else ``redis_url``."""
         return self.state_redis_url or self.redis_url
+
+    @property
+    def broker(self) -> str:
+        """Where Celery's queues are: ``broker_url``, else ``redis_url``."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        """Whether the broker is RabbitMQ (an ``amqp://``, ``amqps://`` or ``pyamqp://`` URL)."""
+        return self.broker.split("://", 1)[0].lower() in AMQP_SCHEMES
 
     @property
     def visibility_timeout(self) -> int:

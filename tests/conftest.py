@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.devstack import Fleet, api_argv, free_port, cluster_ports, start_redis, start_redis_cluster, wait_ready, worker_argv
+from deploy.devstack import (Fleet, api_argv, cluster_ports, free_port, start_rabbitmq, start_redis, start_redis_cluster,
+                             wait_ready, worker_argv)
 from shared import keys
 from shared.provider_config import ProviderSettings
 from tests.fakeprovider import FakeProvider, start_fake_provider
@@ -31,6 +32,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     state_url: str = ""  # the state store, when it is not the broker's Redis (``redis_url``)
+    broker_url: str = ""  # RabbitMQ, where it is the broker (``redis_url`` is then the state store)
 
     def __post_init__(self) -> None:
         self.state_url = self.state_url or self.redis_url
@@ -91,14 +93,19 @@ def fake_provider_settings(fake: FakeProvider, **overrides) -> ProviderSettings:
 
 
 def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fake_url: str | None = None,
-                state_redis: bool = False, state_cluster: bool = False, **extra: str) -> Stack:
+                state_redis: bool = False, state_cluster: bool = False, rabbitmq: bool = False,
+                **extra: str) -> Stack:
     """A fleet on a Redis of its own; with ``state_redis``, a second Redis for the state store
     (the first one is then only the Celery broker); with ``state_cluster``, a Redis Cluster of
-    three masters for it."""
+    three masters for it; with ``rabbitmq``, a RabbitMQ node of its own as the broker (process
+    ``rabbitmq``; the Redis is then only the state store)."""
     fleet = Fleet()
     log_dir = tmp / "log"
     redis_url = start_redis(fleet, free_port(), tmp / "redis", log_dir)
-    state_url = ""
+    state_url = broker_url = ""
+    if rabbitmq:
+        broker_url = start_rabbitmq(fleet, cluster_ports(1)[0], tmp / "rabbitmq", log_dir)
+        extra = {"CHATFLEET_BROKER_URL": broker_url, **extra}
     if state_cluster:
         state_url = start_redis_cluster(fleet, cluster_ports(3), tmp / "cluster", log_dir)
         extra = {"CHATFLEET_STATE_REDIS_URL": state_url, **extra}
@@ -109,7 +116,7 @@ def start_stack(tmp: Path, *, local_slots: int = 2, interactive: bool = True, fa
         extra = {**provider_env(fake_url), **extra}
     env = stack_env(redis_url, tmp, CHATFLEET_LOCAL_MODEL_SLOTS=str(local_slots), **extra)
     port = free_port()
-    stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir, state_url)
+    stack = Stack(fleet, redis_url, f"http://127.0.0.1:{port}", env, log_dir, state_url, broker_url)
     queues = [keys.QUEUE_LOCAL]
     stack.start_worker("worker-local", [keys.QUEUE_LOCAL], local_slots)
     if interactive:

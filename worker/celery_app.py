@@ -1,4 +1,4 @@
-"""The Celery application, configured for at-least-once delivery on Redis.
+"""The Celery application, configured for at-least-once delivery on Redis (or RabbitMQ).
 
 - acks late + prefetch 1: a message leaves the broker only when its job has ended;
 - reject on worker lost: a job whose pool process died goes back to the queue;
@@ -40,11 +40,16 @@ def _flower_credentials() -> None:
 
 _flower_credentials()
 
-app = Celery("chatfleet", broker=settings.redis_url, include=["worker.tasks"])
-app.conf.broker_transport = "worker.queue.broker:Transport"
-# The unacknowledged-message keys, named where the reaper reads them (shared/keys.py).
-_transport = {"visibility_timeout": settings.visibility_timeout, "unacked_key": keys.UNACKED,
-              "unacked_index_key": keys.UNACKED_INDEX, "unacked_mutex_key": keys.UNACKED_MUTEX}
+app = Celery("chatfleet", broker=settings.broker, include=["worker.tasks"])
+if settings.broker_is_amqp:
+    # RabbitMQ: kombu's own AMQP transport. It redelivers a dead worker's unacknowledged
+    # messages itself; its consumer timeout must stay above the job time limit (README).
+    _transport = {"confirm_publish": True}
+else:
+    app.conf.broker_transport = "worker.queue.broker:Transport"
+    # The unacknowledged-message keys, named where the reaper reads them (shared/keys.py).
+    _transport = {"visibility_timeout": settings.visibility_timeout, "unacked_key": keys.UNACKED,
+                  "unacked_index_key": keys.UNACKED_INDEX, "unacked_mutex_key": keys.UNACKED_MUTEX}
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -105,8 +105,8 @@ def record_finish(status: str, model: str, provider: str, usage=None) -> None:
 
 
 class RedisGauges(Collector):
-    """Fleet-wide gauges read from Redis at scrape time: queue depths (``LLEN`` of each Celery
-    queue) and throttled jobs waiting for admission (``ZCARD`` of each throttled account's
+    """Fleet-wide gauges read at scrape time: queue depths (``LLEN`` of each Celery queue, or
+    RabbitMQ's count of its messages ready) and throttled jobs waiting for admission (``ZCARD`` of each throttled account's
     waiting set). Every worker reports the same values: aggregate with ``max``."""
 
     QUEUES = keys.QUEUES
@@ -119,11 +119,28 @@ class RedisGauges(Collector):
         def client(url: str):
             return sync_redis(url, socket_timeout=2, socket_connect_timeout=2)
 
-        self._broker = client(broker_url)  # the queues
+        from shared.settings import AMQP_SCHEMES
+
+        self._amqp = broker_url if broker_url.split("://", 1)[0].lower() in AMQP_SCHEMES else None
+        self._broker = None if self._amqp else client(broker_url)  # the queues
         self._redis = client(state_url) if state_url and state_url != broker_url else self._broker
         self._lock = threading.Lock()
         self._read_at = 0.0
         self._reading: tuple[dict[str, int], int] | None = None
+
+    def _amqp_depths(self) -> dict[str, int]:
+        """Messages ready on each queue, as RabbitMQ counts them (a passive declare)."""
+        from kombu import Connection
+
+        with Connection(self._amqp, connect_timeout=2) as connection:
+            out = {}
+            for queue in self.QUEUES:
+                channel = connection.channel()
+                try:
+                    out[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+                except connection.channel_errors:  # not declared yet: nothing on it
+                    out[queue] = 0
+            return out
 
     def describe(self):
         return [GaugeMetricFamily("chatfleet_queue_depth", "", labels=["queue"]),
@@ -134,10 +151,13 @@ class RedisGauges(Collector):
             if self._reading is not None and time.monotonic() - self._read_at < self.MIN_INTERVAL:
                 return self._reading
             try:
-                pipe = self._broker.pipeline(transaction=False)
-                for queue in self.QUEUES:
-                    pipe.llen(queue)
-                lengths = pipe.execute()
+                if self._amqp:
+                    lengths = [self._amqp_depths()[queue] for queue in self.QUEUES]
+                else:
+                    pipe = self._broker.pipeline(transaction=False)
+                    for queue in self.QUEUES:
+                        pipe.llen(queue)
+                    lengths = pipe.execute()
                 pipe = self._redis.pipeline(transaction=False)
                 for shard in range(keys.ACCOUNT_SHARDS):
                     pipe.zrange(keys.throttled_accounts(shard), 0, self.MAX_ACCOUNTS // keys.ACCOUNT_SHARDS - 1)
@@ -200,7 +220,7 @@ def start_worker_metrics_server(settings=None) -> int | None:
                     log.warning("worker metrics port %d is in use; trying %d", port, port + 1)
                     continue
                 try:
-                    REGISTRY.register(RedisGauges(settings.redis_url, settings.state_url))
+                    REGISTRY.register(RedisGauges(settings.broker, settings.state_url))
                 except ValueError:  # already registered (a second call in this process)
                     pass
                 _server = (os.getpid(), port)

@@ -23,6 +23,7 @@ import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -45,6 +46,8 @@ NAMESPACE = "chatfleet"
 # Settings the deployment relies on that other changes add to ``Settings``: they must be
 # documented and configured whether or not ``Settings`` declares them yet.
 DEPLOY_SETTINGS = {"CHATFLEET_SHUTDOWN_GRACE_SECONDS", "CHATFLEET_WORKER_METRICS_PORT"}
+# Read by docker-compose.yml itself (the RabbitMQ service's password), not by the fleet's code.
+COMPOSE_VARIABLES = {"RABBITMQ_PASSWORD"}
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 30
 DEFAULT_WORKER_METRICS_PORT = 9100
 
@@ -78,7 +81,7 @@ def provider_env_names() -> set[str]:
 
 
 def known_env_names() -> set[str]:
-    return settings_env_names() | provider_env_names() | DEPLOY_SETTINGS
+    return settings_env_names() | provider_env_names() | DEPLOY_SETTINGS | COMPOSE_VARIABLES
 
 
 def env_example() -> dict[str, str]:
@@ -200,7 +203,7 @@ def test_compose_config_is_valid_without_dotenv(compose_cmds, tmp_path):
     """Settings from the shell alone: the .env file is optional."""
     for i, command in enumerate(compose_cmds):
         config = resolved(command, tmp_path / f"p{i}", {FLOWER_AUTH: "ops:s3cret", "OPENAI_API_KEY": "sk-test"})
-        services = config["services"]
+        services = active(config["services"])
         assert set(services) == SERVICES
 
         for name, service in services.items():
@@ -258,6 +261,34 @@ def test_compose_config_is_valid_without_dotenv(compose_cmds, tmp_path):
         assert "redis-data" in config.get("volumes", {})
 
 
+def active(services: dict) -> dict:
+    """The services Compose starts with no profile chosen (v1's ``config`` lists them all)."""
+    return {name: service for name, service in services.items() if not service.get("profiles")}
+
+
+def test_compose_offers_rabbitmq_as_the_broker(compose_cmds, tmp_path):
+    """With the rabbitmq profile, a RabbitMQ that keeps its data, with a consumer timeout above the
+    job time limit, and the broker URL reaching every part of the fleet."""
+    url = "amqp://chatfleet:pw-from-env@rabbitmq:5672//"
+    env = {FLOWER_AUTH: "ops:s3cret", "COMPOSE_PROFILES": "rabbitmq", "CHATFLEET_BROKER_URL": url,
+           "RABBITMQ_PASSWORD": "pw-from-env"}
+    for i, command in enumerate(compose_cmds):
+        services = resolved(command, tmp_path / f"p{i}", env)["services"]
+        assert set(services) == SERVICES | {"rabbitmq"}
+        rabbit = services["rabbitmq"]
+        assert rabbit["profiles"] == ["rabbitmq"]
+        assert (rabbit.get("healthcheck") or {}).get("test")
+        targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in rabbit["volumes"]]
+        assert "/var/lib/rabbitmq" in targets, "RabbitMQ keeps its messages on no volume"
+        rabbit_env = environment_of(rabbit)
+        assert rabbit_env["RABBITMQ_DEFAULT_PASS"] == "pw-from-env"
+        timeout_ms = int(re.search(r"consumer_timeout (\d+)", rabbit_env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]).group(1))
+        assert timeout_ms > 1000 * default_of("job_time_limit_seconds", 600), (
+            "RabbitMQ would close the channel of a worker still running a job")
+        for name in APP_SERVICES:
+            assert environment_of(services[name])["CHATFLEET_BROKER_URL"] == url, name
+
+
 def test_compose_passes_every_setting_from_dotenv(compose_cmds, tmp_path):
     """Every variable of .env.example, set in .env, reaches the fleet's containers."""
     values = {}
@@ -272,7 +303,7 @@ def test_compose_passes_every_setting_from_dotenv(compose_cmds, tmp_path):
         for service in APP_SERVICES:
             env = environment_of(services[service])
             for name, value in values.items():
-                if name == FLOWER_AUTH:
+                if name == FLOWER_AUTH or name in COMPOSE_VARIABLES:
                     continue
                 assert str(env.get(name)) == value, (
                     f"{name} from .env does not reach {service} (got {env.get(name)!r}): "
@@ -722,3 +753,79 @@ def test_redis_statefulset_persists_with_the_repository_config(manifests):
         assert in_cluster.get(name) == value, (
             f"redis.conf in the ConfigMap has {name} {in_cluster.get(name)!r}; deploy/redis.conf has {value!r}")
     assert in_cluster["dir"] == "/data"
+
+
+# --- Kubernetes: the RabbitMQ component -----------------------------------------------------
+
+RABBITMQ_COMPONENT = K8S / "rabbitmq"
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_component() -> tuple[dict, dict[str, dict]]:
+    kustomization = yaml.safe_load((RABBITMQ_COMPONENT / "kustomization.yaml").read_text())
+    docs = {}
+    for path in sorted(RABBITMQ_COMPONENT.glob("*.y*ml")):
+        if path.name != "kustomization.yaml":
+            (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+            docs[path.name] = doc
+    return kustomization, docs
+
+
+def test_the_rabbitmq_component_lists_its_files_and_is_offered(rabbitmq_component):
+    kustomization, docs = rabbitmq_component
+    assert kustomization["kind"] == "Component"
+    listed = kustomization["resources"] + [p["path"] for p in kustomization["patches"]]
+    assert sorted(listed) == sorted(docs), "the Component's kustomization.yaml should list every file"
+    # Offered, commented out, in the top-level kustomization.
+    assert re.search(r"^#\s*components:\s*\n#\s*-\s*rabbitmq\s*$", (K8S / "kustomization.yaml").read_text(), re.M)
+
+
+def test_the_rabbitmq_component_validates_and_fits_the_fleet(rabbitmq_component, manifests, monkeypatch):
+    import kubernetes_validate
+
+    kustomization, docs = rabbitmq_component
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: pytest.fail("the validation reached the network"))
+    resources = {name: docs[name] for name in kustomization["resources"]}
+    for name, doc in resources.items():
+        assert doc["metadata"].get("namespace") == NAMESPACE, name
+        for version in (MIN_KUBERNETES, kubernetes_validate.latest_version()):
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"rabbitmq/{name} is not valid for Kubernetes {version}: {exc.message}")
+    # Each patch names an object of the base manifests.
+    base = {(doc["kind"], doc["metadata"]["name"]) for _, doc in manifests}
+    for patch in kustomization["patches"]:
+        doc = docs[patch["path"]]
+        assert (doc["kind"], doc["metadata"]["name"]) in base, patch["path"]
+
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in resources.values()}
+    rabbit = by_kind[("StatefulSet", "rabbitmq")]
+    (container,) = containers(rabbit)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = [c["metadata"]["name"] for c in rabbit["spec"]["volumeClaimTemplates"]]
+    assert mounts[claims[0]] == "/var/lib/rabbitmq", "RabbitMQ keeps its messages on no PersistentVolume"
+    service = by_kind[("Service", rabbit["spec"]["serviceName"])]
+    assert selects(service["spec"]["selector"], rabbit["spec"]["template"]["metadata"]["labels"])
+    conf = by_kind[("ConfigMap", "rabbitmq-config")]["data"]["chatfleet.conf"]
+    timeout_ms = int(re.search(r"^\s*consumer_timeout\s*=\s*(\d+)", conf, re.M).group(1))
+    limit = float(config_data(manifests)["CHATFLEET_JOB_TIME_LIMIT_SECONDS"])
+    assert timeout_ms > 1000 * limit, "RabbitMQ would close the channel of a worker still running a job"
+    credentials = by_kind[("Secret", "rabbitmq-credentials")]["stringData"]
+    assert "REPLACE_ME" in credentials["RABBITMQ_DEFAULT_PASS"]
+
+    # The broker URL: in the Secret (it carries the password), a placeholder, naming the Service.
+    url = docs["secret-broker-url-patch.yaml"]["stringData"]["CHATFLEET_BROKER_URL"]
+    parsed = urlparse(url)
+    assert parsed.scheme == "amqp" and "REPLACE_ME" in parsed.password
+    assert parsed.username == credentials["RABBITMQ_DEFAULT_USER"]
+    assert parsed.hostname == f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local" and parsed.port == 5672
+    assert Settings(broker_url=url).broker_is_amqp
+    flower_env = {e["name"]: e for e in containers(docs["flower-broker-url-patch.yaml"])[0]["env"]}
+    assert flower_env["CHATFLEET_BROKER_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "chatfleet-secrets", "key": "CHATFLEET_BROKER_URL"}
+
+    triggers = docs["worker-scaledobject-patch.yaml"]["spec"]["triggers"]
+    assert all(t["type"] == "rabbitmq" and t["metadata"]["hostFromEnv"] == "CHATFLEET_BROKER_URL"
+               and t["metadata"]["mode"] == "QueueLength" and int(t["metadata"]["value"]) > 0 for t in triggers)
+    assert sorted(t["metadata"]["queueName"] for t in triggers) == sorted([keys.QUEUE_INTERACTIVE, keys.QUEUE_BATCH])

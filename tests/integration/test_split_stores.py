@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 BROKER_KEYS = (*keys.QUEUES, keys.UNACKED, keys.UNACKED_INDEX, keys.UNACKED_MUTEX, "_kombu.", "celery")
 
 
-def test_jobs_streams_batches_and_usage_with_the_state_store_apart(own_stack):
-    stack = own_stack(fake_url=own_stack.fake_url, state_redis=True)
-    assert stack.state_url != stack.redis_url
+def assert_jobs_streams_batches_and_usage_work(stack) -> dict:
+    """A sync completion, a job and its stream, a 3-line batch and the usage of all five, on
+    ``stack``; returns the job."""
     with stack.client() as client:
         sync = client.post("/v4/chat-completions", json=ask(model="gpt-4o-mini", model_parameters={"max_tokens": 4}))
         assert sync.status_code == 200, sync.text
@@ -39,7 +39,13 @@ def test_jobs_streams_batches_and_usage_with_the_state_store_apart(own_stack):
         usage = client.get("/v4/usage", params={"group_by": "model"}).json()
         counted = {row["model"]: row["requests"] for row in usage["data"]}
         assert counted == {"gpt-4o-mini": 5}, usage
+    return job
 
+
+def test_jobs_streams_batches_and_usage_with_the_state_store_apart(own_stack):
+    stack = own_stack(fake_url=own_stack.fake_url, state_redis=True)
+    assert stack.state_url != stack.redis_url
+    job = assert_jobs_streams_batches_and_usage_work(stack)
     broker = redis.Redis.from_url(stack.redis_url, decode_responses=True)
     state = redis.Redis.from_url(stack.state_url, decode_responses=True)
     try:

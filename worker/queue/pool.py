@@ -76,8 +76,12 @@ logging.getLogger("celery.app.trace").addFilter(_JobRuntime())
 class TaskPool(thread.TaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._completions = concurrent.futures.ThreadPoolExecutor(COMPLETION_THREADS,
-                                                                  thread_name_prefix="chatfleet-ack")
+        from shared.settings import get_settings
+
+        # On RabbitMQ, one: kombu's AMQP connection is not safe to share between threads, and
+        # its acks then come from this thread alone (each one frame, beside the consumer's).
+        threads = 1 if get_settings().broker_is_amqp else COMPLETION_THREADS
+        self._completions = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chatfleet-ack")
         self._on_loop = 0  # jobs started on the loop whose trace has not finished
         self._idle = threading.Condition()
 

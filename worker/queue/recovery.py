@@ -6,10 +6,12 @@ and stages a new message, which is then pushed to the broker (``shared/broker.py
 
 - its worker died while running it: the attempt's lease lapsed unrenewed (``requeue_lapsed``);
 - its worker died holding its message, never started: kombu keeps the message unacknowledged
-  until the visibility timeout (``requeue_unclaimed``);
+  until the visibility timeout (``requeue_unclaimed``; on RabbitMQ, the broker redelivers it as
+  soon as the worker's connection is gone);
 - its message never reached a worker: lost between kombu's BRPOP and its unacknowledged record
   (a worker killed in that instant), or never pushed (its job's writer died after recording it):
-  the job stays queued with its message nowhere (``requeue_lost``).
+  the job stays queued with its message nowhere (``requeue_lost``; on RabbitMQ, a message is
+  held once the broker confirmed it, so only those never confirmed are pushed again).
 
 What the broker holds is read from the broker before the script runs: a message taken in
 between is delivered twice. A job queued twice runs once: each attempt must claim it.
@@ -68,6 +70,8 @@ class Recovery:
         alive after all, its late start finds the job taken and does nothing)."""
         cutoff = time.time() - older_than
         broker = self.broker.redis
+        if broker is None:  # RabbitMQ: it gives a dead worker's messages back itself, at once
+            return []
         tags = await broker.zrangebyscore(keys.UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
         if not tags:
             return []

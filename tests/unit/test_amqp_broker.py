@@ -1,0 +1,101 @@
+"""RabbitMQ as the broker (shared/broker.py ``AmqpBroker``), its publishing replaced by a record of
+what was confirmed: the settings that choose it, the job record naming its confirmed message,
+and the reaper pushing only the messages RabbitMQ never confirmed."""
+
+import time
+
+import fakeredis
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from shared import keys
+from shared.broker import AmqpBroker, BrokerUnavailable, broker_for
+from shared.jobs import JobStore
+from shared.scripts import Scripts
+from shared.settings import Settings
+from tests.unit.jobstores import new_job, run
+from worker.queue.recovery import Recovery
+
+URL = "amqp://chatfleet:secret@rabbitmq:5672/%2F"
+
+
+class Confirmed(AmqpBroker):
+    """Publishing replaced: what RabbitMQ would have confirmed, per queue; ``refuse`` makes the
+    next pushes fail as a broker that is down does."""
+
+    def __init__(self, state):
+        super().__init__(URL, state, Scripts(state, check_slots=True))
+        self.confirmed: list[tuple[str, str]] = []
+        self.refuse = False
+
+    def _publish(self, queue, messages):
+        if self.refuse:
+            raise BrokerUnavailable("RabbitMQ did not take the message: refused")
+        self.confirmed.extend((queue, orjson.loads(m)["headers"]["id"]) for m in messages)
+
+
+def amqp_store() -> tuple[JobStore, Confirmed]:
+    state = fakeredis.FakeAsyncRedis(decode_responses=True)
+    broker = Confirmed(state)
+    return JobStore(state, Settings(max_deliveries=2, lease_seconds=5, check_slots=True), broker=broker), broker
+
+
+def test_the_broker_url_chooses_rabbitmq_and_leaves_redis_the_state_store():
+    settings = Settings(redis_url="redis://state:6379/0", broker_url=URL)
+    assert settings.broker_is_amqp and settings.broker == URL and settings.state_url == "redis://state:6379/0"
+    assert isinstance(broker_for(fakeredis.FakeAsyncRedis(), None, settings), AmqpBroker)  # connects to nothing yet
+    assert not Settings(redis_url="redis://one:6379/0").broker_is_amqp
+    with pytest.raises(ValidationError) as refused:
+        Settings(broker_url="redis+cluster://a:7000,b:7001")
+    assert "CHATFLEET_BROKER_URL" in str(refused.value) and "Redis Cluster" in str(refused.value)
+
+
+def test_a_job_names_the_message_rabbitmq_confirmed():
+    async def go():
+        store, broker = amqp_store()
+        job_id = await new_job(store)
+        assert broker.confirmed == [(keys.QUEUE_LOCAL, job_id)]
+        message, pushed = await store.redis.hmget(keys.job(job_id), "message", "pushed")
+        assert pushed == orjson.loads(message)["properties"]["delivery_tag"]
+        assert await broker.held(keys.QUEUE_LOCAL, message)
+        # A newer message of the same job (a requeue) is not held until it is confirmed.
+        other = orjson.loads(message)
+        other["properties"]["delivery_tag"] = "another"
+        assert not await broker.held(keys.QUEUE_LOCAL, orjson.dumps(other).decode())
+    run(go())
+
+
+def test_a_confirmed_message_of_a_job_no_longer_recorded_writes_nothing():
+    async def go():
+        store, broker = amqp_store()
+        job_id = await new_job(store)
+        message = await store.redis.hget(keys.job(job_id), "message")
+        await store.redis.delete(keys.job(job_id))  # expired meanwhile
+        await broker.push(keys.QUEUE_LOCAL, message)
+        assert await store.redis.exists(keys.job(job_id)) == 0
+    run(go())
+
+
+def test_the_reaper_pushes_only_what_rabbitmq_never_confirmed():
+    async def go():
+        store, broker = amqp_store()
+        held = await new_job(store)
+        broker.refuse = True
+        with pytest.raises(BrokerUnavailable):  # the API answers 503; the job is recorded
+            await new_job(store)
+        broker.refuse = False
+        queued = [j for s in range(keys.SHARDS) for j in await store.redis.zrange(keys.queued_jobs(s), 0, -1)]
+        (stranded,) = [j for j in queued if j != held]
+        assert await store.redis.hget(keys.job(stranded), "pushed") is None
+        recovery = Recovery(store.redis, store.scripts, broker)
+        # Much later: both look old, only the unconfirmed one is pushed.
+        for shard in range(keys.SHARDS):
+            for job_id in await store.redis.zrange(keys.queued_jobs(shard), 0, -1):
+                await store.redis.zadd(keys.queued_jobs(shard), {job_id: time.time() - 60})
+        assert await recovery.requeue_lost(older_than=10) == [stranded]
+        assert broker.confirmed == [(keys.QUEUE_LOCAL, held), (keys.QUEUE_LOCAL, stranded)]
+        assert await recovery.requeue_lost(older_than=10) == []  # now confirmed, it is left alone
+        # Nothing to wait out on RabbitMQ: it gives a dead worker's messages back itself.
+        assert await recovery.requeue_unclaimed(older_than=0) == []
+    run(go())

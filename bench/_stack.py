@@ -25,8 +25,11 @@ from deploy.devstack import (
     ROOT,
     Fleet,
     api_argv,
+    cluster_ports,
     free_port,
+    start_rabbitmq,
     start_redis,
+    start_redis_cluster,
     wait_ready,
     worker_argv,
 )
@@ -86,13 +89,31 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def _child_named(parent: int, comm: str) -> int | None:
+    """The pid of a child of ``parent`` whose command name is ``comm``, or None."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == comm and int(rest[1]) == parent:
+            return int(entry.name)
+    return None
+
+
 class BenchStack:
     """Redis + fake provider (+ API, + provider workers), stopped together by ``close()``."""
 
     def __init__(self, *, fake_knobs: dict[str, Any] | None = None, extra_env: dict[str, str] | None = None,
-                 state_redis: bool = False):
+                 state_redis: bool = False, state_cluster: bool = False, rabbitmq: bool = False):
         """With ``state_redis``, a second Redis (process ``state-redis``, ``state_url``) holds the
-        state store and the first one only Celery's broker."""
+        state store and the first one only Celery's broker; with ``state_cluster``, a Redis
+        Cluster of three masters (processes ``cluster-0``...) does. With ``rabbitmq``, a RabbitMQ node
+        of its own (process ``rabbitmq``, ``broker_url``) is Celery's broker, and the Redis only
+        the state store."""
         self.fleet = Fleet()
         self.tmp = Path(tempfile.mkdtemp(prefix="chatfleet-bench-"))
         self.log_dir = self.tmp / "log"
@@ -103,10 +124,17 @@ class BenchStack:
             self.fake = start_fake_provider(log_file=self.log_dir / "fake.log", **(fake_knobs or {}))
             self.redis_url = start_redis(self.fleet, free_port(), self.tmp / "redis", self.log_dir)
             self.state_url = self.redis_url
+            self.broker_url = self.redis_url
             env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFLEET_")}
+            if rabbitmq:
+                self.broker_url = start_rabbitmq(self.fleet, cluster_ports(1)[0], self.tmp / "rabbitmq", self.log_dir)
+                env["CHATFLEET_BROKER_URL"] = self.broker_url
             if state_redis:
                 self.state_url = start_redis(self.fleet, free_port(), self.tmp / "state-redis", self.log_dir,
                                              name="state-redis")
+                env["CHATFLEET_STATE_REDIS_URL"] = self.state_url
+            elif state_cluster:
+                self.state_url = start_redis_cluster(self.fleet, cluster_ports(3), self.tmp / "cluster", self.log_dir)
                 env["CHATFLEET_STATE_REDIS_URL"] = self.state_url
             env.update({
                 "CHATFLEET_REDIS_URL": self.redis_url,
@@ -161,7 +189,11 @@ class BenchStack:
 
     def pid(self, name: str) -> int | None:
         proc = self.fleet.procs.get(name)
-        return proc.pid if proc is not None else None
+        if proc is None:
+            return None
+        if name == "rabbitmq":  # its script waits on the Erlang VM, which does the work
+            return _child_named(proc.pid, "beam.smp") or proc.pid
+        return proc.pid
 
     def close(self) -> None:
         """Stop every process started here; drop Redis's data (the logs stay in ``self.tmp``)."""
@@ -173,6 +205,8 @@ class BenchStack:
                 self.fake = None
             shutil.rmtree(self.tmp / "redis", ignore_errors=True)
             shutil.rmtree(self.tmp / "state-redis", ignore_errors=True)
+            shutil.rmtree(self.tmp / "rabbitmq", ignore_errors=True)
+            shutil.rmtree(self.tmp / "cluster", ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

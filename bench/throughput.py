@@ -1,10 +1,13 @@
 """End-to-end jobs per second through the fleet, vs a bare Celery task round trip.
 
     .venv/bin/python -m bench.throughput [--jobs 3000] [--pings 3000] [--submitters 50] [--workers 1]
+                                         [--rabbitmq] [--state-cluster]
 
-One Redis, one API process, one provider worker process (200 slots; ``--workers N`` starts N),
-the fake provider at zero latency (gpt-4o-mini, 8 tokens per answer), dev account (no limits).
-In the same run, on the same Redis and the same worker processes:
+One Redis (with ``--rabbitmq``, RabbitMQ as Celery's broker and the Redis the state store
+only; with ``--state-cluster``, the state store on a Redis Cluster of three masters), one API
+process, one provider worker process (200 slots; ``--workers N`` starts N), the fake provider at
+zero latency (gpt-4o-mini, 8 tokens per answer), dev account (no limits). In the same run, on the
+same broker and the same worker processes:
 
 - bare: N ``chatfleet.ping`` tasks (INCR a counter, nothing else) sent with
   ``app.send_task(..., queue="chatfleet.interactive")`` from a thread pool, timed from the
@@ -119,26 +122,37 @@ def main() -> None:
     parser.add_argument("--send-threads", type=int, default=8, help="threads sending the bare pings")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--workers", type=int, default=1, help="provider worker processes (200 slots each)")
+    parser.add_argument("--rabbitmq", action="store_true",
+                        help="RabbitMQ as Celery's broker (a node of its own), Redis the state store only")
+    parser.add_argument("--state-cluster", action="store_true",
+                        help="the state store on a Redis Cluster of three masters (the broker stays one Redis)")
     args = parser.parse_args()
 
-    stack = BenchStack(fake_knobs={"ttft_ms": 0, "tokens_per_s": 0, "record_limit": 0})
+    stack = BenchStack(fake_knobs={"ttft_ms": 0, "tokens_per_s": 0, "record_limit": 0}, rabbitmq=args.rabbitmq,
+                       state_cluster=args.state_cluster)
     try:
         workers = ["interactive"] + [f"interactive{n}" for n in range(2, args.workers + 1)]
         for name in workers:
             stack.start_worker(200, name=name)
         stack.start_api()
         stack.wait_ready()
-        # The Celery app reads its broker from the settings at import: point it at this Redis.
+        # The Celery app reads its broker from the settings at import: point it at this stack's.
         os.environ["CHATFLEET_REDIS_URL"] = stack.redis_url
+        if args.rabbitmq:
+            os.environ["CHATFLEET_BROKER_URL"] = stack.broker_url
         from shared.connections import sync_redis
         from worker.celery_app import app
 
-        if app.conf.broker_url != stack.redis_url:
-            raise RuntimeError(f"the Celery app was configured for {app.conf.broker_url}, not {stack.redis_url}")
-        redis = sync_redis(stack.redis_url)
+        if app.conf.broker_url != stack.broker_url:
+            raise RuntimeError(f"the Celery app was configured for {app.conf.broker_url}, not {stack.broker_url}")
+        redis = sync_redis(stack.redis_url)  # the bare pings' counter
+        state = sync_redis(stack.state_url) if stack.state_url != stack.redis_url else redis
+        cluster = sorted(name for name in stack.fleet.procs if name.startswith("cluster-"))
         pids = {"api": stack.pid("api"),
                 **{name.replace("interactive", "worker"): stack.pid(f"worker-{name}") for name in workers},
-                "redis": stack.pid("redis"), "fake": stack.fake.proc.pid, "bench": os.getpid()}
+                "redis": stack.pid("redis"), **({"rabbitmq": stack.pid("rabbitmq")} if args.rabbitmq else {}),
+                **{name: stack.pid(name) for name in cluster},
+                "fake": stack.fake.proc.pid, "bench": os.getpid()}
 
         counter = "chatfleet:bench:pings"
         bare_pings(redis, app, args.warmup, args.send_threads, counter)
@@ -151,10 +165,12 @@ def main() -> None:
         window.start()
         ids, submit_lat, submit_wall, submit_errors = run_async(
             submit_jobs(stack.base_url, args.jobs, args.submitters))
-        jobs = wait_jobs(redis, ids)
+        jobs = wait_jobs(state, ids)
         fleet_cpu = window.stop()
         fleet_wall = time.monotonic() - window.t0
         redis.close()
+        if state is not redis:
+            state.close()
     finally:
         stack.close()
 
@@ -164,8 +180,11 @@ def main() -> None:
     bare_rate = bare["n"] / bare["wall"]
     statuses = {s: sum(1 for j in jobs if j[0] == s) for s in {j[0] for j in jobs}}
     job_latency = [j[2] - j[1] for j in jobs]
-    print(f"\nJobs per second, one API process + {args.workers} worker process(es) (200 slots each), {MODEL}, "
-          f"8 tokens, fake provider at zero latency, {os.cpu_count()} cores")
+    broker = ("RabbitMQ broker" if args.rabbitmq else "Redis broker") + (
+        " + Redis Cluster state store (3 masters)" if args.state_cluster
+        else " + Redis state store" if args.rabbitmq else " and state store in one Redis")
+    print(f"\nJobs per second, {broker}, one API process + {args.workers} worker process(es) (200 slots each), "
+          f"{MODEL}, 8 tokens, fake provider at zero latency, {os.cpu_count()} cores")
     rows = [
         ["bare Celery task (chatfleet.ping, INCR)", str(bare["n"]), f"{bare_rate:.0f}", "",
          f"{bare['n'] / bare['sent']:.0f} sent/s ({args.send_threads} threads)", ""],

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -94,15 +94,18 @@ class AmqpBroker:
     then records in each job that its message was confirmed. ``state`` is the state store's
     client, ``scripts`` its scripts.
 
-    kombu's AMQP client blocks and is not safe to share between threads: pushes run on a few
-    threads of their own, each with its own connection (opened on first use, opened again after
-    a fault). A push that fails on a lost connection is made again on a new one, up to
-    ``ATTEMPTS`` times (a message published twice runs once); one that still fails raises, and
-    its job waits for the reaper as with Redis."""
+    kombu's AMQP client blocks and is not safe to share between threads: one thread of its own
+    publishes, on one connection in confirm mode. It takes every push waiting, publishes all
+    their messages, then waits for RabbitMQ's confirms of the lot, so that one confirm (and
+    RabbitMQ's one write to disk) serves every push that arrived meanwhile: with 50 clients, a
+    confirm round trip per message would bound the API at a few hundred jobs per second. A
+    batch that fails on a lost connection (or a refusal) is published again on a new one, up to
+    ``ATTEMPTS`` times (a message published twice runs once); past that, its pushes raise
+    ``BrokerUnavailable`` and their jobs wait for the reaper, as with Redis."""
 
-    THREADS = 4
     ATTEMPTS = 4
     CONFIRM_TIMEOUT = 10.0
+    MAX_BATCH = 500  # messages per confirm round
     redis = None  # no kombu bookkeeping to read (``Recovery.requeue_unclaimed``)
 
     def __init__(self, url: str, state: Any, scripts: Scripts):
@@ -113,58 +116,84 @@ class AmqpBroker:
         self.scripts = scripts
         probe = Connection(url)  # not connected: it only names the transport's errors
         self._connection_errors = probe.connection_errors + probe.channel_errors
-        self._executor = ThreadPoolExecutor(self.THREADS, thread_name_prefix="amqp-push")
-        self._local = threading.local()
-        self._open: set = set()
-        self._open_lock = threading.Lock()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._connection = None
+        self._channel = None
+        self._declared: set[str] = set()
+        self._unconfirmed: set[int] = set()
+        self._refused = False
+        self._sent = 0
 
-    # --- on a push thread -------------------------------------------------------------------
+    # --- on the publishing thread ------------------------------------------------------------
 
-    def _producer(self):
-        producer = getattr(self._local, "producer", None)
-        if producer is None:
-            from kombu import Connection, Producer
+    def _open(self):
+        from kombu import Connection
 
-            connection = Connection(self.url, connect_timeout=5, transport_options={"confirm_publish": True})
-            with self._open_lock:
-                self._open.add(connection)
-            producer = Producer(connection)  # connects
-            self._local.producer, self._local.declared = producer, set()
-        return producer
+        connection = Connection(self.url, connect_timeout=5)
+        connection.connect()
+        channel = connection.channel()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+        self._connection, self._channel, self._declared, self._sent = connection, channel, set(), 0
+        self._unconfirmed = set()
 
     def _drop(self) -> None:
-        producer = getattr(self._local, "producer", None)
-        self._local.producer = None
-        if producer is not None:
-            with self._open_lock:
-                self._open.discard(producer.connection)
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None:
             try:
-                producer.connection.close()
+                connection.close()
             except Exception:  # noqa: BLE001 - it is broken already; a new one replaces it
                 pass
 
-    def _publish(self, queue: str, messages: tuple[str | bytes, ...]) -> None:
-        from amqp.exceptions import MessageNacked
+    def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
+        if multiple:
+            self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
+        else:
+            self._unconfirmed.discard(delivery_tag)
+
+    def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
+        self._refused = True
+        self._on_ack(delivery_tag, multiple)
+
+    def _publish_batch(self, batch: list[tuple[str, tuple]]) -> None:
+        """Every message of ``batch`` published and confirmed, or BrokerUnavailable."""
+        from amqp import Message
         from kombu.exceptions import OperationalError
 
-        errors = (*self._connection_errors, OperationalError, MessageNacked, OSError)
+        errors = (*self._connection_errors, OperationalError, OSError, TimeoutError)
         for attempt in range(self.ATTEMPTS):
             try:
-                producer = self._producer()
-                if queue not in self._local.declared:
-                    # As Celery's workers declare it (``Queue(name)``): durable, shared.
-                    producer.channel.queue_declare(queue=queue, durable=True, exclusive=False, auto_delete=False)
-                    self._local.declared.add(queue)
-                for message in messages:
-                    envelope = orjson.loads(message)
-                    properties = envelope["properties"]
-                    producer.publish(
-                        base64.b64decode(envelope["body"]), exchange="", routing_key=queue,
-                        content_type=envelope["content-type"], content_encoding=envelope["content-encoding"],
-                        headers=envelope["headers"], correlation_id=properties["correlation_id"],
-                        delivery_mode=2, priority=properties.get("priority", 0), retry=False,
-                        timeout=self.CONFIRM_TIMEOUT,
-                    )
+                if self._channel is None:
+                    self._open()
+                channel, self._refused = self._channel, False
+                for queue_name, messages in batch:
+                    if queue_name not in self._declared:
+                        # As Celery's workers declare it (``Queue(name)``): durable, shared.
+                        channel.queue_declare(queue=queue_name, durable=True, exclusive=False, auto_delete=False)
+                        self._declared.add(queue_name)
+                    for message in messages:
+                        envelope = orjson.loads(message)
+                        properties = envelope["properties"]
+                        channel.basic_publish(
+                            Message(base64.b64decode(envelope["body"]), content_type=envelope["content-type"],
+                                    content_encoding=envelope["content-encoding"],
+                                    application_headers=envelope["headers"],
+                                    correlation_id=properties["correlation_id"], delivery_mode=2,
+                                    priority=properties.get("priority", 0)),
+                            exchange="", routing_key=queue_name)
+                        self._sent += 1
+                        self._unconfirmed.add(self._sent)
+                deadline = time.monotonic() + self.CONFIRM_TIMEOUT
+                while self._unconfirmed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("RabbitMQ confirmed nothing in time")
+                    self._connection.drain_events(timeout=left)
+                if self._refused:
+                    raise OperationalError("RabbitMQ refused (nacked) a message")
                 return
             except errors as exc:
                 self._drop()
@@ -172,12 +201,45 @@ class AmqpBroker:
                     raise BrokerUnavailable(f"RabbitMQ did not take the message: {type(exc).__name__}: {exc}") from exc
                 time.sleep(0.05 * 2 ** attempt)
 
+    def _run(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                self._drop()
+                return
+            taken, count = [first], len(first[1])
+            while count < self.MAX_BATCH:
+                try:
+                    item = self._requests.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._requests.put(None)  # stop after this batch
+                    break
+                taken.append(item)
+                count += len(item[1])
+            try:
+                self._publish_batch([(name, messages) for name, messages, _, _ in taken])
+                outcome = None
+            except BaseException as exc:  # noqa: BLE001 - handed to every push of the batch
+                outcome = exc
+            for _, _, loop, future in taken:
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
     # --- on the event loop -----------------------------------------------------------------
 
-    async def push(self, queue: str, *messages: str | bytes) -> None:
+    async def push(self, queue_name: str, *messages: str | bytes) -> None:
         if not messages:
             return
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._publish, queue, messages)
+        if self._thread is None:
+            with self._thread_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
+                    self._thread.start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._requests.put((queue_name, messages, loop, future))
+        await future
         marks = [(job_id, tag) for job_id, tag in map(_job_and_tag, messages) if job_id and tag]
         try:
             await asyncio.gather(*(self.scripts.mark_pushed(keys=[keys.job(job_id)], args=[tag])
@@ -187,7 +249,7 @@ class AmqpBroker:
             # (each runs once).
             log.warning("could not record %d confirmed message(s) as pushed: %s", len(marks), exc)
 
-    async def held(self, queue: str, message: str) -> bool:
+    async def held(self, queue_name: str, message: str) -> bool:
         """Whether RabbitMQ confirmed ``message``: it then holds it until a worker acknowledges it."""
         job_id, tag = _job_and_tag(message)
         if not job_id or not tag:
@@ -195,17 +257,19 @@ class AmqpBroker:
         return await self.state.hget(keys.job(job_id), "pushed") == tag
 
     async def close(self) -> None:
-        def close_all():
-            with self._open_lock:
-                opened, self._open = list(self._open), set()
-            for connection in opened:
-                try:
-                    connection.close()
-                except Exception:  # noqa: BLE001 - closing on the way out
-                    pass
+        thread = self._thread
+        if thread is not None:
+            self._requests.put(None)
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 15)
 
-        await asyncio.get_running_loop().run_in_executor(None, close_all)
-        self._executor.shutdown(wait=False)
+
+def _settle(future: asyncio.Future, outcome: BaseException | None) -> None:
+    if future.done():  # its push was cancelled meanwhile
+        return
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
 
 
 def _job_and_tag(message: str | bytes) -> tuple[str | None, str | None]:

@@ -29,10 +29,11 @@ class Confirmed(AmqpBroker):
         self.confirmed: list[tuple[str, str]] = []
         self.refuse = False
 
-    def _publish(self, queue, messages):
+    def _publish_batch(self, batch):
         if self.refuse:
             raise BrokerUnavailable("RabbitMQ did not take the message: refused")
-        self.confirmed.extend((queue, orjson.loads(m)["headers"]["id"]) for m in messages)
+        for queue, messages in batch:
+            self.confirmed.extend((queue, orjson.loads(m)["headers"]["id"]) for m in messages)
 
 
 def amqp_store() -> tuple[JobStore, Confirmed]:

@@ -1,6 +1,7 @@
 """The fault suite: the real stack, a fake upstream, and every fault a deployment meets, as figures.
 
-    .venv/bin/python -m bench.faults [--quick] [--kills 100] [--only kills,redis,upstream,batch,schema] [--state-redis]
+    .venv/bin/python -m bench.faults [--quick] [--kills 100] [--only kills,redis,upstream,batch,schema]
+                                     [--state-redis] [--rabbitmq]
 
 On its own fleet (Redis with the shipped ``deploy/redis.conf``, the API, two provider workers, the
 fake provider), one scenario after the other:
@@ -23,7 +24,9 @@ own). Each must be 0; a job may still end ``failed`` with a clear code (``redeli
 after three lost workers, an upstream fault after four calls). Exits 1 on any loss; the last line
 is the figures. ``--quick`` runs it all in under five minutes. ``--state-redis`` runs the fleet
 with its state store in a Redis of its own, the first one only Celery's broker; the redis
-scenario then kills and restarts both, together.
+scenario then kills and restarts both, together. ``--rabbitmq`` runs it with RabbitMQ as Celery's
+broker (a node of its own) and Redis the state store only, and adds the rabbitmq scenario:
+RabbitMQ SIGKILLed while jobs are queued and running, and started again on its data.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import httpx
 import orjson
 
 from bench._stack import KEY, BenchStack, bench_tool, peak_rss_mib, run_async, table
-from deploy.devstack import ROOT, redis_server_binary
+from deploy.devstack import ROOT, redis_server_binary, start_rabbitmq
 from shared.connections import redis_answers
 
 MODEL = "gpt-4o-mini"
@@ -81,6 +84,7 @@ class Tally:
 
 
 STATE_REDIS = False  # --state-redis
+RABBITMQ = False  # --rabbitmq
 
 
 def fleet(extra: dict[str, str] | None = None) -> BenchStack:
@@ -89,7 +93,7 @@ def fleet(extra: dict[str, str] | None = None) -> BenchStack:
            "CHATFLEET_PROVIDER_IDLE_TIMEOUT": "2", "CHATFLEET_SHUTDOWN_GRACE_SECONDS": "2",
            "CHATFLEET_WORKER_METRICS_PORT": "0", **(extra or {})}
     stack = BenchStack(fake_knobs={"ttft_ms": 20, "tokens_per_s": 20, "tokens": 10_000, "record_limit": 0},
-                       extra_env=env, state_redis=STATE_REDIS)
+                       extra_env=env, state_redis=STATE_REDIS, rabbitmq=RABBITMQ)
     restart_redis_with_shipped_conf(stack)
     stack.start_api()
     for name in ("w1", "w2"):
@@ -299,6 +303,27 @@ def redis_restart(down: float, jobs: int) -> Tally:
         stack.close()
 
 
+def restart_rabbitmq(stack: BenchStack, down: float) -> None:
+    """SIGKILL RabbitMQ and start it again on the same port and data, after ``down`` seconds."""
+    port = int(stack.broker_url.rsplit(":", 1)[1].split("/")[0])
+    stack.fleet.kill("rabbitmq")
+    time.sleep(down)
+    start_rabbitmq(stack.fleet, port, stack.tmp / "rabbitmq", stack.log_dir)
+
+
+def broker_restart(down: float, jobs: int) -> Tally:
+    stack = fleet()
+    try:
+        async def chaos():
+            await asyncio.sleep(3)  # jobs queued and running
+            await asyncio.to_thread(restart_rabbitmq, stack, down)
+            return [f"RabbitMQ down {down:g} s"]
+
+        return run_async(run_jobs(stack, jobs, chaos, f"RabbitMQ SIGKILL, {down:g} s down", timeout=240))
+    finally:
+        stack.close()
+
+
 def upstream(rate: float, jobs: int) -> Tally:
     stack = fleet()
     try:
@@ -417,9 +442,12 @@ def main() -> None:
     parser.add_argument("--only", default="kills,redis,upstream,batch,schema")
     parser.add_argument("--state-redis", action="store_true",
                         help="the state store in a Redis of its own, the first one only the broker")
+    parser.add_argument("--rabbitmq", action="store_true",
+                        help="RabbitMQ as Celery's broker (its own node), Redis the state store; adds the "
+                             "scenario 'rabbitmq' (RabbitMQ SIGKILLed and restarted)")
     args = parser.parse_args()
-    global STATE_REDIS
-    STATE_REDIS = args.state_redis
+    global STATE_REDIS, RABBITMQ
+    STATE_REDIS, RABBITMQ = args.state_redis, args.rabbitmq
     quick = args.quick
     kill_count = args.kills or (15 if quick else 100)
     only = set(args.only.split(","))
@@ -430,6 +458,9 @@ def main() -> None:
     if "redis" in only:
         for down in ((2,) if quick else (2, 20)):
             tallies.append(redis_restart(down, 40 if quick else 80))
+    if RABBITMQ and ("rabbitmq" in only or args.only == parser.get_default("only")):
+        for down in ((2,) if quick else (2, 20)):
+            tallies.append(broker_restart(down, 40 if quick else 80))
     if "upstream" in only:
         for rate in ((0.2,) if quick else (0.2, 0.5)):
             tallies.append(upstream(rate, 40 if quick else 100))

@@ -7,10 +7,11 @@ may be one Redis (the default) or two, so that the state store can be scaled apa
 broker. No script touches both: every script that queues a job stages its message in the job's
 hash (``lua/_stage.lua``), and the caller pushes it here afterwards (made again, as script calls
 are, when the connection is lost). A caller that dies in between, or whose push fails past its
-retries (the API then answers 503, yet the job it recorded runs), leaves the job queued with its
-message nowhere, which the reaper finds and pushes (``worker/queue/recovery.py``, within about
+retries, leaves the job queued with its message nowhere, which the reaper finds and pushes (``worker/queue/recovery.py``, within about
 2.4 lease periods): nothing is lost, and a message pushed twice runs once (each attempt must
-claim its job).
+claim its job). So a broker apart from the state store that is down does not refuse jobs: the
+API records them and answers 202 (``JobStore.create``), and they run once the broker is back. A
+503 would have the client submit the job again, and both would run.
 
 The broker may also be RabbitMQ (``CHATFLEET_BROKER_URL=amqp://...``, ``AmqpBroker``): the
 same staged message is published with publisher confirms to a durable queue as a persistent
@@ -53,6 +54,7 @@ class Broker:
         self.redis = redis
         self.channel = channel
         self.owns = owns  # whether ``close`` closes the clients (they are not the state store's)
+        self.apart = owns  # a Redis of its own, not the state store's: it may fail while that one works
 
     async def push(self, queue: str, *messages: str | bytes) -> None:
         if not messages:
@@ -106,7 +108,9 @@ class AmqpBroker:
     ATTEMPTS = 4
     CONFIRM_TIMEOUT = 10.0
     MAX_BATCH = 500  # messages per confirm round
+    DOWN_SECONDS = 1.0  # after a batch failed every attempt, pushes fail at once for this long
     redis = None  # no kombu bookkeeping to read (``Recovery.requeue_unclaimed``)
+    apart = True  # never the state store
 
     def __init__(self, url: str, state: Any, scripts: Scripts):
         from kombu import Connection
@@ -125,6 +129,7 @@ class AmqpBroker:
         self._unconfirmed: set[int] = set()
         self._refused = False
         self._sent = 0
+        self._down_until = 0.0  # monotonic: RabbitMQ refused the last batch; fail at once until then
 
     # --- on the publishing thread ------------------------------------------------------------
 
@@ -223,6 +228,7 @@ class AmqpBroker:
                 outcome = None
             except BaseException as exc:  # noqa: BLE001 - handed to every push of the batch
                 outcome = exc
+                self._down_until = time.monotonic() + self.DOWN_SECONDS
             for _, _, loop, future in taken:
                 loop.call_soon_threadsafe(_settle, future, outcome)
 
@@ -231,6 +237,10 @@ class AmqpBroker:
     async def push(self, queue_name: str, *messages: str | bytes) -> None:
         if not messages:
             return
+        if time.monotonic() < self._down_until:
+            # RabbitMQ refused moments ago: say so at once rather than hold the caller through
+            # the retries again (its job waits, recorded, for the reaper).
+            raise BrokerUnavailable("RabbitMQ is unavailable (it refused the last messages)")
         if self._thread is None:
             with self._thread_lock:
                 if self._thread is None:

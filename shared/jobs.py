@@ -12,6 +12,7 @@ them. A transition that queues the job stages its message, pushed to the broker 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.broker import Broker
@@ -31,6 +32,8 @@ from shared.scripts import Scripts
 from shared.settings import Settings
 from shared.usage import UsageRecord, day_score, utc_day
 from shared.usage import record as usage_record
+
+log = logging.getLogger(__name__)
 
 
 def batch_keys(batch_id: str, job_id: str) -> list[str]:
@@ -108,7 +111,16 @@ class JobStore:
         )
         # Only once the record is there: a worker given the message claims the job at once.
         if message:
-            await self.broker.push(queue, message)
+            try:
+                await self.broker.push(queue, message)
+            except RedisError as exc:
+                if not self.broker.apart:
+                    raise  # the record's own Redis is failing: the client is told (503) and retries
+                # The broker apart is down, the state store is not: the job is recorded, so it is
+                # accepted, and the reaper pushes it once the broker answers (requeue_lost). A 503
+                # here would have the client submit it again, and both would run.
+                log.warning("job %s recorded, its message left for the reaper: %s", job_id, exc,
+                            extra={"job_id": job_id})
         return record
 
     async def get(self, job_id: str) -> dict[str, str] | None:

@@ -10,8 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from shared import keys
-from shared.broker import AmqpBroker, BrokerUnavailable, broker_for
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.broker import AmqpBroker, Broker, BrokerUnavailable, broker_for
 from shared.jobs import JobStore
+from shared.queue import run_job_message
 from shared.scripts import Scripts
 from shared.settings import Settings
 from tests.unit.jobstores import new_job, run
@@ -24,12 +27,15 @@ class Confirmed(AmqpBroker):
     """Publishing replaced: what RabbitMQ would have confirmed, per queue; ``refuse`` makes the
     next pushes fail as a broker that is down does."""
 
-    def __init__(self, state):
+    def __init__(self, state, down_seconds: float = 0.0):
         super().__init__(URL, state, Scripts(state, check_slots=True))
+        self.DOWN_SECONDS = down_seconds
         self.confirmed: list[tuple[str, str]] = []
         self.refuse = False
+        self.batches = 0
 
     def _publish_batch(self, batch):
+        self.batches += 1
         if self.refuse:
             raise BrokerUnavailable("RabbitMQ did not take the message: refused")
         for queue, messages in batch:
@@ -83,8 +89,7 @@ def test_the_reaper_pushes_only_what_rabbitmq_never_confirmed():
         store, broker = amqp_store()
         held = await new_job(store)
         broker.refuse = True
-        with pytest.raises(BrokerUnavailable):  # the API answers 503; the job is recorded
-            await new_job(store)
+        await new_job(store)  # recorded and accepted: its message is left for the reaper
         broker.refuse = False
         queued = [j for s in range(keys.SHARDS) for j in await store.redis.zrange(keys.queued_jobs(s), 0, -1)]
         (stranded,) = [j for j in queued if j != held]
@@ -99,4 +104,38 @@ def test_the_reaper_pushes_only_what_rabbitmq_never_confirmed():
         assert await recovery.requeue_lost(older_than=10) == []  # now confirmed, it is left alone
         # Nothing to wait out on RabbitMQ: it gives a dead worker's messages back itself.
         assert await recovery.requeue_unclaimed(older_than=0) == []
+    run(go())
+
+
+def test_once_rabbitmq_refused_pushes_fail_at_once_for_a_moment():
+    async def go():
+        state = fakeredis.FakeAsyncRedis(decode_responses=True)
+        broker = Confirmed(state, down_seconds=60)
+        broker.refuse = True
+        with pytest.raises(BrokerUnavailable):
+            await broker.push(keys.QUEUE_LOCAL, b"{}")
+        broker.refuse = False
+        with pytest.raises(BrokerUnavailable, match="unavailable"):
+            await broker.push(keys.QUEUE_LOCAL, b"{}")
+        assert broker.batches == 1  # the second push did not wait through the retries again
+        broker._down_until = 0.0
+        await broker.push(keys.QUEUE_LOCAL, run_job_message("job_1", keys.QUEUE_LOCAL))
+        assert broker.batches == 2
+    run(go())
+
+
+def test_a_job_recorded_while_a_redis_broker_of_its_own_is_down_is_accepted_but_not_on_one_redis():
+    class Down(Broker):
+        async def push(self, queue, *messages):
+            raise RedisConnectionError("broker down")
+
+    async def go():
+        settings = Settings(max_deliveries=2, lease_seconds=5, check_slots=True)
+        state = fakeredis.FakeAsyncRedis(decode_responses=True)
+        apart = JobStore(state, settings, broker=Down(fakeredis.FakeAsyncRedis(), owns=True))
+        job_id = await new_job(apart)
+        assert await state.hget(keys.job(job_id), "status") == "queued"
+        same = JobStore(state, settings, broker=Down(state))
+        with pytest.raises(RedisConnectionError):  # the record's own Redis: the client hears of it
+            await new_job(same)
     run(go())

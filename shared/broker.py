@@ -109,6 +109,8 @@ class AmqpBroker:
     CONFIRM_TIMEOUT = 10.0
     MAX_BATCH = 500  # messages per confirm round
     DOWN_SECONDS = 1.0  # after a batch failed every attempt, pushes fail at once for this long
+    PUSH_TIMEOUT = 5.0  # a push not confirmed by then raises (its job waits, recorded, for the reaper)
+    SOCKET_TIMEOUT = 10.0  # a read or write RabbitMQ does not take (an alarm, a half-open link)
     redis = None  # no kombu bookkeeping to read (``Recovery.requeue_unclaimed``)
     apart = True  # never the state store
 
@@ -130,26 +132,31 @@ class AmqpBroker:
         self._refused = False
         self._sent = 0
         self._down_until = 0.0  # monotonic: RabbitMQ refused the last batch; fail at once until then
+        self._returned = False  # RabbitMQ handed back a message it could route nowhere
+        self._closed = False
 
     # --- on the publishing thread ------------------------------------------------------------
 
     def _open(self):
         from kombu import Connection
 
-        connection = Connection(self.url, connect_timeout=5)
+        connection = Connection(self.url, connect_timeout=5, transport_options={
+            "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
         connection.connect()
         channel = connection.channel()
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
+        channel.events["basic_return"].add(self._on_return)
         self._connection, self._channel, self._declared, self._sent = connection, channel, set(), 0
         self._unconfirmed = set()
 
     def _drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         if connection is not None:
+            # Without the closing handshake, which a broken link would wait on forever.
             try:
-                connection.close()
+                connection.collect()
             except Exception:  # noqa: BLE001 - it is broken already; a new one replaces it
                 pass
 
@@ -158,6 +165,9 @@ class AmqpBroker:
             self._unconfirmed = {tag for tag in self._unconfirmed if tag > delivery_tag}
         else:
             self._unconfirmed.discard(delivery_tag)
+
+    def _on_return(self, *args) -> None:
+        self._returned = True  # the queue is gone (deleted since it was declared): declare it again
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
         self._refused = True
@@ -173,7 +183,7 @@ class AmqpBroker:
             try:
                 if self._channel is None:
                     self._open()
-                channel, self._refused = self._channel, False
+                channel, self._refused, self._returned = self._channel, False, False
                 for queue_name, messages in batch:
                     if queue_name not in self._declared:
                         # As Celery's workers declare it (``Queue(name)``): durable, shared.
@@ -188,7 +198,7 @@ class AmqpBroker:
                                     application_headers=envelope["headers"],
                                     correlation_id=properties["correlation_id"], delivery_mode=2,
                                     priority=properties.get("priority", 0)),
-                            exchange="", routing_key=queue_name)
+                            exchange="", routing_key=queue_name, mandatory=True)
                         self._sent += 1
                         self._unconfirmed.add(self._sent)
                 deadline = time.monotonic() + self.CONFIRM_TIMEOUT
@@ -197,14 +207,17 @@ class AmqpBroker:
                     if left <= 0:
                         raise TimeoutError("RabbitMQ confirmed nothing in time")
                     self._connection.drain_events(timeout=left)
-                if self._refused:
-                    raise OperationalError("RabbitMQ refused (nacked) a message")
+                if self._refused or self._returned:
+                    raise OperationalError("RabbitMQ refused a message (nacked, or its queue is gone)")
                 return
             except errors as exc:
                 self._drop()
                 if attempt + 1 == self.ATTEMPTS:
                     raise BrokerUnavailable(f"RabbitMQ did not take the message: {type(exc).__name__}: {exc}") from exc
                 time.sleep(0.05 * 2 ** attempt)
+            except BaseException:
+                self._drop()  # whatever state the channel is in, it is not to be trusted again
+                raise
 
     def _run(self) -> None:
         while True:
@@ -230,26 +243,35 @@ class AmqpBroker:
                 outcome = exc
                 self._down_until = time.monotonic() + self.DOWN_SECONDS
             for _, _, loop, future in taken:
-                loop.call_soon_threadsafe(_settle, future, outcome)
+                try:
+                    loop.call_soon_threadsafe(_settle, future, outcome)
+                except RuntimeError:  # that push's event loop is closed: nobody waits for it
+                    pass
 
     # --- on the event loop -----------------------------------------------------------------
 
     async def push(self, queue_name: str, *messages: str | bytes) -> None:
         if not messages:
             return
+        if self._closed:
+            raise BrokerUnavailable("the RabbitMQ publisher is closed")
         if time.monotonic() < self._down_until:
             # RabbitMQ refused moments ago: say so at once rather than hold the caller through
             # the retries again (its job waits, recorded, for the reaper).
             raise BrokerUnavailable("RabbitMQ is unavailable (it refused the last messages)")
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():
             with self._thread_lock:
-                if self._thread is None:
+                if self._thread is None or not self._thread.is_alive():
                     self._thread = threading.Thread(target=self._run, name="amqp-publisher", daemon=True)
                     self._thread.start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._requests.put((queue_name, messages, loop, future))
-        await future
+        try:
+            await asyncio.wait_for(future, self.PUSH_TIMEOUT)
+        except asyncio.TimeoutError:
+            # Still being tried (it may yet land: a message pushed twice runs once).
+            raise BrokerUnavailable(f"RabbitMQ did not confirm within {self.PUSH_TIMEOUT:g} s") from None
         marks = [(job_id, tag) for job_id, tag in map(_job_and_tag, messages) if job_id and tag]
         try:
             await asyncio.gather(*(self.scripts.mark_pushed(keys=[keys.job(job_id)], args=[tag])
@@ -267,6 +289,7 @@ class AmqpBroker:
         return await self.state.hget(keys.job(job_id), "pushed") == tag
 
     async def close(self) -> None:
+        self._closed = True
         thread = self._thread
         if thread is not None:
             self._requests.put(None)

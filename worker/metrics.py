@@ -132,7 +132,8 @@ class RedisGauges(Collector):
         """Messages ready on each queue, as RabbitMQ counts them (a passive declare)."""
         from kombu import Connection
 
-        with Connection(self._amqp, connect_timeout=2) as connection:
+        with Connection(self._amqp, connect_timeout=2,
+                        transport_options={"read_timeout": 2, "write_timeout": 2}) as connection:
             out = {}
             for queue in self.QUEUES:
                 channel = connection.channel()
@@ -152,7 +153,8 @@ class RedisGauges(Collector):
                 return self._reading
             try:
                 if self._amqp:
-                    lengths = [self._amqp_depths()[queue] for queue in self.QUEUES]
+                    depths = self._amqp_depths()
+                    lengths = [depths[queue] for queue in self.QUEUES]
                 else:
                     pipe = self._broker.pipeline(transaction=False)
                     for queue in self.QUEUES:

@@ -34,6 +34,10 @@ from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_text
 log = logging.getLogger(__name__)
 
 
+class StateStoreUnavailable(Exception):
+    """The attempt could not even claim its job: its message is given back (``worker/tasks.py``)."""
+
+
 class JobRunner:
     def __init__(self, store: JobStore, catalog: Catalog, providers: dict[str, Provider], settings: Settings):
         self.store = store
@@ -58,7 +62,13 @@ class JobRunner:
         """Run one attempt; returns what happened (for logs and tests). ``running`` is the
         runtime's handle on the attempt: ``reason`` says why it was cancelled, and ``limits``
         is set here so that the runtime renews the attempt's concurrency leases."""
-        claim = await self.store.claim(job_id, token)
+        try:
+            claim = await self.store.claim(job_id, token)
+        except RedisError as exc:
+            # Nothing ran; the job is still queued. Its message must go back to the queue, not
+            # be acknowledged as a failed task: RabbitMQ would then hold it no more, while the
+            # job's record still says it does, and no sweep would ever queue it again.
+            raise StateStoreUnavailable(f"could not claim job {job_id}: {exc}") from exc
         if claim.outcome == "exhausted":
             await self.store.fail_unclaimed(
                 job_id, "redelivery_limit",

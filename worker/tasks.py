@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 
 from celery import signals
+from celery.exceptions import Reject
 
 from shared import keys
 from worker.celery_app import app
 from worker.metrics import start_worker_metrics_server
 from worker.queue.pool import finished_attempt
+from worker.runner import StateStoreUnavailable
 from worker.runtime import current_runtime, get_runtime, stop_runtime
 
 log = logging.getLogger(__name__)
@@ -18,9 +20,13 @@ log = logging.getLogger(__name__)
 @app.task(name=keys.RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
     ran = finished_attempt()  # the job already ran on the loop (worker/queue/pool.py)
-    if ran is not None:
-        return ran.result()
-    return get_runtime().run_job(job_id)
+    try:
+        if ran is not None:
+            return ran.result()
+        return get_runtime().run_job(job_id)
+    except StateStoreUnavailable as exc:
+        # Back to its queue, for this worker or another once the state store answers.
+        raise Reject(str(exc), requeue=True) from exc
 
 
 @signals.worker_ready.connect

@@ -139,3 +139,35 @@ def test_a_job_recorded_while_a_redis_broker_of_its_own_is_down_is_accepted_but_
         with pytest.raises(RedisConnectionError):  # the record's own Redis: the client hears of it
             await new_job(same)
     run(go())
+
+
+def test_a_claim_the_state_store_cannot_answer_gives_the_message_back():
+    # Acknowledged as a failed task, the message would be gone while the job's record still
+    # names it as held by RabbitMQ: no sweep would ever queue the job again.
+    import concurrent.futures
+
+    from celery.exceptions import Reject
+
+    import worker.tasks as tasks
+    from shared.catalog import get_catalog
+    from worker.runner import JobRunner, RunningJob, StateStoreUnavailable
+
+    store = JobStore(fakeredis.FakeAsyncRedis(decode_responses=True), Settings(check_slots=True))
+
+    async def claim(job_id, token):
+        raise RedisConnectionError("the state store is down")
+
+    store.claim = claim
+    runner = JobRunner(store, get_catalog(), {}, Settings())
+    with pytest.raises(StateStoreUnavailable):
+        run(runner.run("job_1", "token", RunningJob("job_1", "token", None)))
+
+    outcome = concurrent.futures.Future()
+    outcome.set_exception(StateStoreUnavailable("could not claim job job_1"))
+    original, tasks.finished_attempt = tasks.finished_attempt, lambda: outcome
+    try:
+        with pytest.raises(Reject) as rejected:
+            tasks.run_job.run("job_1")
+    finally:
+        tasks.finished_attempt = original
+    assert rejected.value.requeue is True

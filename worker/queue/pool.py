@@ -78,8 +78,11 @@ class TaskPool(thread.TaskPool):
         super().__init__(*args, **kwargs)
         from shared.settings import get_settings
 
-        # On RabbitMQ, one: kombu's AMQP connection is not safe to share between threads, and
-        # its acks then come from this thread alone (each one frame, beside the consumer's).
+        # On RabbitMQ, one: kombu's AMQP connection is not safe to share between threads, so the
+        # jobs' acks come from this one thread. Each is one small frame, written by one send
+        # (as the consumer's own heartbeats and QoS updates are); tasks that go to the threads
+        # pool (a job arriving before the runtime started, ``chatfleet.ping``) ack from their
+        # thread, as under Celery's own threads pool.
         threads = 1 if get_settings().broker_is_amqp else COMPLETION_THREADS
         self._completions = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="chatfleet-ack")
         self._on_loop = 0  # jobs started on the loop whose trace has not finished

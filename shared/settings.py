@@ -31,7 +31,8 @@ AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATFLEET_", extra="ignore")
+    # A refused setting is named, never echoed: URLs and keys carry secrets.
+    model_config = SettingsConfigDict(env_prefix="CHATFLEET_", extra="ignore", hide_input_in_errors=True)
 
     # The Celery broker (kombu's Redis transport) unless ``broker_url`` names another, and the
     # state store unless set apart below.
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in ("redis", "rediss", *AMQP_SCHEMES):
-            raise ValueError(f"CHATFLEET_BROKER_URL must be a redis:// or an amqp:// URL, not {scheme or value!r} "
+            raise ValueError(f"CHATFLEET_BROKER_URL must be a redis:// or an amqp:// URL, not {scheme + '://' if scheme else 'that'} "
                              "(Celery's broker is one Redis or RabbitMQ; Redis Cluster is for the state store)")
         return value
 

@@ -54,8 +54,12 @@ def test_the_broker_url_chooses_rabbitmq_and_leaves_redis_the_state_store():
     assert isinstance(broker_for(fakeredis.FakeAsyncRedis(), None, settings), AmqpBroker)  # connects to nothing yet
     assert not Settings(redis_url="redis://one:6379/0").broker_is_amqp
     with pytest.raises(ValidationError) as refused:
-        Settings(broker_url="redis+cluster://a:7000,b:7001")
+        Settings(broker_url="redis+cluster://u:s3cret@a:7000,b:7001")
     assert "CHATFLEET_BROKER_URL" in str(refused.value) and "Redis Cluster" in str(refused.value)
+    assert "s3cret" not in str(refused.value)  # a refused setting is never echoed: URLs carry passwords
+    with pytest.raises(ValidationError) as refused:
+        Settings(redis_url=12, admin_api_key="cf-admin-s3cret", job_time_limit_seconds="-1")
+    assert "job_time_limit_seconds" in str(refused.value) and "-1" not in str(refused.value)
 
 
 def test_a_job_names_the_message_rabbitmq_confirmed():

@@ -6,15 +6,19 @@ anything. Each test starts a RabbitMQ node of its own (``deploy.devstack.start_r
 
 from __future__ import annotations
 
+import asyncio
 import signal
 
+import fakeredis
 import pytest
 import redis
 from kombu import Connection
 
-from deploy.devstack import rabbitmq_server, start_rabbitmq
+from deploy.devstack import Fleet, cluster_ports, rabbitmq_server, start_rabbitmq
 from shared import keys
-from shared.queue import delivery_tag
+from shared.broker import AmqpBroker
+from shared.queue import delivery_tag, run_job_message
+from shared.scripts import Scripts
 from tests.conftest import wait_for
 from tests.integration.test_spine import poll_until_done
 from tests.integration.test_split_stores import (assert_a_worker_killed_mid_job_loses_nothing,
@@ -107,3 +111,35 @@ def _stranded(state: redis.Redis, known: list[str]) -> str:
 
 def test_a_worker_killed_mid_job_loses_nothing_with_rabbitmq_as_the_broker(own_stack):
     assert_a_worker_killed_mid_job_loses_nothing(own_stack(interactive=False, rabbitmq=True))
+
+
+def test_a_push_to_a_queue_deleted_under_the_publisher_is_declared_again_not_lost(tmp_path):
+    """RabbitMQ hands back (``basic.return``) a mandatory message whose queue is gone, and then
+    confirms it all the same: the publisher takes the return as a refusal, declares the queue
+    again on a new channel and publishes once more, so the push lands instead of vanishing."""
+    fleet = Fleet()
+    try:
+        url = start_rabbitmq(fleet, cluster_ports(1)[0], tmp_path / "rabbitmq")
+        queue = keys.QUEUE_LOCAL
+
+        async def go():
+            state = fakeredis.FakeAsyncRedis(decode_responses=True)
+            broker = AmqpBroker(url, state, Scripts(state))
+            try:
+                await broker.push(queue, run_job_message("job_1", queue))
+                with Connection(url, connect_timeout=5) as connection:
+                    channel = connection.channel()
+                    assert channel.queue_declare(queue=queue, passive=True).message_count == 1
+                    channel.queue_delete(queue=queue)  # job_1 goes with it: deleted by hand
+                await broker.push(queue, run_job_message("job_2", queue))
+            finally:
+                await broker.close()
+
+        asyncio.run(go())
+        with Connection(url, connect_timeout=5) as connection:
+            channel = connection.channel()
+            assert channel.queue_declare(queue=queue, passive=True).message_count == 1
+            message = channel.basic_get(queue=queue, no_ack=True)
+            assert message.headers["id"] == "job_2"
+    finally:
+        fleet.stop_all()

@@ -25,7 +25,8 @@ import redis
 
 from shared import keys
 from shared.connections import redis_answers, sync_redis
-from shared.settings import Settings
+from shared.provider_config import get_provider_settings
+from shared.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -322,7 +323,8 @@ def wait_ready(base_url: str, queues: list[str], timeout: float = 120.0, fleet: 
 
 def main() -> int:
     started = time.monotonic()
-    settings = Settings()
+    settings = get_settings()
+    get_provider_settings()  # a refused one stops here, before anything starts
     env = dict(os.environ)
     fleet = Fleet()
     log_dir = settings.data_path / "log"

@@ -8,8 +8,10 @@ from __future__ import annotations
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.settings import refused
 
 
 class ProviderSettings(BaseSettings):
@@ -106,4 +108,7 @@ class ProviderSettings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_provider_settings() -> ProviderSettings:
-    return ProviderSettings()
+    try:
+        return ProviderSettings()
+    except ValidationError as exc:
+        raise refused(exc) from None

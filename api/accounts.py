@@ -14,7 +14,7 @@ import orjson
 
 from shared import keys
 from shared.connections import multi
-from shared.schemas import iso
+from shared.results import iso
 
 KEY_PREFIX = "cf-"
 

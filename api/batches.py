@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgspec
 import orjson
 from pydantic import ValidationError
 
-from api.openai.wire import ChatRequest
-from api.prompts import RequestError, prepare_job_spec
+from api.jobs import Refused, prepare
+from api.request import CompletionRequest
 from shared import keys
 from shared.catalog import Catalog
+from shared.jobspec import StagedLine
 from shared.provider_config import ProviderSettings, get_provider_settings
-from shared.schemas import ChatCompletionRequest, iso
+from shared.results import iso
 from shared.settings import Settings
 
 MAX_CUSTOM_ID = 512
@@ -50,14 +53,22 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}" if where else err["msg"]
 
 
-V4_URL = "/v4/chat-completions"
-OPENAI_URL = "/v1/chat/completions"
+@dataclass(frozen=True, slots=True)
+class LineFormat:
+    """One door's batch lines: the ``url`` a line names, and how its ``body`` becomes a
+    door-neutral request (raising pydantic's ValidationError or LineError)."""
+
+    url: str
+    parse: Callable[[dict[str, Any]], CompletionRequest]
 
 
-def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catalog,
-               providers: ProviderSettings, urls: tuple[str, ...] = (V4_URL, OPENAI_URL)) -> dict[str, Any]:
-    """A staged entry for one valid line; raises LineError saying what is wrong with it. A line's
-    ``url`` says which wire format its body is in (one of ``urls``)."""
+LineFormats = Mapping[str, LineFormat]  # by url
+
+
+def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catalog, providers: ProviderSettings,
+               formats: LineFormats, reservation: int) -> StagedLine:
+    """The staged entry of one valid line; raises LineError saying what is wrong with it. A line's
+    ``url`` says which door's wire format its body is in (one of ``formats``)."""
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -78,47 +89,36 @@ def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catal
     body = line.get("body")
     if not isinstance(body, dict):
         raise LineError("body must be a JSON object")
-    if url not in urls:
-        raise LineError(f"url must be {' or '.join(urls)}")
+    line_format = formats.get(url) if isinstance(url, str) else None
+    if line_format is None:
+        raise LineError(f"url must be {' or '.join(formats)}")
     if body.get("stream"):
         raise LineError("batch lines cannot stream: remove \"stream\"")
     try:
-        if url == OPENAI_URL:
-            request = ChatRequest.model_validate(body).to_fleet()
-        else:
-            request = ChatCompletionRequest.model_validate(body)
+        request = line_format.parse(body)
     except ValidationError as exc:
         raise LineError(_first_error(exc)) from None
-    if request.account_id is not None and request.account_id != account_id:
-        raise LineError("account_id names another account than the API key's")
-    spec = catalog.get(request.model)
-    if spec is None:
-        raise LineError(f"model {request.model!r} is not available")
-    missing = providers.missing_for(spec)
-    if missing:
-        raise LineError(f"model {spec.id!r} needs its provider configured ({missing})")
     try:
-        job_spec = prepare_job_spec(request, spec)
-    except RequestError as exc:
+        prepared = prepare(request, account_id, catalog, providers, reservation)
+    except Refused as exc:
         raise LineError(str(exc)) from None
-    queue = keys.QUEUE_LOCAL if spec.queue == keys.QUEUE_LOCAL else keys.QUEUE_BATCH
-    return {"custom_id": custom_id, "model": spec.id, "queue": queue, "spec": job_spec}
+    queue = keys.QUEUE_LOCAL if prepared.model.queue == keys.QUEUE_LOCAL else keys.QUEUE_BATCH
+    return StagedLine(custom_id, prepared.model.id, queue, msgspec.Raw(prepared.spec.dump()))
 
 
 def validate_lines(lines: Iterator[bytes], account_id: str, catalog: Catalog, providers: ProviderSettings,
-                   chunk: int = 500, urls: tuple[str, ...] = (V4_URL, OPENAI_URL)) -> Iterator[tuple[list[bytes], list[dict]]]:
+                   formats: LineFormats, reservation: int,
+                   chunk: int = 500) -> Iterator[tuple[list[bytes], list[dict[str, Any]]]]:
     """Chunks of (staged entries as JSON, errors): bounded memory whatever the batch size."""
     seen: set[str] = set()
     entries: list[bytes] = []
-    errors: list[dict] = []
-    number = 0
-    for raw in lines:
-        number += 1
+    errors: list[dict[str, Any]] = []
+    for number, raw in enumerate(lines, 1):
         if not raw.strip():
             errors.append({"line": number, "code": "invalid_line", "message": "empty line"})
         else:
             try:
-                entries.append(orjson.dumps(parse_line(raw, seen, account_id, catalog, providers, urls)))
+                entries.append(parse_line(raw, seen, account_id, catalog, providers, formats, reservation).dump())
             except LineError as exc:
                 errors.append({"line": number, "code": "invalid_line", "message": str(exc)})
         if len(entries) >= chunk or len(errors) >= chunk:
@@ -174,10 +174,11 @@ def check_metadata(metadata: Any) -> dict[str, str]:
 
 
 async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], catalog: Catalog,
-                 urls: tuple[str, ...]) -> tuple[int, list, int]:
+                 formats: LineFormats, settings: Settings) -> tuple[int, list, int]:
     """Validate every line and stage the valid ones; returns (lines, reported errors, error count).
     Runs the CPU work on a thread, a chunk at a time, and writes each chunk from the loop."""
-    chunks = validate_lines(lines, account, catalog, get_provider_settings(), urls=urls)
+    chunks = validate_lines(lines, account, catalog, get_provider_settings(), formats,
+                            settings.default_completion_reservation)
     total, errors, error_count = 0, [], 0
 
     def next_chunk():
@@ -194,7 +195,7 @@ async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], cat
 
 
 async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str, str], window: str,
-                 catalog: Catalog, settings: Settings, urls: tuple[str, ...] = (V4_URL, OPENAI_URL),
+                 catalog: Catalog, settings: Settings, formats: LineFormats,
                  fields: dict[str, str] | None = None) -> str:
     """Validate and stage a batch; it is ``in_progress`` (the workers' feeder hands its lines to
     the queue) or, if any line is bad, ``failed`` with every bad line reported and nothing run.
@@ -209,7 +210,7 @@ async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str
         "total": 0, "completed": 0, "failed": 0, **(fields or {}),
     })
     await redis.zadd(keys.account_batches(account), {batch_id: now})
-    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog, urls)
+    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog, formats, settings)
     retention = max(settings.job_retention_seconds, window_seconds + 86400)
     if total == 0:
         errors, error_count = [{"line": 0, "code": "empty_batch", "message": "the batch has no lines"}], 1

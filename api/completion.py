@@ -3,8 +3,8 @@
 ``complete`` submits the job, waits for its admission (a job still throttled after
 ``CHATFLEET_SYNC_ADMISSION_WAIT_SECONDS`` is cancelled and answered 429), then streams its
 events to the client or waits for its end. A client that goes away cancels its job. What the
-client reads is worded by an ``Answer``: the SGP v4 one (``SGPAnswer``) or the OpenAI one
-(``api/openai/wire.py``); the flow is the same.
+client reads is worded by an ``Answer``, each door's own (``api/sgp/answer.py``,
+``api/openai/wire.py``); the flow is the same.
 """
 
 from __future__ import annotations
@@ -18,41 +18,19 @@ from typing import Any
 
 import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from api.failures import UPSTREAM_RETRY_AFTER_SECONDS, failure_status
 from api.jobs import submit
 from api.metrics import track_sse
 from api.ratelimit import ratelimit_headers
-from api.sse import KEEPALIVE, SSE_HEADERS, sse
+from api.request import CompletionRequest
+from api.sse import KEEPALIVE, SSE_HEADERS
 from api.streams import SHUTDOWN, follow
 from shared.catalog import Catalog
 from shared.events import END, ERROR, THROTTLED
 from shared.jobs import JobStore
-from shared.schemas import ChatCompletionRequest
 from shared.settings import Settings
-
-# How a failed job maps onto the synchronous response: the client's mistakes are 4xx, the
-# upstream's and ours 5xx (a provider still rate-limiting after our retries is passed on as 429).
-ERROR_STATUS = {
-    "invalid_request": 400,
-    "model_unavailable": 400,
-    "context_length_exceeded": 400,
-    "upstream_rejected": 400,
-    "content_filter": 400,
-    "limit_exceeded": 400,
-    "upstream_rate_limited": 429,
-    "upstream_auth": 502,
-    "upstream_unavailable": 502,
-    "upstream_unreachable": 502,
-    "upstream_invalid": 502,
-    "stream_cut": 502,
-    "stream_interrupted": 502,
-    "upstream_timeout": 504,
-    "timeout": 504,
-    "redelivery_limit": 500,
-    "internal_error": 500,
-}
-UPSTREAM_RETRY_AFTER_SECONDS = 5
 
 
 class NotAdmitted(Exception):
@@ -97,34 +75,6 @@ class Answer:
         return b""
 
 
-class SGPAnswer(Answer):
-    """The SGP v4 contract: SSE chunks as the workers publish them, no ``[DONE]``."""
-
-    route = "/v4/chat-completions"
-
-    def failure(self, status, message, code=None, headers=None, **extra):
-        body: dict[str, Any] = {"detail": message}
-        if code is not None:
-            body["code"] = code
-        return JSONResponse({**body, **extra}, status_code=status, headers=headers)
-
-    def result(self, body, headers):
-        return JSONResponse(body, headers=headers)
-
-    def stream_token(self, data):
-        return sse(data)
-
-    def stream_error(self, data):
-        return sse(data, event="error")
-
-    def stream_shutdown(self, job_id, seq):
-        return self.stream_error(orjson.dumps({
-            "code": "server_shutting_down",
-            "message": f"this API instance is restarting; the job continues: follow "
-                       f"/v4/jobs/{job_id}/stream with Last-Event-ID: {seq}",
-            "job_id": job_id, "last_event_id": seq}).decode())
-
-
 async def first_admitted_event(events, admission_deadline: float, overall_deadline: float):
     """The job's first event that is not a wait. A job throttled past the admission deadline
     raises NotAdmitted (time spent queued for a worker does not count); nothing at all before
@@ -134,7 +84,7 @@ async def first_admitted_event(events, admission_deadline: float, overall_deadli
         deadline = overall_deadline if throttled is None else min(admission_deadline, overall_deadline)
         try:
             event = await asyncio.wait_for(anext(events), max(deadline - time.monotonic(), 0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if throttled is None:
                 raise
             next_try = throttled.get("next_try_epoch", time.time() + 1)
@@ -149,13 +99,13 @@ async def first_admitted_event(events, admission_deadline: float, overall_deadli
 
 def job_failure(answer: Answer, error: dict[str, Any], headers: dict[str, str]) -> Response:
     code = error.get("code")
-    status = ERROR_STATUS.get(code, 502)
+    status = failure_status(code)
     if status == 429:
         headers = {**headers, "Retry-After": str(UPSTREAM_RETRY_AFTER_SECONDS)}
-    return answer.failure(status, error.get("message"), code, headers)
+    return answer.failure(status, error.get("message") or "the job failed", code, headers)
 
 
-async def complete(body: ChatCompletionRequest, request: Request, account: str, catalog: Catalog, store: JobStore,
+async def complete(body: CompletionRequest, request: Request, account: str, catalog: Catalog, store: JobStore,
                    hub, settings: Settings, answer: Answer) -> Response:
     job = await submit(body, account, catalog, store)
     job_id = job["id"]
@@ -185,7 +135,7 @@ async def complete(body: ChatCompletionRequest, request: Request, account: str, 
         retry_after = math.ceil(exc.retry_after)
         return answer.failure(429, f"rate limited: {exc.reason}; retry after {retry_after} s", "rate_limited",
                               {**headers, "Retry-After": str(retry_after)})
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await cancel_job()
         await close_events()
         return answer.failure(504, timed_out, headers=headers)

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 
 from api.accounts import authenticate
+from api.batches import LineFormats
 from api.streams import PubSubHub
 from shared.catalog import Catalog
 from shared.jobs import JobStore
@@ -42,12 +43,18 @@ async def get_catalog_dep(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+async def get_line_formats(request: Request) -> LineFormats:
+    """Every door's batch line format, by url (``api/main.py`` collects them)."""
+    return request.app.state.line_formats
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 RedisDep = Annotated[object, Depends(get_redis)]
 RawRedisDep = Annotated[object, Depends(get_raw_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 HubDep = Annotated[PubSubHub, Depends(get_hub)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog_dep)]
+LineFormatsDep = Annotated[LineFormats, Depends(get_line_formats)]
 
 
 def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:

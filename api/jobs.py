@@ -1,9 +1,10 @@
-"""Jobs as the API makes and shows them: a chat-completion request turned into a queued job
-(for the synchronous and the asynchronous routes alike), and the job as ``GET /v4/jobs/{id}``
-shows it."""
+"""Jobs as the API makes and shows them: the one path from a door-neutral request to a queued
+job (``prepare``, then ``submit``), for interactive requests and batch lines alike, and the job as
+``GET /v4/jobs/{id}`` shows it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -11,46 +12,67 @@ import orjson
 from fastapi import HTTPException
 
 from api import metrics
-from api.prompts import RequestError, prepare_job_spec
-from shared.catalog import Catalog
+from api.prompts import RequestError, job_spec
+from api.request import CompletionRequest
+from shared.catalog import Catalog, ModelSpec
 from shared.jobs import JobStore
-from shared.provider_config import get_provider_settings
-from shared.schemas import ChatCompletionRequest, iso
+from shared.jobspec import JobSpec
+from shared.provider_config import ProviderSettings, get_provider_settings
+from shared.results import iso
 
 
 class Refused(HTTPException):
     """A request refused before any job exists: ``param`` names the field at fault, ``code``
-    the kind of fault (the OpenAI front door shows both; the SGP one, only the message)."""
+    the kind of fault (the OpenAI door shows both; the SGP one, only the message)."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(status, message)
         self.param = param
         self.code = code
 
+    def __str__(self) -> str:
+        return str(self.detail)
 
-async def submit(
-    body: ChatCompletionRequest, account_id: str, catalog: Catalog, store: JobStore
-) -> dict[str, str]:
-    if body.account_id is not None and body.account_id != account_id:
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    model: ModelSpec
+    spec: JobSpec
+
+
+def prepare(request: CompletionRequest, account_id: str, catalog: Catalog, providers: ProviderSettings,
+            reservation: int) -> Prepared:
+    """The request checked (the account it names, its model, the model's provider, everything
+    ``api/prompts.py`` checks) and made a job spec; raises Refused. Renders an untrusted chat
+    template for the raw-prompt families: bounded, but not for the event loop (``submit``)."""
+    if request.account_id is not None and request.account_id != account_id:
         raise Refused(403, "this API key cannot act for the account_id in the body", "account_id")
-    spec = catalog.get(body.model)
-    if spec is None:
-        raise Refused(400, f"model {body.model!r} is not available; GET /v4/models lists the models you can use",
+    model = catalog.get(request.model)
+    if model is None:
+        raise Refused(400, f"model {request.model!r} is not available; GET /v4/models lists the models you can use",
                       "model", "model_not_found")
-    missing = get_provider_settings().missing_for(spec)
+    missing = providers.missing_for(model)
     if missing:
-        raise Refused(400, f"model {spec.id!r} is served by the {spec.family} provider, which is not configured "
+        raise Refused(400, f"model {model.id!r} is served by the {model.family} provider, which is not configured "
                            f"on this fleet: the operator must set {missing}", "model", "model_not_available")
     try:
-        if spec.raw_prompt:
-            # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
-            job_spec = await anyio.to_thread.run_sync(prepare_job_spec, body, spec)
-        else:
-            job_spec = prepare_job_spec(body, spec)  # no template to render: cheaper than a thread hop
+        return Prepared(model, job_spec(request, model, reservation))
     except RequestError as exc:
         raise Refused(400, str(exc), exc.param, exc.code) from None
-    record = await store.create(account_id=account_id, model=spec.id, queue=spec.queue, spec=job_spec)
-    metrics.JOBS_SUBMITTED.labels(spec.id).inc()
+
+
+async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, store: JobStore) -> dict[str, str]:
+    """``prepare``, then the job recorded and queued; returns its record."""
+    args = (request, account_id, catalog, get_provider_settings(), store.settings.default_completion_reservation)
+    model = catalog.get(request.model)
+    if model is not None and model.raw_prompt:
+        # Rendering an untrusted chat template is bounded but not free: keep it off the loop.
+        prepared = await anyio.to_thread.run_sync(prepare, *args)
+    else:
+        prepared = prepare(*args)  # no template to render: cheaper than a thread hop
+    record = await store.create(account_id=account_id, model=prepared.model.id, queue=prepared.model.queue,
+                                spec=prepared.spec)
+    metrics.JOBS_SUBMITTED.labels(prepared.model.id).inc()
     return record
 
 

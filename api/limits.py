@@ -2,45 +2,45 @@
 whole and refused after.
 
 ``CHATFLEET_MAX_BODY_BYTES`` (16 MiB) bounds every body but uploads, which
-``CHATFLEET_MAX_UPLOAD_BYTES`` (512 MiB) bounds: a batch's file (``POST /v4/batches``, multipart)
-and a file (``POST /v1/files``, also bounded by ``CHATFLEET_FILE_MAX_BYTES``). A declared
+``CHATFLEET_MAX_UPLOAD_BYTES`` (512 MiB) bounds: the routes each door names (``Door.uploads``: a
+batch's file, ``POST /v4/batches``, and a file, ``POST /v1/files``, also bounded by
+``CHATFLEET_FILE_MAX_BYTES``), when the body is multipart. A declared
 ``Content-Length`` past the limit is answered at once; a body sent without one is counted as it
 arrives and cut off at the limit.
 """
 
 from __future__ import annotations
 
-import orjson
+from collections.abc import Sequence
 
-from api.openai.errors import error_body, is_openai
+from api.doors import Door, door_of
 from shared.settings import Settings
-
-UPLOADS = (("POST", "/v4/batches"), ("POST", "/v1/files"))
-
-
-def _is_upload(scope) -> bool:
-    if (scope.get("method"), scope.get("path", "").rstrip("/")) not in UPLOADS:
-        return False
-    content_type = dict(scope.get("headers") or ()).get(b"content-type", b"")
-    return content_type.startswith(b"multipart/form-data")
 
 
 class BodyLimit:
-    """Pure ASGI middleware: 413 for a body over its route's limit."""
+    """Pure ASGI middleware: 413 for a body over its route's limit, worded by the path's door."""
 
-    def __init__(self, app, settings: Settings):
+    def __init__(self, app, settings: Settings, doors: Sequence[Door]):
         self.app = app
         self.body_limit = settings.max_body_bytes
         self.upload_limit = settings.max_upload_bytes
+        self.doors = doors
+        self.uploads = {upload for door in doors for upload in door.uploads}
+
+    def _is_upload(self, scope) -> bool:
+        if (scope.get("method"), scope.get("path", "").rstrip("/")) not in self.uploads:
+            return False
+        content_type = dict(scope.get("headers") or ()).get(b"content-type", b"")
+        return content_type.startswith(b"multipart/form-data")
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_limit if _is_upload(scope) else self.body_limit
+        limit = self.upload_limit if self._is_upload(scope) else self.body_limit
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(scope, send, limit)
+            await self._refuse(scope, receive, send, limit)
             return
         received = 0
         too_large = False
@@ -72,16 +72,10 @@ class BodyLimit:
             if not too_large:
                 raise
         if too_large and not started:
-            await self._refuse(scope, send, limit)
+            await self._refuse(scope, receive, send, limit)
 
-    @staticmethod
-    async def _refuse(scope, send, limit: int) -> None:
+    async def _refuse(self, scope, receive, send, limit: int) -> None:
         message = f"the request body is larger than {limit} bytes, the most this route takes"
-        if is_openai(scope.get("path", "")):
-            body = orjson.dumps(error_body(413, message, None, "request_too_large"))
-        else:
-            body = orjson.dumps({"detail": message})
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        response = door_of(self.doors, scope.get("path", "")).errors.refusal(
+            413, message, "request_too_large", {"connection": "close"})
+        await response(scope, receive, send)

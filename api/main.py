@@ -1,4 +1,8 @@
-"""The FastAPI application: thin, it authenticates, validates, records, enqueues and relays."""
+"""The FastAPI application: thin, it authenticates, validates, records, enqueues and relays.
+
+This module puts the API together: the core's state (Redis, the job store, the pub/sub hub), the
+fleet's own routes (``api/routes/``) and the doors (``api/sgp/``, ``api/openai/``, see
+``api/doors.py``), each door wording the errors of its paths."""
 
 from __future__ import annotations
 
@@ -7,65 +11,28 @@ import logging
 import signal
 from contextlib import asynccontextmanager
 
-import orjson
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import openai, sgp
 from api.accounts import add_api_key, ensure_account
+from api.doors import Door, door_of
 from api.limits import BodyLimit
 from api.metrics import MetricsMiddleware, metrics_endpoint
-from api.openai import batches as openai_batches
-from api.openai import chat as openai_chat
-from api.openai import errors as openai_errors
-from api.openai import files as openai_files
-from api.openai import models as openai_models
-from api.routes import admin, batches, chat, health, jobs, models, usage
+from api.routes import admin, health, usage
 from api.streams import PubSubHub
+from shared.brokers import broker_for
 from shared.catalog import get_catalog
 from shared.connections import async_redis, is_cluster_url, node_url
 from shared.gcfreeze import freeze_startup_objects
-from shared.broker import broker_for
 from shared.jobs import JobStore
 from shared.logs import configure_logging
 from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("api")
-
-
-def _encodable(value):
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, list):
-        return [_encodable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _encodable(v) for k, v in value.items()}
-    return value
-
-
-EXCERPT_CHARS = 200
-
-
-def _excerpts(errors: list[dict]) -> list[dict]:
-    """Validation errors with what they quote of the input cut to an excerpt: a 10 MB value sent
-    is not sent back."""
-    out = []
-    for error in errors:
-        if "input" in error:
-            try:
-                shown = orjson.dumps(error["input"], default=str).decode()
-            except TypeError:  # a number JSON libraries refuse (past 64 bits): its digits
-                shown = repr(error["input"])
-                error = {**error, "input": shown}
-            if len(shown) > EXCERPT_CHARS:
-                error = {**error, "input": shown[:EXCERPT_CHARS] + f"... ({len(shown)} characters)"}
-        out.append(error)
-    return out
 
 
 def _on_sigterm(callback) -> None:
@@ -88,6 +55,7 @@ def _on_sigterm(callback) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings)
+    doors: tuple[Door, ...] = (sgp.door(), openai.door())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -97,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Replies as bytes, for file contents (an upload need not be text).
         app.state.raw_redis = async_redis(settings.state_url, max_connections=100, decode_responses=False)
         app.state.catalog = get_catalog(settings.catalog_path)
+        app.state.line_formats = {f.url: f for door in doors for f in door.line_formats}
         # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
         channel = ScriptChannel.for_url(settings.state_url)
         broker = broker_for(redis, channel, settings)
@@ -123,44 +92,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
 
     app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan)
-    app.include_router(health.router)
-    app.include_router(chat.router)
-    app.include_router(jobs.router)
-    app.include_router(models.router)
-    app.include_router(usage.router)
-    app.include_router(admin.router)
-    app.include_router(batches.router)
-    for module in (openai_chat, openai_models, openai_files, openai_batches):  # the OpenAI front door
-        app.include_router(module.router, prefix="/v1")
+    for router in (health.router, usage.router, admin.router):  # the fleet's own routes
+        app.include_router(router)
+    for door in doors:
+        for router in door.routers:
+            app.include_router(router, prefix=door.mount)
+        for exc_class, handler in door.handlers.items():
+            app.add_exception_handler(exc_class, handler)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
-    app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(BodyLimit, settings=settings, doors=doors)
     app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        if openai_errors.is_openai(request.url.path):
-            return openai_errors.validation_response(exc)
-        # FastAPI's own 422, made safe to encode: a request can carry text (lone surrogates)
-        # that is valid JSON but cannot be written back as UTF-8.
-        return JSONResponse({"detail": _encodable(jsonable_encoder(_excerpts(exc.errors())))}, status_code=422)
+        return door_of(doors, request.url.path).errors.invalid(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _refused(request: Request, exc: StarletteHTTPException):
-        if openai_errors.is_openai(request.url.path):
-            return openai_errors.refused_response(exc)
-        return await http_exception_handler(request, exc)
-
-    @app.exception_handler(openai_errors.OpenAIError)
-    async def _openai_error(request: Request, exc: openai_errors.OpenAIError):
-        return openai_errors.error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
+        return await door_of(doors, request.url.path).errors.refused(request, exc)
 
     @app.exception_handler(RedisError)
     async def _redis_down(request: Request, exc: RedisError):
         log.error("Redis error on %s: %s", request.url.path, exc)
-        message = "the job store is unavailable; retry shortly"
-        if openai_errors.is_openai(request.url.path):
-            return openai_errors.error_response(503, message, headers={"Retry-After": "1"})
-        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "1"})
+        return door_of(doors, request.url.path).errors.refusal(
+            503, "the job store is unavailable; retry shortly", headers={"Retry-After": "1"})
 
     return app
 

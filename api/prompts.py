@@ -7,19 +7,17 @@ model's default template, or the provider's own chat format).
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from typing import Any
 
 from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from api.request import CompletionRequest
 from shared.catalog import ModelSpec
-from shared.schemas import ChatCompletionRequest
+from shared.jobspec import JobSpec, Sampling, Turn, completion_bound, prompt_tokens_at_least
 
-DEFAULT_TEMPERATURE = 0.2
 TEMPLATE_RENDER_SECONDS = 1.0
 TEMPLATE_OUTPUT_CHARS = 2_000_000
 TEMPLATE_MAX_RANGE = 10_000
@@ -71,7 +69,7 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             self._check()
             yield item
 
-    def call(self, __context, __obj, *args, **kwargs):  # noqa: N807 (jinja's signature)
+    def call(self, __context, __obj, *args, **kwargs):  # jinja's signature
         self._check()
         for value in (*args, *kwargs.values()):
             if isinstance(value, int) and abs(value) > TEMPLATE_OUTPUT_CHARS:
@@ -100,9 +98,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
                 raise _TemplateLimit("chat_template computes a number too large")
         if operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
-                    if len(seq) * times > TEMPLATE_OUTPUT_CHARS:
-                        raise _TemplateLimit("chat_template builds a value larger than allowed")
+                if (isinstance(seq, (str, list, tuple)) and isinstance(times, int)
+                        and len(seq) * times > TEMPLATE_OUTPUT_CHARS):
+                    raise _TemplateLimit("chat_template builds a value larger than allowed")
         if operator == "%" and isinstance(left, str):
             widths = [int(w) for w in _FORMAT_WIDTH.findall(left)]
             if widths and max(widths) > TEMPLATE_OUTPUT_CHARS:
@@ -166,40 +164,39 @@ def render_template(source: str, messages: list[dict[str, str]], spec: ModelSpec
     return prompt
 
 
-def build_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
-    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
-    if request.instructions is not None and any(m["role"] == "system" for m in messages):
+def build_messages(request: CompletionRequest) -> list[Turn]:
+    messages = list(request.messages)
+    if request.instructions is not None and any(m.role == "system" for m in messages):
         raise RequestError(
             "instructions cannot be combined with a system message: send one or the other", param="instructions",
         )
-    if request.memory_strategy is not None:
-        messages = messages[-request.memory_strategy.params.k :]
+    if request.last_k is not None:
+        messages = messages[-request.last_k:]
     if request.instructions is not None:
-        messages.insert(0, {"role": "system", "content": request.instructions})
+        messages.insert(0, Turn("system", request.instructions))
     return messages
 
 
-def check_parameters(request: ChatCompletionRequest, spec: ModelSpec) -> None:
-    if request.model_parameters is not None:
-        unsupported = sorted(request.model_parameters.given() - set(spec.parameters))
-        if unsupported:
-            raise RequestError(
-                f"model {spec.id!r} does not support the parameter(s) {', '.join(unsupported)}; "
-                f"it accepts: {', '.join(spec.parameters) or 'none'}", param=unsupported[0],
-                code="unsupported_parameter",
-            )
-        max_tokens = request.model_parameters.max_tokens
-        if max_tokens is not None and max_tokens > spec.max_output:
-            raise RequestError(
-                f"max_tokens {max_tokens} is above the limit of model {spec.id!r} ({spec.max_output})",
-                param="max_tokens", code="invalid_value",
-            )
-        temperature = request.model_parameters.temperature
-        if temperature is not None and temperature > spec.temperature_limit:
-            raise RequestError(
-                f"temperature {temperature:g} is above the limit of model {spec.id!r} ({spec.temperature_limit:g})",
-                param="temperature", code="invalid_value",
-            )
+def check_parameters(request: CompletionRequest, spec: ModelSpec) -> None:
+    parameters = request.parameters
+    unsupported = sorted(parameters.given() - set(spec.parameters))
+    if unsupported:
+        raise RequestError(
+            f"model {spec.id!r} does not support the parameter(s) {', '.join(unsupported)}; "
+            f"it accepts: {', '.join(spec.parameters) or 'none'}", param=unsupported[0],
+            code="unsupported_parameter",
+        )
+    if parameters.max_tokens is not None and parameters.max_tokens > spec.max_output:
+        raise RequestError(
+            f"max_tokens {parameters.max_tokens} is above the limit of model {spec.id!r} ({spec.max_output})",
+            param="max_tokens", code="invalid_value",
+        )
+    temperature = parameters.temperature
+    if temperature is not None and temperature > spec.temperature_limit:
+        raise RequestError(
+            f"temperature {temperature:g} is above the limit of model {spec.id!r} ({spec.temperature_limit:g})",
+            param="temperature", code="invalid_value",
+        )
     if request.chat_template is not None and not spec.chat_template:
         raise RequestError(
             f"model {spec.id!r} ({spec.family}) takes no chat_template: its provider renders the "
@@ -207,52 +204,34 @@ def check_parameters(request: ChatCompletionRequest, spec: ModelSpec) -> None:
         )
 
 
-# Tokens are counted before any provider is called with an estimate that errs low: at most one
-# token per 6 bytes of UTF-8 text, plus 3 per message for the chat format's framing. Real BPE
-# tokenizers give fewer bytes per token than that on almost any text (English runs ~4, code ~3,
-# CJK ~2-3), so a prompt refused here certainly does not fit, and one that passes but does not
-# fit is refused by the provider with a context_length_exceeded error. The local model's
-# worker counts exactly with llama.cpp before generating.
-BYTES_PER_TOKEN_BOUND = 6
-MESSAGE_OVERHEAD_TOKENS = 3
-
-
-def estimate_prompt_tokens(messages: list[dict[str, str]], prompt: str | None) -> int:
-    if prompt is not None:
-        return math.ceil(len(prompt.encode()) / BYTES_PER_TOKEN_BOUND)
-    return sum(math.ceil(len(m["content"].encode()) / BYTES_PER_TOKEN_BOUND) + MESSAGE_OVERHEAD_TOKENS
-               for m in messages)
-
-
-def check_context(spec: ModelSpec, messages, prompt: str | None, max_tokens: int | None) -> None:
-    estimate = estimate_prompt_tokens(messages, prompt)
-    wanted = estimate + (max_tokens or 0)
-    if wanted > spec.context_window:
+def check_context(spec: ModelSpec, estimate: int, max_tokens: int) -> None:
+    """Refuse what certainly does not fit: the prompt's lowest estimate plus the completion bound
+    beyond the context window (one that passes but does not fit is refused by the provider with
+    a context_length_exceeded error; the local model's worker counts exactly before generating)."""
+    if estimate + max_tokens > spec.context_window:
         raise RequestError(
-            f"the prompt (at least {estimate} tokens) plus max_tokens ({max_tokens or 0}) exceeds the "
+            f"the prompt (at least {estimate} tokens) plus max_tokens ({max_tokens}) exceeds the "
             f"{spec.context_window}-token context window of model {spec.id!r}: shorten the messages "
             "(memory_strategy last_k keeps the last k) or lower max_tokens", param="messages",
             code="context_length_exceeded",
         )
 
 
-def sampling_params(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str, Any]:
-    p = request.model_parameters
-    params: dict[str, Any] = {
-        "temperature": DEFAULT_TEMPERATURE if p is None or p.temperature is None else p.temperature,
-        "max_tokens": (p.max_tokens if p and p.max_tokens else spec.default_max_tokens),
-        "stop": list(p.stop_sequences or []) if p else [],
-    }
-    if p is not None:
-        for name in ("top_k", "top_p", "frequency_penalty", "presence_penalty", "reasoning_effort", "seed"):
-            value = getattr(p, name)
-            if value is not None:
-                params[name] = value
-    return params
+def sampling(request: CompletionRequest, spec: ModelSpec, bound: int) -> Sampling:
+    p = request.parameters
+    # The door's default, within what the model takes (a client's own is refused above it).
+    default_temperature = min(request.default_temperature, spec.temperature_limit)
+    return Sampling(
+        temperature=default_temperature if p.temperature is None else p.temperature,
+        max_tokens=bound, stop=p.stop_sequences or (), top_k=p.top_k, top_p=p.top_p,
+        frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
+        reasoning_effort=p.reasoning_effort, seed=p.seed)
 
 
-def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[str, Any]:
-    """Everything the worker needs to make the call, validated; raises RequestError."""
+def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> JobSpec:
+    """Everything the worker needs to make the call, validated; raises RequestError.
+    ``reservation``: the completion bound of a request that sets none and whose model has no
+    ``default_max_tokens`` (``CHATFLEET_DEFAULT_COMPLETION_RESERVATION``)."""
     check_parameters(request, spec)
     messages = build_messages(request)
     prompt = None
@@ -260,16 +239,17 @@ def prepare_job_spec(request: ChatCompletionRequest, spec: ModelSpec) -> dict[st
         source = request.chat_template or spec.template
         if source is None:
             raise RequestError(f"model {spec.id!r} has no template configured; send a chat_template")
-        size = sum(len(m["content"]) for m in messages)
+        size = sum(len(m.content) for m in messages)
         if size > TEMPLATE_OUTPUT_CHARS:
             # Said of what the client sent, not of the template that would have failed on it.
             raise RequestError(
                 f"the messages hold {size} characters, more than the {TEMPLATE_OUTPUT_CHARS} a prompt of model "
                 f"{spec.id!r} may hold: shorten them (memory_strategy last_k keeps the last k)", param="messages",
                 code="context_length_exceeded")
-        prompt = render_template(source, messages, spec)
-    params = sampling_params(request, spec)
-    check_context(spec, messages, prompt, params.get("max_tokens"))
-    prompt_bytes = len(prompt.encode()) if prompt is not None else sum(len(m["content"].encode()) for m in messages)
-    return {"model": spec.id, "messages": messages, "prompt": prompt, "params": params,
-            "prompt_bytes": prompt_bytes}
+        prompt = render_template(source, [{"role": m.role, "content": m.content} for m in messages], spec)
+    estimate = prompt_tokens_at_least(messages, prompt)
+    bound = completion_bound(spec, estimate, request.parameters.max_tokens, reservation)
+    check_context(spec, estimate, bound)
+    prompt_bytes = len(prompt.encode()) if prompt is not None else sum(len(m.content.encode()) for m in messages)
+    return JobSpec(model=spec.id, messages=tuple(messages), params=sampling(request, spec, bound),
+                   prompt_bytes=prompt_bytes, prompt=prompt)

@@ -6,14 +6,13 @@ only the attempt that owns the job can publish events or finish it. Every transi
 Lua script (``lua/``), written so that a call made again after its reply was lost changes
 nothing: the API creates and cancels jobs, workers claim, publish, park, hand back and finish
 them. A transition that queues the job stages its message, pushed to the broker after it
-(``shared/broker.py``).
+(``shared/brokers/``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
-from shared.broker import Broker
+from shared.brokers import Broker, RedisBroker
 from shared.events import ERROR, Event, last_event_seq, stream_event
+from shared.jobspec import JobSpec
 from shared.queue import run_job_message
-from shared.schemas import iso
+from shared.results import iso
 from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -63,11 +63,11 @@ def usage_keys(account_id: str, day: str, job_id: str) -> list[str]:
     return [keys.usage_day(account_id, day, shard), keys.usage_days(account_id, shard), keys.usage_accounts(shard)]
 
 
-def new_record(job_id: str, account_id: str, model: str, queue: str, spec: Any, now: float,
+def new_record(job_id: str, account_id: str, model: str, queue: str, spec: bytes, now: float,
                **extra: str) -> dict[str, str]:
-    """A queued job's hash."""
+    """A queued job's hash (``spec``: its ``JobSpec``, encoded)."""
     return {"id": job_id, "account_id": account_id, "model": model, "queue": queue, "status": "queued",
-            "spec": orjson.dumps(spec).decode(), "created_at": repr(now), "updated_at": repr(now),
+            "spec": spec.decode(), "created_at": repr(now), "updated_at": repr(now),
             "attempts": "0", **extra}
 
 
@@ -85,7 +85,7 @@ class Claim:
 
 class JobStore:
     """The jobs in the state store (``redis``); their queue messages go to ``broker``, the state
-    store's own Redis unless one is given (``shared/broker.py``)."""
+    store's own Redis unless one is given (``shared/brokers/``)."""
 
     def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None,
                  broker: Broker | None = None):
@@ -93,17 +93,17 @@ class JobStore:
         self.settings = settings
         self.channel = channel  # where the script calls go, if not through ``redis``
         self.scripts = Scripts(redis, channel, check_slots=settings.check_slots)
-        self.broker = broker or Broker(redis, channel)
+        self.broker: Broker = broker or RedisBroker(redis, channel)
 
     # --- API side -------------------------------------------------------------------------
 
     async def create(
-        self, *, account_id: str, model: str, queue: str, spec: dict[str, Any], job_id: str | None = None
+        self, *, account_id: str, model: str, queue: str, spec: JobSpec, job_id: str | None = None
     ) -> dict[str, str]:
         """Record the job with its message staged (one script), then push the message."""
         job_id = job_id or new_job_id()
         now = time.time()
-        record = new_record(job_id, account_id, model, queue, spec, now)
+        record = new_record(job_id, account_id, model, queue, spec.dump(), now)
         message = await self.scripts.create_job(
             keys=[keys.job(job_id), keys.queued_of(job_id), keys.account_jobs(account_id, keys.shard_of(job_id))],
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
@@ -254,10 +254,11 @@ class JobStore:
         error = orjson.dumps({"code": code, "message": message}).decode()
         # What earlier attempts consumed is not known exactly once their workers are gone: the
         # bill counts the prompt of every attempt that was admitted (each sent it upstream), at a
-        # typical 4 bytes per token, and the completion tokens subscribers received.
+        # typical count, and the completion tokens subscribers received.
         delivered = max(seq - 1, 0)
-        prompt_bytes = int(orjson.loads(record["spec"]).get("prompt_bytes", 0)) if record.get("spec") else 0
-        prompt_tokens = int(record.get("admitted") or 0) * math.ceil(prompt_bytes / 4)
+        typical = (JobSpec.load(record["spec"], catalog, self.settings.default_completion_reservation)
+                   .typical_prompt_tokens if record.get("spec") else 0)
+        prompt_tokens = int(record.get("admitted") or 0) * typical
         spec = catalog.get(record.get("model", "")) if catalog is not None else None
         usage = usage_record(spec, record.get("model", ""), prompt_tokens, delivered,
                              float(record["started_at"]) if record.get("started_at") else None, estimated=True)

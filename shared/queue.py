@@ -2,7 +2,7 @@
 
 Every job reaches the queue through one path: the scripts that create, hand back or requeue a
 job stage the message built here in the job's hash (``lua/_stage.lua``), and the caller pushes
-it to the broker (``shared/broker.py``). Writing the message ourselves keeps the API free of
+it to the broker (``shared/brokers/``). Writing the message ourselves keeps the API free of
 Celery's blocking producer, and lets the reaper tell a staged message from one that reached
 its queue. The layout is Celery's task protocol 2 as kombu's Redis transport
 stores it; a test checks it against what Celery itself sends. Its keys (the queue lists, kombu's

@@ -24,7 +24,7 @@ def bundled_gguf_path() -> str:
     spec = importlib.util.find_spec(LOCAL_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         return ""
-    return os.path.join(list(spec.submodule_search_locations)[0], LOCAL_MODEL_FILE)
+    return os.path.join(next(iter(spec.submodule_search_locations)), LOCAL_MODEL_FILE)
 
 
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     # state store unless set apart below.
     redis_url: str = "redis://127.0.0.1:6379/0"
     # The Celery broker, where it is not ``redis_url``: a Redis of its own (``redis://``), or
-    # RabbitMQ (``amqp://user:password@host:5672/vhost``), see ``shared/broker.py``.
+    # RabbitMQ (``amqp://user:password@host:5672/vhost``), see ``shared/brokers/``.
     broker_url: str | None = None
     # The state store (jobs, their events and streams, accounts, limits, usage, batches, files),
-    # when it is not the broker's Redis (``shared/broker.py``).
+    # when it is not the broker's Redis (``shared/brokers/``).
     state_redis_url: str | None = None
     # Refuse any script call whose keys span Redis Cluster hash slots, on any Redis (as a
     # cluster would): how the tests prove the keyspace cluster-ready.
@@ -64,8 +64,10 @@ class Settings(BaseSettings):
     rate_window_seconds: float = Field(60.0, gt=0)
     # A synchronous chat completion waits this long to be admitted before answering 429.
     sync_admission_wait_seconds: float = Field(10.0, ge=0)
-    # Completion tokens reserved against token limits when a request sets no max_tokens (and
-    # then sent as max_tokens, so the reservation bounds what the call can use).
+    # A job's completion bound when the request sets no max_tokens and its model no
+    # default_max_tokens (at most the model's max_output and what its context window leaves):
+    # reserved against token limits and sent upstream as max_tokens alike, so that no call uses
+    # more than was reserved (``shared/jobspec.py``).
     default_completion_reservation: int = Field(4096, ge=1)
     # Usage aggregates (per account x model x day) are kept this long.
     usage_retention_days: int = Field(400, ge=1)
@@ -137,7 +139,8 @@ class Settings(BaseSettings):
             return None
         scheme = value.split("://", 1)[0].lower() if "://" in value else ""
         if scheme not in ("redis", "rediss", *AMQP_SCHEMES):
-            raise ValueError(f"CHATFLEET_BROKER_URL must be a redis:// or an amqp:// URL, not {scheme + '://' if scheme else 'that'} "
+            named = scheme + "://" if scheme else "that"
+            raise ValueError(f"CHATFLEET_BROKER_URL must be a redis:// or an amqp:// URL, not {named} "
                              "(Celery's broker is one Redis or RabbitMQ; Redis Cluster is for the state store)")
         return value
 

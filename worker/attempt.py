@@ -5,14 +5,11 @@ it is billed)."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from shared.catalog import ModelSpec
 from shared.usage import UsageRecord
-
-if TYPE_CHECKING:
-    from worker.publishing import Emitter
+from worker.publishing import Transcript
 
 
 @dataclass
@@ -36,21 +33,16 @@ class RunningJob:
 
 
 @dataclass
-class Attempt:
-    job_id: str
-    token: str
-    seq: int
-    delivered: list[str] = field(default_factory=list)
+class Attempt(Transcript):
     account_id: str = ""
     model_id: str = ""
     started: float = 0.0
-    prompt_bytes: int = 0
+    typical_prompt_tokens: int = 0  # the prompt's count while its provider has reported none
     submitted_at: float = 0.0
     batch_id: str = ""
     spec: ModelSpec | None = None
     usage: UsageRecord | None = None
     handle: RunningJob | None = None
-    emitter: Emitter | None = None
     number: int = 0  # which delivery of the job this attempt is (the claim's count)
     served_by: str = ""  # model@deployment of the call that answered
 
@@ -58,10 +50,6 @@ class Attempt:
         """The answer came from ``route`` (a ``worker.failover.Route``): its model is billed."""
         self.spec = route.spec
         self.served_by = route.label
-
-    @property
-    def text(self) -> str:
-        return "".join(self.delivered)
 
     @property
     def provider(self) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
+from shared.jobspec import JobSpec
 from worker import metrics
 from worker.attempt import Attempt
 from worker.failover import Failover, Route
@@ -26,11 +26,10 @@ from worker.stops import StopFilter
 log = logging.getLogger(__name__)
 
 
-async def generate(attempt: Attempt, routes: list[Route], job_spec: dict[str, Any], publisher: Publisher,
+async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publisher: Publisher,
                    failover: Failover | None = None) -> tuple[Completion, Route]:
     """The completion of the attempt's last call and the route that served it; raises the
     ProviderError that ended the attempt."""
-    params = job_spec["params"]
     routes = list(routes)
     shared = len(routes) > 1  # deployments' health is tracked where there is somewhere else to go
     fallbacks_loaded = failover is None
@@ -39,10 +38,9 @@ async def generate(attempt: Attempt, routes: list[Route], job_spec: dict[str, An
         route = routes[index]
         model = route.spec
         calls += 1
-        stops = StopFilter(params.get("stop"))
+        stops = StopFilter(job.params.stop)
         request = GenerationRequest(
-            spec=model, messages=job_spec["messages"], prompt=job_spec.get("prompt"),
-            params=params, continuation=attempt.text, continuation_events=len(attempt.delivered),
+            model=model, job=job, continuation=attempt.text, continuation_events=len(attempt.delivered),
             job_id=attempt.job_id, account_id=attempt.account_id,
         )
         completion = None

@@ -3,17 +3,18 @@
 A limit of N per minute admits at most N in any window of ``CHATFLEET_RATE_WINDOW_SECONDS``
 (60): a sliding log of admissions, not a fixed window (which lets 2N through at a boundary)
 nor a token bucket (which lets a burst of N follow a full minute). Admission is one Lua script
-(``lua/admit.lua``): requests, estimated tokens (prompt + max_tokens) and a concurrency lease,
+(``lua/admit.lua``): requests, estimated tokens (``JobSpec.reserved_tokens``: the prompt's high
+estimate plus the job's completion bound) and a concurrency lease,
 across the account and the account's per-model override, all or nothing, in the account's slot;
 then, where the provider deployment has limits, a second in the deployment's
 (``lua/admit_deployment.lua``), whose refusal gives the first back (``lua/unadmit.lua``). After
-the call, ``settle`` replaces the estimate with the real count and frees the lease. Leases expire on their own, so a killed worker cannot lock an account out. The API
+the call, ``settle`` replaces the estimate with the real count and frees the lease. Leases expire
+on their own, so a killed worker cannot lock an account out. The API
 reads what is left of the account's limits for its response headers (``api/ratelimit.py``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -106,9 +107,3 @@ class Limiter:
         expiry = int(time.time() * 1000) + self.lease_ms
         for key in keys.rate_scopes(account_id, model, deployment)[3::4]:
             pipe.zadd(key, {job_id: expiry}, xx=True)
-
-
-def reservation(prompt_bytes: int, max_tokens: int | None, fallback_completion: int) -> int:
-    """Tokens to reserve before the call: a high estimate of the prompt (one token per 3 bytes
-    of UTF-8, more than real tokenizers produce on almost any text) plus the completion bound."""
-    return math.ceil(prompt_bytes / 3) + (max_tokens if max_tokens is not None else fallback_completion)

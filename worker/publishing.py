@@ -3,21 +3,22 @@
 
 Each event is appended to the job's stream and published live by ``lua/publish_events.lua``,
 fenced by the attempt's lease: a publish that finds the lease gone raises ``LostOwnership``,
-one that finds a cancel request ``JobCancelled``.
+one that finds a cancel request ``JobCancelled``. What subscribers have is the attempt's
+``Transcript`` (``worker/attempt.py``'s ``Attempt`` is one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import dataclass, field
 
 import orjson
 from redis.exceptions import RedisError
 
 from shared.events import TOKEN
 from shared.jobs import JobStore
-from shared.schemas import stream_chunk
-from worker.attempt import Attempt
+from shared.results import stream_chunk
 
 
 class JobCancelled(Exception):
@@ -27,6 +28,22 @@ class JobCancelled(Exception):
 class LostOwnership(Exception):
     """Another attempt owns the job now (our lease lapsed); this one must stop writing."""
 
+
+
+@dataclass
+class Transcript:
+    """What subscribers have of a job's answer: the number of its last event (``seq``) and the
+    texts its token events carried, moved only once a publish landed."""
+
+    job_id: str
+    token: str  # the attempt's lease, which fences every publish
+    seq: int
+    delivered: list[str] = field(default_factory=list)
+    emitter: Emitter | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.delivered)
 
 
 class Publisher:
@@ -81,7 +98,7 @@ class Publisher:
                     outcomes = await self.store.publish_many([(j, t, e) for j, t, e, _ in batch])
                     if len(outcomes) != len(batch):
                         raise RedisError(f"publish answered {len(outcomes)} of {len(batch)} jobs")
-                except Exception as exc:  # Redis: every job of the round trip hears it
+                except Exception as exc:  # noqa: BLE001 - Redis: every job of the round trip hears it
                     outcomes = [exc] * len(batch)
                 for (*_, future), outcome in zip(batch, outcomes):
                     if not future.done():
@@ -107,7 +124,7 @@ class Emitter:
 
     MAX_PENDING = 256
 
-    def __init__(self, publisher: Publisher, attempt: Attempt):
+    def __init__(self, publisher: Publisher, attempt: Transcript):
         self.publisher = publisher
         self.attempt = attempt
         self.pending: list[str] = []
@@ -166,7 +183,7 @@ class Emitter:
                 raise JobCancelled()
 
 
-def token_events(attempt: Attempt, texts: list[str]) -> list[tuple[int, str, str]]:
+def token_events(attempt: Transcript, texts: list[str]) -> list[tuple[int, str, str]]:
     """The token events of ``texts``, numbered after the attempt's last published event."""
     return [(attempt.seq + i + 1, TOKEN, dumps(stream_chunk(t))) for i, t in enumerate(texts)]
 
@@ -180,14 +197,14 @@ def dumps(value) -> str:
 
 
 
-async def emit(publisher: Publisher, attempt: Attempt, text: str) -> None:
+async def emit(publisher: Publisher, attempt: Transcript, text: str) -> None:
     """Publish ``text`` as the attempt's next token event (through its emitter)."""
     if attempt.emitter is None:
         attempt.emitter = Emitter(publisher, attempt)
     await attempt.emitter.emit(text)
 
 
-async def unpublished(attempt: Attempt) -> list[tuple[int, str, str]]:
+async def unpublished(attempt: Transcript) -> list[tuple[int, str, str]]:
     """The token events still to publish, numbered after every published one; they go out
     with the attempt's last events (one round trip) and count as delivered from here on."""
     if attempt.emitter is None:

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 
-import orjson
 from redis.exceptions import RedisError
 
-from shared.catalog import Catalog, ModelSpec
+from shared.catalog import Catalog
 from shared.events import END, ERROR, TOKEN
 from shared.jobs import JobStore
-from shared.schemas import completion_body, stream_chunk
+from shared.jobspec import JobSpec
+from shared.results import completion_body, stream_chunk
 from shared.settings import Settings
 from shared.usage import record as usage_record
 from worker import metrics
 from worker.attempt import Attempt, RunningJob
 from worker.failover import Failover, Route
 from worker.generation import generate
-from worker.limits import Admission, Limiter, reservation
+from worker.limits import Admission, Limiter
 from worker.providers.base import Completion, Provider, ProviderError
 from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_text, dumps, unpublished
 
@@ -88,22 +87,21 @@ class JobRunner:
 
     async def _run_claimed(self, job_id: str, token: str, running: RunningJob, claim) -> str:
         record = claim.record
-        job_spec = orjson.loads(record["spec"])
+        job = JobSpec.load(record["spec"], self.catalog, self.settings.default_completion_reservation)
         account_id = record["account_id"]
         prior = claim.events
         attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
                           [chunk_text(e.data) for e in prior if e.type == TOKEN],
-                          account_id=account_id, model_id=job_spec["model"],
+                          account_id=account_id, model_id=job.model,
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
-                          prompt_bytes=int(job_spec.get("prompt_bytes", 0)),
+                          typical_prompt_tokens=job.typical_prompt_tokens,
                           submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
-        context = {"job_id": job_id, "account_id": account_id, "model": job_spec["model"],
-                   "attempt": claim.attempts}
+        context = {"job_id": job_id, "account_id": account_id, "model": job.model, "attempt": claim.attempts}
         attempt.number = claim.attempts
-        model = self.catalog.get(job_spec["model"])
+        model = self.catalog.get(job.model)
         if model is None:
             outcome = await self._finish_failed(attempt, "model_unavailable",
-                                                f"model {job_spec['model']!r} is no longer in the catalog")
+                                                f"model {job.model!r} is no longer in the catalog")
             await self._pass_turn(attempt)
             return outcome
         attempt.spec = model
@@ -112,7 +110,7 @@ class JobRunner:
 
         try:
             routes = await self.failover.routes(model)
-            admission = await self._admit(attempt, model, routes[0], job_spec)
+            admission = await self._admit(attempt, routes[0], job)
         except RedisError as exc:
             # Fail closed: nothing runs without admission. The lease lapses and the job is
             # handed out again once Redis answers.
@@ -144,7 +142,7 @@ class JobRunner:
 
         log.info("job started", extra={**context, "provider": model.family})
         with metrics.JOBS_RUNNING.track_inprogress():
-            outcome = await self._execute(attempt, routes, job_spec, running)
+            outcome = await self._execute(attempt, routes, job, running)
         running.limits = None
         if not admission.holds:
             return outcome  # no limit applied: nothing was reserved, nothing to release
@@ -168,22 +166,20 @@ class JobRunner:
         except RedisError as exc:  # the watchdog still wakes the line
             log.warning("could not pass the turn on: %s", exc, extra=attempt.log_context())
 
-    async def _admit(self, attempt: Attempt, model: ModelSpec, route: Route, job_spec) -> Admission:
+    async def _admit(self, attempt: Attempt, route: Route, job: JobSpec) -> Admission:
         limits = route.limits
-        completion_bound = min(model.max_output, self.settings.default_completion_reservation)
         return await self.limiter.admit(
-            job_id=attempt.job_id, account_id=attempt.account_id, model=model.id,
+            job_id=attempt.job_id, account_id=attempt.account_id, model=job.model,
             deployment=route.deployment, deployment_rpm=limits.rpm, deployment_tpm=limits.tpm,
-            tokens=reservation(attempt.prompt_bytes, job_spec["params"].get("max_tokens"), completion_bound),
-            submitted_at=attempt.submitted_at,
+            tokens=job.reserved_tokens, submitted_at=attempt.submitted_at,
         )
 
-    async def _execute(self, attempt: Attempt, routes: list[Route], job_spec, running: RunningJob) -> str:
+    async def _execute(self, attempt: Attempt, routes: list[Route], job: JobSpec, running: RunningJob) -> str:
         job_id = attempt.job_id
         try:
             try:
                 async with asyncio.timeout(self.settings.job_time_limit_seconds):
-                    completion, route = await generate(attempt, routes, job_spec, self.publisher, self.failover)
+                    completion, route = await generate(attempt, routes, job, self.publisher, self.failover)
                     attempt.serve(route)
             except TimeoutError:
                 raise ProviderError(
@@ -227,8 +223,8 @@ class JobRunner:
         estimated = prompt_tokens is None
         if estimated:
             # The provider never reported usage (cancelled, failed, cut): count what subscribers
-            # received, and the prompt at a typical 4 bytes per token.
-            prompt_tokens = math.ceil(attempt.prompt_bytes / 4) if attempt.delivered else 0
+            # received, and the prompt at its typical count.
+            prompt_tokens = attempt.typical_prompt_tokens if attempt.delivered else 0
             completion_tokens = len(attempt.delivered)
         attempt.usage = usage_record(attempt.spec, attempt.model_id, prompt_tokens, completion_tokens,
                                      attempt.started, estimated=estimated)

@@ -21,16 +21,17 @@ import time
 import uuid
 
 from shared import keys
+from shared.brokers import broker_for
 from shared.catalog import get_catalog
 from shared.connections import async_redis
 from shared.gcfreeze import freeze_startup_objects
-from shared.broker import broker_for
 from shared.jobs import JobStore
 from shared.scriptchannel import ScriptChannel
 from shared.settings import Settings, get_settings
 from worker.attempt import RunningJob
 from worker.providers.local import LocalProvider
 from worker.providers.registry import Providers
+from worker.queue import pool
 from worker.queue.recovery import Recovery
 from worker.runner import JobRunner
 from worker.services.base import Service, run_service
@@ -185,6 +186,7 @@ def get_runtime(hostname: str | None = None, queues: list[str] | None = None) ->
             )
             _runtime_pid = os.getpid()
             _runtime.start()
+            pool.hand_jobs_to(_runtime.submit_job)
         return _runtime
 
 
@@ -197,5 +199,6 @@ def stop_runtime() -> None:
     global _runtime
     with _runtime_lock:
         if _runtime is not None and _runtime_pid == os.getpid():
+            pool.hand_jobs_to(None)
             _runtime.stop()
         _runtime = None

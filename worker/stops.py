@@ -3,9 +3,11 @@ it arrives split across chunks, because a tail that could begin one is held back
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class StopFilter:
-    def __init__(self, stops: list[str] | None):
+    def __init__(self, stops: Sequence[str] | None):
         self.stops = [s for s in (stops or []) if s]
         self._held = ""
         self.stopped = False

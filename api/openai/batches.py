@@ -18,19 +18,28 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from api import batches, files
-from api.completion import ERROR_STATUS
 from api.deps import CatalogDep, CurrentAccount, RawRedisDep, RedisDep, SettingsDep
+from api.failures import failure_status
 from api.openai.errors import OpenAIError, error_body
-from api.openai.wire import completion_object
+from api.openai.wire import ChatRequest, completion_object
+from api.request import CompletionRequest
 from shared import keys
 
 router = APIRouter()
 
-ENDPOINT = batches.OPENAI_URL
+ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
 FRONT = "openai"  # the batch record's ``front``: created through this door
 # Lines that never ran have no response, only an error (OpenAI's shape for expired lines).
 NEVER_RAN = frozenset({"batch_expired", "batch_cancelled", "cancelled"})
+
+
+def _line_request(body: dict[str, Any]) -> CompletionRequest:
+    return ChatRequest.model_validate(body).to_request()
+
+
+#: Batch lines in this door's format: the only ones its batches take (any door's batch takes them).
+LINE_FORMAT = batches.LineFormat(ENDPOINT, _line_request)
 
 
 class BatchCreate(BaseModel):
@@ -69,9 +78,9 @@ def openai_line(batch_id: str, raw: str) -> dict[str, Any]:
     error = item.get("error") or {}
     code, message = error.get("code"), error.get("message") or "the request failed"
     if job_id and code not in NEVER_RAN:
-        status = ERROR_STATUS.get(code, 500)
-        out.update(response={"status_code": status, "request_id": job_id, "body": error_body(status, message, None, code)},
-                   error=None)
+        status = failure_status(code, unknown=500)
+        body = error_body(status, message, None, code)
+        out.update(response={"status_code": status, "request_id": job_id, "body": body}, error=None)
     else:
         out.update(response=None, error={"code": code, "message": message})
     return out
@@ -151,7 +160,7 @@ async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisD
     source = await files.spooled(raw, body.input_file_id)
     try:
         batch_id = await batches.create(
-            redis, account, files.lines_of(source), metadata, WINDOW, catalog, settings, urls=(ENDPOINT,),
+            redis, account, files.lines_of(source), metadata, WINDOW, catalog, settings, {ENDPOINT: LINE_FORMAT},
             fields={"front": FRONT, "input_file_id": body.input_file_id, "endpoint": ENDPOINT})
     finally:
         source.close()

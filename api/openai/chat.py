@@ -19,4 +19,4 @@ async def create_chat_completion(
 ):
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     answer = OpenAIAnswer(body.model, include_usage)
-    return await complete(body.to_fleet(), request, account, catalog, store, hub, settings, answer)
+    return await complete(body.to_request(), request, account, catalog, store, hub, settings, answer)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-
-PREFIX = "/v1/"
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 # OpenAI's error types by status (its API reference): the SDK maps the status, clients match these.
 TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
@@ -31,10 +31,6 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers
-
-
-def is_openai(path: str) -> bool:
-    return path.startswith(PREFIX)
 
 
 def error_type(status: int) -> str:
@@ -90,3 +86,21 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
     return error_response(400, message, param, "unsupported_parameter" if getattr(cause, "param", None) else None)
+
+
+class OpenAIErrors:
+    """The door's ``ErrorShape`` (``api/doors.py``): every error on a ``/v1`` path in OpenAI's shape."""
+
+    def invalid(self, exc: RequestValidationError) -> Response:
+        return validation_response(exc)
+
+    async def refused(self, request: Request, exc: HTTPException) -> Response:
+        return refused_response(exc)
+
+    def refusal(self, status: int, message: str, code: str | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        return error_response(status, message, None, code, headers)
+
+
+async def handle_openai_error(request: Request, exc: OpenAIError) -> Response:
+    return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)

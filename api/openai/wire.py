@@ -1,9 +1,9 @@
 """OpenAI's chat-completions wire format, mapped onto the fleet's requests, jobs and events.
 
-A request (``ChatRequest``) becomes the same job an SGP request would (``to_fleet``), with
-OpenAI's semantics where they differ: temperature 0-2 (each model refuses what it cannot take)
-and 1 when unset, ``max_completion_tokens`` or ``max_tokens``, ``stop`` as a string or a list,
-``developer`` messages as system ones. A parameter the fleet does not serve (tools, logprobs,
+A request (``ChatRequest``) becomes the same door-neutral request an SGP one does
+(``to_request``), with OpenAI's semantics where they differ: temperature 0-2 (each model refuses
+what it cannot take) and 1 when unset, ``max_completion_tokens`` or ``max_tokens``, ``stop`` as a
+string or a list, ``developer`` messages as system ones. A parameter the fleet does not serve (tools, logprobs,
 ``n`` other than 1, ...) is a 400 that names it: nothing is dropped silently. The answer
 (``OpenAIAnswer``) is OpenAI's: a ``chat.completion``, or ``chat.completion.chunk`` events ending with
 ``data: [DONE]``.
@@ -15,13 +15,23 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from api.completion import ERROR_STATUS, Answer
+from api.completion import Answer
+from api.failures import failure_status
 from api.openai.errors import error_body, error_response
-from shared.schemas import MAX_STOP_SEQUENCES, ChatCompletionRequest, Message, ModelParameters, check_unicode
+from api.request import (
+    CompletionRequest,
+    MaxTokens,
+    Parameters,
+    Penalty,
+    Seed,
+    StopSequences,
+    TopP,
+    check_unicode,
+)
+from shared.jobspec import ReasoningEffort, Turn
 
 SYSTEM_FINGERPRINT = "fp_chatfleet"
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's
@@ -40,9 +50,9 @@ class ChatMessage(BaseModel):
 
     _valid_unicode = field_validator("content")(classmethod(lambda cls, value: check_unicode(value)))
 
-    def to_fleet(self) -> Message:
+    def to_turn(self) -> Turn:
         text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return Message.model_construct(role="system" if self.role == "developer" else self.role, content=text)
+        return Turn("system" if self.role == "developer" else self.role, text)
 
 
 class StreamOptions(BaseModel):
@@ -64,32 +74,21 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    top_p: TopP | None = None
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    # A string is one stop sequence.
+    stop: Annotated[StopSequences, BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] | None = None
     n: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
+    seed: Seed | None = None
     user: str | None = Field(None, max_length=256)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    reasoning_effort: ReasoningEffort | None = None
     response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        stops = [value] if isinstance(value, str) else value
-        if len(stops) > MAX_STOP_SEQUENCES:
-            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        if any(s == "" for s in stops):
-            raise ValueError("stop sequences must be non-empty strings")
-        return stops
 
     @field_validator("n")
     @classmethod
@@ -107,19 +106,17 @@ class ChatRequest(BaseModel):
             raise ValueError("stream_options is only allowed with stream: true")
         return self
 
-    def to_fleet(self) -> ChatCompletionRequest:
-        """The SGP request the job is made of (validated here already: the fleet's own limits,
-        such as each model's highest temperature, are checked when it is submitted)."""
-        given: dict[str, Any] = {
-            "temperature": self.temperature if self.temperature is not None else DEFAULT_TEMPERATURE,
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "stop_sequences": self.stop, "top_p": self.top_p, "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty, "seed": self.seed, "reasoning_effort": self.reasoning_effort,
-        }
-        parameters = ModelParameters.model_construct(**{k: v for k, v in given.items() if v is not None})
-        return ChatCompletionRequest.model_construct(
-            messages=[m.to_fleet() for m in self.messages], model=self.model, account_id=None, instructions=None,
-            memory_strategy=None, model_parameters=parameters, chat_template=None, stream=bool(self.stream))
+    def to_request(self) -> CompletionRequest:
+        """The door-neutral request (each model's own limits, such as its highest temperature,
+        are checked when it is submitted)."""
+        parameters = Parameters(
+            temperature=self.temperature, max_tokens=self.max_completion_tokens or self.max_tokens,
+            stop_sequences=tuple(self.stop) if self.stop is not None else None, top_p=self.top_p,
+            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+            reasoning_effort=self.reasoning_effort, seed=self.seed)
+        return CompletionRequest(model=self.model, messages=tuple(m.to_turn() for m in self.messages),
+                                 default_temperature=DEFAULT_TEMPERATURE, parameters=parameters,
+                                 stream=bool(self.stream))
 
 
 class UnsupportedParameter(ValueError):
@@ -204,7 +201,7 @@ class OpenAIAnswer(Answer):
 
     def stream_error(self, data):
         error = orjson.loads(data)
-        return sse_data(error_body(ERROR_STATUS.get(error.get("code"), 502), error.get("message") or "the job failed",
+        return sse_data(error_body(failure_status(error.get("code")), error.get("message") or "the job failed",
                                    None, error.get("code")))
 
     def stream_shutdown(self, job_id, seq):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from api.prompts import prepare_job_spec
+from api.prompts import job_spec
+from api.sgp.wire import ChatCompletionRequest
 from shared.catalog import ModelSpec, get_catalog
-from shared.schemas import ChatCompletionRequest
+from shared.settings import Settings
 from tests.conftest import fake_provider_settings
 from worker.providers.base import (
     Completion,
@@ -36,9 +37,10 @@ MIXED_TURNS = [
 def request_for(model: str, messages: list[dict], continuation: str = "", continuation_events: int = 0,
                 job_id: str = "job_test", **body: Any) -> GenerationRequest:
     spec: ModelSpec = get_catalog().get(model)
-    job = prepare_job_spec(ChatCompletionRequest.model_validate({"model": model, "messages": messages, **body}), spec)
-    return GenerationRequest(spec=spec, messages=job["messages"], prompt=job["prompt"], params=job["params"],
-                             continuation=continuation, continuation_events=continuation_events, job_id=job_id)
+    request = ChatCompletionRequest.model_validate({"model": model, "messages": messages, **body}).to_request()
+    job = job_spec(request, spec, Settings().default_completion_reservation)
+    return GenerationRequest(model=spec, job=job, continuation=continuation,
+                             continuation_events=continuation_events, job_id=job_id)
 
 
 def run_adapter(fake, family: str, request: GenerationRequest, **settings: Any) -> tuple[list[str], Completion]:

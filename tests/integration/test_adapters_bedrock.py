@@ -18,6 +18,7 @@ from tests.integration.adapter_harness import (
     request_for,
     run_adapter,
 )
+from shared.jobspec import Turn
 from worker.providers.base import ProviderError
 from worker.providers.bedrock import BedrockProvider, converse_messages
 
@@ -108,9 +109,8 @@ def test_bedrock_body_system_merging_stop_and_defaults(fake):
     messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hello there"},
                 {"role": "user", "content": "say something nice"}, {"role": "assistant", "content": "ok"},
                 {"role": "system", "content": "be brief"}, {"role": "user", "content": "go"}]
-    req = request_for(MODEL, HI, model_parameters={"top_p": 0.9, "temperature": 0.7,
-                                                   "stop_sequences": ["tok3"]})
-    req = dataclasses.replace(req, messages=messages)
+    req = request_for(MODEL, messages, model_parameters={"top_p": 0.9, "temperature": 0.7,
+                                                         "stop_sequences": ["tok3"]})
     deltas, done = run_adapter(fake, "bedrock", req)
     assert "".join(deltas) == "tok0 tok1 tok2 "
     # prompt tokens: every word of the input, system included (4 + 2 + 3 + 1 + 1)
@@ -119,7 +119,7 @@ def test_bedrock_body_system_merging_stop_and_defaults(fake):
     assert body["system"] == [{"text": "be nice"}, {"text": "be brief"}]
     assert body["messages"] == [user("hello there\n\nsay something nice"),
                                 {"role": "assistant", "content": [{"text": "ok"}]}, user("go")]
-    # no max_tokens given: the model's output limit from the catalog
+    # no max_tokens given: the job's bound (the reservation, here the model's output limit too)
     assert body["inferenceConfig"] == {"maxTokens": 4096, "temperature": 0.7, "topP": 0.9,
                                        "stopSequences": ["tok3"]}
     assert "additionalModelRequestFields" not in body
@@ -127,7 +127,7 @@ def test_bedrock_body_system_merging_stop_and_defaults(fake):
 
 def test_bedrock_spec_extra_goes_to_additional_model_request_fields(fake):
     req = request_for(MODEL, HI)
-    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"extra": {"top_k": 40}}))
+    req = dataclasses.replace(req, model=req.model.model_copy(update={"extra": {"top_k": 40}}))
     deltas, done = run_adapter(fake, "bedrock", req)
     assert "".join(deltas) == " ".join(f"tok{i}" for i in range(16))
     assert (done.finish_reason, done.completion_tokens) == ("stop", 16)
@@ -136,8 +136,7 @@ def test_bedrock_spec_extra_goes_to_additional_model_request_fields(fake):
 
 
 def test_bedrock_conversation_must_start_with_user(fake):
-    req = dataclasses.replace(request_for(MODEL, HI), messages=[
-        {"role": "system", "content": "be nice"}, {"role": "assistant", "content": "hi"}, *HI])
+    req = request_for(MODEL, [{"role": "system", "content": "be nice"}, {"role": "assistant", "content": "hi"}, *HI])
     err = adapter_error(fake, "bedrock", req)
     assert (err.code, err.retryable) == ("invalid_request", False)
     assert "start with a user message" in err.message
@@ -191,9 +190,8 @@ def test_bedrock_default_max_tokens_is_reduced_when_continuing(fake):
 
 
 def test_converse_messages_rules():
-    messages, system = converse_messages([{"role": "system", "content": "s"}, {"role": "user", "content": ""},
-                                          {"role": "user", "content": "u"}])
+    messages, system = converse_messages((Turn("system", "s"), Turn("user", ""), Turn("user", "u")))
     assert messages == [user("u")] and system == [{"text": "s"}]
     with pytest.raises(ProviderError) as exc:
-        converse_messages([{"role": "system", "content": "s"}])
+        converse_messages((Turn("system", "s"),))
     assert exc.value.code == "invalid_request" and not exc.value.retryable

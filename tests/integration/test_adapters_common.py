@@ -184,7 +184,7 @@ def test_a_stall_between_tokens_hits_the_idle_timeout(fake, family):
 def test_a_models_extra_and_base_url_win(fake, family, extra, expect):
     req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
     base_url = fake.base_url + ("/v1" if family == "openai" else "/mistral/v1" if family == "mistral" else "")
-    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"extra": extra, "base_url": base_url}))
+    req = dataclasses.replace(req, model=req.model.model_copy(update={"extra": extra, "base_url": base_url}))
     # the configured base URL points nowhere: the model's own base_url must win
     deltas, _ = run_adapter(fake, family, req, **{f"{family}_base_url": "http://127.0.0.1:9"})
     assert "".join(deltas) == "tok0 tok1"
@@ -218,7 +218,7 @@ def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family):
     # another host, which the key is not for, unless the operator names it.
     req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
     elsewhere = fake.base_url.replace("127.0.0.1", "localhost") + {"openai": "/v1", "mistral": "/mistral/v1"}.get(family, "")
-    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"base_url": elsewhere}))
+    req = dataclasses.replace(req, model=req.model.model_copy(update={"base_url": elsewhere}))
     err = adapter_error(fake, family, req)
     variable = f"{'AWS' if family == 'bedrock' else family.upper()}_KEY_HOSTS"
     assert err.code == "model_unavailable" and variable in err.message and "localhost" in err.message
@@ -229,7 +229,7 @@ def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family):
 
 def test_llm_engine_calls_another_host_without_its_key(fake):
     req = request_for("llama-3-1-8b-instruct", HI, model_parameters={"max_tokens": 2})
-    req = dataclasses.replace(req, spec=req.spec.model_copy(
+    req = dataclasses.replace(req, model=req.model.model_copy(
         update={"base_url": fake.base_url.replace("127.0.0.1", "localhost") + "/v1"}))
     adapter_error(fake, "llm_engine", req)  # the fake, like a vLLM started with --api-key, wants one
     assert "authorization" not in fake.requests()[-1]["headers"]

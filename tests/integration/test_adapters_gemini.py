@@ -23,11 +23,12 @@ def test_gemini_request_on_the_wire(fake):
     assert "systemInstruction" not in body
 
 
-def test_gemini_natural_end_is_stop_and_max_tokens_is_left_out(fake):
+def test_gemini_natural_end_is_stop_and_the_default_bound_is_sent(fake):
     deltas, done = run_adapter(fake, "gemini", request_for(MODEL, HI))
     assert "".join(deltas) == " ".join(f"tok{i}" for i in range(16))
     assert (done.finish_reason, done.completion_tokens) == ("stop", 16)
-    assert "maxOutputTokens" not in fake.requests(family="gemini")[0]["body"]["generationConfig"]
+    # No max_tokens asked: the job's bound (CHATFLEET_DEFAULT_COMPLETION_RESERVATION), what admission reserved.
+    assert fake.requests(family="gemini")[0]["body"]["generationConfig"]["maxOutputTokens"] == 4096
 
 
 def test_gemini_system_roles_merged_turns_parameters_and_stop(fake):
@@ -43,7 +44,8 @@ def test_gemini_system_roles_merged_turns_parameters_and_stop(fake):
         {"role": "model", "parts": [{"text": "ok\n\nsure"}]},
         {"role": "user", "parts": [{"text": "go"}]},
     ]
-    assert body["generationConfig"] == {"temperature": 0.7, "topK": 5, "topP": 0.9, "stopSequences": ["tok3"]}
+    assert body["generationConfig"] == {"temperature": 0.7, "maxOutputTokens": 4096, "topK": 5, "topP": 0.9,
+                                        "stopSequences": ["tok3"]}
 
 
 def test_gemini_instructions_become_the_system_instruction(fake):
@@ -68,10 +70,10 @@ def test_gemini_continues_after_delivered_text_with_a_model_turn(fake):
     assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 3, 3 + 2)
 
 
-def test_gemini_continuation_without_max_tokens_sets_none(fake):
+def test_gemini_continuation_without_max_tokens_asks_what_the_default_bound_leaves(fake):
     req = request_for(MODEL, HI, continuation="tok0 tok1 tok2", continuation_events=3)
     deltas, done = run_adapter(fake, "gemini", req)
-    assert "maxOutputTokens" not in fake.requests(family="gemini")[0]["body"]["generationConfig"]
+    assert fake.requests(family="gemini")[0]["body"]["generationConfig"]["maxOutputTokens"] == 4096 - 3
     assert "tok0 tok1 tok2" + "".join(deltas) == " ".join(f"tok{i}" for i in range(16))
     assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("stop", 3, 16)
 

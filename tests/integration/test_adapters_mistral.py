@@ -34,14 +34,14 @@ def test_mistral_passes_parameters_and_stop(fake):
     body = fake.requests(family="mistral")[0]["body"]
     assert body["stop"] == ["tok3"] and body["top_p"] == 0.9 and body["temperature"] == 0.7
     assert body["frequency_penalty"] == 0.5 and body["presence_penalty"] == 0.1
-    assert "max_tokens" not in body  # hosted default: the model's limit
+    assert body["max_tokens"] == 4096  # no max_tokens asked: the job's bound, what admission reserved
     assert body["messages"][0] == {"role": "system", "content": "be nice"}
 
 
 def test_mistral_natural_end_and_spec_extra_merged_last(fake):
     req = request_for(MODEL, HI)
-    req = dataclasses.replace(req, spec=req.spec.model_copy(update={"extra": {"safe_prompt": True,
-                                                                              "temperature": 0.1}}))
+    req = dataclasses.replace(req, model=req.model.model_copy(update={"extra": {"safe_prompt": True,
+                                                                                "temperature": 0.1}}))
     deltas, done = run_adapter(fake, "mistral", req)
     assert "".join(deltas) == " ".join(f"tok{i}" for i in range(16))
     assert (done.finish_reason, done.completion_tokens) == ("stop", 16)

@@ -32,7 +32,7 @@ def test_openai_passes_parameters_and_stop(fake):
     body = fake.requests(family="openai")[0]["body"]
     assert body["stop"] == ["tok3"] and body["top_p"] == 0.9
     assert body["frequency_penalty"] == 0.5 and body["presence_penalty"] == 0.1
-    assert "max_tokens" not in body  # hosted default: the model's limit
+    assert body["max_tokens"] == 4096  # no max_tokens asked: the job's bound, what admission reserved
     assert body["messages"][0] == {"role": "system", "content": "be nice"}
 
 
@@ -55,7 +55,7 @@ def test_llm_engine_sends_the_rendered_prompt(fake):
     assert (done.finish_reason, done.completion_tokens) == ("length", 3)
     body = fake.requests(path="/v1/completions")[0]["body"]
     assert body["prompt"] == req.prompt and "say something nice" in body["prompt"]
-    assert body["model"] == req.spec.upstream and body["top_k"] == 5 and body["max_tokens"] == 3
+    assert body["model"] == req.model.upstream and body["top_k"] == 5 and body["max_tokens"] == 3
 
 
 def test_llm_engine_default_max_tokens_is_100(fake):

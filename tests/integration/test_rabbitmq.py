@@ -17,7 +17,7 @@ from kombu import Connection
 
 from deploy.devstack import Fleet, cluster_ports, rabbitmq_server, start_rabbitmq
 from shared import keys
-from shared.broker import AmqpBroker
+from shared.brokers import AmqpBroker
 from shared.queue import delivery_tag, run_job_message
 from shared.scripts import Scripts
 from tests.conftest import wait_for

@@ -23,6 +23,7 @@ from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.scripts import LUA_DIR, SENT_AT_ONCE, Scripts
 from shared.settings import Settings
 from tests.recording import FailingTransport, RecordingTransport
+from tests.unit.jobstores import SPEC
 
 pytestmark = pytest.mark.integration
 
@@ -344,7 +345,7 @@ def test_a_create_that_never_gets_an_answer_is_tried_as_redis_py_would_then_fail
         store = JobStore(async_redis(f"redis://127.0.0.1:{port}/0"), Settings(), channel)
         try:
             with pytest.raises(RedisConnectionError):  # a RedisError: the API answers 503
-                await store.create(account_id="acct", model="m", queue="q", spec={})
+                await store.create(account_id="acct", model="m", queue="q", spec=SPEC)
         finally:
             await channel.close()
             await store.redis.aclose()

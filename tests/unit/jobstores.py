@@ -6,7 +6,12 @@ import fakeredis
 
 from shared import keys
 from shared.jobs import JobStore
+from shared.jobspec import JobSpec, Sampling, Turn
 from shared.settings import Settings
+
+#: A job's spec, for the tests whose jobs never reach a provider.
+SPEC = JobSpec(model="m", messages=(Turn("user", "hi"),), params=Sampling(temperature=0.2, max_tokens=16),
+               prompt_bytes=2)
 
 
 def fake_store() -> JobStore:
@@ -19,5 +24,5 @@ def run(coro):
 
 
 async def new_job(store, queue=keys.QUEUE_LOCAL):
-    record = await store.create(account_id="acct", model="m", queue=queue, spec={"model": "m"})
+    record = await store.create(account_id="acct", model="m", queue=queue, spec=SPEC)
     return record["id"]

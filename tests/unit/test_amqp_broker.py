@@ -1,4 +1,4 @@
-"""RabbitMQ as the broker (shared/broker.py ``AmqpBroker``), its publishing replaced by a record of
+"""RabbitMQ as the broker (``shared/brokers/amqp.py``), its publishing replaced by a record of
 what was confirmed: the settings that choose it, the job record naming its confirmed message,
 and the reaper pushing only the messages RabbitMQ never confirmed."""
 
@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from shared import keys
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.broker import AmqpBroker, Broker, BrokerUnavailable, broker_for
+from shared.brokers import AmqpBroker, BrokerUnavailable, RedisBroker, broker_for
 from shared.jobs import JobStore
 from shared.queue import run_job_message
 from shared.scripts import Scripts
@@ -129,7 +129,7 @@ def test_once_rabbitmq_refused_pushes_fail_at_once_for_a_moment():
 
 
 def test_a_job_recorded_while_a_redis_broker_of_its_own_is_down_is_accepted_but_not_on_one_redis():
-    class Down(Broker):
+    class Down(RedisBroker):
         async def push(self, queue, *messages):
             raise RedisConnectionError("broker down")
 

@@ -6,7 +6,7 @@ import json
 import fakeredis
 
 from shared import keys
-from shared.broker import Broker
+from shared.brokers import RedisBroker
 from shared.jobs import JobStore
 from shared.settings import Settings
 from tests.unit.jobstores import new_job, run
@@ -17,7 +17,7 @@ def split_store() -> tuple[JobStore, fakeredis.FakeAsyncRedis]:
     """A job store whose broker is a Redis of its own (two fakeredis servers)."""
     state = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
     broker = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    return JobStore(state, Settings(max_deliveries=2, lease_seconds=5), broker=Broker(broker)), broker
+    return JobStore(state, Settings(max_deliveries=2, lease_seconds=5), broker=RedisBroker(broker)), broker
 
 
 def queued_ids(raws) -> list[str]:

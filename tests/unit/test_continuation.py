@@ -3,32 +3,36 @@
 import pytest
 
 from shared.catalog import get_catalog
+from shared.jobspec import JobSpec, Sampling
 from worker.providers.base import GenerationRequest, ProviderError
-from worker.providers.continuation import (
-    EchoStripper, PrefixSkipper, WhitespaceSkipper, max_tokens_left, one_call, split_prefill,
-)
+from worker.providers.continuation import EchoStripper, PrefixSkipper, WhitespaceSkipper, one_call, split_prefill
 
 
-def request(max_tokens=None, continuation="", events=0) -> GenerationRequest:
-    params = {} if max_tokens is None else {"max_tokens": max_tokens}
-    return GenerationRequest(spec=get_catalog().get("gpt-4o"), messages=[], prompt=None, params=params,
+def job(max_tokens: int = 4096, prompt: str | None = None) -> JobSpec:
+    return JobSpec(model="gpt-4o", messages=(), params=Sampling(temperature=0.2, max_tokens=max_tokens),
+                   prompt_bytes=0, prompt=prompt)
+
+
+def request(max_tokens=4096, continuation="", events=0) -> GenerationRequest:
+    return GenerationRequest(model=get_catalog().get("gpt-4o"), job=job(max_tokens),
                              continuation=continuation, continuation_events=events)
 
 
-def test_max_tokens_left_subtracts_what_was_delivered_and_never_goes_below_one():
-    assert max_tokens_left(request(10)) == 10
-    assert max_tokens_left(request(10, "a b c", 3)) == 7
-    assert max_tokens_left(request(2, "a b c", 3)) == 1
-    assert max_tokens_left(request()) is None
-    assert max_tokens_left(request(None, "a b", 2), default=4096) == 4094
+def test_tokens_left_subtracts_what_was_delivered_and_never_goes_below_one():
+    assert request(10).tokens_left() == 10
+    assert request(10, "a b c", 3).tokens_left() == 7
+    assert request(2, "a b c", 3).tokens_left() == 1
+    assert request(4096, "a b", 2).tokens_left() == 4094
+    assert request(10, "a b c", 3).tokens_left(delivered=5) == 5  # counted exactly by the adapter
+    assert request(10, "a b c", 3).max_tokens == 10  # the whole bound, for a call that regenerates
 
 
 def test_one_call_moves_the_continued_text_from_prompt_to_completion():
-    done = one_call(request(None, "a b", 2), "length", 12, 3)
+    done = one_call(request(4096, "a b", 2), "length", 12, 3)
     assert (done.finish_reason, done.prompt_tokens, done.completion_tokens) == ("length", 10, 5)
-    kept = one_call(request(None, "a b", 2), "stop", 12, 3, prefilled=False)  # nothing was sent back
+    kept = one_call(request(4096, "a b", 2), "stop", 12, 3, prefilled=False)  # nothing was sent back
     assert (kept.prompt_tokens, kept.completion_tokens) == (12, 5)
-    assert one_call(request(None, "a b", 20), "stop", 5, 1).prompt_tokens == 0
+    assert one_call(request(4096, "a b", 20), "stop", 5, 1).prompt_tokens == 0
     fresh = one_call(request(), "stop", 10, 5)
     assert (fresh.prompt_tokens, fresh.completion_tokens) == (10, 5)
 
@@ -81,5 +85,5 @@ def test_the_local_model_keeps_no_prompt_cache_between_calls():
     from worker.providers.local import LocalProvider
 
     spec = get_catalog().get("smollm2-135m-instruct")
-    req = GenerationRequest(spec=spec, messages=[], prompt="p", params={}, account_id="acct_a")
+    req = GenerationRequest(model=spec, job=job(100, "p"), account_id="acct_a")
     assert LocalProvider(Settings())._body(req, "p", 5)["cache_prompt"] is False

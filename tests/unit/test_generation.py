@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from shared.catalog import DeploymentLimits, get_catalog
+from shared.jobspec import JobSpec, Sampling, Turn
 from worker.attempt import Attempt
 from worker.failover import Route
 from worker.generation import generate
@@ -12,7 +13,8 @@ from worker.providers.base import Completion, Provider, ProviderError, TextDelta
 from worker.publishing import JobCancelled
 from worker.retries import MAX_PROVIDER_CALLS, may_retry, retry_delay
 
-SPEC = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "prompt": None, "params": {}}
+SPEC = JobSpec(model="gpt-4o", messages=(Turn("user", "hi"),), params=Sampling(temperature=0.2, max_tokens=16),
+               prompt_bytes=2)
 
 
 class Scripted(Provider):

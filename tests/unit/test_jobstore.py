@@ -10,20 +10,21 @@ import pytest
 from api.usage import read_usage
 from shared import keys
 from shared.events import END, TOKEN, read_events
+from shared.jobspec import JobSpec, Sampling, Turn
 from shared.jobs import JobStore
 from shared.usage import record
-from tests.unit.jobstores import new_job, run
+from tests.unit.jobstores import SPEC, new_job, run
 
 USAGE = record(None, "m", 3, 2, None)
 
 
 def test_create_records_and_queues_in_one_step(store):
     async def go():
-        returned = await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec={"model": "m"})
+        returned = await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec=SPEC)
         job_id = returned["id"]
         record = await store.get(job_id)
         assert record["status"] == "queued" and record["account_id"] == "acct" and record["attempts"] == "0"
-        assert orjson.loads(record["spec"]) == {"model": "m"}
+        assert JobSpec.load(record["spec"]) == SPEC
         assert returned == {k: v for k, v in record.items() if k != "message"}
         retention = store.settings.job_retention_seconds
         assert retention - 5 < await store.redis.ttl(keys.job(job_id)) <= retention
@@ -44,7 +45,7 @@ def test_a_create_made_again_changes_nothing(store):
     async def go():
         job_id = await new_job(store)
         assert (await store.claim(job_id, "a")).outcome == "claimed"
-        await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec={"model": "m"}, job_id=job_id)
+        await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec=SPEC, job_id=job_id)
         assert await store.redis.llen(keys.QUEUE_LOCAL) == 1
         record = await store.get(job_id)
         assert record["status"] == "running" and record["attempts"] == "1"
@@ -163,8 +164,9 @@ def test_redelivery_cap(store):
         claim = await store.claim(job_id, "c")
         assert claim.outcome == "exhausted" and claim.attempts == 2
         # Both attempts were admitted (each sent the prompt upstream) before their workers died.
-        await store.redis.hset(keys.job(job_id), mapping={"admitted": 2, "spec": orjson.dumps(
-            {"model": "m", "prompt_bytes": 400}).decode()})
+        spec = JobSpec(model="m", messages=(Turn("user", "x" * 400),), params=Sampling(temperature=0.2, max_tokens=16),
+                       prompt_bytes=400)
+        await store.redis.hset(keys.job(job_id), mapping={"admitted": 2, "spec": spec.dump().decode()})
         await store.fail_unclaimed(job_id, "redelivery_limit", "gave up")
         record = await store.get(job_id)
         assert record["status"] == "failed" and record["attempts"] == "2"

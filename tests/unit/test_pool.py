@@ -18,8 +18,13 @@ from shared import keys
 from shared.queue import run_job_message
 from tests.conftest import wait_for
 from worker.queue import pool as loop_pool
-from worker import runtime as worker_runtime
 from worker.tasks import app
+
+
+def hand_jobs_to(monkeypatch, runtime) -> None:
+    """The pool's jobs go to ``runtime`` (None: there is none yet), as ``worker/runtime.py`` sets it."""
+    monkeypatch.setattr(loop_pool, "_jobs_go_to", None)
+    loop_pool.hand_jobs_to(runtime.submit_job if runtime is not None else None)
 
 
 def celery_args(job_id: str, body: bytes | memoryview | None = None, task: str = keys.RUN_JOB_TASK,
@@ -95,7 +100,7 @@ def sent(eventer: Mock, kind: str) -> list[dict]:
 
 def test_a_job_starts_on_the_loop_is_active_while_it_runs_and_is_acked_once_it_ended(pool, monkeypatch):
     runtime = StubRuntime()
-    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    hand_jobs_to(monkeypatch, runtime)
     request, on_ack, eventer = celery_request("job_1")
     request.execute_using_pool(pool)
     # Accepted at once, from the consumer's thread: "active" for as long as the job runs.
@@ -121,7 +126,7 @@ def test_a_job_starts_on_the_loop_is_active_while_it_runs_and_is_acked_once_it_e
 
 def test_a_job_that_raised_fails_its_task_and_is_acked(pool, monkeypatch):
     runtime = StubRuntime()
-    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    hand_jobs_to(monkeypatch, runtime)
     request, on_ack, eventer = celery_request("job_1")
     request.execute_using_pool(pool)
     runtime.attempts["job_1"].set_exception(ValueError("boom"))
@@ -134,7 +139,7 @@ def test_a_job_that_raised_fails_its_task_and_is_acked(pool, monkeypatch):
 
 def test_a_job_whose_acceptance_failed_still_ends_and_is_acked(pool, monkeypatch):
     runtime = StubRuntime()
-    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    hand_jobs_to(monkeypatch, runtime)
     request, on_ack, _ = celery_request("job_1")
     monkeypatch.setattr(request, "on_accepted", Mock(side_effect=ConnectionError("events down")))
     request.execute_using_pool(pool)
@@ -145,7 +150,7 @@ def test_a_job_whose_acceptance_failed_still_ends_and_is_acked(pool, monkeypatch
 
 @pytest.mark.parametrize("runtime", [None, StubRuntime(started=False)], ids=["no runtime", "runtime starting"])
 def test_other_tasks_and_early_jobs_go_to_a_pool_thread(pool, monkeypatch, runtime):
-    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    hand_jobs_to(monkeypatch, runtime)
     trace, done = Trace(), []
     finished = threading.Barrier(3)
     pool.apply_async(trace, args=celery_args("job_1"), callback=lambda ret: (done.append(ret), finished.wait(5)))
@@ -158,7 +163,7 @@ def test_other_tasks_and_early_jobs_go_to_a_pool_thread(pool, monkeypatch, runti
 
 def test_a_task_that_is_not_a_job_never_reaches_the_loop(pool, monkeypatch):
     runtime = StubRuntime()
-    monkeypatch.setattr(worker_runtime, "current_runtime", lambda: runtime)
+    hand_jobs_to(monkeypatch, runtime)
     finished = threading.Event()
     pool.apply_async(Trace(), args=celery_args("p1", task="chatfleet.ping"), callback=lambda ret: finished.set())
     assert finished.wait(5)

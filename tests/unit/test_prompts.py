@@ -1,27 +1,33 @@
 import pytest
 
+from api.prompts import RequestError, build_messages, job_spec, render_template
+from api.request import CompletionRequest
+from api.sgp.wire import ChatCompletionRequest
 from shared.catalog import get_catalog
-from api.prompts import RequestError, build_messages, prepare_job_spec, render_template
-from shared.schemas import ChatCompletionRequest
+from shared.jobspec import Turn
 
 LOCAL = get_catalog().get("smollm2-135m-instruct")
+RESERVATION = 4096
 
 
-def req(**kw) -> ChatCompletionRequest:
+def req(**kw) -> CompletionRequest:
     body = {"model": "smollm2-135m-instruct", "messages": [{"content": "hi"}], **kw}
-    return ChatCompletionRequest.model_validate(body)
+    return ChatCompletionRequest.model_validate(body).to_request()
+
+
+def prepare_job_spec(request: CompletionRequest, spec):
+    return job_spec(request, spec, RESERVATION)
 
 
 def test_missing_role_means_user():
-    assert build_messages(req()) == [{"role": "user", "content": "hi"}]
+    assert build_messages(req()) == [Turn("user", "hi")]
 
 
 def test_memory_strategy_applies_before_instructions():
     msgs = [{"role": "user", "content": f"m{i}"} for i in range(5)]
     out = build_messages(req(messages=msgs, instructions="be brief",
                              memory_strategy={"params": {"k": 2}}))
-    assert out == [{"role": "system", "content": "be brief"},
-                   {"role": "user", "content": "m3"}, {"role": "user", "content": "m4"}]
+    assert out == [Turn("system", "be brief"), Turn("user", "m3"), Turn("user", "m4")]
 
 
 def test_instructions_with_a_system_message_is_refused():
@@ -31,27 +37,27 @@ def test_instructions_with_a_system_message_is_refused():
 
 def test_text_parts_are_joined():
     r = req(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}])
-    assert build_messages(r)[0]["content"] == "ab"
+    assert build_messages(r)[0].content == "ab"
 
 
 def test_defaults_temperature_and_raw_prompt_max_tokens():
     spec = prepare_job_spec(req(), LOCAL)
-    assert spec["params"]["temperature"] == 0.2
-    assert spec["params"]["max_tokens"] == 100
-    assert spec["prompt"].endswith("<|im_start|>assistant\n")
-    assert "<|im_start|>user\nhi<|im_end|>" in spec["prompt"]
+    assert spec.params.temperature == 0.2
+    assert spec.params.max_tokens == 100
+    assert spec.prompt.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nhi<|im_end|>" in spec.prompt
 
 
 def test_camel_and_snake_case_top_k_top_p():
     a = req(model_parameters={"topK": 5, "topP": 0.5})
     b = req(model_parameters={"top_k": 5, "top_p": 0.5})
-    assert prepare_job_spec(a, LOCAL)["params"] == prepare_job_spec(b, LOCAL)["params"]
+    assert prepare_job_spec(a, LOCAL).params == prepare_job_spec(b, LOCAL).params
 
 
 def test_custom_chat_template_gets_messages_and_tokens():
     tpl = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}"
     spec = prepare_job_spec(req(chat_template=tpl), LOCAL)
-    assert spec["prompt"] == "<|im_start|>[user]hi<|im_end|>"
+    assert spec.prompt == "<|im_start|>[user]hi<|im_end|>"
 
 
 @pytest.mark.parametrize("template, needle", [
@@ -103,7 +109,7 @@ def test_lone_surrogate_in_content_is_a_validation_error():
 
 def test_a_prompt_too_large_is_said_of_the_messages_not_the_template():
     spec = get_catalog().get("smollm2-135m-instruct")
-    huge = ChatCompletionRequest.model_validate({"model": spec.id, "messages": [{"content": "x" * 2_000_001}]})
+    huge = ChatCompletionRequest.model_validate({"model": spec.id, "messages": [{"content": "x" * 2_000_001}]}).to_request()
     with pytest.raises(RequestError) as caught:
         prepare_job_spec(huge, spec)
     message = str(caught.value)

@@ -10,6 +10,7 @@ from shared import keys
 from shared.events import TOKEN, read_events
 from shared.jobs import JobStore
 from shared.settings import Settings
+from tests.unit.jobstores import SPEC
 from worker.publishing import Publisher
 
 
@@ -18,7 +19,7 @@ def test_publishes_of_many_jobs_share_round_trips_and_keep_their_own_outcomes():
         store = JobStore(fakeredis.FakeAsyncRedis(decode_responses=True), Settings(lease_seconds=5))
         jobs = []
         for _ in range(20):
-            record = await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec={"model": "m"})
+            record = await store.create(account_id="acct", model="m", queue=keys.QUEUE_LOCAL, spec=SPEC)
             assert (await store.claim(record["id"], f"t-{record['id']}")).outcome == "claimed"
             jobs.append(record["id"])
         lost, cancelled, behind = jobs[0], jobs[1], jobs[2]

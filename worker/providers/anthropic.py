@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
+from worker.providers.bodies import given, merge_extra, merge_turns, split_system
+from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import mid_stream_error
 from worker.providers.http import HTTPProvider, sse_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 
 # Snapshots whose catalogued max_output needs a beta header: without it Anthropic refuses
-# max_tokens above 4,096 for claude-3-5-sonnet-20240620, and max_tokens defaults to max_output.
+# max_tokens above 4,096 for claude-3-5-sonnet-20240620.
 BETA_HEADERS = {"claude-3-5-sonnet-20240620": "max-tokens-3-5-sonnet-2024-07-15"}
 
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
@@ -31,36 +32,6 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "bill
                 "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
 
 
-def merge_extra(body: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``spec.extra`` over ``body``, last; a table in both is merged one level deep, so an
-    operator can add e.g. one generation option without restating the others."""
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(body.get(key), dict):
-            body[key] = {**body[key], **value}
-        else:
-            body[key] = value
-    return body
-
-
-def merge_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Consecutive messages of one role become one (joined by a blank line); empty ones are
-    dropped (the APIs refuse empty turns, and they carry nothing)."""
-    merged: list[dict[str, str]] = []
-    for m in messages:
-        if not m["content"].strip():
-            continue
-        if merged and merged[-1]["role"] == m["role"]:
-            merged[-1]["content"] += "\n\n" + m["content"]
-        else:
-            merged.append({"role": m["role"], "content": m["content"]})
-    return merged
-
-
-def split_system(messages: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:
-    system = [m["content"] for m in messages if m["role"] == "system" and m["content"].strip()]
-    return "\n\n".join(system), [m for m in messages if m["role"] != "system"]
-
-
 class AnthropicProvider(HTTPProvider):
     family = "anthropic"
     display = "Anthropic"
@@ -71,7 +42,7 @@ class AnthropicProvider(HTTPProvider):
     def _headers(self, request: GenerationRequest | None = None) -> dict[str, str]:
         headers = {"x-api-key": self.settings.anthropic_api_key.get_secret_value(),
                    "anthropic-version": ANTHROPIC_VERSION}
-        beta = BETA_HEADERS.get(request.spec.upstream) if request is not None else None
+        beta = BETA_HEADERS.get(request.model.upstream) if request is not None else None
         if beta:
             headers["anthropic-beta"] = beta
         return headers
@@ -79,7 +50,7 @@ class AnthropicProvider(HTTPProvider):
     def _conversation(self, request: GenerationRequest) -> tuple[str, list[dict[str, str]], str, bool]:
         """(system, messages, whitespace stripped off the prefill, whether a prefill was sent)."""
         system, rest = split_system(request.messages)
-        messages = merge_turns(rest)
+        messages = merge_turns((m.role, m.content) for m in rest)
         if not messages:
             raise ProviderError("Anthropic models need at least one user message; the conversation has none",
                                 code="invalid_request")
@@ -102,25 +73,23 @@ class AnthropicProvider(HTTPProvider):
         return system, messages, trailing, bool(request.continuation) and bool(stripped)
 
     def _body(self, request: GenerationRequest, system: str, messages: list[dict[str, str]]) -> dict[str, Any]:
-        params = request.params
+        p = request.params
         body: dict[str, Any] = {
-            "model": request.spec.upstream,
-            "max_tokens": max_tokens_left(request, request.spec.max_output),
+            "model": request.model.upstream,
+            "max_tokens": request.tokens_left(),
             "messages": messages,
             "stream": True,
-            "temperature": params.get("temperature", 0.2),
+            "temperature": p.temperature,
             "metadata": {"user_id": request.upstream_user},
+            **given(top_k=p.top_k, top_p=p.top_p),
         }
         if system:
             body["system"] = system
         # Whitespace-only stop sequences are refused upstream; the runner's stop filter still applies them.
-        stops = [s for s in params.get("stop") or () if s.strip()]
+        stops = [s for s in p.stop if s.strip()]
         if stops:
             body["stop_sequences"] = stops
-        for name in ("top_k", "top_p"):
-            if name in params:
-                body[name] = params[name]
-        return merge_extra(body, request.spec.extra)
+        return merge_extra(body, request.model.extra)
 
     def _stream_error(self, event: dict[str, Any]) -> ProviderError:
         err = event.get("error") if isinstance(event.get("error"), dict) else {}

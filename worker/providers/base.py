@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import ModelSpec
+from shared.jobspec import JobSpec, Sampling, Turn
 
 
 @dataclass
 class GenerationRequest:
-    spec: ModelSpec
-    messages: list[dict[str, str]]
-    prompt: str | None
-    params: dict[str, Any]
+    """One provider call: the job's spec, as the model of the call's route serves it."""
+
+    #: The model as its route serves it (a deployment's family, upstream name and endpoint).
+    model: ModelSpec
+    job: JobSpec
     # Text an earlier attempt already delivered to subscribers: the adapter continues after it
     # (and reports usage as for one call) instead of starting over.
     continuation: str = ""
@@ -34,8 +36,28 @@ class GenerationRequest:
         return "chatfleet-" + hashlib.sha256(self.account_id.encode()).hexdigest()[:24]
 
     @property
-    def max_tokens(self) -> int | None:
-        return self.params.get("max_tokens")
+    def messages(self) -> tuple[Turn, ...]:
+        return self.job.messages
+
+    @property
+    def prompt(self) -> str | None:
+        return self.job.prompt
+
+    @property
+    def params(self) -> Sampling:
+        return self.job.params
+
+    @property
+    def max_tokens(self) -> int:
+        """The job's completion bound, whole (what was reserved for it at admission)."""
+        return self.job.params.max_tokens
+
+    def tokens_left(self, delivered: int | None = None) -> int:
+        """This call's ``max_tokens`` when it continues the delivered text: the job's bound less
+        the tokens delivered (their count by events, ``continuation_events``, unless the adapter
+        counts them exactly: ``delivered``), at least 1."""
+        used = self.continuation_events if delivered is None else delivered
+        return max(self.max_tokens - used, 1)
 
 
 @dataclass

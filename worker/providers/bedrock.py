@@ -24,8 +24,10 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
+from shared.jobspec import Turn
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.continuation import WhitespaceSkipper, max_tokens_left, one_call, split_prefill
+from worker.providers.bodies import given, merge_turns
+from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import classify, shown_kind
 from worker.providers.http import HTTPProvider
 
@@ -45,35 +47,21 @@ STREAM_EXCEPTIONS = {
 }
 
 
-def converse_messages(messages: list[dict[str, str]]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def converse_messages(turns: tuple[Turn, ...]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(messages, system) in Converse form. System messages become top-level ``system`` blocks;
     consecutive turns of the same role are merged into one (joined by a blank line), since
     Converse requires user and assistant to alternate; empty turns are left out (Converse
     rejects blank text blocks). The conversation must start with a user turn."""
-    system: list[dict[str, str]] = []
-    turns: list[tuple[str, list[str]]] = []
-    for message in messages:
-        role, text = message["role"], message.get("content") or ""
-        if role == "system":
-            if text.strip():
-                system.append({"text": text})
-            continue
-        if role not in ("user", "assistant"):
-            raise ProviderError(f"Bedrock's Converse API takes no {role!r} messages", code="invalid_request")
-        if not text.strip():
-            continue
-        if turns and turns[-1][0] == role:
-            turns[-1][1].append(text)
-        else:
-            turns.append((role, [text]))
-    if not turns or turns[0][0] != "user":
+    system = [{"text": m.content} for m in turns if m.role == "system" and m.content.strip()]
+    merged = merge_turns((m.role, m.content) for m in turns if m.role != "system")
+    if not merged or merged[0]["role"] != "user":
         raise ProviderError(
             "Bedrock requires the conversation to start with a user message (after any system "
-            "messages); this one starts with " + ("no user or assistant message" if not turns else
+            "messages); this one starts with " + ("no user or assistant message" if not merged else
                                                  "an assistant message"),
             code="invalid_request",
         )
-    return [{"role": role, "content": [{"text": "\n\n".join(texts)}]} for role, texts in turns], system
+    return [{"role": m["role"], "content": [{"text": m["content"]}]} for m in merged], system
 
 
 class BedrockProvider(HTTPProvider):
@@ -85,7 +73,7 @@ class BedrockProvider(HTTPProvider):
         return self.settings.bedrock_region
 
     def _url(self, request: GenerationRequest) -> str:
-        model_id = urllib.parse.quote(request.spec.upstream, safe="")
+        model_id = urllib.parse.quote(request.model.upstream, safe="")
         return self.endpoint(request, self.settings.bedrock_endpoint_url
                              or f"https://bedrock-runtime.{self.region}.amazonaws.com",
                              f"/model/{model_id}/converse-stream")
@@ -105,7 +93,7 @@ class BedrockProvider(HTTPProvider):
         return {name.lower(): value for name, value in aws_request.headers.items()}
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
-        params = request.params
+        p = request.params
         messages, system = converse_messages(request.messages)
         if messages[-1]["role"] == "assistant":
             # The conversation ends with an assistant turn: the model continues it (Bedrock's
@@ -116,19 +104,15 @@ class BedrockProvider(HTTPProvider):
             text, _ = split_prefill(request.continuation)
             if text:  # an all-whitespace continuation is held back entirely (see WhitespaceSkipper)
                 messages.append({"role": "assistant", "content": [{"text": text}]})
-        config: dict[str, Any] = {
-            "maxTokens": max_tokens_left(request, request.spec.max_output),
-            "temperature": params.get("temperature", 0.2),
-        }
-        if "top_p" in params:
-            config["topP"] = params["top_p"]
-        if params.get("stop"):
-            config["stopSequences"] = list(params["stop"])
+        config: dict[str, Any] = {"maxTokens": request.tokens_left(), "temperature": p.temperature,
+                                  **given(topP=p.top_p)}
+        if p.stop:
+            config["stopSequences"] = list(p.stop)
         body: dict[str, Any] = {"messages": messages, "inferenceConfig": config}
         if system:
             body["system"] = system
-        if request.spec.extra:
-            body["additionalModelRequestFields"] = dict(request.spec.extra)
+        if request.model.extra:
+            body["additionalModelRequestFields"] = dict(request.model.extra)
         return body
 
     def _exception(self, headers: dict[str, Any], payload: bytes) -> ProviderError:

@@ -15,23 +15,15 @@ repeat what subscribers already have (``GenerationRequest.continuation``, carrie
   prefix the subscriber has is dropped from the new answer (``PrefixSkipper``), which ends the job
   if the new answer departs from it.
 
-Whatever the way, the call asks for the tokens the job has left (``max_tokens_left``), and its
-usage is counted as for one call (``one_call``): the continued text was prompt to this call but
-is completion to the job. The local model counts both exactly with its tokenizer.
+Whatever the way, the call asks for the tokens the job has left (``GenerationRequest.tokens_left``;
+OpenAI, which regenerates whole, for the job's whole bound), and its usage is counted as for one
+call (``one_call``): the continued text was prompt to this call but is completion to the job. The
+local model counts both exactly with its tokenizer.
 """
 
 from __future__ import annotations
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError
-
-
-def max_tokens_left(request: GenerationRequest, default: int | None = None) -> int | None:
-    """The call's ``max_tokens``: the request's (or ``default``) less the tokens already
-    delivered, at least 1; None when there is no bound to send."""
-    limit = request.params.get("max_tokens") or default
-    if limit is None:
-        return None
-    return max(limit - request.continuation_events, 1)
 
 
 def one_call(request: GenerationRequest, finish_reason: str, prompt_tokens: int, completion_tokens: int,

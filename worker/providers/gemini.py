@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from worker.providers.anthropic import merge_extra, merge_turns, split_system
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.continuation import max_tokens_left, one_call
+from worker.providers.bodies import given, merge_extra, merge_turns, split_system
+from worker.providers.continuation import one_call
 from worker.providers.faults import mid_stream_error
 from worker.providers.http import HTTPProvider, sse_json
 
@@ -39,7 +39,7 @@ class GeminiProvider(HTTPProvider):
     display = "Gemini"
 
     def _url(self, request: GenerationRequest) -> str:
-        model = request.spec.upstream.removeprefix("models/")
+        model = request.model.upstream.removeprefix("models/")
         return self.endpoint(request, self.settings.gemini_base_url, f"/v1beta/models/{model}:streamGenerateContent")
 
     def _headers(self) -> dict[str, str]:
@@ -48,7 +48,7 @@ class GeminiProvider(HTTPProvider):
     def _contents(self, request: GenerationRequest) -> tuple[str, list[dict[str, Any]], bool]:
         """(system instruction, contents, whether a prefill was sent)."""
         system, rest = split_system(request.messages)
-        turns = merge_turns([{"role": ROLES.get(m["role"], "user"), "content": m["content"]} for m in rest])
+        turns = merge_turns((ROLES.get(m.role, "user"), m.content) for m in rest)
         prefilled = False
         if request.continuation:
             if turns and turns[-1]["role"] == "model":
@@ -61,21 +61,18 @@ class GeminiProvider(HTTPProvider):
         return system, contents, prefilled
 
     def _body(self, request: GenerationRequest, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
-        params = request.params
-        config: dict[str, Any] = {"temperature": params.get("temperature", 0.2)}
-        max_tokens = max_tokens_left(request)
-        if max_tokens is not None:
-            config["maxOutputTokens"] = max_tokens
-        for name, field in (("top_p", "topP"), ("top_k", "topK"), ("frequency_penalty", "frequencyPenalty"),
-                            ("presence_penalty", "presencePenalty"), ("seed", "seed")):
-            if name in params:
-                config[field] = params[name]
-        if params.get("stop"):
-            config["stopSequences"] = params["stop"]
+        p = request.params
+        config: dict[str, Any] = {
+            "temperature": p.temperature, "maxOutputTokens": request.tokens_left(),
+            **given(topP=p.top_p, topK=p.top_k, frequencyPenalty=p.frequency_penalty,
+                    presencePenalty=p.presence_penalty, seed=p.seed),
+        }
+        if p.stop:
+            config["stopSequences"] = list(p.stop)
         body: dict[str, Any] = {"contents": contents, "generationConfig": config}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
-        return merge_extra(body, request.spec.extra)
+        return merge_extra(body, request.model.extra)
 
     def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:
         err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}

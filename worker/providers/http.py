@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit
 import logging
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -191,18 +191,18 @@ class HTTPProvider(Provider):
         """``path`` under the model's own ``base_url`` (a catalog override) or the family's
         (``configured``). The family's key goes only to its own hosts (``key_allowed``)."""
         if not self.key_allowed(request, configured) and not self.key_optional:
-            host = urlsplit(request.spec.base_url).hostname
+            host = urlsplit(request.model.base_url).hostname
             variable = f"{'AWS' if self.family == 'bedrock' else self.family.upper()}_KEY_HOSTS"
-            raise ProviderError(f"model {request.spec.id!r} is routed to {host}, a host this fleet's "
+            raise ProviderError(f"model {request.model.id!r} is routed to {host}, a host this fleet's "
                                 f"{self.display} key is not for: the operator must name it in {variable}",
                                 code="model_unavailable")
-        return (request.spec.base_url or configured or "").rstrip("/") + path
+        return (request.model.base_url or configured or "").rstrip("/") + path
 
     def key_allowed(self, request, configured: str | None) -> bool:
         """Whether the family's key may go where the model is routed."""
-        if not request.spec.base_url:
+        if not request.model.base_url:
             return True
-        host = (urlsplit(request.spec.base_url).hostname or "").lower()
+        host = (urlsplit(request.model.base_url).hostname or "").lower()
         return host in self.settings.key_hosts(self.family, configured)
 
     def check_ended(self, finish_reason: str | None, usage: object = True) -> None:

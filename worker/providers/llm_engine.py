@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.continuation import max_tokens_left, one_call
+from worker.providers.bodies import given
+from worker.providers.continuation import one_call
 from worker.providers.http import HTTPProvider
 from worker.providers.openai import Choices, openai_chunks, openai_sampling
-
-SAMPLING = ("top_k", "top_p", "frequency_penalty", "presence_penalty", "seed")
 
 
 class LLMEngineProvider(HTTPProvider):
@@ -20,7 +19,7 @@ class LLMEngineProvider(HTTPProvider):
     display = "LLM-Engine"
 
     def _url(self, request: GenerationRequest) -> str:
-        if not (request.spec.base_url or self.settings.llm_engine_base_url):
+        if not (request.model.base_url or self.settings.llm_engine_base_url):
             raise ProviderError(f"{self.display} is not configured: set LLM_ENGINE_BASE_URL",
                                 code="model_unavailable")
         return self.endpoint(request, self.settings.llm_engine_base_url, "/completions")
@@ -34,21 +33,25 @@ class LLMEngineProvider(HTTPProvider):
         return {"authorization": f"Bearer {key.get_secret_value()}"}
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        p = request.params
         return {
-            "model": request.spec.upstream,
+            "model": request.model.upstream,
             "prompt": (request.prompt or "") + request.continuation,
             "stream": True,
             "stream_options": {"include_usage": True},
             "user": request.upstream_user,
-            **openai_sampling(request.params, max_tokens_left(request), SAMPLING),
-            **request.spec.extra,
+            **openai_sampling(p, request.tokens_left()),
+            **given(top_k=p.top_k, top_p=p.top_p, frequency_penalty=p.frequency_penalty,
+                    presence_penalty=p.presence_penalty, seed=p.seed),
+            **request.model.extra,
         }
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
         if request.prompt is None:
             raise ProviderError(f"{self.display} needs a rendered prompt", code="invalid_request")
         choices = Choices(lambda choice: choice.get("text"))
-        async for text in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers(request))):
+        chunks = openai_chunks(self, self._url(request), self._body(request), self._headers(request))
+        async for text in choices.texts(chunks):
             yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)
         usage = choices.usage

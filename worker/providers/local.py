@@ -19,6 +19,7 @@ from typing import Any
 
 from shared.settings import Settings
 from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
+from worker.providers.bodies import given
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +97,22 @@ class LocalProvider(Provider):
     def __init__(self, settings: Settings):
         self.model = LocalModel(settings)
 
-    def _body(self, request: GenerationRequest, prompt: str, max_tokens: int | None) -> dict[str, Any]:
-        params = request.params
+    def _body(self, request: GenerationRequest, prompt: str, max_tokens: int) -> dict[str, Any]:
+        p = request.params
         body: dict[str, Any] = {
             "prompt": prompt,
             "stream": True,
-            "temperature": params.get("temperature", 0.2),
+            "temperature": p.temperature,
+            "max_tokens": max_tokens,
             # No prompt cache: llama.cpp would reuse a slot's cached prefix whoever sent it,
             # and how fast a prompt is read would tell one account what another asked.
             "cache_prompt": False,
+            **given(top_k=p.top_k, top_p=p.top_p, frequency_penalty=p.frequency_penalty,
+                    presence_penalty=p.presence_penalty, seed=p.seed),
         }
-        if max_tokens is not None:
-            body["max_tokens"] = max_tokens
-        if params.get("stop"):
-            body["stop"] = params["stop"]
-        for ours, theirs in (("top_k", "top_k"), ("top_p", "top_p"),
-                             ("frequency_penalty", "frequency_penalty"),
-                             ("presence_penalty", "presence_penalty"), ("seed", "seed")):
-            if ours in params:
-                body[theirs] = params[ours]
-        body.update(request.spec.extra)
+        if p.stop:
+            body["stop"] = list(p.stop)
+        body.update(request.model.extra)
         return body
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
@@ -140,15 +137,15 @@ class LocalProvider(Provider):
         prior_tokens = 0
         max_tokens = request.max_tokens
         if request.continuation:
-            # Continue after what an earlier attempt delivered; usage is reported as for one call.
+            # Continue after what an earlier attempt delivered, its tokens counted exactly; usage
+            # is reported as for one call.
             base_prompt_tokens = await self._count_prompt_tokens(request.prompt)
             with_prior = await self._count_prompt_tokens(request.prompt + request.continuation)
             prior_tokens = max(with_prior - base_prompt_tokens, 0)
-            if max_tokens is not None:
-                max_tokens -= prior_tokens
-                if max_tokens <= 0:
-                    yield Completion("length", base_prompt_tokens, prior_tokens)
-                    return
+            if prior_tokens >= request.max_tokens:  # the bound is used up: nothing left to ask for
+                yield Completion("length", base_prompt_tokens, prior_tokens)
+                return
+            max_tokens = request.tokens_left(prior_tokens)
         body = self._body(request, request.prompt + request.continuation, max_tokens)
 
         queue: asyncio.Queue = asyncio.Queue()
@@ -163,7 +160,7 @@ class LocalProvider(Provider):
                 result = self.model.complete(body, on_chunk)
                 if result is not None:
                     loop.call_soon_threadsafe(queue.put_nowait, result)
-            except BaseException as exc:  # surfaced to the job, never lost in the thread
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the job, never lost in the thread
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)

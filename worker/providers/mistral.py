@@ -18,14 +18,14 @@ import httpx
 import orjson
 
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.continuation import EchoStripper, max_tokens_left, one_call
+from worker.providers.bodies import chat_messages, given
+from worker.providers.continuation import EchoStripper, one_call
 from worker.providers.faults import classify
 from worker.providers.http import HTTPProvider, sse_json
 from worker.providers.openai import job_seed, openai_sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
                   "tool_calls": "tool_calls", "content_filter": "content_filter"}
-SAMPLING = ("top_p", "frequency_penalty", "presence_penalty")
 # In-band error chunks carry a status in ``code`` (a string) or only a ``type``.
 ERROR_TYPE_STATUS = {"rate_limited": 429, "requests": 429, "rate_limit_error": 429,
                      "invalid_request_error": 400, "invalid_request": 400,
@@ -57,19 +57,21 @@ class MistralProvider(HTTPProvider):
                 "accept": "text/event-stream"}
 
     def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = list(request.messages)
+        messages = chat_messages(request.messages)
         if request.continuation:
             messages.append({"role": "assistant", "content": request.continuation, "prefix": True})
         return messages
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        p = request.params
         return {
-            "model": request.spec.upstream,
+            "model": request.model.upstream,
             "messages": self._messages(request),
             "stream": True,
-            **openai_sampling(request.params, max_tokens_left(request), SAMPLING),
-            "random_seed": request.params.get("seed", job_seed(request.job_id)),
-            **request.spec.extra,
+            **openai_sampling(p, request.tokens_left()),
+            **given(top_p=p.top_p, frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty),
+            "random_seed": p.seed if p.seed is not None else job_seed(request.job_id),
+            **request.model.extra,
         }
 
     def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:

@@ -150,7 +150,7 @@ class AsyncioStream(AsyncNetworkStream):
         if not buffer:
             return
         protocol = self._protocol
-        if protocol.eof and protocol.error is not None or self._transport.is_closing():
+        if (protocol.eof and protocol.error is not None) or self._transport.is_closing():
             raise httpcore.WriteError("the connection is closed")
         if not protocol.write_paused and self._held + len(buffer) <= HELD_MAX:
             # Held to the end of this loop turn: a request's head and body go out in one write.

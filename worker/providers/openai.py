@@ -7,7 +7,9 @@ import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from shared.jobspec import Sampling
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.bodies import chat_messages, given
 from worker.providers.continuation import PrefixSkipper
 from worker.providers.faults import shown_kind
 from worker.providers.http import HTTPProvider, sse_json
@@ -16,20 +18,13 @@ log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "content_filter": "content_filter",
                   "tool_calls": "tool_calls", "function_call": "tool_calls"}
-SAMPLING = ("top_p", "frequency_penalty", "presence_penalty", "reasoning_effort")
 
 
-def openai_sampling(params: dict[str, Any], max_tokens: int | None, names: tuple[str, ...]) -> dict[str, Any]:
-    """The sampling fields of an OpenAI-style body: temperature, ``max_tokens`` (when there is
-    one), stop, and the parameters ``names`` the family takes."""
-    body: dict[str, Any] = {"temperature": params.get("temperature", 0.2)}
-    if max_tokens is not None:
-        body["max_tokens"] = max_tokens
-    if params.get("stop"):
-        body["stop"] = params["stop"]
-    for name in names:
-        if name in params:
-            body[name] = params[name]
+def openai_sampling(params: Sampling, max_tokens: int) -> dict[str, Any]:
+    """The sampling fields every OpenAI-style body takes: temperature, ``max_tokens``, stop."""
+    body: dict[str, Any] = {"temperature": params.temperature, "max_tokens": max_tokens}
+    if params.stop:
+        body["stop"] = list(params.stop)
     return body
 
 
@@ -89,16 +84,19 @@ class OpenAIProvider(HTTPProvider):
         return {"authorization": f"Bearer {self.settings.openai_api_key.get_secret_value()}"}
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        p = request.params
         return {
-            "model": request.spec.upstream,
-            "messages": request.messages,
+            "model": request.model.upstream,
+            "messages": chat_messages(request.messages),
             "stream": True,
             "stream_options": {"include_usage": True},
-            "seed": request.params.get("seed", job_seed(request.job_id)),
+            "seed": p.seed if p.seed is not None else job_seed(request.job_id),
             "user": request.upstream_user,
-            # Regenerated whole after a fault (see ``stream``): max_tokens is the request's own.
-            **openai_sampling(request.params, request.params.get("max_tokens"), SAMPLING),
-            **request.spec.extra,
+            # Regenerated whole after a fault (see ``stream``): the job's whole bound.
+            **openai_sampling(p, request.max_tokens),
+            **given(top_p=p.top_p, frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
+                    reasoning_effort=p.reasoning_effort),
+            **request.model.extra,
         }
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:

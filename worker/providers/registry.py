@@ -12,8 +12,8 @@ from shared.catalog import DeploymentLimits
 from shared.provider_config import ProviderSettings, get_provider_settings
 from shared.settings import Settings
 from worker.providers.base import Provider, ProviderError
-from worker.providers.transport import make_client
 from worker.providers.local import LocalProvider
+from worker.providers.transport import make_client
 
 HTTP_FAMILIES = {
     "openai": "worker.providers.openai:OpenAIProvider",

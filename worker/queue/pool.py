@@ -1,6 +1,7 @@
 """Celery's threads pool, with jobs started on the worker's event loop instead of in a thread.
 
-Every job runs on the runtime's loop (``worker/runtime.py``). Through Celery's threads pool, each
+Every job runs on the runtime's loop (``worker/runtime.py``, which hands the pool its way in:
+``hand_jobs_to``). Through Celery's threads pool, each
 job also held a pool thread for its whole life, blocked on the loop's answer: two hand-overs
 between threads per job (Celery's consumer → pool thread → loop), a thousand parked threads
 for a thousand streams, and a pool thread that must win the GIL from a loop thread busy relaying
@@ -27,7 +28,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery.concurrency import thread
 from celery.concurrency.base import apply_target
@@ -44,6 +46,20 @@ COMPLETION_THREADS = 4
 STOP_MARGIN_SECONDS = 15
 
 _finished = threading.local()
+# Where this process's jobs start: (the process, the runtime's ``submit_job``), set by the runtime.
+_jobs_go_to: tuple[int, Callable[[str], concurrent.futures.Future | None]] | None = None
+
+
+def hand_jobs_to(submit: Callable[[str], concurrent.futures.Future | None] | None) -> None:
+    """From now on, the jobs this process's pool is given start through ``submit`` (the runtime's
+    ``submit_job``: the job on its loop, or None while it is still starting); None: no more."""
+    global _jobs_go_to
+    _jobs_go_to = (os.getpid(), submit) if submit is not None else None
+
+
+def _submitter() -> Callable[[str], concurrent.futures.Future | None] | None:
+    where = _jobs_go_to
+    return where[1] if where is not None and where[0] == os.getpid() else None  # not a forked parent's
 
 
 def finished_attempt() -> concurrent.futures.Future | None:
@@ -90,11 +106,9 @@ class TaskPool(thread.TaskPool):
 
     def on_apply(self, target: Callable, args: tuple | None = None, kwargs: dict | None = None,
                  callback: Callable | None = None, accept_callback: Callable | None = None, **options: Any):
-        from worker.runtime import current_runtime
-
-        runtime = current_runtime()
+        submit = _submitter()
         job_id = _job_id(args) if args else None
-        attempt = runtime.submit_job(job_id) if job_id is not None and runtime is not None else None
+        attempt = submit(job_id) if job_id is not None and submit is not None else None
         if attempt is None:  # not a job, or the runtime is still starting: a pool thread takes it
             return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
         started = time.monotonic()

@@ -2,7 +2,7 @@
 
 A job can be stranded three ways, each found here and handed back to its queue by one script
 (``lua/requeue_*.lua``) that checks, atomically in the state store, that it really is stranded,
-and stages a new message, which is then pushed to the broker (``shared/broker.py``):
+and stages a new message, which is then pushed to the broker (``shared/brokers/``):
 
 - its worker died while running it: the attempt's lease lapsed unrenewed (``requeue_lapsed``);
 - its worker died holding its message, never started: kombu keeps the message unacknowledged
@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from shared import keys
-from shared.broker import Broker
+from shared.brokers import Broker, RedisBroker
 from shared.queue import run_job_message, stored_job_id
 from shared.scripts import Scripts
 
@@ -33,7 +33,7 @@ class Recovery:
     def __init__(self, redis, scripts: Scripts, broker: Broker | None = None):
         self.redis = redis
         self.scripts = scripts
-        self.broker = broker or Broker(redis)
+        self.broker: Broker = broker or RedisBroker(redis)
 
     async def _oldest(self, index, before: float, num: int) -> list[str]:
         """Members scored before ``before`` in every shard's ``index(shard)``, up to ``num`` each."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 
-import orjson
-
 from shared import keys
 from shared.jobs import JobStore, new_job_id, new_record
+from shared.jobspec import StagedLine
 from shared.queue import run_job_message
 from shared.settings import Settings
 from worker.services.base import Service
@@ -87,13 +86,13 @@ class BatchFeeder(Service):
         ids = []
         messages: dict[str, list[bytes]] = {}
         for raw in entries:
-            entry = orjson.loads(raw)
+            line = StagedLine.load(raw)
             job_id = new_job_id(shard)
             ids.append(job_id)
-            record = new_record(job_id, account_id, entry["model"], entry["queue"], entry["spec"], now,
-                                batch_id=batch_id, custom_id=entry["custom_id"])
-            message = run_job_message(job_id, entry["queue"])
-            messages.setdefault(entry["queue"], []).append(message)
+            record = new_record(job_id, account_id, line.model, line.queue, bytes(line.spec), now,
+                                batch_id=batch_id, custom_id=line.custom_id)
+            message = run_job_message(job_id, line.queue)
+            messages.setdefault(line.queue, []).append(message)
             job_keys.append(keys.job(job_id))
             args += [job_id, message, len(record)]
             for pair in record.items():

@@ -10,15 +10,16 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
 
-from api.metrics import track_sse
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
-from api.ratelimit import ratelimit_headers
-from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.jobs import public_view, submit
-from shared import keys
+from api.metrics import track_sse
+from api.ratelimit import ratelimit_headers
+from api.sgp.wire import ChatCompletionRequest
+from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from api.streams import SHUTDOWN, follow
+from shared import keys
 from shared.events import END, ERROR, THROTTLED, last_event_seq
-from shared.schemas import TERMINAL_STATUSES, ChatCompletionRequest
+from shared.results import TERMINAL_STATUSES
 
 router = APIRouter(prefix="/v4/jobs")
 
@@ -30,7 +31,7 @@ def _not_found(job_id: str) -> HTTPException:
 @router.post("", status_code=202)
 async def create_job(body: ChatCompletionRequest, request: Request, account: CurrentAccount,
                      catalog: CatalogDep, store: StoreDep):
-    record = await submit(body, account, catalog, store)
+    record = await submit(body.to_request(), account, catalog, store)
     headers = {"Location": f"/v4/jobs/{record['id']}",
                **await ratelimit_headers(store.redis, request.app.state.settings, account)}
     return JSONResponse(public_view(record), status_code=202, headers=headers)
@@ -66,7 +67,8 @@ def _parse_last_event_id(value: str | None) -> int:
     try:
         seq = int(value)
     except ValueError:
-        raise HTTPException(400, f"Last-Event-ID must be an event id this API sent (an integer), not {value!r}") from None
+        raise HTTPException(
+            400, f"Last-Event-ID must be an event id this API sent (an integer), not {value!r}") from None
     if not 0 <= seq < 2**63:
         raise HTTPException(400, "Last-Event-ID is out of range")
     return seq

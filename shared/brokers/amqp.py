@@ -1,26 +1,5 @@
-"""The Celery broker, where job messages go once their job is recorded in the state store.
-
-The fleet keeps two kinds of data: the state of jobs, accounts, limits and usage (the state
-store, ``CHATFLEET_STATE_REDIS_URL``) and Celery's queues (the broker, ``CHATFLEET_REDIS_URL``:
-kombu's Redis transport, a list per queue and the unacknowledged-message hash and index). They
-may be one Redis (the default) or two, so that the state store can be scaled apart from the
-broker. No script touches both: every script that queues a job stages its message in the job's
-hash (``lua/_stage.lua``), and the caller pushes it here afterwards (made again, as script calls
-are, when the connection is lost). A caller that dies in between, or whose push fails past its
-retries, leaves the job queued with its message nowhere, which the reaper finds and pushes (``worker/queue/recovery.py``, within about
-2.4 lease periods): nothing is lost, and a message pushed twice runs once (each attempt must
-claim its job). So a broker apart from the state store that is down does not refuse jobs: the
-API records them and answers 202 (``JobStore.create``), and they run once the broker is back. A
-503 would have the client submit the job again, and both would run.
-
-The broker may also be RabbitMQ (``CHATFLEET_BROKER_URL=amqp://...``, ``AmqpBroker``): the
-same staged message is published with publisher confirms to a durable queue as a persistent
-message, and once RabbitMQ confirmed it the job's record names it (field ``pushed``,
-``lua/mark_pushed.lua``): a queued job whose current message was confirmed is held by RabbitMQ
-(on its queue, or unacknowledged by a worker, which RabbitMQ redelivers if that worker's
-connection goes), so the reaper's ``requeue_lost`` pushes only the messages never confirmed,
-and ``requeue_unclaimed`` has nothing to do (RabbitMQ has no visibility timeout to wait out).
-"""
+"""Celery's broker on RabbitMQ: each job message published with publisher confirms to a durable
+queue as a persistent message, and the job's record told once RabbitMQ confirmed it."""
 
 from __future__ import annotations
 
@@ -33,62 +12,13 @@ import time
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared import keys
-from shared.connections import async_redis
-from shared.queue import delivery_tag
-from shared.scriptchannel import ScriptChannel
+from shared.brokers.base import BrokerUnavailable
 from shared.scripts import Scripts
 
 log = logging.getLogger(__name__)
-
-
-class Broker:
-    """Pushes messages onto Celery's queues; ``redis`` (an asyncio client of the broker's Redis)
-    also serves the reaper's reads of kombu's bookkeeping. Through ``channel`` where one is
-    given (``shared.scriptchannel``: a push costs a fraction of redis-py's client)."""
-
-    def __init__(self, redis, channel: ScriptChannel | None = None, owns: bool = False):
-        self.redis = redis
-        self.channel = channel
-        self.owns = owns  # whether ``close`` closes the clients (they are not the state store's)
-        self.apart = owns  # a Redis of its own, not the state store's: it may fail while that one works
-
-    async def push(self, queue: str, *messages: str | bytes) -> None:
-        if not messages:
-            return
-        # Made again when the connection is lost (on the channel as redis-py's client does): a
-        # message pushed twice runs once, a message not pushed waits for the reaper.
-        if self.channel is not None:
-            await self.channel.command("LPUSH", queue, *messages)
-        else:
-            await self.redis.lpush(queue, *messages)
-
-    async def held(self, queue: str, message: str) -> bool:
-        """Whether ``message`` is on its queue or held, unacknowledged, by a worker."""
-        tag = delivery_tag(message)
-        # The queue first: a message a worker takes meanwhile leaves the list before it is
-        # recorded unacknowledged, so that read in this order it is seen in one or the other.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.lpos(queue, message)
-            pipe.hexists(keys.UNACKED, tag or "")
-            position, unacked = await pipe.execute()
-        return bool(tag and unacked) or position is not None
-
-    async def close(self) -> None:
-        """Close the clients this broker opened (none when it shares the state store's)."""
-        if self.owns:
-            if self.channel is not None:
-                await self.channel.close()
-            await self.redis.aclose()
-
-
-class BrokerUnavailable(RedisConnectionError):
-    """RabbitMQ could not take a message (past the retries). A Redis connection error in kind, so
-    that every caller that copes with an unreachable store copes with it alike (the API answers
-    503 with Retry-After; the reaper and the feeder try again on their next pass)."""
 
 
 class AmqpBroker:
@@ -269,7 +199,7 @@ class AmqpBroker:
         self._requests.put((queue_name, messages, loop, future))
         try:
             await asyncio.wait_for(future, self.PUSH_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Still being tried (it may yet land: a message pushed twice runs once).
             raise BrokerUnavailable(f"RabbitMQ did not confirm within {self.PUSH_TIMEOUT:g} s") from None
         marks = [(job_id, tag) for job_id, tag in map(_job_and_tag, messages) if job_id and tag]
@@ -311,16 +241,3 @@ def _job_and_tag(message: str | bytes) -> tuple[str | None, str | None]:
         return envelope["headers"]["id"], envelope["properties"]["delivery_tag"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None, None
-
-
-def broker_for(state_redis: Any, state_channel: ScriptChannel | None, settings,
-               max_connections: int = 50) -> Broker | AmqpBroker:
-    """The broker of ``settings``: RabbitMQ's (``AmqpBroker``); the state store's own client and
-    channel when both are one Redis; else clients of its own (closed by ``Broker.close``)."""
-    if settings.broker_is_amqp:
-        return AmqpBroker(settings.broker, state_redis,
-                          Scripts(state_redis, state_channel, check_slots=settings.check_slots))
-    if settings.state_url == settings.broker:
-        return Broker(state_redis, state_channel)
-    return Broker(async_redis(settings.broker, max_connections=max_connections),
-                  ScriptChannel.for_url(settings.broker), owns=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api.completion import SGPAnswer, complete
+from api.completion import complete
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
-from shared.schemas import ChatCompletionRequest
+from api.sgp.answer import SGPAnswer
+from api.sgp.wire import ChatCompletionRequest
 
 router = APIRouter()
 
@@ -16,4 +17,4 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, account: CurrentAccount,
     catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
 ):
-    return await complete(body, request, account, catalog, store, hub, settings, SGPAnswer())
+    return await complete(body.to_request(), request, account, catalog, store, hub, settings, SGPAnswer())

@@ -12,11 +12,21 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import batches
-from api.deps import CatalogDep, CurrentAccount, RedisDep, SettingsDep
+from api.deps import CatalogDep, CurrentAccount, LineFormatsDep, RedisDep, SettingsDep
+from api.request import CompletionRequest
+from api.sgp.wire import ChatCompletionRequest
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
 from shared import keys
 
 router = APIRouter(prefix="/v4/batches")
+
+
+def _line_request(body: dict[str, Any]) -> CompletionRequest:
+    return ChatCompletionRequest.model_validate(body).to_request()
+
+
+#: Batch lines in this door's format (any door's batch takes them).
+LINE_FORMAT = batches.LineFormat("/v4/chat-completions", _line_request)
 
 
 class BatchBody(BaseModel):
@@ -42,7 +52,8 @@ def _file_lines(upload) -> Iterator[bytes]:
 
 @router.post("", status_code=201)
 async def create_batch(request: Request, account: CurrentAccount, redis: RedisDep, catalog: CatalogDep,
-                       settings: SettingsDep):
+                       settings: SettingsDep, formats: LineFormatsDep):
+    """A batch of lines in any door's format (``url``: ``/v4/chat-completions``, ``/v1/chat/completions``)."""
     content_type = request.headers.get("content-type", "")
     metadata: Any = {}
     window = "24h"
@@ -73,7 +84,7 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
         batches.parse_window(window)
     except batches.LineError as exc:
         raise HTTPException(400, str(exc)) from None
-    batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings)
+    batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings, formats)
     return JSONResponse(batches.view(await redis.hgetall(keys.batch(batch_id))), status_code=201)
 
 

@@ -1,0 +1,80 @@
+"""A chat-completion request as the fleet serves it, whichever door it came through.
+
+Each door (``api/sgp/``, ``api/openai/``) validates its own wire format, stating each sampling
+parameter with the types below (one rule per parameter, for both doors), and turns it into a
+``CompletionRequest``: the door-neutral request that ``api/jobs.py`` checks against the model and
+makes a job of, for interactive requests and batch lines alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from shared.jobspec import ReasoningEffort, Turn
+
+MAX_STOP_SEQUENCES = 4
+
+
+def _non_empty_stops(value: list[str]) -> list[str]:
+    if any(s == "" for s in value):
+        raise ValueError("stop sequences must be non-empty strings")
+    return value
+
+
+MaxTokens = Annotated[int, Field(ge=1)]
+StopSequences = Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES), AfterValidator(_non_empty_stops)]
+TopK = Annotated[int, Field(ge=1)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+
+
+def check_unicode(content: Any) -> Any:
+    """``content`` (a string, or parts with ``text``), if it is text UTF-8 can carry (no lone
+    surrogate): a validator for message contents on every door."""
+    for text in ([content] if isinstance(content, str) else [p.text for p in content]):
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("content is not valid Unicode text (it has a lone surrogate)") from None
+    return content
+
+
+@dataclass(frozen=True, slots=True)
+class Parameters:
+    """The sampling parameters the client set (``None``: not set), named as the catalog names
+    what each model takes (``parameters`` in ``shared/catalog.toml``)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop_sequences: tuple[str, ...] | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    seed: int | None = None
+
+    def given(self) -> set[str]:
+        """Names of the parameters the client set."""
+        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    model: str
+    messages: tuple[Turn, ...]
+    #: The temperature when the client sets none: each door's own (SGP's 0.2, OpenAI's 1).
+    default_temperature: float
+    parameters: Parameters = Parameters()
+    #: The account the body names (SGP's ``account_id``): it must be the key's.
+    account_id: str | None = None
+    #: Put first as a system message, after ``last_k`` kept the last messages.
+    instructions: str | None = None
+    last_k: int | None = None
+    chat_template: str | None = None
+    stream: bool = False

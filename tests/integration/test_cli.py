@@ -466,7 +466,8 @@ def test_batch_list_follows_pages(batch_cli, tmp_path):
 
 
 def test_batch_cancel_ends_a_waiting_submit_with_exit_1(batch_cli, fake, tmp_path):
-    fake.config(tokens_per_s=5)
+    # Each line takes 20 s: however slow the machine, the cancel arrives while they run.
+    fake.config(tokens_per_s=2, tokens=40)
     path = tmp_path / "slow.jsonl"
     path.write_text("".join(batch_line(f"s{i}", 40) + "\n" for i in range(4)))
     proc = subprocess.Popen([chatfleet_bin(), "batch", "submit", str(path), "--wait"], env=batch_cli.env,

@@ -1,6 +1,13 @@
 -- Included by the admission scripts: one scope's sliding window of the last ``window`` ms
 -- (req: zset job -> admit ms, tok: hash job -> tokens, total: their sum).
 
+-- A limit as stored or passed: a number, or nil for none (absent, or negative).
+local function limit(v)
+  local n = tonumber(v)
+  if n == nil or n < 0 then return nil end
+  return n
+end
+
 -- Forget admissions older than the window, and their tokens.
 local function slide(req, tok, total, now, window)
   local old = redis.call("ZRANGEBYSCORE", req, "-inf", now - window)

@@ -26,12 +26,6 @@ local job = ARGV[3]
 local est = tonumber(ARGV[4])
 local lease = tonumber(ARGV[5])
 
-local function limit(v)
-  local n = tonumber(v)
-  if n == nil or n < 0 then return nil end
-  return n
-end
-
 local acct = redis.call("HMGET", KEYS[1], "rpm", "tpm", "max_concurrency", "model_limits")
 local model_rpm, model_tpm, model_conc
 if acct[4] then

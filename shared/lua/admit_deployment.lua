@@ -11,11 +11,6 @@ local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local job = ARGV[3]
 local est = tonumber(ARGV[4])
-local function limit(v)
-  local n = tonumber(v)
-  if n == nil or n < 0 then return nil end
-  return n
-end
 local rpm, tpm = limit(ARGV[6]), limit(ARGV[7])
 local req, tok, total = KEYS[1], KEYS[2], KEYS[3]
 

@@ -127,7 +127,7 @@ class PubSubHub:
                     self._deliver(channel, parse_live(message["data"]))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # connection lost: messages may be gone, resync all
+            except Exception as exc:  # noqa: BLE001 - connection lost: messages may be gone, resync all
                 log.warning("pub/sub connection lost (%s); followers re-read their streams", exc)
                 for channel in list(self._subscribers):
                     self._deliver(channel, _RESYNC)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from shared import keys
 from shared.usage import COUNTERS, day_score
@@ -71,7 +71,7 @@ def to_csv(rows: list[dict]) -> str:
 
 
 def default_range(start: date | None, end: date | None) -> tuple[date, date]:
-    end = end or datetime.now(timezone.utc).date()
+    end = end or datetime.now(UTC).date()
     # 30 days before the end, or the first day there is (an end in year 1 has no 30 days before it)
     start = start or (end - timedelta(days=30) if end > date.min + timedelta(days=30) else date.min)
     return start, end

@@ -1,6 +1,7 @@
 """How many concurrent streaming provider calls one worker process holds, and how late its tokens are.
 
-    .venv/bin/python -m bench.concurrency [--levels 100 500 1000] [--tokens 100] [--rate 20] [--order jobs-first|worker-first] [--no-subscribers]
+    .venv/bin/python -m bench.concurrency [--levels 100 500 1000] [--tokens 100] [--rate 20]
+        [--order jobs-first|worker-first] [--no-subscribers]
 
 The fake provider streams 100 tokens per call at 20 tokens/s (5 s per call, first token at
 once). For each level, one worker process is started with ``-c level+50`` (and as many Redis
@@ -14,14 +15,14 @@ received the call (from its request log; calls are matched to jobs by the messag
 
 covers worker → Redis → API → client. "after ramp" takes only the tokens emitted once the last
 call had started: while the worker is still starting calls (claims, admissions, requests),
-the tokens of the calls already running wait behind that work on the same loop. Prints, per level: jobs completed, tokens received vs
-expected (and lost, duplicated), relay latency p50/p99, the worker's peak RSS, the peak number
-of calls open at once at the provider, how long the worker took to start all the calls (first to
-last call received by the fake), the span from the first call to the last token received
-(ideally the length of one call) and the tokens relayed per second over it, the cores the worker
-used meanwhile and its CPU time per token relayed (all its work, the calls' starts and ends
-included, over the tokens received), errors; then the cores each process used. Each level's worker is stopped
-before the next.
+the tokens of the calls already running wait behind that work on the same loop. Prints, per
+level: jobs completed, tokens received vs expected (and lost, duplicated), relay latency
+p50/p99, the worker's peak RSS, the peak number of calls open at once at the provider, how long
+the worker took to start all the calls (first to last call received by the fake), the span from
+the first call to the last token received (ideally the length of one call) and the tokens
+relayed per second over it, the cores the worker used meanwhile and its CPU time per token
+relayed (all its work, the calls' starts and ends included, over the tokens received), errors;
+then the cores each process used. Each level's worker is stopped before the next.
 
 By default (``--order jobs-first``) every job is submitted and every stream opened before the
 level's worker starts, so that the worker is offered all the calls at once and the API is not
@@ -315,7 +316,8 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
         received = completed * tokens
         last_arrival = min(t0.values(), default=0.0) + window_seconds
     details = [f.detail for f in follows if f.detail][:5]
-    return {"level": level, "details": details, "completed": completed, "received": received, "expected": level * tokens,
+    return {"level": level, "details": details, "completed": completed, "received": received,
+            "expected": level * tokens,
             "duplicates": duplicates, "latencies": latencies, "steady": steady, "rss": rss, "errors": errors,
             "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
             "span": last_arrival - min(t0.values(), default=last_arrival),
@@ -378,7 +380,8 @@ def main() -> None:
             str(errors) + (f" {r['errors']}" if errors else ""),
         ])
     print(table(["jobs", "peak calls", "completed", "tokens received", "lost", "dup", "relay p50 ms",
-                 "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s", "tokens/s", "worker cores", "worker CPU ms/token", "worker peak RSS MiB", "errors"], rows))
+                 "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s",
+                 "tokens/s", "worker cores", "worker CPU ms/token", "worker peak RSS MiB", "errors"], rows))
     print("\nCores busy per process, from the first provider call until every stream ended "
           "(\"others\": processes outside the benchmark):")
     names = list(results[0]["cores"]) if results else []

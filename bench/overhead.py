@@ -150,7 +150,9 @@ def main() -> None:
     finally:
         stack.close()
 
-    ms = lambda v: f"{v * 1000:.2f}"
+    def ms(v: float) -> str:
+        return f"{v * 1000:.2f}"
+
     rows = []
     for r in results:
         d, f = r["direct"], r["fleet"]

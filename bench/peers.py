@@ -104,12 +104,14 @@ async def call(client: httpx.AsyncClient, stream: bool) -> None:
                 if line == "data: [DONE]":
                     return
         raise RuntimeError("no [DONE]")
-    r = await client.post("/v1/chat/completions", content=orjson.dumps(body), headers={"content-type": "application/json"})
+    r = await client.post("/v1/chat/completions", content=orjson.dumps(body),
+                          headers={"content-type": "application/json"})
     if r.status_code != 200 or r.json()["usage"]["completion_tokens"] != MAX_TOKENS:
         raise RuntimeError(f"HTTP {r.status_code} {r.text[:200]}")
 
 
-async def level(url: str, headers: dict[str, str], callers: int, requests: int, stream: bool) -> tuple[list[float], float, int]:
+async def level(url: str, headers: dict[str, str], callers: int, requests: int,
+                stream: bool) -> tuple[list[float], float, int]:
     clients = [httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=httpx.Limits(max_connections=1))
                for _ in range(callers)]
     latencies: list[float] = []

@@ -204,7 +204,9 @@ def main() -> None:
 
     # Each layout against the fewest-workers layout with as many APIs, of the same round.
     base = {(r["round"], r["apis"]): r["rate"] for r in results if r["workers"] == min(args.workers)}
-    ms = lambda v: f"{v * 1000:.2f}"
+    def ms(v: float) -> str:
+        return f"{v * 1000:.2f}"
+
     print(f"\nJobs per second by layout, {MODEL}, 8 tokens, fake provider at zero latency, {args.jobs} jobs from "
           f"{args.submitters} submitters per layout, {os.cpu_count()} cores")
     print(table(

@@ -9,7 +9,16 @@ import httpx
 import typer
 
 from client.chat import (
-    DEFAULT_MODEL, AsJson, MaxTokens, Model, Question, System, Temperature, chat_body, chunk_text, error_text,
+    DEFAULT_MODEL,
+    AsJson,
+    MaxTokens,
+    Model,
+    Question,
+    System,
+    Temperature,
+    chat_body,
+    chunk_text,
+    error_text,
 )
 from client.http import StreamUnavailable, api, event_json, iter_sse, transport_message
 from client.output import fail, note, out, print_json, print_record, when

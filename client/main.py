@@ -63,9 +63,9 @@ def main() -> None:
     except BrokenPipeError:
         # stdout went away (| head): nothing left to say to anyone.
         with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
         code = 1
-    except Exception as exc:  # a bug, but still one line and no traceback
+    except Exception as exc:  # noqa: BLE001 - a bug, but still one line and no traceback
         note(f"error: unexpected {type(exc).__name__}: {exc}")
         code = 1
     finally:

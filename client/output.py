@@ -59,7 +59,7 @@ def when(value: Any) -> str:
     if value in (None, ""):
         return ""
     if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     return str(value).replace("T", " ").replace("+00:00", "").rstrip("Z")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -13,7 +13,7 @@ from client.http import api
 from client.output import out, print_json, print_table
 
 
-class GroupBy(str, Enum):
+class GroupBy(StrEnum):
     model = "model"
     day = "day"
 

@@ -83,7 +83,7 @@ class Fleet:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             self.logs[name] = log_dir / f"{name}.log"
-            out = open(self.logs[name], "ab")
+            out = open(self.logs[name], "ab")  # noqa: SIM115 - the process's log, as long as it runs
         proc = subprocess.Popen(
             argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT if out else None,
             preexec_fn=_die_with_parent,
@@ -219,8 +219,8 @@ def start_redis_cluster(fleet: Fleet, ports: list[int], data_dir: Path, log_dir:
     store's, ``CHATFLEET_STATE_REDIS_URL``)."""
     for i, port in enumerate(ports):
         node_dir = data_dir / f"{name}-{i}"
-        argv = redis_argv(port, node_dir) + ["--cluster-enabled", "yes", "--cluster-config-file",
-                                             str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000"]
+        argv = [*redis_argv(port, node_dir), "--cluster-enabled", "yes", "--cluster-config-file",
+                str(node_dir / "nodes.conf"), "--cluster-node-timeout", "5000"]
         fleet.spawn(f"{name}-{i}", argv, dict(os.environ), log_dir)
     clients = []
     deadline = time.monotonic() + 10
@@ -364,14 +364,16 @@ def main() -> int:
                 return 1
             refusal = redis_refusal(settings.state_redis_url)
             if refusal:
-                print(f"chatfleet will not start: {refusal.replace('CHATFLEET_REDIS_URL', 'CHATFLEET_STATE_REDIS_URL')}",
+                said = refusal.replace("CHATFLEET_REDIS_URL", "CHATFLEET_STATE_REDIS_URL")
+                print(f"chatfleet will not start: {said}",
                       file=sys.stderr)
                 return 1
             redis_note += f"; state store {settings.state_redis_url}"
 
         if settings.broker_url:  # the broker apart (a Redis of its own, or RabbitMQ): it must answer
             broker = urlparse(settings.broker_url)
-            if not port_in_use(broker.hostname or "127.0.0.1", broker.port or (5672 if settings.broker_is_amqp else 6379)):
+            default_port = 5672 if settings.broker_is_amqp else 6379
+            if not port_in_use(broker.hostname or "127.0.0.1", broker.port or default_port):
                 print(f"the broker at {broker.hostname}:{broker.port} does not answer; start it or unset "
                       "CHATFLEET_BROKER_URL", file=sys.stderr)
                 return 1

@@ -122,7 +122,8 @@ def migrate(redis, dry_run: bool = False) -> Counter:
     for key in redis.scan_iter(match=f"{keys.PREFIX}:*", count=1000):
         account_jobs = OLD_ACCOUNT_JOBS.match(key)
         if key in SPLITS or account_jobs:
-            split = SPLITS.get(key) or (lambda job_id, a=account_jobs["id"]: keys.account_jobs(a, keys.shard_of(job_id)))
+            split = SPLITS.get(key) or (
+                lambda job_id, a=account_jobs["id"]: keys.account_jobs(a, keys.shard_of(job_id)))
             members = redis.zrange(key, 0, -1, withscores=True)
             ttl = redis.ttl(key)
             if not dry_run:

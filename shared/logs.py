@@ -13,7 +13,7 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 CONTEXT_FIELDS = ("job_id", "account_id", "model", "provider", "attempt", "batch_id", "port")
 
@@ -60,7 +60,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a broken format string: leave it to the handler to report
+        except Exception:  # noqa: BLE001 - a broken format string: leave it to the handler to report
             return True
         record.msg = redact(message)
         record.args = None
@@ -78,7 +78,7 @@ def _context(record: logging.LogRecord) -> dict:
 
 
 def _timestamp(record: logging.LogRecord) -> str:
-    return datetime.fromtimestamp(record.created, tz=timezone.utc).isoformat(timespec="milliseconds") \
+    return datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
 
 

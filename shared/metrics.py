@@ -5,7 +5,11 @@ and the buckets of sub-second to minute latencies."""
 from __future__ import annotations
 
 from prometheus_client import (
-    CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
 )
 
 # No *_created series: they double the samples and nothing here reads them.

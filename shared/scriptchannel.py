@@ -35,7 +35,6 @@ from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
 
-
 # A connection that went silent (a dropped NAT entry, a failover) is found out as redis-py's
 # connections find it: keepalive probes after 30 s idle, 5 s apart, 3 of them; and sent data
 # left unacknowledged for 45 s ends it too (the probes only run on an idle connection).
@@ -98,7 +97,7 @@ class _Protocol(asyncio.Protocol):
                 reply = self.reader.gets()
             except UnicodeDecodeError as exc:  # one reply that is not text: its caller's error only
                 reply = exc
-            except Exception as exc:  # not Redis speaking: nothing after this can be trusted
+            except Exception as exc:  # noqa: BLE001 - not Redis speaking: nothing after this can be trusted
                 self._abort(f"unreadable reply from Redis: {exc}")
                 return
             if reply is False:
@@ -151,7 +150,7 @@ class _Protocol(asyncio.Protocol):
         if unsent and self.lost is None and not self.transport.is_closing():
             try:
                 self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
-            except Exception as exc:  # what was sent before may still be answered: end it all
+            except Exception as exc:  # noqa: BLE001 - what was sent before may still be answered: end it all
                 self._abort(f"cannot write to Redis: {exc}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from shared.catalog import ModelSpec
 
@@ -46,7 +46,7 @@ def cost_nanousd(spec: ModelSpec | None, prompt_tokens: int, completion_tokens: 
 
 
 def utc_day(ts: float | None = None) -> str:
-    return datetime.fromtimestamp(ts if ts is not None else time.time(), tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(ts if ts is not None else time.time(), tz=UTC).date().isoformat()
 
 
 def record(spec: ModelSpec | None, model: str, prompt_tokens: int, completion_tokens: int,

@@ -106,8 +106,8 @@ def record_finish(status: str, model: str, provider: str, usage=None) -> None:
 
 class RedisGauges(Collector):
     """Fleet-wide gauges read at scrape time: queue depths (``LLEN`` of each Celery queue, or
-    RabbitMQ's count of its messages ready) and throttled jobs waiting for admission (``ZCARD`` of each throttled account's
-    waiting set). Every worker reports the same values: aggregate with ``max``."""
+    RabbitMQ's count of its messages ready) and throttled jobs waiting for admission (``ZCARD`` of
+    each throttled account's waiting set). Every worker reports the same values: aggregate with ``max``."""
 
     QUEUES = keys.QUEUES
     MAX_ACCOUNTS = 1000
@@ -171,7 +171,7 @@ class RedisGauges(Collector):
                         pipe.zcard(keys.account_waiting(account_id))
                     waiting = sum(int(n) for n in pipe.execute())
                 self._reading = (dict(zip(self.QUEUES, (int(n) for n in lengths))), waiting)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a scrape never fails for a reading
                 log.warning("could not read queue depths for metrics: %s", exc)
                 self._reading = None
             self._read_at = time.monotonic()

@@ -56,7 +56,7 @@ def _check_fallbacks(value: dict[str, list[str]] | None, catalog) -> None:
 def _model_limits(value: dict[str, Limits] | None) -> dict | None:
     if value is None:
         return None
-    return {m: l.model_dump(exclude_none=True) for m, l in value.items()}
+    return {model: limits.model_dump(exclude_none=True) for model, limits in value.items()}
 
 
 async def _account_or_404(redis, account_id: str) -> dict:

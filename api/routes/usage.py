@@ -8,8 +8,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import PlainTextResponse
 
-from api.deps import AdminAuth, CurrentAccount, RedisDep
 from api import accounts
+from api.deps import AdminAuth, CurrentAccount, RedisDep
 from api.usage import default_range, group, read_usage, to_csv
 
 router = APIRouter()

@@ -59,7 +59,7 @@ async def run_service(service: Service, redis, scripts: Scripts, hostname: str) 
                     await _locked_pass(service, redis, scripts, hostname)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a service outlives a failed pass: the next one tries again
             log.warning("%s: %s", service.failure, exc)
         await asyncio.sleep(service.interval())
 

@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import itertools
 import logging
 import os
 import secrets
 import time
 import urllib.parse
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import orjson
 
-try:  # run as a package (python -m tests.fakeprovider) or imported from the tests
-    from . import eventstream
-except ImportError:  # pragma: no cover - loaded as a top-level module
-    import eventstream  # type: ignore[no-redef]
+from . import eventstream
+from .generation import Plan, build_plan, count_words, reply_begun_in
+from .knobs import FILTER_KEYS, KNOB_KEYS, ConfigError, error_message, validate_behaviour
+from .state import State
 
 log = logging.getLogger("fakeprovider")
 
@@ -45,153 +43,7 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# --------------------------------------------------------------------------------------
-# Knobs, behaviours, state
-# --------------------------------------------------------------------------------------
-
-#: Server-wide defaults. ``tokens`` is the natural reply length (before max_tokens).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "ttft_ms": 0.0,  # delay before the first token (and before a non-streaming reply starts)
-    "tokens_per_s": 0.0,  # 0 = as fast as possible
-    "tokens": 16,  # reply length in tokens (mode "tokens")
-    "mode": "tokens",  # "tokens" | "echo"
-    "text": None,  # fixed reply text (split on whitespace into tokens); overrides mode
-    "api_key": None,  # None = any non-empty credential is accepted
-    "record_limit": 10000,  # recorded requests kept (oldest dropped); 0 = record nothing
-    "record_bodies": True,
-}
-KNOB_KEYS = ("ttft_ms", "tokens_per_s", "tokens", "mode", "text")
-FILTER_KEYS = ("family", "path", "stream")
-BEHAVIOUR_KEYS = set(KNOB_KEYS) | set(FILTER_KEYS) | {
-    "status",
-    "retry_after",
-    "message",
-    "error_type",
-    "cut_after",
-    "error_after",
-    "hang",
-    "delay_ms",
-    "times",
-    "headers",
-}
-FAMILIES = ("openai", "mistral", "anthropic", "gemini", "bedrock")
 BATCH = 256  # max events coalesced into one write when behind schedule
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _check_knobs(d: dict[str, Any], *, where: str) -> None:
-    for k in ("ttft_ms", "tokens_per_s", "delay_ms"):
-        if k in d and d[k] is not None and (not isinstance(d[k], (int, float)) or d[k] < 0):
-            raise ConfigError(f"{where}: {k} must be a number >= 0")
-    for k in ("tokens", "cut_after", "error_after", "times", "record_limit"):
-        if k in d and d[k] is not None and (not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0):
-            raise ConfigError(f"{where}: {k} must be an integer >= 0")
-    if "mode" in d and d["mode"] not in ("tokens", "echo"):
-        raise ConfigError(f"{where}: mode must be 'tokens' or 'echo'")
-    if "text" in d and d["text"] is not None and not isinstance(d["text"], str):
-        raise ConfigError(f"{where}: text must be a string or null")
-
-
-def validate_behaviour(b: Any) -> dict[str, Any]:
-    if not isinstance(b, dict):
-        raise ConfigError("each behaviour must be a JSON object")
-    unknown = set(b) - BEHAVIOUR_KEYS
-    if unknown:
-        raise ConfigError(f"unknown behaviour keys: {sorted(unknown)}")
-    _check_knobs(b, where="behaviour")
-    if "status" in b and (not isinstance(b["status"], int) or not 400 <= b["status"] <= 599):
-        raise ConfigError("behaviour: status must be an integer 400..599")
-    if "headers" in b and not (
-        isinstance(b["headers"], dict) and all(isinstance(v, (str, int, float)) for v in b["headers"].values())
-    ):
-        raise ConfigError("behaviour: headers must be an object of header name -> value")
-    if "path" in b and not isinstance(b["path"], str):
-        raise ConfigError("behaviour: path must be a glob string")
-    if "error_after" in b and "status" not in b:
-        raise ConfigError("behaviour: error_after needs a status")
-    fam = b.get("family")
-    if fam is not None:
-        fams = [fam] if isinstance(fam, str) else fam
-        if not isinstance(fams, list) or any(f not in FAMILIES for f in fams):
-            raise ConfigError(f"behaviour: family must be one (or a list) of {FAMILIES}")
-    return dict(b)
-
-
-class State:
-    def __init__(self, config: dict[str, Any]):
-        self.initial = dict(DEFAULT_CONFIG)
-        self.initial.update(config)
-        _check_knobs(self.initial, where="config")
-        self.config = dict(self.initial)
-        self.script: list[dict[str, Any]] = []
-        self.records: deque[dict[str, Any]] = deque(maxlen=self.config["record_limit"] or None)
-        self.ids = itertools.count(1)
-        self.active = 0
-        self.active_streams = 0
-        self.peak_active = 0
-        self.total = 0
-
-    def reset(self) -> None:
-        self.config = dict(self.initial)
-        self.script.clear()
-        self.records = deque(maxlen=self.config["record_limit"] or None)
-        self.peak_active = self.active
-        self.total = 0
-
-    def set_config(self, updates: dict[str, Any]) -> None:
-        unknown = set(updates) - set(DEFAULT_CONFIG)
-        if unknown:
-            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
-        _check_knobs(updates, where="config")
-        self.config.update(updates)
-        if "record_limit" in updates:
-            self.records = deque(self.records, maxlen=self.config["record_limit"] or None)
-
-    def take_behaviour(self, family: str, path: str, stream: bool) -> dict[str, Any] | None:
-        for i, b in enumerate(self.script):
-            fam = b.get("family")
-            if fam is not None and family not in ([fam] if isinstance(fam, str) else fam):
-                continue
-            if "path" in b and not fnmatch.fnmatchcase(path, b["path"]):
-                continue
-            if "stream" in b and bool(b["stream"]) != stream:
-                continue
-            times = b.get("times", 1)
-            if times <= 1:
-                del self.script[i]
-            else:
-                b["times"] = times - 1
-            return b
-        return None
-
-    def record(self, rec: dict[str, Any]) -> None:
-        if self.config["record_limit"]:
-            self.records.append(rec)
-
-
-# --------------------------------------------------------------------------------------
-# Deterministic generation
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    deltas: list[str]  # one entry per generated token (may be "" while a stop prefix is held back)
-    completion_tokens: int
-    finish: str  # "stop" | "length" | "stop_sequence"
-    stop_sequence: str | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.deltas)
-
-
-def count_words(texts: list[str]) -> int:
-    """Prompt tokens: whitespace-separated words over all input text, at least 1."""
-    return max(1, sum(len(t.split()) for t in texts))
 
 
 def prefill_of(family: str, body: Any) -> str:
@@ -201,14 +53,7 @@ def prefill_of(family: str, body: Any) -> str:
     if not isinstance(body, dict):
         return ""
     if isinstance(body.get("prompt"), str):
-        # A raw completion continues its prompt: if the prompt ends with the start of the fake's
-        # own reply (tok0 tok1 ... tokK), the reply goes on from there.
-        words = body["prompt"].split()
-        for start in range(max(len(words) - 10_000, 0), len(words)):
-            run = words[start:]
-            if run[0] == "tok0" and run == [f"tok{i}" for i in range(len(run))]:
-                return " ".join(run)
-        return ""
+        return reply_begun_in(body["prompt"])
     if family in ("anthropic", "bedrock", "mistral"):
         messages = body.get("messages") or []
         last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
@@ -225,59 +70,6 @@ def prefill_of(family: str, body: Any) -> str:
             return ""
         return "".join(p.get("text", "") for p in last.get("parts") or () if isinstance(p, dict))
     return ""
-
-
-def build_plan(knobs: dict[str, Any], limit: int | None, stops: list[str], last_user: str,
-               prefill: str = "") -> Plan:
-    """Generate the reply; after a prefill, the reply continues the same word sequence (as a
-    real model continues the text it is handed), so a prefill of "tok0 tok1" yields " tok2 ..."."""
-    text = knobs.get("text")
-    if text is not None:
-        words: list[str] | None = text.split()
-    elif knobs.get("mode") == "echo":
-        words = last_user.split()
-    else:
-        words = None
-    start = len(prefill.split())
-    total = len(words) if words is not None else int(knobs.get("tokens", 16))
-    natural = max(total - start, 0)
-    n = natural if limit is None else min(limit, natural)
-    finish = "length" if limit is not None and limit < natural else "stop"
-
-    def piece(i: int) -> str:
-        i += start
-        w = words[i] if words is not None else f"tok{i}"
-        return w if i == 0 else " " + w
-
-    stops = [s for s in stops if s]
-    if not stops:
-        return Plan([piece(i) for i in range(n)], n, finish)
-    out = ""
-    emitted = 0
-    deltas: list[str] = []
-    for i in range(n):
-        p = piece(i)
-        out += p
-        best: tuple[int, str] | None = None
-        for s in stops:
-            pos = out.find(s, max(0, len(out) - len(p) - len(s) + 1))
-            if pos >= 0 and (best is None or pos < best[0]):
-                best = (pos, s)
-        if best is not None:
-            deltas.append(out[emitted : best[0]])
-            return Plan(deltas, i + 1, "stop_sequence", best[1])
-        hold = 0
-        for s in stops:  # hold back a suffix that could still become a stop sequence
-            for k in range(min(len(s) - 1, len(out)), hold, -1):
-                if out.endswith(s[:k]):
-                    hold = k
-                    break
-        safe = len(out) - hold
-        deltas.append(out[emitted:safe])
-        emitted = safe
-    if deltas and emitted < len(out):
-        deltas[-1] += out[emitted:]
-    return Plan(deltas, n, finish)
 
 
 # --------------------------------------------------------------------------------------
@@ -1161,19 +953,6 @@ ANTHROPIC = Anthropic()
 GEMINI = Gemini()
 BEDROCK = Bedrock()
 
-DEFAULT_MESSAGES = {
-    400: "Bad request.",
-    401: "Unauthorized.",
-    403: "Forbidden.",
-    404: "Not found.",
-    429: "Rate limit exceeded. Please retry after a short wait.",
-    500: "The server had an error while processing your request.",
-    502: "Bad gateway.",
-    503: "The service is temporarily unavailable.",
-    504: "Gateway timeout.",
-    529: "Overloaded",
-}
-
 # --------------------------------------------------------------------------------------
 # Connection tracking (to drop connections abruptly)
 # --------------------------------------------------------------------------------------
@@ -1385,7 +1164,7 @@ class FakeProviderApp:
             return
         status = beh.get("status")
         if status is not None and beh.get("error_after") is None:
-            msg = beh.get("message") or DEFAULT_MESSAGES.get(status, "Error.")
+            msg = error_message(beh, status)
             extra = list(extra_headers)
             if beh.get("retry_after") is not None:
                 extra.append((b"retry-after", str(beh["retry_after"]).encode()))
@@ -1409,7 +1188,7 @@ class FakeProviderApp:
             if total:
                 await asyncio.sleep(total)
             if beh.get("error_after") is not None:  # no stream to break: answer with the error
-                await fail(ApiError(status, beh.get("message") or DEFAULT_MESSAGES.get(status, "Error."), beh.get("error_type")))
+                await fail(ApiError(status, error_message(beh, status), beh.get("error_type")))
                 return
             rec["status"] = 200
             hdrs = [(b"content-type", b"application/json")] + fam.response_headers(req) + extra_headers
@@ -1499,7 +1278,7 @@ class FakeProviderApp:
             if err_after is not None:
                 status = beh["status"]
                 etype = beh.get("error_type") or fam.error_type(status)
-                tail = fam.s_error(req, status, beh.get("message") or DEFAULT_MESSAGES.get(status, "Error."), etype)
+                tail = fam.s_error(req, status, error_message(beh, status), etype)
                 rec["status"] = f"error_after:{status}"
             else:
                 tail = b"" if preamble_sent else fam.s_preamble(req)

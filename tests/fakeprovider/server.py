@@ -21,27 +21,22 @@ with ``asyncio`` sleeps on absolute deadlines; one process holds thousands of st
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
-import os
 import secrets
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import orjson
 
 from . import eventstream
+from .asgi import Receive, Scope, Send, query_of, read_body, send_json, wait_disconnect
+from .connections import QuietDrop, drop, tracking_protocol_class, transport_of
+from .control import control
 from .generation import Plan, build_plan, count_words, reply_begun_in
-from .knobs import FILTER_KEYS, KNOB_KEYS, ConfigError, error_message, validate_behaviour
+from .knobs import KNOB_KEYS, error_message
 from .state import State
-
-log = logging.getLogger("fakeprovider")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 BATCH = 256  # max events coalesced into one write when behind schedule
 
@@ -954,43 +949,6 @@ GEMINI = Gemini()
 BEDROCK = Bedrock()
 
 # --------------------------------------------------------------------------------------
-# Connection tracking (to drop connections abruptly)
-# --------------------------------------------------------------------------------------
-
-_TRANSPORTS: dict[tuple[str, int], asyncio.Transport] = {}
-
-
-def tracking_protocol_class() -> type:
-    """uvicorn's HTTP protocol, remembering each connection's transport by peer address."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-    except ImportError:  # pragma: no cover - httptools missing
-        from uvicorn.protocols.http.h11_impl import H11Protocol as base  # type: ignore[assignment]
-
-    class TrackingProtocol(base):  # type: ignore[misc, valid-type]
-        def connection_made(self, transport):  # type: ignore[no-untyped-def]
-            super().connection_made(transport)
-            if self.client:
-                _TRANSPORTS[tuple(self.client)] = transport  # type: ignore[index]
-
-        def connection_lost(self, exc):  # type: ignore[no-untyped-def]
-            if self.client and _TRANSPORTS.get(tuple(self.client)) is self.transport:  # type: ignore[arg-type]
-                del _TRANSPORTS[tuple(self.client)]  # type: ignore[arg-type]
-            super().connection_lost(exc)
-
-    return TrackingProtocol
-
-
-def _transport(scope: Scope) -> asyncio.Transport | None:
-    client = scope.get("client")
-    return _TRANSPORTS.get(tuple(client)) if client else None  # type: ignore[arg-type]
-
-
-class _Drop(Exception):
-    """Raised to make the server close the connection when no transport is known."""
-
-
-# --------------------------------------------------------------------------------------
 # The ASGI app
 # --------------------------------------------------------------------------------------
 
@@ -1026,31 +984,6 @@ def _route(method: str, path: str, raw_path: bytes, headers: dict[str, str]) -> 
     return None
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks = []
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return None
-        chunks.append(msg.get("body", b""))
-        if not msg.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return
-
-
-async def _send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    hdrs = [(b"content-type", b"application/json")] if headers is None else list(headers)
-    hdrs.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": hdrs})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
 class FakeProviderApp:
     def __init__(self, state: State):
         self.state = state
@@ -1068,7 +1001,7 @@ class FakeProviderApp:
             return
         path: str = scope["path"]
         if path.startswith("/_fake/") or path == "/_fake":
-            await self.control(scope, receive, send)
+            await control(self.state, scope, receive, send)
             return
         headers: dict[str, str] = {}
         for k, v in scope["headers"]:
@@ -1077,14 +1010,14 @@ class FakeProviderApp:
             headers[key] = headers[key] + ", " + val if key in headers else val
         route = _route(scope["method"], path, scope.get("raw_path") or path.encode(), headers)
         if route is None:
-            await _read_body(receive)
-            await _send_json(
+            await read_body(receive)
+            await send_json(
                 send, 404, dumps({"error": {"message": f"Unknown request URL: {scope['method']} {path}", "type": "invalid_request_error", "code": "unknown_url"}})
             )
             return
         if scope["method"] != "POST":
-            await _read_body(receive)
-            await _send_json(send, 405, dumps({"error": {"message": "Method not allowed", "type": "invalid_request_error", "code": None}}))
+            await read_body(receive)
+            await send_json(send, 405, dumps({"error": {"message": "Method not allowed", "type": "invalid_request_error", "code": None}}))
             return
         st = self.state
         st.active += 1
@@ -1101,10 +1034,10 @@ class FakeProviderApp:
     ) -> None:
         st = self.state
         t0 = time.monotonic()
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:
             return
-        query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        query = query_of(scope)
         path = scope["path"]
         try:
             body: Any = orjson.loads(raw) if raw else None
@@ -1132,7 +1065,7 @@ class FakeProviderApp:
             etype = e.etype if e.etype and e.etype != "auth" else fam.error_type(e.status)
             hdrs = fam.error_headers(e.status, etype) + list(extra)
             rec["status"] = e.status
-            await _send_json(send, e.status, fam.error_body(e.status, e.message, etype), hdrs)
+            await send_json(send, e.status, fam.error_body(e.status, e.message, etype), hdrs)
 
         auth_err = fam.check_auth(headers, query, st.config["api_key"])
         if auth_err is not None:
@@ -1160,7 +1093,7 @@ class FakeProviderApp:
             await asyncio.sleep(beh["delay_ms"] / 1000)
         if beh.get("hang"):
             rec["status"] = "hang"
-            await _wait_disconnect(receive)
+            await wait_disconnect(receive)
             return
         status = beh.get("status")
         if status is not None and beh.get("error_after") is None:
@@ -1183,7 +1116,7 @@ class FakeProviderApp:
             if beh.get("cut_after") is not None:
                 await asyncio.sleep(ttft)
                 rec["status"] = "cut"
-                await self.drop(scope, receive)
+                await drop(scope, receive)
                 return
             if total:
                 await asyncio.sleep(total)
@@ -1192,7 +1125,7 @@ class FakeProviderApp:
                 return
             rec["status"] = 200
             hdrs = [(b"content-type", b"application/json")] + fam.response_headers(req) + extra_headers
-            await _send_json(send, 200, fam.render(req, plan), hdrs)
+            await send_json(send, 200, fam.render(req, plan), hdrs)
             return
         await self.stream(scope, receive, send, fam, req, plan, beh, ttft, rate, rec, extra_headers)
 
@@ -1219,7 +1152,7 @@ class FakeProviderApp:
             ]
             hdrs += fam.response_headers(req) + extra_headers
             await send({"type": "http.response.start", "status": 200, "headers": hdrs})
-            transport = _transport(scope)
+            transport = transport_of(scope)
             loop = asyncio.get_running_loop()
             n = len(plan.deltas)
             cut = beh.get("cut_after")
@@ -1273,7 +1206,7 @@ class FakeProviderApp:
                 return
             if cut is not None and (err_after is None or cut <= err_after):
                 rec["status"] = "cut"
-                await self.drop(scope, receive)
+                await drop(scope, receive)
                 return
             if err_after is not None:
                 status = beh["status"]
@@ -1288,100 +1221,10 @@ class FakeProviderApp:
         finally:
             st.active_streams -= 1
 
-    async def drop(self, scope: Scope, receive: Receive) -> None:
-        """Close the connection abruptly: no terminal event, no response if none started."""
-        transport = _transport(scope)
-        if transport is None:
-            raise _Drop("dropping connection (scripted cut_after)")
-        transport.close()
-        await _wait_disconnect(receive)
-
-    # ----------------------------------------------------------------------------------
-    async def control(self, scope: Scope, receive: Receive, send: Send) -> None:
-        st = self.state
-        raw = await _read_body(receive)
-        if raw is None:
-            return
-        method = scope["method"]
-        path = scope["path"].rstrip("/")
-        query = dict(urllib.parse.parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        try:
-            body = orjson.loads(raw) if raw.strip() else None
-        except orjson.JSONDecodeError:
-            await _send_json(send, 400, dumps({"error": "invalid JSON"}))
-            return
-        try:
-            if path == "/_fake/health":
-                out: Any = {"ok": True, "pid": os.getpid()}
-            elif path == "/_fake/config" and method == "GET":
-                out = st.config
-            elif path == "/_fake/config" and method == "POST":
-                if not isinstance(body, dict):
-                    raise ConfigError("config body must be a JSON object")
-                st.set_config(body)
-                out = st.config
-            elif path == "/_fake/script" and method == "GET":
-                out = {"pending": st.script}
-            elif path == "/_fake/script" and method in ("POST", "PUT"):
-                filters: dict[str, Any] = {}
-                replace = method == "PUT"
-                if isinstance(body, dict):
-                    items = body.get("behaviours", body.get("behaviors"))
-                    filters = {k: body[k] for k in FILTER_KEYS if k in body}
-                    replace = replace or bool(body.get("replace"))
-                else:
-                    items = body
-                if not isinstance(items, list):
-                    raise ConfigError("script body must be a list of behaviours or {\"behaviours\": [...]}")
-                new = [validate_behaviour({**filters, **b} if isinstance(b, dict) else b) for b in items]
-                if replace:
-                    st.script.clear()
-                st.script.extend(new)
-                out = {"queued": len(new), "pending": len(st.script)}
-            elif path == "/_fake/requests" and method == "GET":
-                recs = list(st.records)
-                if "family" in query:
-                    recs = [r for r in recs if r["family"] == query["family"]]
-                if "path" in query:
-                    recs = [r for r in recs if fnmatch.fnmatchcase(r["path"], query["path"])]
-                if "since" in query:
-                    recs = [r for r in recs if r["id"] > int(query["since"])]
-                if "limit" in query:
-                    recs = recs[-int(query["limit"]) :] if int(query["limit"]) else []
-                out = {"requests": recs}
-            elif path == "/_fake/requests" and method == "DELETE":
-                st.records.clear()
-                out = {"ok": True}
-            elif path == "/_fake/reset" and method == "POST":
-                st.reset()
-                out = {"ok": True}
-            elif path == "/_fake/stats":
-                out = {
-                    "active": st.active,
-                    "active_streams": st.active_streams,
-                    "peak_active": st.peak_active,
-                    "total": st.total,
-                    "pending_script": len(st.script),
-                    "connections": len(_TRANSPORTS),
-                }
-            else:
-                await _send_json(send, 404, dumps({"error": f"unknown control endpoint {method} {path}"}))
-                return
-        except (ConfigError, ValueError) as e:
-            await _send_json(send, 400, dumps({"error": str(e)}))
-            return
-        await _send_json(send, 200, dumps(out))
-
 
 # --------------------------------------------------------------------------------------
 # Running it
 # --------------------------------------------------------------------------------------
-
-
-class _QuietDrop(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _Drop)
 
 
 def make_server(host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", **config: Any):
@@ -1416,6 +1259,6 @@ def make_server(host: str = "127.0.0.1", port: int = 0, log_level: str = "warnin
         timeout_graceful_shutdown=1,
         ws="none",
     )
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrop())
+    logging.getLogger("uvicorn.error").addFilter(QuietDrop())
     server = uvicorn.Server(cfg)
     return server, sock, state

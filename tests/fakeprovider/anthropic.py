@@ -16,7 +16,7 @@ class Anthropic(Family):
     name = "anthropic"
     id_prefix = "msg_fake"
     missing_key_message = "x-api-key header is required"
-    TYPES = {
+    ERROR_TYPES = {
         400: "invalid_request_error",
         401: "authentication_error",
         402: "billing_error",
@@ -28,13 +28,12 @@ class Anthropic(Family):
         504: "timeout_error",
         529: "overloaded_error",
     }
+    SERVER_ERROR_TYPE = "api_error"
+    CLIENT_ERROR_TYPE = "invalid_request_error"
     STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
 
     def key_credential(self, headers, query) -> str:
         return headers.get("x-api-key", "").strip()  # else Bearer: the SDK may send keys and auth tokens so
-
-    def error_type(self, status: int) -> str:
-        return self.TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
         return dumps({"type": "error", "error": {"type": etype, "message": message}})

@@ -20,7 +20,7 @@ class Bedrock(Family):
     id_prefix = ""
     stream_content_type = b"application/vnd.amazon.eventstream"
     not_an_object = "Malformed input request, please reformat your input and try again."
-    TYPES = {
+    ERROR_TYPES = {  # the exception's name
         400: "ValidationException",
         403: "AccessDeniedException",
         404: "ResourceNotFoundException",
@@ -30,6 +30,8 @@ class Bedrock(Family):
         500: "InternalServerException",
         503: "ServiceUnavailableException",
     }
+    SERVER_ERROR_TYPE = "ServiceUnavailableException"
+    CLIENT_ERROR_TYPE = "ValidationException"
     STREAM_EXC = {
         "ThrottlingException": "throttlingException",
         "InternalServerException": "internalServerException",
@@ -53,9 +55,6 @@ class Bedrock(Family):
             "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters.",
             "IncompleteSignatureException",
         )
-
-    def error_type(self, status: int) -> str:
-        return self.TYPES.get(status, "ServiceUnavailableException" if status >= 500 else "ValidationException")
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
         return dumps({"message": message})

@@ -127,8 +127,14 @@ class Family:
         return None
 
     # errors -------------------------------------------------------------------------
+    #: The family's name for an error (type, status or exception) by HTTP status; a status not
+    #: listed gets the server-error name (5xx) or the client-error one.
+    ERROR_TYPES: dict[int, str] = {}
+    SERVER_ERROR_TYPE = ""
+    CLIENT_ERROR_TYPE = ""
+
     def error_type(self, status: int) -> str:
-        raise NotImplementedError
+        return self.ERROR_TYPES.get(status, self.SERVER_ERROR_TYPE if status >= 500 else self.CLIENT_ERROR_TYPE)
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
         raise NotImplementedError

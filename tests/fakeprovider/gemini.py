@@ -26,7 +26,7 @@ class Gemini(Family):
         "Please use API Key or other form of API consumer identity to call this API."
     )
     not_an_object = "Invalid JSON payload received. Expected an object."
-    STATUS = {
+    ERROR_TYPES = {  # the error's status
         400: "INVALID_ARGUMENT",
         401: "UNAUTHENTICATED",
         403: "PERMISSION_DENIED",
@@ -39,13 +39,12 @@ class Gemini(Family):
         503: "UNAVAILABLE",
         504: "DEADLINE_EXCEEDED",
     }
+    SERVER_ERROR_TYPE = "UNAVAILABLE"
+    CLIENT_ERROR_TYPE = "FAILED_PRECONDITION"
     FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "stop_sequence": "STOP"}
 
     def key_credential(self, headers, query) -> str:
         return headers.get("x-goog-api-key", "").strip() or query.get("key", "").strip()  # else OAuth Bearer
-
-    def error_type(self, status: int) -> str:
-        return self.STATUS.get(status, "UNAVAILABLE" if status >= 500 else "FAILED_PRECONDITION")
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
         return dumps({"error": {"code": status, "message": message, "status": etype}})

@@ -32,19 +32,11 @@ class OpenAIFamily(Family):
         "You didn't provide an API key. You need to provide your API key in an Authorization "
         "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
     )
+    ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
+    SERVER_ERROR_TYPE = "server_error"
+    CLIENT_ERROR_TYPE = "invalid_request_error"
     FINISH = {"stop": "stop", "length": "length", "stop_sequence": "stop"}
     max_stops: int | None = 4  # most stop sequences a request may give; None: any number
-
-    def error_type(self, status: int) -> str:
-        if status == 401:
-            return "invalid_request_error"
-        if status == 429:
-            return "requests"
-        if status >= 500:
-            return "server_error"
-        if status == 403:
-            return "permission_error"
-        return "invalid_request_error"
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
         code: Any = None

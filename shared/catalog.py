@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -33,11 +34,11 @@ class ModelSpec(BaseModel):
     upstream: str
     context_window: int = Field(ge=1)
     max_output: int = Field(ge=1)
-    price_input: float = Field(0.0, ge=0)
-    price_output: float = Field(0.0, ge=0)
+    price_input: float = Field(default=0.0, ge=0)
+    price_output: float = Field(default=0.0, ge=0)
     parameters: tuple[str, ...] = ()
     chat_template: bool = False
-    default_max_tokens: int | None = Field(None, ge=1)
+    default_max_tokens: int | None = Field(default=None, ge=1)
     bos_token: str = ""
     eos_token: str = ""
     # Raw-prompt families: the template used when the request carries none.
@@ -53,7 +54,7 @@ class ModelSpec(BaseModel):
     # calls are spread across them by weight, and a call that fails on one is made on the next.
     deployments: tuple[str, ...] = ()
     # The highest temperature the model takes; by default its family's.
-    max_temperature: float | None = Field(None, ge=0)
+    max_temperature: float | None = Field(default=None, ge=0)
 
     @property
     def temperature_limit(self) -> float:
@@ -78,15 +79,15 @@ class DeploymentLimits(BaseModel):
     for a model's extra deployments, where and how it is called (each unset field: the model's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
     family: Family | None = None
     base_url: str | None = None
     upstream: str | None = None
     # The environment variable holding this deployment's key (default: its family's).
     key_env: str | None = None
     # Its share of the calls, among the model's deployments that are not cooling down.
-    weight: float = Field(1.0, ge=0)
+    weight: float = Field(default=1.0, ge=0)
 
 
 class Catalog:
@@ -115,7 +116,7 @@ class Catalog:
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self.models.values())
 
     def __len__(self) -> int:

@@ -8,15 +8,20 @@ keys, and every transaction's (``multi``), in one hash slot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# redis-py's (blocking) ClusterNode is untyped: a node by its host and port.
+_sync_node = cast(Callable[[str, int], ClusterNode], ClusterNode)
 
 
 def is_cluster_url(url: str) -> bool:
@@ -33,7 +38,7 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def _cluster_kwargs(url: str, kwargs: dict) -> dict:
+def _cluster_kwargs(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.username:
         kwargs.setdefault("username", parts.username)
@@ -54,30 +59,31 @@ def node_url(url: str) -> str:
     return f"{scheme}://{auth + '@' if auth else ''}{host}:{port}/0"
 
 
-def async_redis(url: str, **kwargs) -> aioredis.Redis | AsyncRedisCluster:
+def async_redis(url: str, **kwargs: Any) -> aioredis.Redis | AsyncRedisCluster:
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 30)
     kwargs.setdefault("socket_keepalive", True)
     kwargs.setdefault("retry_on_timeout", True)
     if is_cluster_url(url):
         kwargs.pop("retry_on_timeout")
-        return AsyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+        return AsyncRedisCluster(startup_nodes=[AsyncClusterNode(h, p) for h, p in cluster_nodes(url)],
                                  **_cluster_kwargs(url, kwargs))
     return aioredis.Redis.from_url(url, **kwargs)
 
 
-def sync_redis(url: str, **kwargs) -> redis.Redis | SyncRedisCluster:
+def sync_redis(url: str, **kwargs: Any) -> redis.Redis | SyncRedisCluster:
     kwargs.setdefault("decode_responses", True)
     if is_cluster_url(url):
-        return SyncRedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(url)],
+        return SyncRedisCluster(startup_nodes=[_sync_node(h, p) for h, p in cluster_nodes(url)],
                                 **_cluster_kwargs(url, kwargs))
     return redis.Redis.from_url(url, **kwargs)
 
 
-def multi(client):
+def multi(client: aioredis.Redis | AsyncRedisCluster | redis.Redis | SyncRedisCluster) -> Any:
     """A pipeline for writes that go together: a MULTI transaction on one Redis; on a cluster,
     where a transaction must stay in one slot, the same writes in order (each caller orders
-    them so that a crash between two leaves nothing a reader trips on)."""
+    them so that a crash between two leaves nothing a reader trips on). Any: the client's own
+    kind of pipeline (asyncio or blocking), which its caller knows."""
     return client.pipeline(transaction=not isinstance(client, (AsyncRedisCluster, SyncRedisCluster)))
 
 

@@ -10,7 +10,7 @@ follower (``api/streams.py``) reads the stream for whatever pub/sub did not brin
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from shared import keys
 
@@ -41,11 +41,11 @@ def stream_event(entry_id: str, fields: dict[str, str]) -> Event:
     return Event(int(entry_id.split("-")[1]), fields["t"], fields["d"])
 
 
-async def read_events(redis, job_id: str, after: int = 0, count: int | None = None) -> list[Event]:
+async def read_events(redis: Any, job_id: str, after: int = 0, count: int | None = None) -> list[Event]:
     entries = await redis.xrange(keys.job_events(job_id), min=f"0-{after + 1}", count=count)
     return [stream_event(entry_id, fields) for entry_id, fields in entries]
 
 
-async def last_event_seq(redis, job_id: str) -> int:
+async def last_event_seq(redis: Any, job_id: str) -> int:
     last = await redis.xrevrange(keys.job_events(job_id), count=1)
     return int(last[0][0].split("-")[1]) if last else 0

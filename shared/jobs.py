@@ -23,6 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from shared import keys
 from shared.brokers import Broker, RedisBroker
+from shared.catalog import Catalog
 from shared.events import ERROR, Event, last_event_seq, stream_event
 from shared.jobspec import JobSpec
 from shared.queue import run_job_message
@@ -87,7 +88,7 @@ class JobStore:
     """The jobs in the state store (``redis``); their queue messages go to ``broker``, the state
     store's own Redis unless one is given (``shared/brokers/``)."""
 
-    def __init__(self, redis, settings: Settings, channel: ScriptChannel | None = None,
+    def __init__(self, redis: Any, settings: Settings, channel: ScriptChannel | None = None,
                  broker: Broker | None = None):
         self.redis = redis
         self.settings = settings
@@ -187,6 +188,7 @@ class JobStore:
 
     async def publish(self, job_id: str, token: str, events: list[tuple[int, str, str]]) -> int:
         """Append and publish events; -1 if the attempt lost the job, else the cancel flag."""
+        outcome: int | ResponseError
         (outcome,) = await self.publish_many([(job_id, token, events)])
         if isinstance(outcome, Exception):
             raise outcome
@@ -242,7 +244,7 @@ class JobStore:
             args=args,
         ))
 
-    async def fail_unclaimed(self, job_id: str, code: str, message: str, catalog=None) -> None:
+    async def fail_unclaimed(self, job_id: str, code: str, message: str, catalog: Catalog | None = None) -> None:
         """Fail a job no attempt may own any more (its deliveries are used up); ``catalog`` prices
         what it used."""
         token = f"final-{uuid.uuid4().hex}"
@@ -308,7 +310,7 @@ class JobStore:
             await self.line(account_id, job_id, "gone")
             return False
         message = run_job_message(job_id, queue)
-        outcome = await self.scripts.requeue_waiting(
+        outcome: str = await self.scripts.requeue_waiting(
             keys=[keys.job(job_id), keys.queued_of(job_id)], args=[job_id, repr(time.time()), message])
         watchdog = int((time.time() + watchdog_seconds) * 1000)
         if outcome == "requeued":

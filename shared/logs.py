@@ -13,7 +13,12 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 CONTEXT_FIELDS = ("job_id", "account_id", "model", "provider", "attempt", "batch_id", "port")
 
@@ -24,18 +29,19 @@ _SECRETS = re.compile(
 MASK = "***"
 
 
-def _mask(match: re.Match) -> str:
-    return (match.group("bearer") or match.group("prefix")) + MASK
+def _mask(match: re.Match[str]) -> str:
+    head: str = match.group("bearer") or match.group("prefix")  # one of the two alternatives matched
+    return head + MASK
 
 
 # The configured secrets themselves (provider keys, whatever they look like), masked wherever
 # they appear: ``register_secrets`` adds them as they are loaded.
 _configured: set[str] = set()
-_configured_pattern: re.Pattern | None = None
+_configured_pattern: re.Pattern[str] | None = None
 MIN_SECRET_CHARS = 4  # shorter values would mask ordinary words
 
 
-def register_secrets(values) -> None:
+def register_secrets(values: Iterable[str]) -> None:
     """Mask these exact values in every log line from now on."""
     global _configured_pattern
     new = {v for v in values if v and len(v) >= MIN_SECRET_CHARS} - _configured
@@ -67,7 +73,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def _context(record: logging.LogRecord) -> dict:
+def _context(record: logging.LogRecord) -> dict[str, Any]:
     out = {}
     for name in CONTEXT_FIELDS:
         value = record.__dict__.get(name)
@@ -102,7 +108,7 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``ts LEVEL logger: message [job_id=... model=...]``, credentials masked."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
@@ -114,11 +120,14 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
-def make_handler(fmt: str = "json", stream=None) -> logging.Handler:
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+class _Handler(logging.StreamHandler[TextIO]):
+    _chatfleet = True  # ours: replaced, never duplicated, by configure_logging
+
+
+def make_handler(fmt: str = "json", stream: TextIO | None = None) -> logging.Handler:
+    handler = _Handler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RedactingFilter())
-    handler._chatfleet = True  # ours: replaced, never duplicated, by configure_logging
     return handler
 
 
@@ -128,7 +137,7 @@ def make_handler(fmt: str = "json", stream=None) -> logging.Handler:
 _THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
 
-def configure_logging(settings=None) -> None:
+def configure_logging(settings: Settings | None = None) -> None:
     """Install the fleet's handler on the root logger (idempotent; other handlers, such as a
     test runner's, are kept)."""
     if settings is None:

@@ -6,11 +6,13 @@ Secrets are ``SecretStr``: they print as ``**********`` in logs, reprs and error
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.catalog import ModelSpec
 from shared.settings import refused
 
 
@@ -32,8 +34,8 @@ class ProviderSettings(BaseSettings):
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
     aws_session_token: SecretStr | None = None
-    aws_region: str | None = Field(None, alias="AWS_REGION")
-    aws_default_region: str | None = Field(None, alias="AWS_DEFAULT_REGION")
+    aws_region: str | None = Field(default=None, alias="AWS_REGION")
+    aws_default_region: str | None = Field(default=None, alias="AWS_DEFAULT_REGION")
     bedrock_endpoint_url: str | None = None
 
     llm_engine_base_url: str | None = None
@@ -51,15 +53,16 @@ class ProviderSettings(BaseSettings):
     llm_engine_key_hosts: str = ""
 
     # Upstream timeouts (seconds), the same for every family.
-    provider_connect_timeout: float = Field(10.0, alias="CHATFLEET_PROVIDER_CONNECT_TIMEOUT")
-    provider_first_token_timeout: float = Field(120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
-    provider_idle_timeout: float = Field(60.0, alias="CHATFLEET_PROVIDER_IDLE_TIMEOUT")
+    provider_connect_timeout: float = Field(default=10.0, alias="CHATFLEET_PROVIDER_CONNECT_TIMEOUT")
+    provider_first_token_timeout: float = Field(default=120.0, alias="CHATFLEET_PROVIDER_FIRST_TOKEN_TIMEOUT")
+    provider_idle_timeout: float = Field(default=60.0, alias="CHATFLEET_PROVIDER_IDLE_TIMEOUT")
 
     @field_validator("*", mode="before")
     @classmethod
-    def _strip(cls, value, info):
+    def _strip(cls, value: Any, info: ValidationInfo) -> Any:
         """A key read from a file or pasted often ends in a newline or space: HTTP refuses such
         a header, and a blank key is no key."""
+        assert info.field_name is not None  # a field validator: always called for a field
         if isinstance(value, str) and cls.model_fields[info.field_name].annotation == SecretStr | None:
             value = value.strip()
             return value or None
@@ -81,7 +84,7 @@ class ProviderSettings(BaseSettings):
     def bedrock_region(self) -> str:
         return self.aws_region or self.aws_default_region or "us-east-1"
 
-    def missing_for(self, spec) -> str | None:
+    def missing_for(self, spec: ModelSpec) -> str | None:
         """What must be set before ``spec`` (a catalog ModelSpec) can be served, or None."""
         if spec.family == "local":
             return None

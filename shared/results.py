@@ -42,13 +42,15 @@ def stream_chunk(
     completion_tokens: int | None = None,
 ) -> dict[str, Any]:
     """One streamed chunk: the chat shape plus the completions-API shape the SDK declares."""
-    final = prompt_tokens is not None and completion_tokens is not None
+    usage = (token_usage(prompt_tokens, completion_tokens)
+             if prompt_tokens is not None and completion_tokens is not None else None)
+    final = usage is not None
     chunk: dict[str, Any] = {
         "chat_completion": {
             "message": {"role": "assistant", "content": delta},
             "finish_reason": finish_reason,
         },
-        "token_usage": token_usage(prompt_tokens, completion_tokens) if final else None,
+        "token_usage": usage,
         "completions": [["", [delta]]],
         "finish_reason": finish_reason,
     }

@@ -25,15 +25,28 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 import hiredis
 from redis import exceptions as errors
+from redis.asyncio.client import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
-from redis.connection import parse_url
+from redis.commands.core import AsyncScript
+from redis.connection import parse_url as _parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, RedisError, ResponseError
+from redis.typing import EncodableT, KeyT
+
+T = TypeVar("T")
+
+# hiredis's stub declares a 1-tuple (``Tuple[X]``) and no return; it packs a command of any
+# length into the bytes of one RESP request.
+pack_command = cast(Callable[[tuple[str | int | float | bytes | memoryview, ...]], bytes], hiredis.pack_command)
+# redis-py's URL parser is untyped: the connection options a URL names.
+parse_url = cast(Callable[[str], dict[str, Any]], _parse_url)
 
 # A connection that went silent (a dropped NAT entry, a failover) is found out as redis-py's
 # connections find it: keepalive probes after 30 s idle, 5 s apart, 3 of them; and sent data
@@ -76,13 +89,14 @@ def _error(reply: Exception) -> RedisError:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader(replyError=Exception, encoding="utf-8")
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+        self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
         self.unsent: list[bytes] = []  # this loop turn's calls, written together by _flush
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream's (create_connection, create_unix_connection): a Transport.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -117,6 +131,7 @@ class _Protocol(asyncio.Protocol):
 
     def _abort(self, message: str) -> None:
         self._fail(message)
+        assert self.transport is not None  # replies, and writes, come only once connected
         self.transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -130,7 +145,7 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(RedisConnectionError(message))
 
-    def send(self, packed: bytes, at_once: bool = False) -> asyncio.Future:
+    def send(self, packed: bytes, at_once: bool = False) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.lost is not None:
@@ -146,6 +161,7 @@ class _Protocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         unsent, self.unsent = self.unsent, []
+        assert self.transport is not None  # calls are sent only on a made connection
         # Lost or closing: the calls' futures fail with the connection (connection_lost).
         if unsent and self.lost is None and not self.transport.is_closing():
             try:
@@ -161,7 +177,7 @@ class ScriptChannel:
         self.options = parse_url(url)
         self.connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Future | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
 
     @classmethod
     def for_url(cls, url: str) -> ScriptChannel | None:
@@ -178,7 +194,7 @@ class ScriptChannel:
         # Shielded: one caller cancelled must not cancel the connect the others wait for.
         return await asyncio.shield(self._connecting)
 
-    def _connected(self, connecting: asyncio.Future) -> None:
+    def _connected(self, connecting: asyncio.Future[_Protocol]) -> None:
         if self._connecting is connecting:
             self._connecting = None
         if not connecting.cancelled():
@@ -198,11 +214,11 @@ class ScriptChannel:
                 if options.get("password"):
                     auth = (options["username"], options["password"]) if options.get("username") \
                         else (options["password"],)
-                    await protocol.send(hiredis.pack_command(("AUTH", *auth)))
+                    await protocol.send(pack_command(("AUTH", *auth)))
                 if options.get("db"):
-                    await protocol.send(hiredis.pack_command(("SELECT", options["db"])))
+                    await protocol.send(pack_command(("SELECT", options["db"])))
         except (OSError, TimeoutError, RedisError) as exc:  # RedisError: AUTH or SELECT refused
-            if protocol is not None:
+            if protocol is not None and protocol.transport is not None:
                 protocol.transport.close()
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._protocol = protocol
@@ -218,7 +234,7 @@ class ScriptChannel:
 
     async def call(self, *args: Any, at_once: bool = False) -> Any:
         try:
-            packed = hiredis.pack_command(args)
+            packed = pack_command(args)
         except TypeError as exc:  # None, a bool: what redis-py refuses too
             raise DataError(f"cannot send {args[0]} with these arguments: {exc}") from None
         protocol = await self._connection()
@@ -236,12 +252,13 @@ class ChannelScript:
     """A registered script called through a ``ScriptChannel``; with ``client=`` (a pipeline),
     through redis-py as before. ``at_once``: its calls are not held to the end of the loop turn."""
 
-    def __init__(self, channel: ScriptChannel, registered, at_once: bool = False):
+    def __init__(self, channel: ScriptChannel, registered: AsyncScript, at_once: bool = False):
         self.channel = channel
         self.registered = registered  # redis-py's AsyncScript: the source, its sha, the pipelines
         self.at_once = at_once
 
-    async def __call__(self, keys=(), args=(), client=None):
+    async def __call__(self, keys: Sequence[KeyT] = (), args: Iterable[EncodableT] = (),
+                       client: Redis | RedisCluster | None = None) -> Any:
         if client is not None:
             return await self.registered(keys=keys, args=args, client=client)
         keys, args = list(keys), list(args)
@@ -252,7 +269,7 @@ class ChannelScript:
             # for it: a call that ran before its reply was lost, made again, changes nothing).
             return await _with_retries(lambda: self._run(keys, args))
 
-    async def _run(self, keys: list, args: list):
+    async def _run(self, keys: list[KeyT], args: list[EncodableT]) -> Any:
         try:
             return await self.channel.call("EVALSHA", self.registered.sha, len(keys), *keys, *args,
                                            at_once=self.at_once)
@@ -265,7 +282,7 @@ class ChannelScript:
 RETRY_SECONDS = 10.0  # the retries' time in all (the waits between them add up to 2.1-4.3 s)
 
 
-async def _with_retries(attempt):
+async def _with_retries(attempt: Callable[[], Awaitable[T]]) -> T:
     """``attempt()`` made again after a lost connection, as redis-py's clients retry; bounded in
     all: each try may wait for a connect that never answers."""
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any, Protocol
 
+from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ClusterCrossSlotError
 
@@ -28,15 +31,22 @@ def source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class Script(Protocol):
+    """A registered script, called as redis-py's are: ``await script(keys=[...], args=[...])``,
+    ``client=`` a pipeline to queue the call on."""
+
+    def __call__(self, keys: Sequence[Any] = ..., args: Sequence[Any] = ..., client: Any = ...) -> Awaitable[Any]: ...
+
+
 class SlotChecked:
     """A script that refuses, as Redis Cluster does, a call whose keys are in more than one hash
     slot, on any Redis (``CHATFLEET_CHECK_SLOTS``: the tests run the fleet so)."""
 
-    def __init__(self, name: str, script):
+    def __init__(self, name: str, script: Script):
         self.name = name
         self.script = script
 
-    def __call__(self, keys=(), args=(), client=None):
+    def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None) -> Awaitable[Any]:
         slots = {key_slot(key.encode() if isinstance(key, str) else key) for key in keys}
         if len(slots) > 1:
             raise ClusterCrossSlotError(f"CROSSSLOT script {self.name}: its keys are in {len(slots)} hash slots: "
@@ -49,20 +59,21 @@ class Scripts:
     through ``channel`` where one is given (``shared.scriptchannel``), else through ``redis``.
     With ``check_slots``, a call whose keys span hash slots is refused (``SlotChecked``)."""
 
-    def __init__(self, redis, channel: ScriptChannel | None = None, check_slots: bool = False):
+    def __init__(self, redis: Any, channel: ScriptChannel | None = None, check_slots: bool = False):
         self._redis = redis
         self._channel = channel
         self._check_slots = check_slots
-        self._registered = {}
+        self._registered: dict[str, Script] = {}
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Script:
         if name.startswith("_"):
             raise AttributeError(name)
         script = self._registered.get(name)
         if script is None:
-            script = self._redis.register_script(source(name))
+            registered: AsyncScript = self._redis.register_script(source(name))
+            script = registered
             if self._channel is not None:
-                script = ChannelScript(self._channel, script, at_once=name in SENT_AT_ONCE)
+                script = ChannelScript(self._channel, registered, at_once=name in SENT_AT_ONCE)
             if self._check_slots:
                 script = SlotChecked(name, script)
             self._registered[name] = script

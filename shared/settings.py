@@ -61,69 +61,69 @@ class Settings(BaseSettings):
     admin_api_key: SecretStr | None = None
 
     # Rate limits: "N per minute" is enforced over a sliding window of this many seconds.
-    rate_window_seconds: float = Field(60.0, gt=0)
+    rate_window_seconds: float = Field(default=60.0, gt=0)
     # A synchronous chat completion waits this long to be admitted before answering 429.
-    sync_admission_wait_seconds: float = Field(10.0, ge=0)
+    sync_admission_wait_seconds: float = Field(default=10.0, ge=0)
     # A job's completion bound when the request sets no max_tokens and its model no
     # default_max_tokens (at most the model's max_output and what its context window leaves):
     # reserved against token limits and sent upstream as max_tokens alike, so that no call uses
     # more than was reserved (``shared/jobspec.py``).
-    default_completion_reservation: int = Field(4096, ge=1)
+    default_completion_reservation: int = Field(default=4096, ge=1)
     # Usage aggregates (per account x model x day) are kept this long.
-    usage_retention_days: int = Field(400, ge=1)
+    usage_retention_days: int = Field(default=400, ge=1)
 
     # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
-    batch_max_in_flight: int = Field(100, ge=1)
+    batch_max_in_flight: int = Field(default=100, ge=1)
 
     # Failover across a model's deployments: one failing at least this share of at least this
     # many calls in a window cools down (calls go to the others first) for this long.
-    failover_window_seconds: float = Field(60.0, ge=1)
-    failover_min_calls: int = Field(5, ge=1)
-    failover_failure_ratio: float = Field(0.5, gt=0, le=1)
-    failover_cooldown_seconds: float = Field(30.0, ge=1)
+    failover_window_seconds: float = Field(default=60.0, ge=1)
+    failover_min_calls: int = Field(default=5, ge=1)
+    failover_failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    failover_cooldown_seconds: float = Field(default=30.0, ge=1)
 
     # Request bodies: every route's (a chat request, a JSON batch), and uploads' (multipart).
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
 
     # Files uploaded through the OpenAI front door (POST /v1/files): the largest one, what one
     # account may keep at once (files and bytes), and how long one is kept.
-    file_max_bytes: int = Field(100 * 1024 * 1024, ge=1024)
-    files_max_bytes_per_account: int = Field(1024 * 1024 * 1024, ge=1024)
-    files_max_per_account: int = Field(1000, ge=1)
-    file_retention_seconds: int = Field(7 * 86400, ge=60)
+    file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    files_max_bytes_per_account: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    files_max_per_account: int = Field(default=1000, ge=1)
+    file_retention_seconds: int = Field(default=7 * 86400, ge=60)
 
-    job_retention_seconds: int = Field(24 * 3600, ge=60)
+    job_retention_seconds: int = Field(default=24 * 3600, ge=60)
     # How many times a job may be started (first run + redeliveries) before it is failed.
-    max_deliveries: int = Field(3, ge=1)
+    max_deliveries: int = Field(default=3, ge=1)
     # Wall-clock bound on one attempt of a job, enforced by the worker.
-    job_time_limit_seconds: float = Field(600.0, gt=0)
+    job_time_limit_seconds: float = Field(default=600.0, gt=0)
     # A running job holds a lease renewed by its worker; when the worker dies the lease lapses
     # and the job is handed to another worker after at most this long.
-    lease_seconds: float = Field(15.0, ge=2)
+    lease_seconds: float = Field(default=15.0, ge=2)
     # How long a synchronous POST /v4/chat-completions waits for its job to finish.
-    sync_timeout_seconds: float = Field(600.0, gt=0)
+    sync_timeout_seconds: float = Field(default=600.0, gt=0)
     # Largest number of events kept in one job's replay stream.
-    stream_max_events: int = Field(100_000, ge=100)
+    stream_max_events: int = Field(default=100_000, ge=100)
 
     # After SIGTERM, how long a worker lets its running jobs finish before handing them back.
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
-    worker_concurrency: int = Field(200, ge=1)
-    worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    worker_concurrency: int = Field(default=200, ge=1)
+    worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Celery task events from the start; off, workers send them once Flower asks (it does
     # while it runs), which spares their cost when nothing monitors the fleet.
     worker_task_events: bool = False
     # Each worker process serves its Prometheus metrics on this port (the next free one up to
     # +20 when several workers share a machine); 0 disables.
-    worker_metrics_port: int = Field(9100, ge=0, le=65535)
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)
     # Where they listen: loopback, like the API under `make run`; 0.0.0.0 for a scraper elsewhere.
     worker_metrics_host: str = "127.0.0.1"
 
     local_model_path: str = ""
-    local_model_slots: int = Field(2, ge=1)
-    local_model_threads: int = Field(0, ge=0)  # 0: one per core
-    local_model_context: int = Field(8192, ge=512)
+    local_model_slots: int = Field(default=2, ge=1)
+    local_model_threads: int = Field(default=0, ge=0)  # 0: one per core
+    local_model_context: int = Field(default=8192, ge=512)
 
     catalog_path: str = ""
     data_dir: str = "var"

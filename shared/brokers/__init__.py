@@ -33,11 +33,12 @@ from shared.brokers.redis_lists import RedisBroker
 from shared.connections import async_redis
 from shared.scriptchannel import ScriptChannel
 from shared.scripts import Scripts
+from shared.settings import Settings
 
 __all__ = ["AmqpBroker", "Broker", "BrokerUnavailable", "RedisBroker", "broker_for"]
 
 
-def broker_for(state_redis: Any, state_channel: ScriptChannel | None, settings,
+def broker_for(state_redis: Any, state_channel: ScriptChannel | None, settings: Settings,
                max_connections: int = 50) -> Broker:
     """The broker of ``settings``: RabbitMQ's (``AmqpBroker``); the state store's own client and
     channel when both are one Redis; else clients of its own (closed by ``RedisBroker.close``)."""

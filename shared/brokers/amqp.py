@@ -9,7 +9,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import orjson
 from redis.exceptions import RedisError
@@ -19,6 +20,40 @@ from shared.brokers.base import BrokerUnavailable
 from shared.scripts import Scripts
 
 log = logging.getLogger(__name__)
+
+
+class _Channel(Protocol):
+    """What this module uses of a channel of kombu's AMQP transport (py-amqp's; both untyped)."""
+
+    events: Mapping[str, set[Callable[..., None]]]
+
+    def confirm_select(self) -> Any: ...
+    def queue_declare(self, *, queue: str, durable: bool, exclusive: bool, auto_delete: bool) -> Any: ...
+    def basic_publish(self, msg: Any, *, exchange: str, routing_key: str, mandatory: bool) -> Any: ...
+
+
+class _Connection(Protocol):
+    """What this module uses of a kombu ``Connection`` (untyped)."""
+
+    connection_errors: tuple[type[BaseException], ...]
+    channel_errors: tuple[type[BaseException], ...]
+
+    def connect(self) -> Any: ...
+    def channel(self) -> _Channel: ...
+    def collect(self) -> None: ...
+    def drain_events(self, *, timeout: float) -> Any: ...
+
+
+# A push for the publishing thread: the queue, its messages, and the event loop and future of
+# the push that waits for them (on the thread's queue, None stops it).
+_Request = tuple[str, tuple[str | bytes, ...], asyncio.AbstractEventLoop, asyncio.Future[None]]
+
+
+def _kombu_connection(url: str, **options: Any) -> _Connection:
+    from kombu import Connection
+
+    # kombu's Connection is untyped: seen through what this module uses of it.
+    return cast(Callable[..., _Connection], Connection)(url, **options)
 
 
 class AmqpBroker:
@@ -45,18 +80,16 @@ class AmqpBroker:
     apart = True  # never the state store
 
     def __init__(self, url: str, state: Any, scripts: Scripts):
-        from kombu import Connection
-
         self.url = url
         self.state = state
         self.scripts = scripts
-        probe = Connection(url)  # not connected: it only names the transport's errors
+        probe = _kombu_connection(url)  # not connected: it only names the transport's errors
         self._connection_errors = probe.connection_errors + probe.channel_errors
-        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
-        self._connection = None
-        self._channel = None
+        self._connection: _Connection | None = None
+        self._channel: _Channel | None = None
         self._declared: set[str] = set()
         self._unconfirmed: set[int] = set()
         self._refused = False
@@ -67,10 +100,8 @@ class AmqpBroker:
 
     # --- on the publishing thread ------------------------------------------------------------
 
-    def _open(self):
-        from kombu import Connection
-
-        connection = Connection(self.url, connect_timeout=5, transport_options={
+    def _open(self) -> None:
+        connection = _kombu_connection(self.url, connect_timeout=5, transport_options={
             "read_timeout": self.SOCKET_TIMEOUT, "write_timeout": self.SOCKET_TIMEOUT})
         connection.connect()
         channel = connection.channel()
@@ -96,24 +127,25 @@ class AmqpBroker:
         else:
             self._unconfirmed.discard(delivery_tag)
 
-    def _on_return(self, *args) -> None:
+    def _on_return(self, *args: Any) -> None:
         self._returned = True  # the queue is gone (deleted since it was declared): declare it again
 
     def _on_nack(self, delivery_tag: int, multiple: bool) -> None:
         self._refused = True
         self._on_ack(delivery_tag, multiple)
 
-    def _publish_batch(self, batch: list[tuple[str, tuple]]) -> None:
+    def _publish_batch(self, batch: list[tuple[str, tuple[str | bytes, ...]]]) -> None:
         """Every message of ``batch`` published and confirmed, or BrokerUnavailable."""
         from amqp import Message
         from kombu.exceptions import OperationalError
 
-        errors = (*self._connection_errors, OperationalError, OSError, TimeoutError)
+        errors: tuple[type[BaseException], ...] = (*self._connection_errors, OperationalError, OSError, TimeoutError)
         for attempt in range(self.ATTEMPTS):
             try:
                 if self._channel is None:
                     self._open()
                 channel, self._refused, self._returned = self._channel, False, False
+                assert channel is not None and self._connection is not None  # opened together by _open
                 for queue_name, messages in batch:
                     if queue_name not in self._declared:
                         # As Celery's workers declare it (``Queue(name)``): durable, shared.
@@ -216,7 +248,8 @@ class AmqpBroker:
         job_id, tag = _job_and_tag(message)
         if not job_id or not tag:
             return False
-        return await self.state.hget(keys.job(job_id), "pushed") == tag
+        pushed: str | None = await self.state.hget(keys.job(job_id), "pushed")
+        return pushed == tag
 
     async def close(self) -> None:
         self._closed = True
@@ -226,7 +259,7 @@ class AmqpBroker:
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 15)
 
 
-def _settle(future: asyncio.Future, outcome: BaseException | None) -> None:
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
     if future.done():  # its push was cancelled meanwhile
         return
     if outcome is None:

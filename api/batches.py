@@ -179,7 +179,8 @@ async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], cat
     Runs the CPU work on a thread, a chunk at a time, and writes each chunk from the loop."""
     chunks = validate_lines(lines, account, catalog, get_provider_settings(), formats,
                             settings.default_completion_reservation)
-    total, errors, error_count = 0, [], 0
+    errors: list[dict[str, Any]] = []
+    total, error_count = 0, 0
 
     def next_chunk():
         return next(chunks, None)

@@ -112,7 +112,7 @@ async def complete(body: CompletionRequest, request: Request, account: str, cata
     answer.bind(job_id)
     redis = store.redis
     headers = {"x-chatfleet-job-id": job_id}
-    events = aiter(follow(redis, hub, job_id))
+    events = follow(redis, hub, job_id)
     finished = False
 
     async def cancel_job() -> None:

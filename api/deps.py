@@ -7,7 +7,7 @@ Every dependency is ``async def``, even those that only read app state: FastAPI 
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
 
@@ -49,8 +49,10 @@ async def get_line_formats(request: Request) -> LineFormats:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-RedisDep = Annotated[object, Depends(get_redis)]
-RawRedisDep = Annotated[object, Depends(get_raw_redis)]
+# The state store's asyncio clients (the raw one does not decode): Any, as in shared/, since
+# redis-py types every reply bytes | str whatever the client decodes.
+RedisDep = Annotated[Any, Depends(get_redis)]
+RawRedisDep = Annotated[Any, Depends(get_raw_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 HubDep = Annotated[PubSubHub, Depends(get_hub)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog_dep)]

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,6 +77,7 @@ class PubSubHub:
             self._subscribers.setdefault(channel, set()).add(queue)
             if first:
                 self._confirmed[channel] = asyncio.Event()
+                assert self._pubsub is not None  # started (``start``) before anyone follows
                 await self._pubsub.subscribe(channel)
                 self._wakeup.set()
         try:
@@ -94,6 +95,7 @@ class PubSubHub:
                         del self._subscribers[channel]
                         self._confirmed.pop(channel, None)
                         with contextlib.suppress(Exception):
+                            assert self._pubsub is not None  # subscribed through it
                             await self._pubsub.unsubscribe(channel)
 
     def _deliver(self, channel: str, item) -> None:
@@ -108,6 +110,7 @@ class PubSubHub:
                 queue.put_nowait(_SHUTDOWN if item is _SHUTDOWN else _RESYNC)
 
     async def _read_forever(self) -> None:
+        assert self._pubsub is not None  # made by ``start`` before it starts this reader
         while True:
             try:
                 if not self._subscribers:
@@ -136,7 +139,7 @@ class PubSubHub:
 
 async def follow(
     redis, hub: PubSubHub, job_id: str, after: int = 0, idle_seconds: float = 5.0
-) -> AsyncIterator[Event | None]:
+) -> AsyncGenerator[Event | None, None]:
     """Yield the job's events after ``after`` in order, each once, until a terminal one.
 
     Yields None when nothing happened for ``idle_seconds`` (a chance to send a keep-alive), and

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Set
 from typing import Any, NoReturn
 
 
@@ -64,7 +65,7 @@ def when(value: Any) -> str:
 
 
 def print_table(columns: list[str], rows: list[list[Any]], title: str | None = None,
-                right: set[str] = frozenset()) -> None:
+                right: Set[str] = frozenset()) -> None:
     from rich.table import Table
 
     if title:

@@ -69,6 +69,11 @@ OLD_ACCOUNT_JOBS = re.compile(rf"^{P}:account:(?P<id>[^:{{}}]+):jobs$")
 OLD_IN_FLIGHT = f"{keys.PREFIX}:batches:in-flight"
 
 
+def _account_split(account_id: str) -> Callable[[str], str]:
+    """Where each job of an account's old list goes: the account's list in the job's shard."""
+    return lambda job_id: keys.account_jobs(account_id, keys.shard_of(job_id))
+
+
 class Refused(Exception):
     pass
 
@@ -122,8 +127,7 @@ def migrate(redis, dry_run: bool = False) -> Counter:
     for key in redis.scan_iter(match=f"{keys.PREFIX}:*", count=1000):
         account_jobs = OLD_ACCOUNT_JOBS.match(key)
         if key in SPLITS or account_jobs:
-            split = SPLITS.get(key) or (
-                lambda job_id, a=account_jobs["id"]: keys.account_jobs(a, keys.shard_of(job_id)))
+            split = SPLITS[key] if account_jobs is None else _account_split(account_jobs["id"])
             members = redis.zrange(key, 0, -1, withscores=True)
             ttl = redis.ttl(key)
             if not dry_run:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from celery import Celery, signals
 from kombu import Queue
@@ -41,6 +42,7 @@ def _flower_credentials() -> None:
 _flower_credentials()
 
 app = Celery("chatfleet", broker=settings.broker, include=["worker.tasks"])
+_transport: dict[str, Any]
 if settings.broker_is_amqp:
     # RabbitMQ: kombu's own AMQP transport. It redelivers a dead worker's unacknowledged
     # messages itself; its consumer timeout must stay above the job time limit (README).

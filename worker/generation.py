@@ -66,6 +66,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         except ProviderError as exc:
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
             if shared and exc.retryable:
+                assert failover is not None  # several routes are the failover's, given with it
                 await failover.record(route, False)
             if attempt.emitter is not None:
                 # What the provider sent before the fault is published before deciding where the
@@ -75,6 +76,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
                 await attempt.emitter.drain()
             if exc.retryable and not attempt.delivered:
                 if index + 1 == len(routes) and not fallbacks_loaded:
+                    assert failover is not None  # fallbacks are left to load only with a failover
                     fallbacks_loaded = True
                     fallbacks = await failover.fallbacks(attempt.account_id, attempt.model_id)
                     routes += fallbacks
@@ -98,6 +100,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
             raise
         metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
         if shared:
+            assert failover is not None  # several routes are the failover's, given with it
             await failover.record(route, True)
         tail = stops.flush()
         if tail:

@@ -156,10 +156,12 @@ class RedisGauges(Collector):
                     depths = self._amqp_depths()
                     lengths = [depths[queue] for queue in self.QUEUES]
                 else:
+                    assert self._broker is not None  # a Redis broker: its client
                     pipe = self._broker.pipeline(transaction=False)
                     for queue in self.QUEUES:
                         pipe.llen(queue)
                     lengths = pipe.execute()
+                assert self._redis is not None  # the state store's client (on RabbitMQ, its own URL's)
                 pipe = self._redis.pipeline(transaction=False)
                 for shard in range(keys.ACCOUNT_SHARDS):
                     pipe.zrange(keys.throttled_accounts(shard), 0, self.MAX_ACCOUNTS // keys.ACCOUNT_SHARDS - 1)

@@ -76,7 +76,8 @@ class Publisher:
         return outcome
 
     def _next_batch(self) -> list:
-        batch, events, taken = [], 0, 0
+        batch: list = []
+        events, taken = 0, 0
         for entry in self.waiting:
             if len(batch) == self.MAX_JOBS or (batch and events + len(entry[2]) > self.MAX_EVENTS):
                 break

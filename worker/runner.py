@@ -123,6 +123,7 @@ class JobRunner:
             return outcome
         if admission.outcome == "waiting":
             running.owned = False
+            assert admission.retry_at is not None  # a waiting admission says when to try again
             parked = await self.store.park(job_id, token, attempt.seq + 1, admission.retry_at, admission.reason)
             if parked == "parked":
                 log.info("job throttled: %s", admission.reason, extra=context)
@@ -189,14 +190,16 @@ class JobRunner:
         except JobCancelled:
             return await self._finish_cancelled(attempt)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None  # the job's own task, cancelled
             if running.reason == "cancel":
-                asyncio.current_task().uncancel()
+                task.uncancel()
                 return await self._finish_cancelled(attempt)
             if running.reason == "shutdown":
                 # The grace period is over: hand the job to another worker now rather than
                 # let its lease lapse. What was delivered stays delivered; the next attempt
                 # continues after it, and only the attempt that finishes records usage.
-                asyncio.current_task().uncancel()
+                task.uncancel()
                 running.owned = False
                 if await self.store.hand_back(job_id, attempt.token):
                     log.warning("job handed back at shutdown", extra=attempt.log_context())
@@ -226,6 +229,7 @@ class JobRunner:
             # received, and the prompt at its typical count.
             prompt_tokens = attempt.typical_prompt_tokens if attempt.delivered else 0
             completion_tokens = len(attempt.delivered)
+        assert prompt_tokens is not None and completion_tokens is not None  # given together, or counted here
         attempt.usage = usage_record(attempt.spec, attempt.model_id, prompt_tokens, completion_tokens,
                                      attempt.started, estimated=estimated)
         if attempt.handle is not None:

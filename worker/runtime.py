@@ -105,7 +105,9 @@ class WorkerRuntime:
     def run_job(self, job_id: str) -> str:
         """Run one job to its end; blocks the calling (pool) thread, not the loop."""
         self._started.wait()
-        return self.submit_job(job_id).result()
+        attempt = self.submit_job(job_id)
+        assert attempt is not None  # submitted: the runtime has started
+        return attempt.result()
 
     def submit_job(self, job_id: str) -> concurrent.futures.Future | None:
         """Start one job on the loop without waiting (``worker/queue/pool.py``); None until the runtime
@@ -150,7 +152,8 @@ class WorkerRuntime:
         for task in self._background:
             task.cancel()
         with contextlib.suppress(Exception):
-            await self.providers.close()
+            if self.providers is not None:  # None: the start-up failed before it made them
+                await self.providers.close()
         with contextlib.suppress(Exception):
             await self.heartbeat.leave()
             await self.broker.close()
@@ -160,7 +163,9 @@ class WorkerRuntime:
 
     async def _run_job(self, job_id: str) -> str:
         token = f"{self.hostname}/{uuid.uuid4().hex[:12]}"
-        entry = RunningJob(job_id, token, asyncio.current_task())
+        task = asyncio.current_task()
+        assert task is not None  # run_coroutine_threadsafe runs it as a task
+        entry = RunningJob(job_id, token, task)
         # Keyed by attempt: a duplicate delivery of the same job in this process must not
         # displace the attempt that owns it.
         self.running[token] = entry

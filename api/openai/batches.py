@@ -8,6 +8,7 @@ errors are files (``output_file_id``, ``error_file_id``) whose lines have OpenAI
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -100,7 +101,7 @@ async def _output_files(redis, record: dict[str, str]) -> tuple[str | None, str 
     batch_id = record["id"]
     ttl = await redis.ttl(keys.batch(batch_id))
     expires = time.time() + (ttl if ttl and ttl > 0 else 86400)
-    ended = float(record.get("finalizing_at") or record.get("created_at"))
+    ended = float(record.get("finalizing_at") or record["created_at"])
     ids: list[str | None] = []
     for file_id, kind, count in zip(output_file_ids(batch_id), ("results", "errors"),
                                     (record.get("completed"), record.get("failed"))):
@@ -109,7 +110,7 @@ async def _output_files(redis, record: dict[str, str]) -> tuple[str | None, str 
             continue
         await files.register_output(
             redis, record["account_id"], file_id, f"{batch_id}_{'output' if kind == 'results' else 'error'}.jsonl",
-            batch_id, kind, ended, expires, lambda kind=kind: output_content(redis, batch_id, kind))
+            batch_id, kind, ended, expires, functools.partial(output_content, redis, batch_id, kind))
         ids.append(file_id)
     return ids[0], ids[1]
 

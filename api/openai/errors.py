@@ -77,7 +77,7 @@ def param_path(loc: tuple | list) -> str | None:
 def validation_response(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's validation error as OpenAI answers a bad request: 400, the first error, its param."""
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     cause = (first.get("ctx") or {}).get("error")
     param = getattr(cause, "param", None) or param_path(first.get("loc", ()))
     message = str(cause) if cause is not None and getattr(cause, "param", None) else first.get("msg", "invalid request")

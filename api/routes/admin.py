@@ -19,9 +19,9 @@ MAX_LIMIT = 10**12
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    rpm: int | None = Field(None, ge=1, le=MAX_LIMIT, description="requests per minute (sliding window)")
-    tpm: int | None = Field(None, ge=1, le=MAX_LIMIT, description="prompt + completion tokens per minute")
-    max_concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT, description="jobs running at once")
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="requests per minute (sliding window)")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="prompt + completion tokens per minute")
+    max_concurrency: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="jobs running at once")
 
 
 # Per model, the models to fall back on, in order, when every deployment of it fails.

@@ -62,9 +62,10 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(400, "upload the JSONL file as the multipart form field 'file'")
-        if isinstance(form.get("metadata"), str):
+        raw_metadata = form.get("metadata")
+        if isinstance(raw_metadata, str):
             try:
-                metadata = orjson.loads(form["metadata"])
+                metadata = orjson.loads(raw_metadata)
             except orjson.JSONDecodeError:
                 raise HTTPException(400, "metadata must be a JSON object of strings") from None
         window = str(form.get("completion_window") or "24h")

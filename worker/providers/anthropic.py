@@ -40,7 +40,9 @@ class AnthropicProvider(HTTPProvider):
         return self.endpoint(request, self.settings.anthropic_base_url, "/v1/messages")
 
     def _headers(self, request: GenerationRequest | None = None) -> dict[str, str]:
-        headers = {"x-api-key": self.settings.anthropic_api_key.get_secret_value(),
+        key = self.settings.anthropic_api_key
+        assert key is not None  # check_configured: the stream needs its key before it calls
+        headers = {"x-api-key": key.get_secret_value(),
                    "anthropic-version": ANTHROPIC_VERSION}
         beta = BETA_HEADERS.get(request.model.upstream) if request is not None else None
         if beta:
@@ -92,7 +94,8 @@ class AnthropicProvider(HTTPProvider):
         return merge_extra(body, request.model.extra)
 
     def _stream_error(self, event: dict[str, Any]) -> ProviderError:
-        err = event.get("error") if isinstance(event.get("error"), dict) else {}
+        error = event.get("error")
+        err = error if isinstance(error, dict) else {}
         etype = err.get("type") or "api_error"
         status = ERROR_STATUS.get(etype, 500)
         return mid_stream_error(status, event, self.display, etype, err.get("message") or etype)
@@ -137,6 +140,7 @@ class AnthropicProvider(HTTPProvider):
                     raise self._stream_error(event)
                 # ping, content_block_start/stop, and event types added later: nothing to do
         self.check_ended(stop_reason)
+        assert stop_reason is not None  # check_ended raised otherwise
         yield one_call(request, stop_reason, input_tokens, output_tokens, prefilled)
 
 

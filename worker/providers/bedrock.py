@@ -82,6 +82,8 @@ class BedrockProvider(HTTPProvider):
         """SigV4 headers for exactly this URL and these body bytes (host, content type, date,
         session token and the signature itself)."""
         settings = self.settings
+        # check_configured: the stream needs both before it signs.
+        assert settings.aws_access_key_id is not None and settings.aws_secret_access_key is not None
         credentials = Credentials(
             settings.aws_access_key_id.get_secret_value(),
             settings.aws_secret_access_key.get_secret_value(),
@@ -181,4 +183,5 @@ class BedrockProvider(HTTPProvider):
                     else:
                         usage = payload.get("usage") or usage
         self.check_ended(finish_reason, usage)
+        assert finish_reason is not None and usage is not None  # check_ended raised otherwise
         yield one_call(request, finish_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))

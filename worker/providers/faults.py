@@ -118,7 +118,7 @@ def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) ->
                          status=status)
 
 
-def mid_stream_error(status: int, event: Any, provider: str, kind: str, detail: str) -> ProviderError:
+def mid_stream_error(status: int, event: Any, provider: str, kind: str | int, detail: str | int) -> ProviderError:
     """An error a provider reported inside an answer already streaming (``event``), classified as
     its HTTP ``status`` would be; the message names its kind (the upstream's text, ``detail``,
     goes to the log with the rest of the event)."""

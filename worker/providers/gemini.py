@@ -43,7 +43,9 @@ class GeminiProvider(HTTPProvider):
         return self.endpoint(request, self.settings.gemini_base_url, f"/v1beta/models/{model}:streamGenerateContent")
 
     def _headers(self) -> dict[str, str]:
-        return {"x-goog-api-key": self.settings.gemini_api_key.get_secret_value()}
+        key = self.settings.gemini_api_key
+        assert key is not None  # check_configured: the stream needs its key before it calls
+        return {"x-goog-api-key": key.get_secret_value()}
 
     def _contents(self, request: GenerationRequest) -> tuple[str, list[dict[str, Any]], bool]:
         """(system instruction, contents, whether a prefill was sent)."""
@@ -117,6 +119,7 @@ class GeminiProvider(HTTPProvider):
                 if candidate.get("finishReason"):
                     finish = finish_reason(candidate["finishReason"])
         self.check_ended(finish, usage)
+        assert finish is not None and usage is not None  # check_ended raised otherwise
         # Thinking models bill their thoughts as output, reported apart from the answer's tokens.
         completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
         yield one_call(request, finish, int(usage.get("promptTokenCount") or 0), completion, prefilled)

@@ -100,6 +100,7 @@ class Upstream:
         first iterates: iterate it from one task (every adapter does)."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
+        assert task is not None  # iterated from a task, as every adapter does
         cancelling = task.cancelling()
         idle_limit = self.settings.provider_idle_timeout
         limit = self.settings.provider_first_token_timeout

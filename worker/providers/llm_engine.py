@@ -55,5 +55,6 @@ class LLMEngineProvider(HTTPProvider):
             yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)
         usage = choices.usage
+        assert choices.finish_reason is not None and usage is not None  # check_ended raised otherwise
         yield one_call(request, choices.finish_reason, int(usage.get("prompt_tokens", 0)),
                        int(usage.get("completion_tokens", 0)))

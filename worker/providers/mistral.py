@@ -53,7 +53,9 @@ class MistralProvider(HTTPProvider):
         return self.endpoint(request, self.settings.mistral_base_url, "/chat/completions")
 
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.settings.mistral_api_key.get_secret_value()}",
+        key = self.settings.mistral_api_key
+        assert key is not None  # check_configured: the stream needs its key before it calls
+        return {"authorization": f"Bearer {key.get_secret_value()}",
                 "accept": "text/event-stream"}
 
     def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
@@ -119,6 +121,7 @@ class MistralProvider(HTTPProvider):
                     if reason:
                         finish_reason = FINISH_REASONS.get(reason, reason)
         self.check_ended(finish_reason, usage)
+        assert finish_reason is not None and usage is not None  # check_ended raised otherwise
         tail = echo.flush()
         if tail:
             yield TextDelta(tail)

@@ -21,8 +21,8 @@ import functools
 import inspect
 import socket
 import ssl
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Hashable, Iterable
+from typing import Any, cast
 
 import httpcore
 from httpcore import AsyncNetworkBackend, AsyncNetworkStream
@@ -235,11 +235,12 @@ class AsyncioStream(AsyncNetworkStream):
 def _connect_kwargs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
     """Happy eyeballs (RFC 8305) where the loop offers it (asyncio's does; uvloop tries the
     addresses in turn)."""
-    return {"happy_eyeballs_delay": 0.25} if _has_happy_eyeballs(type(loop)) else {}
+    # A class is hashable; mypy reads its instances' __hash__ instead (python/mypy#11470).
+    return {"happy_eyeballs_delay": 0.25} if _has_happy_eyeballs(cast(Hashable, type(loop))) else {}
 
 
 @functools.cache
-def _has_happy_eyeballs(loop_type: type) -> bool:
+def _has_happy_eyeballs(loop_type: type[asyncio.AbstractEventLoop]) -> bool:
     try:
         return "happy_eyeballs_delay" in inspect.signature(loop_type.create_connection).parameters
     except (TypeError, ValueError):

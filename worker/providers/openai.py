@@ -81,7 +81,9 @@ class OpenAIProvider(HTTPProvider):
         return self.endpoint(request, self.settings.openai_base_url, "/chat/completions")
 
     def _headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.settings.openai_api_key.get_secret_value()}"}
+        key = self.settings.openai_api_key
+        assert key is not None  # check_configured: the stream needs its key before it calls
+        return {"authorization": f"Bearer {key.get_secret_value()}"}
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         p = request.params
@@ -109,5 +111,6 @@ class OpenAIProvider(HTTPProvider):
                 yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)
         usage = choices.usage
+        assert choices.finish_reason is not None and usage is not None  # check_ended raised otherwise
         yield Completion(choices.finish_reason, int(usage.get("prompt_tokens", 0)),
                          int(usage.get("completion_tokens", 0)))

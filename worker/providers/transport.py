@@ -14,6 +14,7 @@ import logging
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -39,6 +40,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     worker with little traffic keeps reusing the same few connections."""
 
     def __init__(self, shards: int, limits: httpx.Limits):
+        # Bounded limits (``client_limits``), split between the shards.
+        assert limits.max_connections is not None and limits.max_keepalive_connections is not None
         per_shard = httpx.Limits(
             max_connections=-(-limits.max_connections // shards),
             max_keepalive_connections=-(-limits.max_keepalive_connections // shards),
@@ -56,7 +59,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self.busy[index] -= 1
             raise
-        response.stream = _Released(response.stream, self.busy, index)
+        # An async transport's answer: its body streams asynchronously.
+        response.stream = _Released(cast(httpx.AsyncByteStream, response.stream), self.busy, index)
         return response
 
     async def aclose(self) -> None:
@@ -67,9 +71,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
 class _Released(httpx.AsyncByteStream):
     """A response body that gives its shard's slot back when it is closed."""
 
-    def __init__(self, stream, busy: list[int], index: int):
+    def __init__(self, stream: httpx.AsyncByteStream, busy: list[int], index: int):
         self._stream = stream
-        self._busy = busy
+        self._busy: list[int] | None = busy
         self._index = index
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -128,7 +132,7 @@ def make_client(settings: ProviderSettings, transport: httpx.AsyncBaseTransport 
     # event (see ``Upstream.with_timeouts``), which a single read timeout cannot express.
     timeout = httpx.Timeout(connect=settings.provider_connect_timeout, read=None, write=30.0, pool=30.0)
     limits = client_limits()
-    common = {"timeout": timeout, "follow_redirects": False, "cookies": NoCookies()}
+    common: dict[str, Any] = {"timeout": timeout, "follow_redirects": False, "cookies": NoCookies()}
     if transport is not None:
         return httpx.AsyncClient(transport=transport, **common)
     if urllib.request.getproxies():

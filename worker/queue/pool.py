@@ -111,6 +111,7 @@ class TaskPool(thread.TaskPool):
         attempt = submit(job_id) if job_id is not None and submit is not None else None
         if attempt is None:  # not a job, or the runtime is still starting: a pool thread takes it
             return super().on_apply(target, args, kwargs, callback, accept_callback, **options)
+        assert args is not None  # a job's: its arguments named it
         started = time.monotonic()
         with self._idle:
             self._on_loop += 1

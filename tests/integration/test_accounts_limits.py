@@ -12,24 +12,9 @@ import pytest
 from shared import keys
 from shared.connections import sync_redis
 from shared.queue import run_job_message
-from tests.conftest import wait_for
-from tests.integration.test_spine import poll_until_done, read_sse
+from tests.helpers import FAST, new_account, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
-
-FAST = {"model": "gpt-4o-mini", "messages": [{"content": "hello there"}], "model_parameters": {"max_tokens": 3}}
-
-
-def new_account(stack, **limits) -> tuple[str, str]:
-    """(account id, API key) of a fresh account with these limits."""
-    with stack.admin() as admin:
-        r = admin.post("/v4/admin/accounts", json={"name": "team", "limits": limits})
-        assert r.status_code == 201, r.text
-        account = r.json()
-        r = admin.post(f"/v4/admin/accounts/{account['id']}/api-keys")
-        assert r.status_code == 201
-        return account["id"], r.json()["key"]
-
 
 def ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import fake_provider_settings
 from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
-from tests.integration.test_providers_e2e import FAMILY_MODELS
+from tests.helpers import FAMILY_MODELS
 from worker.providers.base import Completion
 from worker.providers.transport import make_client
 from worker.providers.registry import load_adapter

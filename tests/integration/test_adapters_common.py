@@ -13,7 +13,7 @@ from tests.integration.adapter_harness import (
     request_for,
     run_adapter,
 )
-from tests.integration.test_providers_e2e import FAMILY_MODELS
+from tests.helpers import FAMILY_MODELS
 
 pytestmark = pytest.mark.integration
 

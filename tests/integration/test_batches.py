@@ -9,33 +9,14 @@ import orjson
 import pytest
 
 from shared import keys
-from tests.conftest import OTHER_KEY, wait_for
-from tests.integration.test_spine import read_sse
+from tests.conftest import OTHER_KEY
+from tests.helpers import line, read_sse, results, wait_batch, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def line(custom_id: str, max_tokens: int = 3, model: str = "gpt-4o-mini", **body) -> dict:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v4/chat-completions",
-            "body": {"model": model, "messages": [{"content": f"question {custom_id}"}],
-                     "model_parameters": {"max_tokens": max_tokens}, **body}}
-
-
 def jsonl(lines: list) -> bytes:
     return b"\n".join(l if isinstance(l, bytes) else orjson.dumps(l) for l in lines) + b"\n"
-
-
-def wait_batch(client, batch_id: str, timeout: float = 60) -> dict:
-    def done():
-        b = client.get(f"/v4/batches/{batch_id}").json()
-        return b if b["status"] in ("completed", "failed", "expired", "cancelled") else None
-    return wait_for(done, timeout, 0.1, f"batch {batch_id}")
-
-
-def results(client, batch_id: str, which: str = "results") -> list[dict]:
-    r = client.get(f"/v4/batches/{batch_id}/{which}")
-    assert r.status_code == 200
-    return [json.loads(l) for l in r.text.splitlines() if l]
 
 
 def test_json_batch_runs_every_line_and_translates_openai_lines(stack, fake):

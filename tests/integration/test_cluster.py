@@ -9,10 +9,8 @@ import redis
 
 from shared import keys
 from shared.connections import cluster_nodes
-from tests.integration.test_accounts_limits import FAST, new_account
-from tests.integration.test_batches import line, results, wait_batch
-from tests.integration.test_spine import ask, content_of, poll_until_done, read_sse
-from tests.integration.test_split_stores import assert_a_worker_killed_mid_job_loses_nothing
+from tests.helpers import (FAST, ask, assert_a_worker_killed_mid_job_loses_nothing, content_of, line, new_account,
+                           poll_until_done, read_sse, results, wait_batch)
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 
 from deploy.devstack import ROOT, Fleet, free_port, redis_argv, redis_refusal, start_redis
 from shared.connections import redis_answers, sync_redis
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 

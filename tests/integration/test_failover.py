@@ -10,7 +10,7 @@ import pytest
 
 from shared import keys
 from shared.connections import sync_redis
-from tests.integration.test_spine import poll_until_done
+from tests.helpers import poll_until_done
 
 pytestmark = pytest.mark.integration
 

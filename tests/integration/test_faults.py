@@ -14,15 +14,9 @@ import pytest
 
 from deploy.devstack import start_redis
 from shared import keys
-from tests.conftest import wait_for
-from tests.integration.test_spine import content_of, iter_sse, poll_until_done, read_sse
+from tests.helpers import content_of, iter_sse, long_job, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def long_job(max_tokens: int) -> dict:
-    return {"model": "smollm2-longrun", "messages": [{"content": "Tell me everything about rivers."}],
-            "model_parameters": {"max_tokens": max_tokens}}
 
 
 def test_killed_worker_job_resumes_elsewhere_without_gap_or_duplicate(own_stack):

@@ -17,8 +17,8 @@ from celery import Celery
 from deploy.devstack import ROOT, api_argv, flower_argv, free_port, wait_ready
 from shared import keys
 from shared.connections import sync_redis
-from tests.conftest import DEV_KEY, wait_for
-from tests.integration.test_spine import content_of, iter_sse, poll_until_done
+from tests.conftest import DEV_KEY
+from tests.helpers import content_of, iter_sse, poll_until_done, wait_for
 
 pytestmark = pytest.mark.integration
 

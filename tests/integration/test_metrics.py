@@ -10,8 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
-from tests.conftest import DEV_KEY, wait_for
-from tests.integration.test_spine import poll_until_done, read_sse
+from tests.conftest import DEV_KEY
+from tests.helpers import poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ADMIN_KEY, DEV_KEY, OTHER_KEY, wait_for
-from tests.integration.test_spine import poll_until_done
+from tests.conftest import ADMIN_KEY, DEV_KEY, OTHER_KEY
+from tests.helpers import poll_until_done, wait_for
 
 pytestmark = pytest.mark.integration
 

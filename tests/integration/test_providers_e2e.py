@@ -8,18 +8,10 @@ import pytest
 from scale_gp import SGPClient
 
 from tests.conftest import DEV_KEY
-from tests.integration.test_spine import content_of, poll_until_done, read_sse
+from tests.helpers import FAMILY_MODELS, content_of, poll_until_done, read_sse
 
 pytestmark = pytest.mark.integration
 
-FAMILY_MODELS = {
-    "openai": "gpt-4o",
-    "anthropic": "claude-3-5-sonnet-20241022",
-    "gemini": "gemini-1.5-pro-002",
-    "mistral": "mistral-large-latest",
-    "bedrock": "llama3-1-405b-instruct-v1",
-    "llm_engine": "llama-3-1-8b-instruct",
-}
 MODELS = pytest.mark.parametrize("family, model", list(FAMILY_MODELS.items()), ids=list(FAMILY_MODELS))
 Q = [{"role": "user", "content": "four words go here"}]
 

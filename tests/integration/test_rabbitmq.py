@@ -20,10 +20,8 @@ from shared import keys
 from shared.brokers import AmqpBroker
 from shared.queue import delivery_tag, run_job_message
 from shared.scripts import Scripts
-from tests.conftest import wait_for
-from tests.integration.test_spine import poll_until_done
-from tests.integration.test_split_stores import (assert_a_worker_killed_mid_job_loses_nothing,
-                                                 assert_jobs_streams_batches_and_usage_work)
+from tests.helpers import (assert_a_worker_killed_mid_job_loses_nothing, assert_jobs_streams_batches_and_usage_work,
+                           poll_until_done, wait_for)
 from worker.metrics import RedisGauges
 
 pytestmark = [pytest.mark.integration,

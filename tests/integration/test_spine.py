@@ -10,56 +10,12 @@ import httpx
 import pytest
 from scale_gp import SGPClient
 
-from tests.conftest import DEV_KEY, OTHER_KEY, wait_for
+from tests.conftest import DEV_KEY, OTHER_KEY
+from tests.helpers import LOCAL, ask, content_of, iter_sse, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 
-LOCAL = "smollm2-135m-instruct"
 LONG = "smollm2-longrun"
-
-
-def ask(content: str = "What is the capital of France?", **extra) -> dict:
-    return {"model": LOCAL, "messages": [{"role": "user", "content": content}], **extra}
-
-
-def iter_sse(response: httpx.Response):
-    """Parse SSE events as they arrive: {'event': name|None, 'id': str|None, 'data': str}."""
-    current = {"event": None, "id": None, "data": []}
-    for line in response.iter_lines():
-        if line == "":
-            if current["data"]:
-                yield {**current, "data": "\n".join(current["data"])}
-            current = {"event": None, "id": None, "data": []}
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "data":
-                current["data"].append(value)
-            elif field in ("event", "id"):
-                current[field] = value
-
-
-def read_sse(response: httpx.Response, limit: int | None = None) -> list[dict]:
-    events = []
-    for event in iter_sse(response):
-        events.append(event)
-        if limit is not None and len(events) >= limit:
-            break
-    return events
-
-
-def content_of(events: list[dict]) -> str:
-    return "".join(json.loads(e["data"])["chat_completion"]["message"]["content"]
-                   for e in events if e["event"] is None)
-
-
-def poll_until_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
-    def done():
-        job = client.get(f"/v4/jobs/{job_id}").json()
-        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-    return wait_for(done, timeout, 0.05, f"job {job_id} to finish")
 
 
 # --- the original API through its official SDK ---------------------------------------------

@@ -16,7 +16,7 @@ from celery.worker.request import Request
 
 from shared import keys
 from shared.queue import run_job_message
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from worker.queue import pool as loop_pool
 from worker.tasks import app
 

@@ -98,30 +98,74 @@ def sent(eventer: Mock, kind: str) -> list[dict]:
     return [c.kwargs for c in eventer.send.call_args_list if c.args[0] == kind]
 
 
+class WatchedCompletions:
+    """The pool's completion threads, keeping every trace (and so every ack) they were handed."""
+
+    def __init__(self, executor: concurrent.futures.ThreadPoolExecutor):
+        self.executor = executor
+        self.handed: list[concurrent.futures.Future] = []
+
+    def submit(self, fn, *args, **kwargs) -> concurrent.futures.Future:
+        future = self.executor.submit(fn, *args, **kwargs)
+        self.handed.append(future)
+        return future
+
+    def __getattr__(self, name: str):
+        return getattr(self.executor, name)
+
+
+class WatchedCondition(threading.Condition):
+    """The pool's idle condition, saying when somebody blocks on it (a shutdown waiting)."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def wait(self, timeout=None):
+        self.waiting.set()
+        return super().wait(timeout)
+
+
 def test_a_job_starts_on_the_loop_is_active_while_it_runs_and_is_acked_once_it_ended(pool, monkeypatch):
     runtime = StubRuntime()
     hand_jobs_to(monkeypatch, runtime)
+    completions = pool._completions = WatchedCompletions(pool._completions)
+    idle = pool._idle = WatchedCondition()
+    order: list[str] = []
     request, on_ack, eventer = celery_request("job_1")
+    on_ack.side_effect = lambda *args, **kwargs: order.append("acked")
     request.execute_using_pool(pool)
+    accepted = time.monotonic()
     # Accepted at once, from the consumer's thread: "active" for as long as the job runs.
     assert runtime.submitted_from == [threading.current_thread().name]
     assert request in worker_state.active_requests
     assert sent(eventer, "task-started")
-    time.sleep(0.3)
-    on_ack.assert_not_called()  # acks late: not while the job runs
+    # Acks late: whatever the completion threads were handed so far has run, and none of it
+    # acked the job while it runs.
+    done, _ = concurrent.futures.wait(completions.handed, timeout=60)
+    assert len(done) == len(completions.handed)
+    on_ack.assert_not_called()
 
-    stopping = threading.Thread(target=pool.stop)  # a warm shutdown waits for the job and its ack
+    def stop():
+        pool.stop()
+        order.append("stopped")
+
+    stopping = threading.Thread(target=stop)  # a warm shutdown waits for the job and its ack
     stopping.start()
-    stopping.join(0.2)
-    assert stopping.is_alive()
+    wait_for(lambda: idle.waiting.is_set() or not stopping.is_alive(), what="the shutdown to wait or end")
+    assert stopping.is_alive() and order == []  # blocked on the job, which still runs, unacked
+    while time.monotonic() - accepted < 0.5:  # a job that ran at least 0.5 s
+        time.sleep(0.05)
+    held = time.monotonic() - accepted
     runtime.attempts["job_1"].set_result("succeeded")
-    stopping.join(5)
+    stopping.join(60)
     assert not stopping.is_alive()
     on_ack.assert_called_once()
+    assert order == ["acked", "stopped"]  # the shutdown ended only once the job was acked
     assert request not in worker_state.active_requests
     (succeeded,) = sent(eventer, "task-succeeded")
     assert succeeded["result"] == repr("succeeded")
-    assert succeeded["runtime"] >= 0.5  # the job's run time, not the trace's
+    assert succeeded["runtime"] >= held  # the job's run time, not the trace's
 
 
 def test_a_job_that_raised_fails_its_task_and_is_acked(pool, monkeypatch):
@@ -130,7 +174,7 @@ def test_a_job_that_raised_fails_its_task_and_is_acked(pool, monkeypatch):
     request, on_ack, eventer = celery_request("job_1")
     request.execute_using_pool(pool)
     runtime.attempts["job_1"].set_exception(ValueError("boom"))
-    wait_for(lambda: on_ack.called, 5, what="the ack")
+    wait_for(lambda: on_ack.called, what="the ack")
     on_ack.assert_called_once()  # task_acks_on_failure_or_timeout: a failed job is not redelivered
     (failed,) = sent(eventer, "task-failed")
     assert "boom" in failed["exception"]
@@ -144,8 +188,8 @@ def test_a_job_whose_acceptance_failed_still_ends_and_is_acked(pool, monkeypatch
     monkeypatch.setattr(request, "on_accepted", Mock(side_effect=ConnectionError("events down")))
     request.execute_using_pool(pool)
     runtime.attempts["job_1"].set_result("succeeded")
-    wait_for(lambda: on_ack.called, 5, what="the ack")
-    wait_for(lambda: pool._on_loop == 0, 5, what="the job's completion")
+    wait_for(lambda: on_ack.called, what="the ack")
+    wait_for(lambda: pool._on_loop == 0, what="the job's completion")
 
 
 @pytest.mark.parametrize("runtime", [None, StubRuntime(started=False)], ids=["no runtime", "runtime starting"])
@@ -153,10 +197,10 @@ def test_other_tasks_and_early_jobs_go_to_a_pool_thread(pool, monkeypatch, runti
     hand_jobs_to(monkeypatch, runtime)
     trace, done = Trace(), []
     finished = threading.Barrier(3)
-    pool.apply_async(trace, args=celery_args("job_1"), callback=lambda ret: (done.append(ret), finished.wait(5)))
+    pool.apply_async(trace, args=celery_args("job_1"), callback=lambda ret: (done.append(ret), finished.wait(60)))
     pool.apply_async(trace, args=celery_args("p1", task="chatfleet.ping"),
-                     callback=lambda ret: (done.append(ret), finished.wait(5)))
-    finished.wait(5)
+                     callback=lambda ret: (done.append(ret), finished.wait(60)))
+    finished.wait(60)
     assert sorted(done) == [("ran in a pool thread", "job_1"), ("ran in a pool thread", "p1")]
     assert all(not name.startswith("chatfleet-ack") for _, name in trace.calls)
 
@@ -166,5 +210,5 @@ def test_a_task_that_is_not_a_job_never_reaches_the_loop(pool, monkeypatch):
     hand_jobs_to(monkeypatch, runtime)
     finished = threading.Event()
     pool.apply_async(Trace(), args=celery_args("p1", task="chatfleet.ping"), callback=lambda ret: finished.set())
-    assert finished.wait(5)
+    assert finished.wait(60)
     assert runtime.attempts == {}

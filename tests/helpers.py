@@ -19,7 +19,15 @@ from shared import keys
 # --- waiting --------------------------------------------------------------------------------
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+# How long a test waits for what it expects before failing. Generous: a condition that holds
+# ends the wait at once, and a busy machine (another fleet running beside this one) is slow.
+DEADLINE = 60.0
+# A job of the local model that generates hundreds of tokens: CPU-bound, the slowest of all on a
+# busy machine (within the suite's 300 s per test).
+LONG_JOB_DEADLINE = 240.0
+
+
+def wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.05, what: str = "condition"):
     """``predicate()``'s first true value, asked every ``interval`` s; AssertionError naming
     ``what`` once ``timeout`` s passed without one."""
     deadline = time.monotonic() + timeout
@@ -103,17 +111,29 @@ def content_of(events: list[dict]) -> str:
                    for e in events if e["event"] is None)
 
 
+# --- the fleet's logs -----------------------------------------------------------------------
+
+
+def log_lines(stack, name: str) -> list[str]:
+    return stack.fleet.logs[name].read_text(errors="replace").splitlines()
+
+
+def json_lines(stack, name: str) -> list[dict]:
+    """The JSON lines of process ``name``'s log (the fleet logs JSON by default)."""
+    return [json.loads(line) for line in log_lines(stack, name) if line.startswith("{")]
+
+
 # --- jobs, batches, accounts ----------------------------------------------------------------
 
 
-def poll_until_done(client: httpx.Client, job_id: str, timeout: float = 60) -> dict:
+def poll_until_done(client: httpx.Client, job_id: str, timeout: float = DEADLINE) -> dict:
     def done():
         job = client.get(f"/v4/jobs/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
     return wait_for(done, timeout, 0.05, f"job {job_id} to finish")
 
 
-def wait_batch(client: httpx.Client, batch_id: str, timeout: float = 60) -> dict:
+def wait_batch(client: httpx.Client, batch_id: str, timeout: float = DEADLINE) -> dict:
     def done():
         b = client.get(f"/v4/batches/{batch_id}").json()
         return b if b["status"] in ("completed", "failed", "expired", "cancelled") else None
@@ -180,11 +200,12 @@ def assert_a_worker_killed_mid_job_loses_nothing(stack) -> None:
 
         follower = threading.Thread(target=subscribe)
         follower.start()
-        assert seen_10.wait(30), stack.logs()
+        assert seen_10.wait(DEADLINE), stack.logs()
         stack.fleet.kill("worker-local")
         stack.start_worker("worker-local-2", [keys.QUEUE_LOCAL], 2)
-        done = poll_until_done(client, job["id"], timeout=90)
-        follower.join(30)
+        done = poll_until_done(client, job["id"], timeout=LONG_JOB_DEADLINE)
+        follower.join(DEADLINE)
+    assert not follower.is_alive()
     assert done["status"] == "succeeded", stack.logs()
     assert done["attempts"] == 2, stack.logs()
     ids = [int(e["id"]) for e in events]

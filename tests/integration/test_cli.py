@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from deploy.devstack import free_port
 from tests.conftest import ADMIN_KEY, DEV_KEY
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +85,8 @@ def test_chat_stream_prints_tokens_as_they_arrive(cli, fake):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "tok0 tok1 tok2\n"
 
-    fake.config(tokens_per_s=4)
-    proc = subprocess.Popen([chatfleet_bin(), "chat", "hi", "--model", "gpt-4o-mini", "--max-tokens", "5",
+    fake.config(tokens_per_s=0.2)  # the second, last token 5 s after the first
+    proc = subprocess.Popen([chatfleet_bin(), "chat", "hi", "--model", "gpt-4o-mini", "--max-tokens", "2",
                              "--stream"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         seen = b""
@@ -95,12 +95,12 @@ def test_chat_stream_prints_tokens_as_they_arrive(cli, fake):
             assert chunk, "the command ended before printing anything"
             seen += chunk
         assert proc.poll() is None, "the first token came only with the whole answer"
-        rest, err = proc.communicate(timeout=20)
+        rest, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == 0, err
-    assert (seen + rest).decode() == "tok0 tok1 tok2 tok3 tok4\n"
+    assert (seen + rest).decode() == "tok0 tok1\n"
 
 
 def test_chat_reports_api_errors_in_one_line(cli):
@@ -133,13 +133,11 @@ def test_usage_errors_exit_2(cli):
 # --- jobs ---------------------------------------------------------------------------------
 
 
-def wait_job(cli, job_id: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_job(cli, job_id: str) -> dict:
+    def done():
         job = json.loads(cli("jobs", "status", job_id, "--json").stdout)
-        if job["status"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.1)
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+    return wait_for(done, interval=0.1, what=f"job {job_id} to finish")
 
 
 def test_jobs_submit_status_watch(cli):
@@ -478,7 +476,7 @@ def test_batch_cancel_ends_a_waiting_submit_with_exit_1(batch_cli, fake, tmp_pat
         r = batch_cli("batch", "cancel", batch_id)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split() in ([batch_id, "cancelling"], [batch_id, "cancelled"])
-        rest, err = proc.communicate(timeout=30)
+        rest, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()

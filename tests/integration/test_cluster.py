@@ -47,7 +47,7 @@ def test_the_fleet_runs_on_a_redis_cluster(own_stack):
     account_id, key = new_account(stack, rpm=2)
     with stack.client(key) as client:
         ids = [client.post("/v4/jobs", json=FAST).json()["id"] for _ in range(3)]
-        done = [poll_until_done(client, job_id, timeout=30) for job_id in ids]
+        done = [poll_until_done(client, job_id) for job_id in ids]
     assert [d["status"] for d in done] == ["succeeded"] * 3
     assert done[2]["started_at"] >= done[0]["started_at"]
     with stack.admin() as admin:
@@ -60,7 +60,7 @@ def test_the_fleet_runs_on_a_redis_cluster(own_stack):
                 for _ in range(2)]
         r = client.post(f"/v4/jobs/{slow[1]['id']}/cancel")
         assert r.status_code in (200, 202), r.text
-        assert poll_until_done(client, slow[1]["id"], timeout=30)["status"] == "cancelled"
+        assert poll_until_done(client, slow[1]["id"])["status"] == "cancelled"
 
     nodes = [redis.Redis(host=h, port=p, decode_responses=True) for h, p in cluster_nodes(stack.state_url)]
     try:

@@ -29,7 +29,7 @@ def volatile_redis(fleet: Fleet, tmp_path) -> str:
     argv = [a if a != "yes" else "no" for a in redis_argv(port, tmp_path / "volatile")]  # appendonly no
     fleet.spawn("volatile", argv, dict(os.environ), tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis_answers(url), 10, what="the volatile Redis")
+    wait_for(lambda: redis_answers(url), what="the volatile Redis")
     return url
 
 

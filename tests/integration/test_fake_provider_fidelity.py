@@ -27,6 +27,7 @@ from mistralai.client import errors as mistral_errors
 
 from tests.fakeprovider import FakeProvider, start_fake_provider
 from tests.fakeprovider.eventstream import decode_frames
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -85,14 +86,26 @@ def bedrock(fake: FakeProvider):
 BEDROCK_MODEL = "anthropic.claude-3-haiku-20240307-v1:0"
 
 
+def timed_out(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or what it was raised from, is a timeout, whatever the SDK's type."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower() or "timed out" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def broken_stream(consume) -> tuple[list[str], BaseException]:
-    """Consume a stream that the fake cuts; it must raise (whatever the SDK's type) and not hang."""
+    """Consume a stream that the fake cuts; it must raise (whatever the SDK's type) and not hang:
+    a client waiting on a stream that will never go on ends only at its read timeout, so the
+    error must be the cut's, not a timeout's."""
     got: list[str] = []
-    t0 = time.monotonic()
     with pytest.raises(Exception) as ei:
         consume(got)
     assert not isinstance(ei.value, AssertionError)
-    assert time.monotonic() - t0 < 5
+    assert not timed_out(ei.value), repr(ei.value)
     return got, ei.value
 
 
@@ -479,19 +492,17 @@ def test_echo_mode_timing_and_hang(fake: FakeProvider) -> None:
     t0 = time.monotonic()
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     stamps = [time.monotonic() - t0 for c in stream if c.choices and c.choices[0].delta.content]
-    assert 0.13 <= stamps[0] <= 0.6, stamps[0]  # first token after ~150 ms
-    assert 0.15 <= stamps[-1] - stamps[0] <= 1.0, stamps  # 20 more tokens at 100/s: ~200 ms
+    # Lower bounds only: the fake waits at least this long whatever the load; how much longer a
+    # busy machine takes says nothing about the fake.
+    assert stamps[0] >= 0.13, stamps[0]  # first token after 150 ms
+    assert stamps[-1] >= 0.13 + 0.19, stamps  # then 20 more tokens at 100/s: 200 ms
     assert len(stamps) == 21
     fake.config(ttft_ms=0, tokens_per_s=0)
     fake.script([{"hang": True}])
-    t0 = time.monotonic()
-    with pytest.raises(openai.APITimeoutError):
+    with pytest.raises(openai.APITimeoutError):  # the only way out of a hang: the client's timeout
         oai(fake).with_options(timeout=0.5).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    assert time.monotonic() - t0 < 5
-    deadline = time.monotonic() + 5
-    while fake.stats()["active"] and time.monotonic() < deadline:  # the hung handler sees the client leave
-        time.sleep(0.05)
-    assert fake.stats()["active"] == 0
+    # The hung handler sees the client leave.
+    wait_for(lambda: fake.stats()["active"] == 0, what="the hung handler to end")
     assert fake.requests()[-1]["status"] == "hang"
 
 
@@ -512,7 +523,7 @@ def test_script_filters_and_times(fake: FakeProvider) -> None:
 
 def test_thousand_concurrent_streams(fake: FakeProvider) -> None:
     """1,000 concurrent SSE streams in the one server process (minimal asyncio client)."""
-    fake.config(tokens=8, tokens_per_s=20)  # each stream lasts ~350 ms
+    fake.config(tokens=8, tokens_per_s=2)  # each stream lasts 3.5 s: long enough for them all to start
     body = json.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {fake.host}\r\nauthorization: Bearer k\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
@@ -524,18 +535,11 @@ def test_thousand_concurrent_streams(fake: FakeProvider) -> None:
         writer.close()
         return data
 
-    async def run() -> tuple[list[bytes], int]:
-        tasks = [asyncio.ensure_future(one()) for _ in range(1000)]
-        peak = 0
-        while not all(t.done() for t in tasks):
-            await asyncio.sleep(0.1)
-            peak = max(peak, (await asyncio.to_thread(fake.stats))["active_streams"])
-        return [t.result() for t in tasks], peak
+    async def run() -> list[bytes]:
+        return await asyncio.gather(*(one() for _ in range(1000)))
 
-    t0 = time.monotonic()
-    results, peak = asyncio.run(run())
-    elapsed = time.monotonic() - t0
+    results = asyncio.run(run())
     assert all(r.startswith(b"HTTP/1.1 200") and r.rstrip().endswith(b"0") and b"data: [DONE]" in r for r in results)
     assert all(r.count(b'"content":"') == 9 for r in results)  # role chunk + 8 tokens
+    peak = fake.stats()["peak_active"]  # the server's own count, not a sample
     assert peak >= 500, peak  # they really were concurrent
-    assert elapsed < 20, elapsed

@@ -8,6 +8,7 @@ Test modules import from here (or from ``tests/conftest.py``, ``tests/recording.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -36,6 +37,17 @@ def wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.05, what:
         if value:
             return value
         time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def async_wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.01, what: str = "condition"):
+    """``wait_for`` on an event loop: the loop runs on while it waits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 

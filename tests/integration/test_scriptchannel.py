@@ -22,6 +22,7 @@ from shared.jobs import JobStore
 from shared.scriptchannel import ChannelScript, ScriptChannel
 from shared.scripts import LUA_DIR, SENT_AT_ONCE, Scripts
 from shared.settings import Settings
+from tests.helpers import async_wait_for
 from tests.recording import FailingTransport, RecordingTransport
 from tests.unit.jobstores import SPEC
 
@@ -99,14 +100,30 @@ def test_a_flushed_script_cache_is_loaded_again(redis_server):
 
 
 SLOW = "local n = 0 for i = 1, 3000000 do n = n + i end return ARGV[1]"
+# Runs until its Redis is killed while KEYS[1] exists; returns at once where it does not (the
+# Redis started again on an empty data directory).
+SPIN = "if redis.call('EXISTS', KEYS[1]) == 1 then while true do end end return ARGV[1]"
+
+
+async def sent(channel: ScriptChannel, call) -> asyncio.Future:
+    """``call()`` started, once its command went out on ``channel``'s connection."""
+    protocol = channel._protocol
+    recorder = protocol.transport = RecordingTransport(protocol.transport)
+    future = asyncio.ensure_future(call())
+    await async_wait_for(lambda: recorder.writes, interval=0, what="the call to be written")
+    protocol.transport = recorder._transport
+    return future
 
 
 def test_a_cancelled_caller_does_not_shift_the_replies(redis_server):
+    setup = sync_redis(redis_server["url"])
+    setup.script_load(SLOW)  # called by its sha: it starts running as soon as it arrives
+    setup.close()
+
     async def use(channel):
         slow, echo = script(channel, SLOW), script(channel, ECHO)
         await echo(keys=["warm"], args=["up"])
-        first = asyncio.ensure_future(slow(args=["slow"]))
-        await asyncio.sleep(0.005)  # sent, still running in Redis
+        first = await sent(channel, lambda: slow(args=["slow"]))  # its reply still to come
         first.cancel()
         replies = await asyncio.gather(*(echo(keys=[f"k{i}"], args=[i]) for i in range(20)))
         return first, replies
@@ -124,11 +141,15 @@ def test_calls_cut_or_made_while_redis_is_down_go_through_when_it_is_back(redis_
     monkeypatch.setattr(scriptchannel, "_retry", lambda: Retry(EqualJitterBackoff(cap=1.0, base=0.01), 60,
                                                                supported_errors=(RedisConnectionError,)))
 
+    setup = sync_redis(redis_server["url"])
+    setup.set("spin", 1)
+    setup.script_load(SPIN)  # called by its sha: it starts running as soon as it arrives
+    setup.close()
+
     async def use(channel):
-        slow, echo = script(channel, SLOW), script(channel, ECHO)
+        spin, echo = script(channel, SPIN), script(channel, ECHO)
         assert await echo(keys=["a"], args=["before"]) == ["a", "before"]
-        in_flight = asyncio.ensure_future(slow(args=["x"]))
-        await asyncio.sleep(0.005)
+        in_flight = await sent(channel, lambda: spin(keys=["spin"], args=["x"]))  # runs until Redis dies
         await asyncio.to_thread(fleet.stop, "redis", 9)  # SIGKILL: the connection just ends
         while_down = asyncio.ensure_future(echo(keys=["a"], args=["while down"]))
         await asyncio.to_thread(start_redis, fleet, port, redis_server["dir"] / "redis2")
@@ -305,22 +326,29 @@ def test_a_call_cut_by_a_lost_connection_is_made_once_more_on_a_new_one():
 
 
 def test_a_connect_whose_callers_all_gave_up_is_not_handed_out_once_lost():
-    async def slow_auth_then_hang_up(reader, writer):
-        await reader.read(65536)  # AUTH
-        await asyncio.sleep(0.3)
-        writer.write(b"+OK\r\n")
-        await asyncio.sleep(0.2)
-        writer.transport.abort()
-
     async def go():
         seen: list = []
+        authenticating, caller_left, connected = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def slow_auth_then_hang_up(reader, writer):
+            await reader.read(65536)  # AUTH
+            authenticating.set()
+            await caller_left.wait()
+            writer.write(b"+OK\r\n")
+            await connected.wait()
+            writer.transport.abort()
+
         server, port = await resp_server(slow_auth_then_hang_up, lambda r, w: answer_ones(r, w, seen))
         channel = ScriptChannel(f"redis://:secret@127.0.0.1:{port}/0")
         script = ChannelScript(channel, SimpleNamespace(sha="0" * 40, script="return 1"))
         first = asyncio.ensure_future(script())
-        await asyncio.sleep(0.1)
+        await authenticating.wait()
         first.cancel()  # the only caller leaves while AUTH is pending
-        await asyncio.sleep(0.6)  # the connect ended, then the server hung up
+        caller_left.set()
+        # The connect ended (the channel holds its connection), then the server hung up on it.
+        await async_wait_for(lambda: channel._protocol is not None, what="the connect to end")
+        connected.set()
+        await async_wait_for(lambda: channel._protocol.lost is not None, what="the hang-up to reach the channel")
         try:
             return await script(), seen
         finally:

@@ -1,6 +1,9 @@
 """``Upstream.with_timeouts``: the first item within the first-token limit, each next one within
 the idle limit, with one timer per stream; time the consumer spends on an item does not count.
-And the check ``Upstream.events`` makes first: the answer must be an event stream."""
+And the check ``Upstream.events`` makes first: the answer must be an event stream.
+
+The streams run on a virtual clock (``tests.helpers.VirtualClockLoop``): an item 0.15 s after
+the last one, against a 0.2 s limit, arrives first however busy the machine is."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 
 from shared.provider_config import ProviderSettings
 from worker.providers.base import ProviderError
+from tests.helpers import run_on_virtual_clock
 from worker.providers.http import Upstream
 
 
@@ -40,7 +44,7 @@ def collect(up: Upstream, source, hold: float = 0.0) -> tuple[list[int], Excepti
             return exc
         return None
 
-    return got, asyncio.run(go())
+    return got, run_on_virtual_clock(go())
 
 
 def test_items_within_their_limits_all_arrive():
@@ -100,7 +104,7 @@ def test_a_cancel_from_outside_stays_a_cancel_and_no_timer_is_left():
         async for _ in up.with_timeouts(items([0.0, 5.0])):
             pass
 
-    assert asyncio.run(go()) == []
+    assert run_on_virtual_clock(go()) == []
 
 
 def test_a_generator_left_suspended_holds_no_timer():
@@ -116,7 +120,7 @@ def test_a_generator_left_suspended_holds_no_timer():
         await stream.aclose()
         return left
 
-    assert asyncio.run(go()) == []
+    assert run_on_virtual_clock(go()) == []
 
 
 def test_an_answer_that_is_not_an_event_stream_is_refused_as_retryable():

@@ -84,11 +84,15 @@ def test_an_attempt_cancelled_while_draining_still_waits_for_the_publish_in_flig
     from worker.publishing import Emitter
 
     class SlowPublisher:
+        """Each publish lands only once ``landing`` is set."""
+
         def __init__(self):
             self.seqs: list[int] = []
+            self.in_flight, self.landing = asyncio.Event(), asyncio.Event()
 
         async def publish(self, job_id, token, events):
-            await asyncio.sleep(0.2)
+            self.in_flight.set()
+            await self.landing.wait()
             self.seqs += [seq for seq, _, _ in events]
             return 0
 
@@ -105,11 +109,15 @@ def test_an_attempt_cancelled_while_draining_still_waits_for_the_publish_in_flig
                 await emitter.emit(emitted[-1])
 
         task = asyncio.create_task(emit_many())
-        await asyncio.sleep(0.05)
+        await publisher.in_flight.wait()  # emit_many, its queue full, waits in drain() for it
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        leftover = await emitter.close()
+        closing = asyncio.ensure_future(emitter.close())
+        await asyncio.sleep(0)
+        assert not closing.done()  # close waits for the publish in flight
+        publisher.landing.set()
+        leftover = await closing
         assert attempt.seq == len(publisher.seqs) == len(attempt.delivered)
         assert publisher.seqs == list(range(1, attempt.seq + 1))
         assert attempt.delivered + leftover == emitted  # nothing lost or repeated

@@ -165,7 +165,7 @@ def test_a_hang_hits_the_first_token_timeout(fake, family):
 
 @FAMILIES
 def test_a_stall_between_tokens_hits_the_idle_timeout(fake, family):
-    fake.script([{"tokens_per_s": 1, "tokens": 5}], family=family)
+    fake.script([{"tokens_per_s": 0.1, "tokens": 5}], family=family)  # 10 s between tokens
     err = adapter_error(fake, family, request_for(MODELS[family], HI), provider_idle_timeout=0.3)
     assert err.code == "upstream_timeout" and err.retryable and "next token" in err.message
 

@@ -5,14 +5,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from deploy.devstack import (Fleet, api_argv, cluster_ports, free_port, start_rabbitmq, start_redis, start_redis_cluster,
-                             wait_ready, worker_argv)
+from deploy.devstack import (
+    Fleet,
+    api_argv,
+    cluster_ports,
+    free_port,
+    start_rabbitmq,
+    start_redis,
+    start_redis_cluster,
+    wait_ready,
+    worker_argv,
+)
 from shared import keys
 from shared.provider_config import ProviderSettings
 from tests.fakeprovider import FakeProvider, start_fake_provider

@@ -109,7 +109,7 @@ class FakeProvider:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -143,7 +143,7 @@ def start_fake_provider(
     env = dict(os.environ)
     env["PYTHONPATH"] = str(_REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("PYTHONUNBUFFERED", "1")
-    log = open(log_file, "ab") if log_file is not None else None
+    log = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 - the process's, closed on stop
     proc = subprocess.Popen(
         argv,
         cwd=str(_REPO_ROOT),

@@ -48,7 +48,8 @@ class Bedrock(Family):
             return None  # the signature itself is not verified
         if auth[:7].lower() == "bearer " and auth[7:].strip():  # Bedrock API keys
             if api_key is not None and auth[7:].strip() != api_key:
-                return ApiError(403, "The security token included in the request is invalid.", "UnrecognizedClientException")
+                return ApiError(403, "The security token included in the request is invalid.",
+                                "UnrecognizedClientException")
             return None
         return ApiError(
             403,
@@ -148,7 +149,8 @@ class Bedrock(Family):
         out = [self.s_delta(req, last, 0)] if last else []
         out.append(eventstream.event_frame("contentBlockStop", b'{"contentBlockIndex":0}'))
         out.append(eventstream.event_frame("messageStop", dumps({"stopReason": self.STOP[plan.finish]})))
-        out.append(eventstream.event_frame("metadata", dumps({"usage": self.usage(req, plan), "metrics": self.metrics(req)})))
+        metadata = {"usage": self.usage(req, plan), "metrics": self.metrics(req)}
+        out.append(eventstream.event_frame("metadata", dumps(metadata)))
         return b"".join(out)
 
     def s_error(self, req: Req, status: int, message: str, etype: str) -> bytes:

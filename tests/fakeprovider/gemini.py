@@ -65,7 +65,8 @@ class Gemini(Family):
 
     def parse(self, body, params, query, headers) -> Req:
         body = self.require_object(body)
-        contents = self.require_list(body.get("contents"), "* GenerateContentRequest.contents: contents is not specified")
+        contents = self.require_list(body.get("contents"),
+                                     "* GenerateContentRequest.contents: contents is not specified")
         si = field_of(body, "systemInstruction", "system_instruction")
         system_texts = [] if si is None else self.part_texts(si, "system_instruction")
         conv = self.read_turns(contents, system_texts)

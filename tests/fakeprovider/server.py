@@ -61,12 +61,14 @@ class FakeProviderApp:
         if found is None:
             await read_body(receive)
             await send_json(
-                send, 404, dumps({"error": {"message": f"Unknown request URL: {scope['method']} {path}", "type": "invalid_request_error", "code": "unknown_url"}})
+                send, 404, dumps({"error": {"message": f"Unknown request URL: {scope['method']} {path}",
+                                            "type": "invalid_request_error", "code": "unknown_url"}})
             )
             return
         if scope["method"] != "POST":
             await read_body(receive)
-            await send_json(send, 405, dumps({"error": {"message": "Method not allowed", "type": "invalid_request_error", "code": None}}))
+            await send_json(send, 405, dumps({"error": {"message": "Method not allowed",
+                                                        "type": "invalid_request_error", "code": None}}))
             return
         st = self.state
         st.active += 1
@@ -106,7 +108,7 @@ class FakeProviderApp:
             "status": None,
             "behaviour": None,
             # The caller's address: the same one on two requests means a reused connection.
-            "client": "%s:%s" % tuple(scope["client"]) if scope.get("client") else None,
+            "client": "{}:{}".format(*scope["client"]) if scope.get("client") else None,
         }
         st.record(rec)
 
@@ -173,7 +175,7 @@ class FakeProviderApp:
                 await fail(ApiError(status, error_message(beh, status), beh.get("error_type")))
                 return
             rec["status"] = 200
-            hdrs = [(b"content-type", b"application/json")] + fam.response_headers(req) + extra_headers
+            hdrs = [(b"content-type", b"application/json"), *fam.response_headers(req), *extra_headers]
             await send_json(send, 200, fam.render(req, plan), hdrs)
             return
         await self.stream(scope, receive, send, fam, req, plan, beh, ttft, rate, rec, extra_headers)

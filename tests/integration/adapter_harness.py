@@ -16,8 +16,8 @@ from worker.providers.base import (
     ProviderError,
     TextDelta,
 )
-from worker.providers.transport import make_client
 from worker.providers.registry import load_adapter
+from worker.providers.transport import make_client
 
 HI = [{"role": "user", "content": "say something nice"}]
 

@@ -49,7 +49,8 @@ def line_watchdog_held_off(stack, account_id: str, beyond: float):
 
     def watch():
         while not stop.wait(0.02):
-            hold_off(keys=[keys.throttled_of(account_id)], args=[account_id, int(beyond * 1000), int(time.time() * 1000)])
+            hold_off(keys=[keys.throttled_of(account_id)],
+                     args=[account_id, int(beyond * 1000), int(time.time() * 1000)])
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()

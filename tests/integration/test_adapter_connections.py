@@ -8,11 +8,11 @@ import asyncio
 import pytest
 
 from tests.conftest import fake_provider_settings
-from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
 from tests.helpers import FAMILY_MODELS
+from tests.integration.adapter_harness import adapter_error, request_for, run_adapter
 from worker.providers.base import Completion
-from worker.providers.transport import make_client
 from worker.providers.registry import load_adapter
+from worker.providers.transport import make_client
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from shared.jobspec import Turn
 from tests.conftest import fake_provider_settings
 from tests.integration.adapter_harness import (
     HI,
@@ -18,7 +19,6 @@ from tests.integration.adapter_harness import (
     request_for,
     run_adapter,
 )
-from shared.jobspec import Turn
 from worker.providers.base import ProviderError
 from worker.providers.bedrock import BedrockProvider, converse_messages
 

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 
 from shared.logs import make_handler
+from tests.helpers import FAMILY_MODELS
 from tests.integration.adapter_harness import (
     HI,
     adapter_error,
     request_for,
     run_adapter,
 )
-from tests.helpers import FAMILY_MODELS
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,8 @@ FAULTS = {
         ({"status": 503, "error_after": 2}, "upstream_unavailable", True),         # serviceUnavailableException
         ({"status": 500, "error_after": 2}, "upstream_unavailable", True),         # internalServerException
         ({"status": 529, "error_after": 2}, "upstream_unavailable", True),         # modelStreamErrorException
-        ({"status": 400, "error_after": 2, "message": "bad thing mid-way"}, "upstream_rejected", False),  # validationException
+        # validationException
+        ({"status": 400, "error_after": 2, "message": "bad thing mid-way"}, "upstream_rejected", False),
     ],
 }
 FAMILIES = pytest.mark.parametrize("family", list(MODELS))
@@ -217,7 +218,8 @@ def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family):
     # The fake is the family's configured endpoint at 127.0.0.1; a model routed to localhost is
     # another host, which the key is not for, unless the operator names it.
     req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
-    elsewhere = fake.base_url.replace("127.0.0.1", "localhost") + {"openai": "/v1", "mistral": "/mistral/v1"}.get(family, "")
+    path = {"openai": "/v1", "mistral": "/mistral/v1"}.get(family, "")
+    elsewhere = fake.base_url.replace("127.0.0.1", "localhost") + path
     req = dataclasses.replace(req, model=req.model.model_copy(update={"base_url": elsewhere}))
     err = adapter_error(fake, family, req)
     variable = f"{'AWS' if family == 'bedrock' else family.upper()}_KEY_HOSTS"

@@ -9,8 +9,18 @@ import redis
 
 from shared import keys
 from shared.connections import cluster_nodes
-from tests.helpers import (FAST, ask, assert_a_worker_killed_mid_job_loses_nothing, content_of, line, new_account,
-                           poll_until_done, read_sse, results, wait_batch)
+from tests.helpers import (
+    FAST,
+    ask,
+    assert_a_worker_killed_mid_job_loses_nothing,
+    content_of,
+    line,
+    new_account,
+    poll_until_done,
+    read_sse,
+    results,
+    wait_batch,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -170,7 +170,7 @@ def resolved(command: list[str], project: Path, env: dict[str, str], dotenv: str
 def environment_of(service: dict) -> dict[str, Any]:
     env = service.get("environment") or {}
     if isinstance(env, list):  # KEY=VALUE or KEY
-        env = dict((item.split("=", 1) + [None])[:2] for item in env)
+        env = dict([*item.split("=", 1), None][:2] for item in env)
     return env
 
 
@@ -282,7 +282,8 @@ def test_compose_offers_rabbitmq_as_the_broker(compose_cmds, tmp_path):
         assert "/var/lib/rabbitmq" in targets, "RabbitMQ keeps its messages on no volume"
         rabbit_env = environment_of(rabbit)
         assert rabbit_env["RABBITMQ_DEFAULT_PASS"] == "pw-from-env"
-        timeout_ms = int(re.search(r"consumer_timeout (\d+)", rabbit_env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]).group(1))
+        erl_args = rabbit_env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        timeout_ms = int(re.search(r"consumer_timeout (\d+)", erl_args).group(1))
         assert timeout_ms > 1000 * default_of("job_time_limit_seconds", 600), (
             "RabbitMQ would close the channel of a worker still running a job")
         for name in APP_SERVICES:

@@ -257,7 +257,8 @@ def test_anthropic_errors(fake: FakeProvider) -> None:
     msgs = [{"role": "user", "content": "hi"}]
     with pytest.raises(anthropic.RateLimitError) as ei:
         client.messages.create(model="claude", max_tokens=10, messages=msgs)
-    assert ei.value.body == {"type": "error", "error": {"type": "rate_limit_error", "message": ei.value.body["error"]["message"]}}
+    message = ei.value.body["error"]["message"]
+    assert ei.value.body == {"type": "error", "error": {"type": "rate_limit_error", "message": message}}
     assert ei.value.response.headers["retry-after"] == "2"
     with pytest.raises(anthropic.OverloadedError):
         client.messages.create(model="claude", max_tokens=10, messages=msgs)
@@ -269,7 +270,8 @@ def test_anthropic_errors(fake: FakeProvider) -> None:
     r = httpx.post(fake.base_url + "/v1/messages", headers=h, json={
         "model": "c", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}, *msgs]})
     assert r.status_code == 400 and "system" in r.json()["error"]["message"]
-    r = httpx.post(fake.base_url + "/v1/messages", headers=h, json={"model": "c", "max_tokens": 5, "messages": msgs * 2})
+    r = httpx.post(fake.base_url + "/v1/messages", headers=h,
+                   json={"model": "c", "max_tokens": 5, "messages": msgs * 2})
     assert r.status_code == 400 and "alternate" in r.json()["error"]["message"]
     r = httpx.post(fake.base_url + "/v1/messages", headers={"anthropic-version": "2023-06-01"},
                    json={"model": "c", "max_tokens": 5, "messages": msgs})
@@ -355,7 +357,8 @@ def test_gemini_errors_and_cut(fake: FakeProvider) -> None:
             pass
     r = httpx.post(fake.base_url + "/v1beta/models/g:generateContent", json={"contents": [{"parts": [{"text": "x"}]}]})
     assert r.status_code == 401 and r.json()["error"]["status"] == "UNAUTHENTICATED"
-    r = httpx.post(fake.base_url + "/v1beta/models/g:generateContent?key=abc", json={"contents": [{"parts": [{"text": "x"}]}]})
+    r = httpx.post(fake.base_url + "/v1beta/models/g:generateContent?key=abc",
+                   json={"contents": [{"parts": [{"text": "x"}]}]})
     assert r.status_code == 200 and r.json()["candidates"][0]["content"]["parts"][0]["text"] == toks(16)
 
 
@@ -470,8 +473,10 @@ def test_bedrock_errors_and_cut(fake: FakeProvider) -> None:
 
 
 def test_bedrock_raw_eventstream_frames(fake: FakeProvider) -> None:
-    r = httpx.post(fake.base_url + "/model/m/converse-stream", headers={"authorization": "AWS4-HMAC-SHA256 Credential=x"},
-                   json={"messages": [{"role": "user", "content": [{"text": "hi"}]}], "inferenceConfig": {"maxTokens": 2}})
+    r = httpx.post(fake.base_url + "/model/m/converse-stream",
+                   headers={"authorization": "AWS4-HMAC-SHA256 Credential=x"},
+                   json={"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                         "inferenceConfig": {"maxTokens": 2}})
     assert r.headers["content-type"] == "application/vnd.amazon.eventstream"
     frames = decode_frames(r.content)
     assert [h[":event-type"] for h, _ in frames] == [
@@ -500,7 +505,8 @@ def test_echo_mode_timing_and_hang(fake: FakeProvider) -> None:
     fake.config(ttft_ms=0, tokens_per_s=0)
     fake.script([{"hang": True}])
     with pytest.raises(openai.APITimeoutError):  # the only way out of a hang: the client's timeout
-        oai(fake).with_options(timeout=0.5).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        oai(fake).with_options(timeout=0.5).chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}])
     # The hung handler sees the client leave.
     wait_for(lambda: fake.stats()["active"] == 0, what="the hung handler to end")
     assert fake.requests()[-1]["status"] == "hang"

@@ -324,7 +324,8 @@ def test_a_batch_with_bad_lines_fails_with_each_one_named(stack):
 def test_batch_create_is_checked_and_batches_belong_to_their_account(stack):
     client = sdk(stack)
     upload = client.files.create(file=("one.jsonl", io.BytesIO(jsonl([chat_line("x")]))), purpose="batch")
-    for kwargs, param in (({"endpoint": "/v1/embeddings"}, "endpoint"), ({"completion_window": "1h"}, "completion_window")):
+    for kwargs, param in (({"endpoint": "/v1/embeddings"}, "endpoint"),
+                          ({"completion_window": "1h"}, "completion_window")):
         args = {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **kwargs}
         with pytest.raises(openai.BadRequestError) as caught:
             client.batches.create(**args)

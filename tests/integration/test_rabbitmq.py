@@ -20,8 +20,12 @@ from shared import keys
 from shared.brokers import AmqpBroker
 from shared.queue import delivery_tag, run_job_message
 from shared.scripts import Scripts
-from tests.helpers import (assert_a_worker_killed_mid_job_loses_nothing, assert_jobs_streams_batches_and_usage_work,
-                           poll_until_done, wait_for)
+from tests.helpers import (
+    assert_a_worker_killed_mid_job_loses_nothing,
+    assert_jobs_streams_batches_and_usage_work,
+    poll_until_done,
+    wait_for,
+)
 from worker.metrics import RedisGauges
 
 pytestmark = [pytest.mark.integration,

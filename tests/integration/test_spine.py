@@ -11,11 +11,20 @@ import httpx
 import pytest
 from scale_gp import SGPClient
 
-from tests.conftest import DEV_KEY, OTHER_KEY
 from shared import keys
 from shared.connections import sync_redis
-from tests.helpers import (LOCAL, LONG_JOB_DEADLINE, ask, content_of, iter_sse, log_lines, poll_until_done, read_sse,
-                           wait_for)
+from tests.conftest import DEV_KEY, OTHER_KEY
+from tests.helpers import (
+    LOCAL,
+    LONG_JOB_DEADLINE,
+    ask,
+    content_of,
+    iter_sse,
+    log_lines,
+    poll_until_done,
+    read_sse,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -349,6 +358,7 @@ def test_resume_after_the_end_is_204_and_out_of_range_ids_are_400(stack):
 
 def test_lone_surrogate_is_a_422_not_a_500(stack):
     with stack.client() as client:
-        r = client.post("/v4/jobs", content=b'{"model": "smollm2-135m-instruct", "messages": [{"content": "x \\ud800"}]}',
+        r = client.post("/v4/jobs",
+                        content=b'{"model": "smollm2-135m-instruct", "messages": [{"content": "x \\ud800"}]}',
                         headers={"content-type": "application/json"})
     assert r.status_code == 422 and "surrogate" in r.text

@@ -8,10 +8,9 @@ import fakeredis
 import orjson
 import pytest
 from pydantic import ValidationError
-
-from shared import keys
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared import keys
 from shared.brokers import AmqpBroker, BrokerUnavailable, RedisBroker, broker_for
 from shared.jobs import JobStore
 from shared.queue import run_job_message

@@ -10,8 +10,8 @@ import pytest
 from api.usage import read_usage
 from shared import keys
 from shared.events import END, TOKEN, read_events
-from shared.jobspec import JobSpec, Sampling, Turn
 from shared.jobs import JobStore
+from shared.jobspec import JobSpec, Sampling, Turn
 from shared.usage import record
 from tests.unit.jobstores import SPEC, new_job, run
 
@@ -34,7 +34,8 @@ def test_create_records_and_queues_in_one_step(store):
         assert message["headers"]["id"] == job_id
         assert json.loads(base64.b64decode(message["body"]))[0] == [job_id]
         assert await store.redis.zscore(keys.queued_of(job_id), job_id) == float(record["created_at"])
-        assert await store.redis.zscore(keys.account_jobs("acct", keys.shard_of(job_id)), job_id) == float(record["created_at"])
+        listed = await store.redis.zscore(keys.account_jobs("acct", keys.shard_of(job_id)), job_id)
+        assert listed == float(record["created_at"])
         assert retention - 5 < await store.redis.ttl(keys.account_jobs("acct", keys.shard_of(job_id))) <= retention
         assert await store.get_for(job_id, "someone-else") is None
     run(go())

@@ -18,10 +18,10 @@ import pytest
 import trustme
 import uvloop
 
-from worker.providers.transport import asyncio_transport
 from tests.helpers import DEADLINE, async_wait_for
 from tests.recording import FailingTransport, RecordingTransport
 from worker.providers.netio import HELD_MAX, HIGH_WATER, AsyncioBackend, AsyncioStream
+from worker.providers.transport import asyncio_transport
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -50,7 +50,8 @@ class Server:
     async def __aenter__(self) -> Server:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
         port = self.server.sockets[0].getsockname()[1]
-        self.url = f"{'https' if self.ssl_context else 'http'}://{'localhost' if self.ssl_context else '127.0.0.1'}:{port}"
+        scheme, host = ("https", "localhost") if self.ssl_context else ("http", "127.0.0.1")
+        self.url = f"{scheme}://{host}:{port}"
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -271,7 +272,7 @@ def test_a_kernel_connect_timeout_is_a_connect_error_whatever_the_timeout(run):
         for timeout in (None, 10.0):
             try:
                 await backend.connect_tcp("192.0.2.1", 443, timeout=timeout)
-            except Exception as exc:  # noqa: BLE001 - the type is what is checked
+            except Exception as exc:
                 errors.append(exc)
         return errors
 

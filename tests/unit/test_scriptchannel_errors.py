@@ -8,7 +8,8 @@ from shared.scriptchannel import _error
 
 @pytest.mark.parametrize("reply, cls, message", [
     ("NOSCRIPT No matching script. Please use EVAL.", errors.NoScriptError, "No matching script. Please use EVAL."),
-    ("LOADING Redis is loading the dataset in memory", errors.BusyLoadingError, "Redis is loading the dataset in memory"),
+    ("LOADING Redis is loading the dataset in memory", errors.BusyLoadingError,
+     "Redis is loading the dataset in memory"),
     ("READONLY You can't write against a read only replica.", errors.ReadOnlyError,
      "You can't write against a read only replica."),
     ("ERR max number of clients reached", errors.ConnectionError, "max number of clients reached"),

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from shared.provider_config import ProviderSettings
-from worker.providers.base import ProviderError
 from tests.helpers import run_on_virtual_clock
+from worker.providers.base import ProviderError
 from worker.providers.http import Upstream
 
 

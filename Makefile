@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test unit integration bench clean
+.PHONY: install run check test unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,13 @@ install: $(STAMP)
 run: install
 	$(PY) -m deploy.devstack
 
-test: install
+# The map kept true: the linter, the type checker (strict on shared/), the import contracts.
+check: install
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+test: check
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: install

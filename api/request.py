@@ -8,10 +8,9 @@ makes a job of, for interactive requests and batch lines alike.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from pydantic import AfterValidator, Field
 
 from shared.jobspec import ReasoningEffort, Turn
@@ -44,8 +43,7 @@ def check_unicode(content: Any) -> Any:
     return content
 
 
-@dataclass(frozen=True, slots=True)
-class Parameters:
+class Parameters(msgspec.Struct, frozen=True):
     """The sampling parameters the client set (``None``: not set), named as the catalog names
     what each model takes (``parameters`` in ``shared/catalog.toml``)."""
 
@@ -61,16 +59,15 @@ class Parameters:
 
     def given(self) -> set[str]:
         """Names of the parameters the client set."""
-        return {f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+        return {name for name in self.__struct_fields__ if getattr(self, name) is not None}
 
 
-@dataclass(frozen=True, slots=True)
-class CompletionRequest:
+class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     messages: tuple[Turn, ...]
     #: The temperature when the client sets none: each door's own (SGP's 0.2, OpenAI's 1).
     default_temperature: float
-    parameters: Parameters = Parameters()
+    parameters: Parameters = msgspec.field(default_factory=Parameters)
     #: The account the body names (SGP's ``account_id``): it must be the key's.
     account_id: str | None = None
     #: Put first as a system message, after ``last_k`` kept the last messages.

@@ -204,12 +204,19 @@ def check_parameters(request: CompletionRequest, spec: ModelSpec) -> None:
         )
 
 
-def check_context(spec: ModelSpec, estimate: int, max_tokens: int) -> None:
+def check_context(spec: ModelSpec, estimate: int, max_tokens: int, requested: bool) -> None:
     """Refuse what certainly does not fit: the prompt's lowest estimate plus the completion bound
     beyond the context window (one that passes but does not fit is refused by the provider with
     a context_length_exceeded error; the local model's worker counts exactly before generating)."""
-    if estimate + max_tokens > spec.context_window:
+    if estimate + max_tokens <= spec.context_window:
+        return
+    if not requested and estimate >= spec.context_window:
         raise RequestError(
+            f"the prompt (at least {estimate} tokens) leaves no room for an answer in the "
+            f"{spec.context_window}-token context window of model {spec.id!r}: shorten the messages "
+            "(memory_strategy last_k keeps the last k)", param="messages", code="context_length_exceeded",
+        )
+    raise RequestError(
             f"the prompt (at least {estimate} tokens) plus max_tokens ({max_tokens}) exceeds the "
             f"{spec.context_window}-token context window of model {spec.id!r}: shorten the messages "
             "(memory_strategy last_k keeps the last k) or lower max_tokens", param="messages",
@@ -247,9 +254,9 @@ def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> J
                 f"{spec.id!r} may hold: shorten them (memory_strategy last_k keeps the last k)", param="messages",
                 code="context_length_exceeded")
         prompt = render_template(source, [{"role": m.role, "content": m.content} for m in messages], spec)
-    estimate = prompt_tokens_at_least(messages, prompt)
-    bound = completion_bound(spec, estimate, request.parameters.max_tokens, reservation)
-    check_context(spec, estimate, bound)
+    requested = request.parameters.max_tokens
+    bound = completion_bound(spec, messages, prompt, requested, reservation)
+    check_context(spec, prompt_tokens_at_least(messages, prompt), bound, requested is not None)
     prompt_bytes = len(prompt.encode()) if prompt is not None else sum(len(m.content.encode()) for m in messages)
     return JobSpec(model=spec.id, messages=tuple(messages), params=sampling(request, spec, bound),
                    prompt_bytes=prompt_bytes, prompt=prompt)

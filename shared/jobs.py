@@ -25,7 +25,7 @@ from shared import keys
 from shared.brokers import Broker, RedisBroker
 from shared.catalog import Catalog
 from shared.events import ERROR, Event, last_event_seq, stream_event
-from shared.jobspec import JobSpec
+from shared.jobspec import JobSpec, UnreadableSpec
 from shared.queue import run_job_message
 from shared.results import iso
 from shared.scriptchannel import ScriptChannel
@@ -258,8 +258,11 @@ class JobStore:
         # bill counts the prompt of every attempt that was admitted (each sent it upstream), at a
         # typical count, and the completion tokens subscribers received.
         delivered = max(seq - 1, 0)
-        typical = (JobSpec.load(record["spec"], catalog, self.settings.default_completion_reservation)
-                   .typical_prompt_tokens if record.get("spec") else 0)
+        try:
+            typical = JobSpec.load(record.get("spec") or "", catalog,
+                                   self.settings.default_completion_reservation).typical_prompt_tokens
+        except UnreadableSpec:  # no prompt to count: only what was delivered is billed
+            typical = 0
         prompt_tokens = int(record.get("admitted") or 0) * typical
         spec = catalog.get(record.get("model", "")) if catalog is not None else None
         usage = usage_record(spec, record.get("model", ""), prompt_tokens, delivered,

@@ -17,7 +17,7 @@ decodes in less time than an untyped ``orjson.loads`` of the same bytes).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -34,11 +34,21 @@ BYTES_PER_TOKEN_AT_LEAST = 6
 BYTES_PER_TOKEN_AT_MOST = 3
 #: A typical count: what a job is billed when its provider never reported usage.
 BYTES_PER_TOKEN_TYPICAL = 4
-#: Tokens each message adds for the chat format's framing (role markers, separators).
+#: Tokens each message adds for the chat format's framing (role markers, separators): at
+#: least, and at most (OpenAI's count is 3 to 4 a message and 3 to prime the reply).
 MESSAGE_OVERHEAD_TOKENS = 3
+MESSAGE_OVERHEAD_AT_MOST = 8
 
 
-class Turn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+# Decoding ignores fields it does not know: during a rolling upgrade, a spec written by a newer
+# API process is read by an older worker, which must still run it.
+
+
+class UnreadableSpec(ValueError):
+    """A recorded spec that is no JobSpec (corrupt, or of a shape no version of the fleet wrote)."""
+
+
+class Turn(msgspec.Struct, frozen=True):
     """One message of the conversation as the provider is given it (after ``memory_strategy``
     and ``instructions`` were applied)."""
 
@@ -46,7 +56,7 @@ class Turn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     content: str
 
 
-class Sampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     """How to sample. ``None``: not set by the client, so not sent (the provider's default)."""
 
     temperature: float
@@ -61,7 +71,7 @@ class Sampling(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_def
     seed: int | None = None
 
 
-class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class JobSpec(msgspec.Struct, frozen=True):
     model: str
     messages: tuple[Turn, ...]
     params: Sampling
@@ -74,7 +84,7 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def reserved_tokens(self) -> int:
         """What admission holds against token limits: the prompt at its highest estimate plus
         the completion bound."""
-        return prompt_tokens_at_most(self.prompt_bytes) + self.params.max_tokens
+        return prompt_tokens_at_most(self.messages, self.prompt) + self.params.max_tokens
 
     @property
     def typical_prompt_tokens(self) -> int:
@@ -90,19 +100,23 @@ class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         ``catalog``, or ``reservation`` alone for a model no longer there."""
         try:
             return _decoder.decode(raw)
-        except msgspec.ValidationError:
-            data = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            # A ValidationError too; a spec of before the bound fails only for its null max_tokens.
+            data = _loose(raw)
             params = data.get("params") if isinstance(data, dict) else None
-            if not isinstance(params, dict) or params.get("max_tokens") is not None:
-                raise
-        legacy = msgspec.convert({**data, "params": {**params, "max_tokens": 1}}, cls)
+            if not isinstance(data, dict) or not isinstance(params, dict) or params.get("max_tokens") is not None:
+                raise UnreadableSpec(f"the job's spec cannot be read: {exc}") from None
+        try:
+            legacy = msgspec.convert({**data, "params": {**params, "max_tokens": 1}}, cls)
+        except msgspec.ValidationError as exc:
+            raise UnreadableSpec(f"the job's spec cannot be read: {exc}") from None
         model = catalog.get(legacy.model) if catalog is not None else None
-        bound = (completion_bound(model, prompt_tokens_at_least(legacy.messages, legacy.prompt), None, reservation)
+        bound = (completion_bound(model, legacy.messages, legacy.prompt, None, reservation)
                  if model is not None else reservation)
         return msgspec.structs.replace(legacy, params=msgspec.structs.replace(legacy.params, max_tokens=bound))
 
 
-class StagedLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class StagedLine(msgspec.Struct, frozen=True):
     """A valid batch line as the API stages it (``chatfleet:batch:{id}:pending``) until the
     workers' feeder makes it a job; its spec travels as recorded, to be read by ``JobSpec.load``."""
 
@@ -127,21 +141,37 @@ def prompt_tokens_at_least(messages: tuple[Turn, ...] | list[Turn], prompt: str 
                for m in messages)
 
 
-def prompt_tokens_at_most(prompt_bytes: int) -> int:
-    return math.ceil(prompt_bytes / BYTES_PER_TOKEN_AT_MOST)
+def prompt_tokens_at_most(messages: tuple[Turn, ...] | list[Turn], prompt: str | None) -> int:
+    """A count above the real one on almost any text (see ``BYTES_PER_TOKEN_AT_MOST``)."""
+    if prompt is not None:
+        return math.ceil(len(prompt.encode()) / BYTES_PER_TOKEN_AT_MOST)
+    return sum(math.ceil(len(m.content.encode()) / BYTES_PER_TOKEN_AT_MOST) + MESSAGE_OVERHEAD_AT_MOST
+               for m in messages)
 
 
-def completion_bound(model: ModelSpec, prompt_estimate: int, requested: int | None, reservation: int) -> int:
+def completion_bound(model: ModelSpec, messages: tuple[Turn, ...] | list[Turn], prompt: str | None,
+                     requested: int | None, reservation: int) -> int:
     """The job's ``max_tokens``: the client's (``requested``), else the model's
-    ``default_max_tokens``, else ``reservation`` (``CHATFLEET_DEFAULT_COMPLETION_RESERVATION``),
+    ``default_max_tokens``, else ``reservation`` (``CHATFLEET_DEFAULT_COMPLETION_RESERVATION``)
     at most the model's ``max_output`` and what its context window leaves after the prompt's
-    lowest estimate (``prompt_estimate``), so that the context check never refuses a bound it
-    did not get from the client."""
+    highest estimate, so that the provider does not refuse the prompt with a bound the client
+    never asked for. A prompt that may fill the window all but gets what its lowest estimate
+    leaves: the provider, which counts exactly, says whether it fits."""
     if requested is not None:
         return requested
     if model.default_max_tokens is not None:
         return model.default_max_tokens
-    return max(min(reservation, model.max_output, model.context_window - prompt_estimate), 1)
+    room = model.context_window - prompt_tokens_at_most(messages, prompt)
+    if room < 1:
+        room = model.context_window - prompt_tokens_at_least(messages, prompt)
+    return max(min(reservation, model.max_output, room), 1)
+
+
+def _loose(raw: str | bytes) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
 
 
 _encoder = msgspec.json.Encoder()

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from shared.catalog import Catalog
 from shared.events import END, ERROR, TOKEN
 from shared.jobs import JobStore
-from shared.jobspec import JobSpec
+from shared.jobspec import JobSpec, UnreadableSpec
 from shared.results import completion_body, stream_chunk
 from shared.settings import Settings
 from shared.usage import record as usage_record
@@ -87,17 +87,23 @@ class JobRunner:
 
     async def _run_claimed(self, job_id: str, token: str, running: RunningJob, claim) -> str:
         record = claim.record
-        job = JobSpec.load(record["spec"], self.catalog, self.settings.default_completion_reservation)
         account_id = record["account_id"]
         prior = claim.events
         attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
                           [chunk_text(e.data) for e in prior if e.type == TOKEN],
-                          account_id=account_id, model_id=job.model,
+                          account_id=account_id, model_id=record.get("model", ""),
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
-                          typical_prompt_tokens=job.typical_prompt_tokens,
                           submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
-        context = {"job_id": job_id, "account_id": account_id, "model": job.model, "attempt": claim.attempts}
         attempt.number = claim.attempts
+        try:
+            job = JobSpec.load(record["spec"], self.catalog, self.settings.default_completion_reservation)
+        except UnreadableSpec as exc:  # every attempt would fail alike: end it now, with why
+            log.error("%s", exc, extra=attempt.log_context())
+            outcome = await self._finish_failed(attempt, "internal_error", "the job's request cannot be read")
+            await self._pass_turn(attempt)
+            return outcome
+        attempt.model_id, attempt.typical_prompt_tokens = job.model, job.typical_prompt_tokens
+        context = {"job_id": job_id, "account_id": account_id, "model": job.model, "attempt": claim.attempts}
         model = self.catalog.get(job.model)
         if model is None:
             outcome = await self._finish_failed(attempt, "model_unavailable",

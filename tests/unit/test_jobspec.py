@@ -1,7 +1,6 @@
 """The job spec (shared/jobspec.py): its one completion bound, its reservation, its records, and the one
 door-neutral path (api/jobs.py) that makes it from either door's request."""
 
-import msgspec
 import orjson
 import pytest
 
@@ -13,13 +12,15 @@ from api.sgp.batches import LINE_FORMAT as SGP_LINES
 from api.sgp.wire import ChatCompletionRequest
 from shared.catalog import get_catalog
 from shared.jobspec import (
-    BYTES_PER_TOKEN_AT_MOST,
+    MESSAGE_OVERHEAD_AT_MOST,
     JobSpec,
     Sampling,
     StagedLine,
     Turn,
+    UnreadableSpec,
     completion_bound,
     prompt_tokens_at_least,
+    prompt_tokens_at_most,
 )
 from shared.provider_config import ProviderSettings
 
@@ -41,33 +42,52 @@ def prepared(request):
     return prepare(request, "acct", CATALOG, PROVIDERS, RESERVATION)
 
 
+def words(n: int) -> tuple[Turn, ...]:
+    return (Turn("user", "word " * n),)
+
+
 def test_the_bound_is_the_clients_else_the_models_default_else_the_reservation_within_the_model():
     gpt4, local = CATALOG.get("gpt-4"), CATALOG.get("smollm2-135m-instruct")
-    assert completion_bound(gpt4, 10, 7, RESERVATION) == 7
-    assert completion_bound(local, 10, None, RESERVATION) == local.default_max_tokens == 100
-    assert completion_bound(gpt4, 10, None, RESERVATION) == 4096
+    hi = (Turn("user", "hi"),)
+    assert completion_bound(gpt4, hi, None, 7, RESERVATION) == 7
+    assert completion_bound(local, (), "<p>", None, RESERVATION) == local.default_max_tokens == 100
+    assert completion_bound(gpt4, hi, None, None, RESERVATION) == 4096
     gpt4o = CATALOG.get("gpt-4o")
-    assert completion_bound(gpt4o, 10, None, 100_000) == gpt4o.max_output == 16384
-    # What the context window leaves after the prompt's lowest estimate: the context check passes it.
-    assert completion_bound(gpt4, 6000, None, RESERVATION) == 8192 - 6000
-    assert completion_bound(gpt4, 9000, None, RESERVATION) == 1  # and refuses the prompt itself
+    assert completion_bound(gpt4o, hi, None, None, 100_000) == gpt4o.max_output == 16384
+    # What the context window leaves after the prompt's highest estimate: a 4,096-token model
+    # asked "hi" is not sent max_tokens 4,096 (the provider would refuse the prompt with it).
+    small = CATALOG.get("gpt-3.5-turbo-0613")
+    assert small.context_window == 4096
+    assert completion_bound(small, hi, None, None, RESERVATION) == 4096 - 1 - MESSAGE_OVERHEAD_AT_MOST
+    big = words(4000)  # 20,000 bytes: 3,334 to 6,675 tokens
+    assert completion_bound(gpt4, big, None, None, RESERVATION) == 8192 - prompt_tokens_at_most(big, None)
+    # A prompt that may all but fill the window: what its lowest estimate leaves, for the
+    # provider (which counts exactly) to accept or refuse; past even that, it is refused here.
+    huge = words(7000)
+    assert completion_bound(gpt4, huge, None, None, RESERVATION) == 8192 - prompt_tokens_at_least(huge, None)
+    assert completion_bound(gpt4, words(9900), None, None, RESERVATION) == 1
 
 
 def test_the_bound_is_what_admission_reserves_and_what_the_spec_carries():
     spec = prepared(sgp(model="gpt-4o")).spec
     assert spec.params.max_tokens == 4096
-    assert spec.reserved_tokens == -(-spec.prompt_bytes // BYTES_PER_TOKEN_AT_MOST) + 4096
+    assert spec.reserved_tokens == prompt_tokens_at_most(spec.messages, None) + 4096
     asked = prepared(sgp(model="gpt-4o", model_parameters={"max_tokens": 9})).spec
-    assert asked.params.max_tokens == 9 and asked.reserved_tokens == 1 + 9
+    # "hi": 2 bytes, one token at most, and the message's framing.
+    assert asked.params.max_tokens == 9 and asked.reserved_tokens == 1 + MESSAGE_OVERHEAD_AT_MOST + 9
 
 
-def test_a_prompt_that_fills_the_context_window_is_refused_whatever_the_bound():
-    words = "word " * 9000  # 45,000 bytes: at least 7,500 tokens plus the framing
+def test_a_prompt_that_fills_the_context_window_is_refused_with_or_without_a_bound():
+    text = "word " * 9000  # 45,000 bytes: at least 7,500 tokens plus the framing
     with pytest.raises(Refused) as refused:
-        prepared(sgp(model="gpt-4", messages=[{"content": words}], model_parameters={"max_tokens": 1000}))
-    assert refused.value.code == "context_length_exceeded"
-    fits = prepared(sgp(model="gpt-4", messages=[{"content": words}])).spec
+        prepared(sgp(model="gpt-4", messages=[{"content": text}], model_parameters={"max_tokens": 1000}))
+    assert refused.value.code == "context_length_exceeded" and "plus max_tokens (1000)" in str(refused.value)
+    fits = prepared(sgp(model="gpt-4", messages=[{"content": text}])).spec
     assert fits.params.max_tokens == 8192 - prompt_tokens_at_least(fits.messages, None)
+    with pytest.raises(Refused) as refused:  # no bound asked: said of the prompt alone
+        prepared(sgp(model="gpt-4", messages=[{"content": "word " * 9900}]))
+    assert refused.value.code == "context_length_exceeded" and "leaves no room" in str(refused.value)
+    assert "max_tokens" not in str(refused.value)
 
 
 def test_both_doors_make_the_same_spec_of_the_same_request():
@@ -84,11 +104,13 @@ def test_both_doors_make_the_same_spec_of_the_same_request():
 
 
 def test_both_doors_refuse_a_parameter_the_same_way():
-    for request in (sgp(model="gpt-4o", model_parameters={"top_k": 3}), openai(model="claude-3-haiku-20240307",
-                                                                               temperature=1.5)):
+    for request, param in ((sgp(model="gpt-4o", model_parameters={"top_k": 3}), "top_k"),
+                           (openai(model="claude-3-haiku-20240307", temperature=1.5), "temperature"),
+                           (sgp(model="claude-3-haiku-20240307", model_parameters={"max_tokens": 5000}),
+                            "max_tokens")):
         with pytest.raises(Refused) as refused:
             prepared(request)
-        assert refused.value.status_code == 400 and refused.value.param in ("top_k", "temperature")
+        assert (refused.value.status_code, refused.value.param) == (400, param)
     with pytest.raises(Refused) as refused:
         prepared(sgp(model="gpt-4o", account_id="someone-else"))
     assert refused.value.status_code == 403
@@ -119,14 +141,19 @@ def test_a_batch_line_takes_the_same_path_and_the_same_checks():
         line("/v4/chat-completions", {"model": "gpt-4o", "messages": [{"content": "hi"}], "account_id": "x"}, "d")
 
 
-def test_a_spec_round_trips_and_refuses_what_it_does_not_know():
+def test_a_spec_round_trips_reads_a_newer_one_and_refuses_a_broken_one():
     spec = prepared(sgp(model="gpt-4o", model_parameters={"seed": 3})).spec
     assert JobSpec.load(spec.dump()) == spec
     assert b"top_k" not in spec.dump()  # what the client did not set is not written
-    with pytest.raises(msgspec.ValidationError):
-        JobSpec.load(orjson.dumps({**orjson.loads(spec.dump()), "surprise": 1}))
-    with pytest.raises(msgspec.ValidationError):
-        JobSpec.load(orjson.dumps({**orjson.loads(spec.dump()), "messages": [{"role": "tool", "content": "x"}]}))
+    # Written by a newer API process during a rolling upgrade: what this worker does not know
+    # of is left, the rest runs.
+    newer = orjson.loads(spec.dump())
+    newer["tools"], newer["params"]["logprobs"] = [{"type": "function"}], True
+    assert JobSpec.load(orjson.dumps(newer)) == spec
+    for broken in (b"", b"{not json", orjson.dumps({**orjson.loads(spec.dump()), "messages": [{"role": "tool"}]}),
+                   orjson.dumps({"model": "gpt-4o"})):
+        with pytest.raises(UnreadableSpec, match="cannot be read"):
+            JobSpec.load(broken)
 
 
 def test_a_spec_recorded_before_the_bound_gets_it_as_a_new_one_would():

@@ -49,7 +49,8 @@ def prepare(request: CompletionRequest, account_id: str, catalog: Catalog, provi
         raise Refused(403, "this API key cannot act for the account_id in the body", "account_id")
     model = catalog.get(request.model)
     if model is None:
-        raise Refused(400, f"model {request.model!r} is not available; GET /v4/models lists the models you can use",
+        raise Refused(400, f"model {request.model!r} is not available; GET /v4/models (or /v1/models) lists the models "
+                      "you can use",
                       "model", "model_not_found")
     missing = providers.missing_for(model)
     if missing:

@@ -18,14 +18,16 @@ from shared.jobspec import ReasoningEffort, Turn
 MAX_STOP_SEQUENCES = 4
 
 
-def _non_empty_stops(value: list[str]) -> list[str]:
+def _stops(value: list[str]) -> list[str]:
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
     if any(s == "" for s in value):
         raise ValueError("stop sequences must be non-empty strings")
     return value
 
 
 MaxTokens = Annotated[int, Field(ge=1)]
-StopSequences = Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES), AfterValidator(_non_empty_stops)]
+StopSequences = Annotated[list[str], AfterValidator(_stops)]
 TopK = Annotated[int, Field(ge=1)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]

@@ -150,9 +150,12 @@ def test_live_subscriber_sees_tokens_while_they_are_produced(stack):
         job = client.post("/v4/jobs", json={**ask("Count slowly."), "model": LONG,
                                             "model_parameters": {"max_tokens": 200}}).json()
         arrivals = []
+        status_after_three = None
         with client.stream("GET", f"/v4/jobs/{job['id']}/stream") as r:
             for e in iter_sse(r):
                 arrivals.append((time.time(), e))
+                if len(arrivals) == 3:  # 197 tokens still to come
+                    status_after_three = client.get(f"/v4/jobs/{job['id']}").json()["status"]
         done = poll_until_done(client, job["id"], timeout=LONG_JOB_DEADLINE)
     events = [e for _, e in arrivals]
     assert content_of(events) == done["result"]["chat_completion"]["message"]["content"]
@@ -160,6 +163,8 @@ def test_live_subscriber_sees_tokens_while_they_are_produced(stack):
     # first one before the job finished (both times from this machine's clock).
     finished = datetime.fromisoformat(done["finished_at"].replace("Z", "+00:00")).timestamp()
     assert arrivals[0][0] < finished, (arrivals[0][0], done["finished_at"])
+    # ... and while it was still running: a worker holding them back to its end fails this.
+    assert status_after_three == "running", status_after_three
 
 
 def test_cancel_running_job_stops_the_model(stack):

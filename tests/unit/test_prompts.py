@@ -15,7 +15,7 @@ def req(**kw) -> CompletionRequest:
     return ChatCompletionRequest.model_validate(body).to_request()
 
 
-def prepare_job_spec(request: CompletionRequest, spec):
+def spec_of(request: CompletionRequest, spec):
     return job_spec(request, spec, RESERVATION)
 
 
@@ -41,7 +41,7 @@ def test_text_parts_are_joined():
 
 
 def test_defaults_temperature_and_raw_prompt_max_tokens():
-    spec = prepare_job_spec(req(), LOCAL)
+    spec = spec_of(req(), LOCAL)
     assert spec.params.temperature == 0.2
     assert spec.params.max_tokens == 100
     assert spec.prompt.endswith("<|im_start|>assistant\n")
@@ -51,12 +51,12 @@ def test_defaults_temperature_and_raw_prompt_max_tokens():
 def test_camel_and_snake_case_top_k_top_p():
     a = req(model_parameters={"topK": 5, "topP": 0.5})
     b = req(model_parameters={"top_k": 5, "top_p": 0.5})
-    assert prepare_job_spec(a, LOCAL).params == prepare_job_spec(b, LOCAL).params
+    assert spec_of(a, LOCAL).params == spec_of(b, LOCAL).params
 
 
 def test_custom_chat_template_gets_messages_and_tokens():
     tpl = "{{ bos_token }}{% for m in messages %}[{{ m.role }}]{{ m.content }}{{ eos_token }}{% endfor %}"
-    spec = prepare_job_spec(req(chat_template=tpl), LOCAL)
+    spec = spec_of(req(chat_template=tpl), LOCAL)
     assert spec.prompt == "<|im_start|>[user]hi<|im_end|>"
 
 
@@ -79,13 +79,13 @@ def test_hostile_or_broken_templates_are_clear_400s(template, needle):
 def test_parameter_the_model_does_not_take_is_refused():
     longrun_like = LOCAL.model_copy(update={"parameters": ("temperature",)})
     with pytest.raises(RequestError, match="does not support the parameter"):
-        prepare_job_spec(req(model_parameters={"presence_penalty": 0.1}), longrun_like)
+        spec_of(req(model_parameters={"presence_penalty": 0.1}), longrun_like)
 
 
 def test_chat_template_for_a_family_without_raw_prompts_is_refused():
     hosted = LOCAL.model_copy(update={"family": "openai", "chat_template": False})
     with pytest.raises(RequestError, match="takes no chat_template"):
-        prepare_job_spec(req(chat_template="{{ messages }}"), hosted)
+        spec_of(req(chat_template="{{ messages }}"), hosted)
 
 
 @pytest.mark.parametrize("template", [
@@ -112,7 +112,7 @@ def test_a_prompt_too_large_is_said_of_the_messages_not_the_template():
     body = {"model": spec.id, "messages": [{"content": "x" * 2_000_001}]}
     huge = ChatCompletionRequest.model_validate(body).to_request()
     with pytest.raises(RequestError) as caught:
-        prepare_job_spec(huge, spec)
+        spec_of(huge, spec)
     message = str(caught.value)
     assert "2000001 characters" in message and "messages" in message and "chat_template" not in message
     assert caught.value.param == "messages"

@@ -16,6 +16,11 @@ from shared.catalog import ModelSpec
 from shared.settings import refused
 
 
+def key_hosts_variable(family: str) -> str:
+    """The setting naming the hosts, beyond its endpoint, a family's key may go to."""
+    return f"{'AWS' if family == 'bedrock' else family.upper()}_KEY_HOSTS"
+
+
 class ProviderSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, hide_input_in_errors=True)
 
@@ -74,7 +79,7 @@ class ProviderSettings(BaseSettings):
 
     def key_hosts(self, family: str, configured: str | None) -> set[str]:
         """The hosts ``family``'s key may go to: its configured endpoint's, and those named."""
-        named = getattr(self, f"{'aws' if family == 'bedrock' else family}_key_hosts", "")
+        named = getattr(self, key_hosts_variable(family).lower(), "")
         hosts = {h.strip().lower() for h in named.split(",") if h.strip()}
         if configured:
             hosts.add((urlsplit(configured).hostname or "").lower())

@@ -36,6 +36,7 @@ class Route:
     spec: ModelSpec  # the model as this deployment serves it
     limits: DeploymentLimits
     provider: Provider | None = None
+    unavailable: ProviderError | None = None  # why there is no provider
 
     @property
     def label(self) -> str:
@@ -56,8 +57,8 @@ class Failover:
             route = Route(name, served, limits)
             try:
                 route.provider = self.providers.for_deployment(name, served.family, limits)
-            except ProviderError:
-                route.provider = None  # its key is not set: tried last, and it says why
+            except ProviderError as exc:
+                route.unavailable = exc  # its key is not set, or not for its host: tried last, and it says why
             out.append(route)
         return out
 

@@ -48,8 +48,8 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         first_text = True
         try:
             if route.provider is None:
-                raise ProviderError(f"no adapter for the {model.family} family, or the key of deployment "
-                                    f"{route.deployment!r} is not set", code="model_unavailable", retryable=shared)
+                why = route.unavailable.message if route.unavailable else f"no adapter for the {model.family} family"
+                raise ProviderError(why, code="model_unavailable", retryable=shared)
             async for item in route.provider.stream(request):
                 if isinstance(item, TextDelta):
                     if first_text and item.text:

@@ -19,6 +19,7 @@ from shared.catalog import Catalog
 from shared.events import END, ERROR, TOKEN
 from shared.jobs import JobStore
 from shared.jobspec import JobSpec, UnreadableSpec
+from shared.logs import redact
 from shared.results import completion_body, stream_chunk
 from shared.settings import Settings
 from shared.usage import record as usage_record
@@ -269,6 +270,7 @@ class JobRunner:
 
     async def _finish_failed(self, attempt: Attempt, code: str, message: str) -> str:
         tokens = await unpublished(attempt)
-        error = dumps({"code": code, "message": message})
+        # Whatever built the message, a configured secret never reaches the job record or a client.
+        error = dumps({"code": code, "message": redact(message)})
         return await self._finish(attempt, "failed", {"error": error},
                                   [*tokens, (attempt.seq + 1, ERROR, error)])

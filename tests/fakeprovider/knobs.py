@@ -22,6 +22,7 @@ BEHAVIOUR_KEYS = set(KNOB_KEYS) | set(FILTER_KEYS) | {
     "retry_after",
     "message",
     "error_type",
+    "error_fields",
     "cut_after",
     "error_after",
     "hang",
@@ -78,6 +79,8 @@ def validate_behaviour(b: Any) -> dict[str, Any]:
         raise ConfigError("behaviour: headers must be an object of header name -> value")
     if "path" in b and not isinstance(b["path"], str):
         raise ConfigError("behaviour: path must be a glob string")
+    if "error_fields" in b and not isinstance(b["error_fields"], dict):
+        raise ConfigError("behaviour: error_fields must be an object")
     if "error_after" in b and "status" not in b:
         raise ConfigError("behaviour: error_after needs a status")
     fam = b.get("family")

@@ -112,11 +112,19 @@ class FakeProviderApp:
         }
         st.record(rec)
 
+        error_fields: dict[str, Any] = {}  # a scripted behaviour's extra fields of its error object
+
         async def fail(e: ApiError, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
             etype = e.etype if e.etype and e.etype != "auth" else fam.error_type(e.status)
             hdrs = fam.error_headers(e.status, etype) + list(extra)
             rec["status"] = e.status
-            await send_json(send, e.status, fam.error_body(e.status, e.message, etype), hdrs)
+            body = fam.error_body(e.status, e.message, etype)
+            if error_fields:
+                data = orjson.loads(body)
+                target = data["error"] if isinstance(data.get("error"), dict) else data
+                target.update(error_fields)
+                body = orjson.dumps(data)
+            await send_json(send, e.status, body, hdrs)
 
         auth_err = fam.check_auth(headers, query, st.config["api_key"])
         if auth_err is not None:
@@ -134,6 +142,7 @@ class FakeProviderApp:
         beh = st.take_behaviour(fam.name, path, req.stream) or {}
         if beh:
             rec["behaviour"] = {k: v for k, v in beh.items() if k != "times"}
+            error_fields.update(beh.get("error_fields") or {})
         knobs = st.config
         if any(k in beh for k in KNOB_KEYS):
             knobs = dict(knobs)

@@ -2,6 +2,7 @@
 fault as the retry policy needs it, never quote a key back, name the setting it lacks, and time
 out a silent upstream. What differs by family is in its own test file."""
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -14,6 +15,7 @@ from tests.integration.adapter_harness import (
     request_for,
     run_adapter,
 )
+from worker.providers.base import ProviderError
 
 pytestmark = pytest.mark.integration
 
@@ -214,16 +216,19 @@ def test_a_connection_failure_names_no_host(fake):
 
 
 @pytest.mark.parametrize("family", ["openai", "anthropic", "gemini", "mistral", "bedrock"])
-def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family):
+def test_a_key_goes_only_to_the_hosts_it_belongs_to(fake, family, caplog):
     # The fake is the family's configured endpoint at 127.0.0.1; a model routed to localhost is
     # another host, which the key is not for, unless the operator names it.
     req = request_for(MODELS[family], HI, model_parameters={"max_tokens": 2})
     path = {"openai": "/v1", "mistral": "/mistral/v1"}.get(family, "")
     elsewhere = fake.base_url.replace("127.0.0.1", "localhost") + path
     req = dataclasses.replace(req, model=req.model.model_copy(update={"base_url": elsewhere}))
-    err = adapter_error(fake, family, req)
+    with caplog.at_level("WARNING"):
+        err = adapter_error(fake, family, req)
     variable = f"{'AWS' if family == 'bedrock' else family.upper()}_KEY_HOSTS"
-    assert err.code == "model_unavailable" and variable in err.message and "localhost" in err.message
+    # The client is told which setting to change, not where the model points; the log says where.
+    assert err.code == "model_unavailable" and variable in err.message and "localhost" not in err.message
+    assert "localhost" in caplog.text
     assert fake.requests(family=family) == []
     deltas, _ = run_adapter(fake, family, req, **{f"{'aws' if family == 'bedrock' else family}_key_hosts": "localhost"})
     assert "".join(deltas) == "tok0 tok1"
@@ -253,3 +258,76 @@ def test_calls_name_their_account_upstream_opaquely(fake, family, field):
         sent.append(value)
     assert sent[0] == sent[1] != sent[2]  # one name per account, the same for all its calls
     assert all(v.startswith("chatfleet-") and "acct_" not in v for v in sent)
+
+
+# An upstream (or anything posing as one) that puts a key and an internal host in its error's
+# structured fields: the client is shown the family's documented names only.
+HOSTILE_FIELDS = {"type": "sk-SECRET-TEST-123", "param": "redis-internal.corp.example",
+                  "code": "redis-internal.corp.example", "status": "sk-SECRET-TEST-123",
+                  "reason": "redis-internal.corp.example"}
+
+
+@pytest.mark.parametrize("family", list(MODELS))
+def test_an_upstreams_error_fields_are_shown_only_when_documented_names(fake, family):
+    fake.script([{"status": 400, "message": "x", "error_fields": HOSTILE_FIELDS}], family=family)
+    err = adapter_error(fake, family, request_for(MODELS[family], HI))
+    assert err.code == "upstream_rejected", err
+    assert "SECRET" not in err.message and "corp.example" not in err.message, err.message
+    assert "upstream_error" in err.message or family == "bedrock", err.message  # Bedrock's body has no names
+    documented = {"openai": ("invalid_request_error", "temperature"),
+                  "anthropic": ("invalid_request_error", "temperature"),
+                  "gemini": ("INVALID_ARGUMENT", "temperature"),
+                  "mistral": ("invalid_request_error", "temperature")}
+    if family in documented:
+        name, param = documented[family]
+        fake.script([{"status": 400, "message": "x", "error_fields": {"type": name, "status": name,
+                                                                       "param": f"{param}"}}], family=family)
+        err = adapter_error(fake, family, request_for(MODELS[family], HI))
+        assert name in err.message and f"param {param}" in err.message, err.message
+
+
+@pytest.mark.parametrize("family", sorted(SAYS_MID_STREAM | {"bedrock"}))
+def test_a_mid_stream_error_kind_is_shown_only_when_a_documented_name(fake, family):
+    status = 400 if family == "bedrock" else 500
+    fake.script([{"status": status, "error_after": 2, "error_type": "sk-SECRET-TEST-123"}], family=family)
+    err = adapter_error(fake, family, request_for(MODELS[family], HI))
+    assert "SECRET" not in err.message, err.message
+
+
+def test_a_deployments_own_endpoint_gets_the_familys_key_only_where_it_may(fake, caplog, monkeypatch):
+    """A deployment with a base_url of its own and no key_env: the family's key goes there only
+    when the host is named in the family's KEY_HOSTS, as for a model's base_url."""
+    from shared.catalog import DeploymentLimits
+    from shared.settings import Settings
+    from tests.conftest import fake_provider_settings
+    from worker.providers.registry import Providers
+
+    elsewhere = DeploymentLimits(base_url=fake.base_url.replace("127.0.0.1", "localhost") + "/v1")
+
+    async def deployment_call(name: str, dep: DeploymentLimits, family: str = "openai", **settings):
+        providers = Providers(Settings(), fake_provider_settings(fake, **settings))
+        try:
+            adapter = providers.for_deployment(name, family, dep)
+            model = "llama-3-1-8b-instruct" if family == "llm_engine" else "gpt-4o-mini"
+            out = [item async for item in adapter.stream(request_for(model, HI, model_parameters={"max_tokens": 2}))]
+            return out
+        finally:
+            await providers.close()
+
+    with caplog.at_level("WARNING"), pytest.raises(ProviderError) as caught:
+        asyncio.run(deployment_call("dep-elsewhere", elsewhere))
+    err = caught.value
+    assert err.code == "model_unavailable" and "OPENAI_KEY_HOSTS" in err.message and "key_env" in err.message
+    assert "localhost" not in err.message and fake.requests() == []
+    # Named by the operator: the key goes there.
+    asyncio.run(deployment_call("dep-named", elsewhere, openai_key_hosts="localhost"))
+    assert fake.requests()[-1]["headers"]["authorization"] == "Bearer sk-test"
+    # A key of its own: that key, not the family's.
+    monkeypatch.setenv("DEP_KEY", "sk-deployment")
+    asyncio.run(deployment_call("dep-own-key", elsewhere.model_copy(update={"key_env": "DEP_KEY"})))
+    assert fake.requests()[-1]["headers"]["authorization"] == "Bearer sk-deployment"
+    # A self-hosted vLLM elsewhere is called without the family's key.
+    fake.reset()
+    with pytest.raises(ProviderError):  # the fake, like a vLLM started with --api-key, wants one
+        asyncio.run(deployment_call("dep-vllm", elsewhere, family="llm_engine"))
+    assert fake.requests() and "authorization" not in fake.requests()[-1]["headers"]

@@ -65,3 +65,28 @@ def test_edge_dates_and_huge_limits_are_clear_answers_not_500s(stack):
             r = admin.post("/v4/admin/accounts", json=body)
             assert r.status_code == 422, (body, r.text)
         assert admin.post("/v4/admin/accounts", json={"name": "x", "limits": {"rpm": 10**12}}).status_code == 201
+
+
+HOSTILE_ERROR = {"type": "sk-SECRET-TEST-123", "param": "redis-internal.corp.example",
+                 "code": "redis-internal.corp.example"}
+
+
+def test_an_upstreams_error_fields_never_carry_a_key_or_a_host_to_the_client(stack, fake):
+    """The names an upstream's error carries are shown only when they are the family's own."""
+    with stack.client() as client:
+        fake.script([{"status": 400, "message": "x", "error_fields": HOSTILE_ERROR}])
+        v1 = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "max_tokens": 3,
+                                                       "messages": [{"role": "user", "content": "hi"}]})
+        job = client.get(f"/v4/jobs/{v1.headers['x-chatfleet-job-id']}").json()
+        fake.script([{"status": 400, "message": "x", "error_fields": HOSTILE_ERROR}])
+        v4 = client.post("/v4/chat-completions", json={"model": "gpt-4o-mini", "messages": [{"content": "hi"}],
+                                                       "model_parameters": {"max_tokens": 3}})
+        fake.script([{"status": 400, "message": "x", "error_fields": HOSTILE_ERROR}])
+        with client.stream("POST", "/v4/chat-completions", json={
+                "model": "gpt-4o-mini", "messages": [{"content": "hi"}], "stream": True,
+                "model_parameters": {"max_tokens": 3}}) as r:
+            streamed = r.read().decode()
+    assert v1.status_code == 400 and v4.status_code == 400
+    for seen in (v1.text, str(job["error"]), v4.text, streamed):
+        assert "SECRET" not in seen and "corp.example" not in seen, seen
+    assert "upstream_error" in v1.json()["error"]["message"]

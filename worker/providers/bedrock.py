@@ -133,7 +133,7 @@ class BedrockProvider(HTTPProvider):
             exc.message += " (in the stream)"
             return exc
         log.warning("%s failed mid-stream (%s): %s", self.display, name, message)
-        return ProviderError(f"{self.display} failed mid-stream{shown_kind(name)}", code=code,
+        return ProviderError(f"{self.display} failed mid-stream{shown_kind(name, self.display)}", code=code,
                              status=status, retryable=retryable)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:

@@ -3,9 +3,9 @@
 
 429/408/409/425/5xx/529 and transport failures are retryable (honouring ``Retry-After``); other
 4xx are the caller's problem and end the job. The client is shown the status and the upstream's
-error names (type, code, param), never its text, which can quote the fleet's key or name
-internal hosts: that goes to the worker's log, scrubbed of every configured secret
-(``shared/logs.py``).
+error names (type, code, param) where they are in the family's documented vocabulary, never its
+text, which can quote the fleet's key or name internal hosts: that goes to the worker's log,
+scrubbed of every configured secret (``shared/logs.py``).
 """
 
 from __future__ import annotations
@@ -69,24 +69,94 @@ def _upstream_error(body: bytes) -> tuple[str, dict[str, Any]]:
     return body[:300].decode(errors="replace").strip(), err
 
 
-# What of an upstream's error the client is shown: its structured fields, when they are names.
-# Its text is not: it can quote the fleet's key or name internal hosts; the worker's log has it.
-NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]{0,63}")
-SHOWN_FIELDS = ("type", "code", "status", "param", "reason")
+# What of an upstream's error the client is shown: the names its error carries, only those in the
+# family's documented vocabulary (a closed list: an upstream, or anything posing as one, can put a
+# key or an internal host name in any field); any other value is shown as ``upstream_error``.
+# Its text is never shown: it can quote the fleet's key or name internal hosts; the worker's log has it.
+SHOWN_FIELDS = ("type", "code", "status", "reason")
+UNKNOWN_NAME = "upstream_error"
+_OPENAI_STYLE = frozenset({
+    # types
+    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+    "rate_limit_error", "insufficient_quota", "server_error", "api_error", "requests", "tokens",
+    "conflict_error", "unprocessable_entity_error", "internal_server_error", "timeout_error",
+    # codes
+    "context_length_exceeded", "rate_limit_exceeded", "invalid_api_key", "model_not_found",
+    "invalid_value", "invalid_type", "unsupported_value", "unsupported_parameter",
+    "unknown_parameter", "missing_required_parameter", "string_above_max_length",
+    "integer_above_max_value", "integer_below_min_value", "decimal_above_max_value",
+    "decimal_below_min_value", "array_above_max_length", "empty_array", "invalid_prompt",
+    "content_policy_violation", "content_filter", "unknown_url", "engine_overloaded",
+})
+ERROR_NAMES: dict[str, frozenset[str]] = {
+    "OpenAI": _OPENAI_STYLE,
+    "LLM-Engine": _OPENAI_STYLE | {"BadRequestError", "NotFoundError", "InternalServerError",
+                                   "ServiceUnavailableError", "TooManyRequestsError"},
+    "Mistral": _OPENAI_STYLE | {"invalid_request_message_order", "invalid_model", "rate_limited",
+                                "unauthorized", "internal_server_error", "service_tier_capacity_exceeded"},
+    "Anthropic": frozenset({
+        "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+        "request_too_large", "rate_limit_error", "api_error", "overloaded_error", "billing_error",
+        "timeout_error"}),
+    "Gemini": frozenset({  # google.rpc.Code names, and the ErrorInfo reasons of the Gemini API
+        "INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNAUTHENTICATED",
+        "PERMISSION_DENIED", "NOT_FOUND", "ABORTED", "ALREADY_EXISTS", "RESOURCE_EXHAUSTED",
+        "CANCELLED", "DATA_LOSS", "UNKNOWN", "INTERNAL", "UNAVAILABLE", "UNIMPLEMENTED",
+        "DEADLINE_EXCEEDED", "API_KEY_INVALID", "RATE_LIMIT_EXCEEDED", "SERVICE_DISABLED"}),
+    "Bedrock": frozenset({
+        "ValidationException", "ThrottlingException", "AccessDeniedException",
+        "ResourceNotFoundException", "ServiceQuotaExceededException", "ServiceUnavailableException",
+        "InternalServerException", "ModelTimeoutException", "ModelErrorException",
+        "ModelNotReadyException", "ModelStreamErrorException", "UnrecognizedClientException",
+        "ExpiredTokenException", "internalServerException", "modelStreamErrorException",
+        "throttlingException", "validationException", "serviceUnavailableException"}),
+}
+# The request fields an upstream may name as the one at fault (``param``), ``messages.0.content``
+# shown as ``messages``: those this fleet sends, nothing else.
+SHOWN_PARAMS = frozenset({
+    "model", "messages", "prompt", "contents", "system", "systemInstruction", "generationConfig",
+    "inferenceConfig", "max_tokens", "max_completion_tokens", "maxOutputTokens", "maxTokens",
+    "temperature", "top_p", "topP", "top_k", "topK", "stop", "stop_sequences", "stopSequences",
+    "seed", "random_seed", "stream", "stream_options", "n", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "metadata", "safe_prompt", "tools", "tool_choice",
+})
+_PARAM_ROOT = re.compile(r"[A-Za-z_]+")
+_NUMERIC_CODE = re.compile(r"\d{1,6}")  # Mistral's and vLLM's codes: numbers
 
 
-def upstream_names(fields: dict[str, Any], *extra: str) -> str:
+def shown_name(value: Any, provider: str) -> str | None:
+    """The name to show for one of an upstream's error fields: the value itself when it is in the
+    family's vocabulary (or a plain number), ``upstream_error`` otherwise, None when absent."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        return None
+    known = ERROR_NAMES.get(provider) or frozenset().union(*ERROR_NAMES.values())
+    return value if value in known or _NUMERIC_CODE.fullmatch(value) else UNKNOWN_NAME
+
+
+def shown_param(value: Any) -> str | None:
+    root = _PARAM_ROOT.match(value) if isinstance(value, str) else None
+    return root.group() if root and root.group() in SHOWN_PARAMS else None
+
+
+def upstream_names(fields: dict[str, Any], provider: str) -> str:
     """``"; type invalid_request_error, param temperature"``: the names an upstream's error
-    carries (and ``extra`` ones), safe to show; "" when there are none."""
-    shown = [f"{key} {value}" for key in SHOWN_FIELDS
-             if isinstance(value := fields.get(key), str) and NAME.fullmatch(value)]
-    shown += [value for value in extra if isinstance(value, str) and NAME.fullmatch(value)]
+    carries, as ``shown_name`` shows them; "" when there are none."""
+    shown: list[str] = []
+    for key in SHOWN_FIELDS:
+        name = shown_name(fields.get(key), provider)
+        if name is not None and f"{key} {name}" not in shown:
+            shown.append(f"{key} {name}")
+    if (param := shown_param(fields.get("param"))) is not None:
+        shown.append(f"param {param}")
     return "; " + ", ".join(shown) if shown else ""
 
 
-def shown_kind(kind: Any) -> str:
-    """``" (overloaded_error)"``: the kind of an upstream's error, to show when it is a name."""
-    return f" ({kind})" if isinstance(kind, str) and NAME.fullmatch(kind) else ""
+def shown_kind(kind: Any, provider: str) -> str:
+    """``" (overloaded_error)"``: the kind of an upstream's error, as ``shown_name`` shows it."""
+    name = shown_name(kind, provider)
+    return f" ({name})" if name is not None else ""
 
 
 def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) -> ProviderError:
@@ -95,7 +165,7 @@ def classify(status: int, body: bytes, headers: httpx.Headers, provider: str) ->
     if retry_after is None and headers.get("retry-after-ms"):
         retry_after = parse_retry_after(headers["retry-after-ms"])
         retry_after = retry_after / 1000 if retry_after is not None else None
-    names = upstream_names(fields)
+    names = upstream_names(fields, provider)
     if status in (401, 403):
         log.error("%s refused the configured credentials (HTTP %d): %s", provider, status, text)
         return ProviderError(f"{provider} refused this fleet's credentials (HTTP {status}); "
@@ -124,7 +194,7 @@ def mid_stream_error(status: int, event: Any, provider: str, kind: str | int, de
     goes to the log with the rest of the event)."""
     exc = classify(status, orjson.dumps(event), httpx.Headers(), provider)
     if exc.code != "upstream_auth":
-        exc.message = f"{provider} reported an error mid-stream{shown_kind(str(kind))}"
+        exc.message = f"{provider} reported an error mid-stream{shown_kind(kind, provider)}"
     return exc
 
 

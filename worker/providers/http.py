@@ -18,7 +18,7 @@ import orjson
 from httpx_sse import ServerSentEvent
 
 from shared.logs import register_secrets
-from shared.provider_config import ProviderSettings
+from shared.provider_config import ProviderSettings, key_hosts_variable
 from worker.providers.base import Provider, ProviderError
 from worker.providers.faults import classify, read_error_body, transport_error
 from worker.providers.sse import EventTooLarge, event_stream
@@ -192,11 +192,13 @@ class HTTPProvider(Provider):
         """``path`` under the model's own ``base_url`` (a catalog override) or the family's
         (``configured``). The family's key goes only to its own hosts (``key_allowed``)."""
         if not self.key_allowed(request, configured) and not self.key_optional:
-            host = urlsplit(request.model.base_url).hostname
-            variable = f"{'AWS' if self.family == 'bedrock' else self.family.upper()}_KEY_HOSTS"
-            raise ProviderError(f"model {request.model.id!r} is routed to {host}, a host this fleet's "
-                                f"{self.display} key is not for: the operator must name it in {variable}",
-                                code="model_unavailable")
+            # Which setting to change, not where the model points: the host is the operator's to read.
+            variable = key_hosts_variable(self.family)
+            log.warning("model %r is routed to %s, a host this fleet's %s key is not for (%s)",
+                        request.model.id, urlsplit(request.model.base_url).hostname, self.display, variable)
+            raise ProviderError(f"model {request.model.id!r} is routed to a host of its own (its catalog "
+                                f"base_url), which this fleet's {self.display} key is not for: the operator "
+                                f"must name that host in {variable}", code="model_unavailable")
         return (request.model.base_url or configured or "").rstrip("/") + path
 
     def key_allowed(self, request, configured: str | None) -> bool:

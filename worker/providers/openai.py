@@ -63,7 +63,7 @@ async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
                 message = err.get("message", err) if isinstance(err, dict) else err
                 log.warning("%s failed mid-stream: %s", provider.display, message)
                 kind = err.get("type") or err.get("code") if isinstance(err, dict) else None
-                raise ProviderError(f"{provider.display} failed mid-stream{shown_kind(kind)}",
+                raise ProviderError(f"{provider.display} failed mid-stream{shown_kind(kind, provider.display)}",
                                     code="upstream_unavailable", retryable=True)
             yield chunk
 

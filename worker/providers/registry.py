@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import importlib
 import os
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
 from shared.catalog import DeploymentLimits
-from shared.provider_config import ProviderSettings, get_provider_settings
+from shared.provider_config import ProviderSettings, get_provider_settings, key_hosts_variable
 from shared.settings import Settings
 from worker.providers.base import Provider, ProviderError
 from worker.providers.local import LocalProvider
@@ -65,6 +66,15 @@ class Providers(dict):
         update: dict = {}
         if deployment.base_url:
             update[url_field] = deployment.base_url
+            if not deployment.key_env and not self._key_may_go(family, url_field, deployment.base_url):
+                # The family's key goes only to the hosts it is for, as a model's base_url does.
+                variable = key_hosts_variable(family)
+                if not load_adapter(family).key_optional:
+                    raise ProviderError(f"deployment {name!r} has an endpoint of its own, which this fleet's "
+                                        f"{family} key is not for: the operator must give the deployment a "
+                                        f"key_env or name its host in {variable}", code="model_unavailable")
+                if key_field is not None:
+                    update[key_field] = None  # called without the family's key
         if deployment.key_env:
             secret = os.environ.get(deployment.key_env, "").strip()
             if not secret or key_field is None:
@@ -74,6 +84,10 @@ class Providers(dict):
         adapter = load_adapter(family)(self.client, self.provider_settings.model_copy(update=update))
         self[f"deployment:{name}"] = adapter
         return adapter
+
+    def _key_may_go(self, family: str, url_field: str, url: str) -> bool:
+        host = (urlsplit(url).hostname or "").lower()
+        return host in self.provider_settings.key_hosts(family, getattr(self.provider_settings, url_field))
 
     async def close(self) -> None:
         for provider in self.values():

@@ -219,7 +219,8 @@ async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str
         # Refused whole: nothing runs; every bad line is reported with its number.
         await redis.delete(keys.batch_pending(batch_id))
         await redis.hset(keys.batch(batch_id), mapping={
-            "status": "failed", "failed_at": repr(time.time()), "total": total,
+            # Nothing ran: every line counts as failed, so that the counts add up.
+            "status": "failed", "failed_at": repr(time.time()), "total": total, "failed": total,
             "errors": orjson.dumps({"object": "list", "data": errors, "total": error_count}).decode(),
         })
     else:

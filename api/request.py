@@ -16,6 +16,9 @@ from pydantic import AfterValidator, Field
 from shared.jobspec import ReasoningEffort, Turn
 
 MAX_STOP_SEQUENCES = 4
+# The largest integer parameter taken (max_tokens, top_k, last_k): no provider takes more, and a
+# larger one would not fit the job record.
+MAX_INTEGER = 2**31 - 1
 
 
 def _stops(value: list[str]) -> list[str]:
@@ -26,11 +29,12 @@ def _stops(value: list[str]) -> list[str]:
     return value
 
 
-MaxTokens = Annotated[int, Field(ge=1)]
+MaxTokens = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
 StopSequences = Annotated[list[str], AfterValidator(_stops)]
-TopK = Annotated[int, Field(ge=1)]
-TopP = Annotated[float, Field(gt=0, le=1)]
-Penalty = Annotated[float, Field(ge=-2, le=2)]
+TopK = Annotated[int, Field(ge=1, le=MAX_INTEGER)]
+# Floats are finite: JSON has no NaN or Infinity, though some encoders write them.
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 

@@ -22,6 +22,7 @@ from api.completion import Answer
 from api.failures import failure_status
 from api.openai.errors import error_body, error_response
 from api.request import (
+    MAX_INTEGER,
     CompletionRequest,
     MaxTokens,
     Parameters,
@@ -73,13 +74,13 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    temperature: float | None = Field(None, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: TopP | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     # A string is one stop sequence.
     stop: Annotated[StopSequences, BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] | None = None
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_INTEGER)
     seed: Seed | None = None
     user: str | None = Field(None, max_length=256)
     stream: bool | None = False

@@ -71,8 +71,12 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
         window = str(form.get("completion_window") or "24h")
         lines: Iterator[bytes] = _file_lines(upload)
     elif content_type.startswith("application/json"):
+        # Read strictly (RFC 8259: no NaN or Infinity; an integer past 64 bits as a float), so
+        # that each line is written back exactly as the client's validation will read it.
         try:
-            body = BatchBody.model_validate_json(await request.body())
+            body = BatchBody.model_validate(orjson.loads(await request.body()))
+        except orjson.JSONDecodeError as exc:
+            raise HTTPException(422, f"invalid batch body: not valid JSON: {exc}") from None
         except ValueError as exc:
             raise HTTPException(422, f"invalid batch body: {exc}") from None
         metadata, window = body.metadata, body.completion_window

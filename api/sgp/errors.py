@@ -4,6 +4,7 @@ own routes (``/v4/admin``, ``/v4/usage``, ``/healthz``) word theirs the same way
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -20,6 +21,8 @@ EXCERPT_CHARS = 200
 def _encodable(value: Any) -> Any:
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity: "nan", "inf", "-inf"
     if isinstance(value, list):
         return [_encodable(v) for v in value]
     if isinstance(value, dict):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from api.request import (
+    MAX_INTEGER,
     CompletionRequest,
     MaxTokens,
     Parameters,
@@ -56,7 +57,7 @@ class Message(BaseModel):
 
 class LastKParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(ge=1)
+    k: int = Field(ge=1, le=MAX_INTEGER)
 
 
 class MemoryStrategy(BaseModel):
@@ -66,7 +67,7 @@ class MemoryStrategy(BaseModel):
 
 
 class ModelParameters(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     temperature: float | None = Field(None, ge=0, le=1)
     max_tokens: MaxTokens | None = None

@@ -62,6 +62,8 @@ def test_invalid_lines_refuse_the_whole_batch_with_every_reason(stack, fake):
     assert r.status_code == 201
     batch = r.json()
     assert batch["status"] == "failed" and batch["failed_at"]
+    # Nothing ran, so every line failed: the counts add up.
+    assert batch["request_counts"] == {"total": len(bad), "completed": 0, "failed": len(bad)}
     errors = {e["line"]: e["message"] for e in batch["errors"]["data"]}
     assert sorted(errors) == [2, 3, 4, 5, 6, 7, 8]
     assert "not valid JSON" in errors[2]

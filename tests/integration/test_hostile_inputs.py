@@ -67,6 +67,42 @@ def test_edge_dates_and_huge_limits_are_clear_answers_not_500s(stack):
         assert admin.post("/v4/admin/accounts", json={"name": "x", "limits": {"rpm": 10**12}}).status_code == 201
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("path", ["/v4/chat-completions", "/v4/jobs"])
+def test_a_float_json_cannot_carry_is_a_clear_422(stack, path, literal):
+    # Python's JSON encoder (and others) write these; JSON has no such numbers.
+    raw = ('{"model": "gpt-4o-mini", "messages": [{"content": "hi"}], '
+           f'"model_parameters": {{"temperature": {literal}}}}}').encode()
+    with stack.client() as client:
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    detail = r.json()["detail"]
+    assert detail[0]["loc"][-1] == "temperature" and "finite" in detail[0]["msg"], detail
+
+
+def test_a_huge_integer_parameter_is_a_clear_4xx_everywhere(stack):
+    huge = 1180591620717411303424  # past 64 bits
+    body = {"model": "smollm2-135m-instruct", "messages": [{"content": "hi"}],
+            "model_parameters": {"top_k": huge, "max_tokens": 2}}
+    with stack.client() as client:
+        for path in ("/v4/chat-completions", "/v4/jobs"):
+            r = client.post(path, json=body)
+            assert r.status_code == 422 and "top_k" in r.text, (path, r.text[:300])
+        r = client.post("/v4/batches", json={"requests": [{"custom_id": "a", "url": "/v4/chat-completions",
+                                                            "body": body}]})
+        assert r.status_code == 201, r.text[:300]
+        batch = r.json()
+        assert batch["status"] == "failed" and "top_k" in batch["errors"]["data"][0]["message"]
+        assert batch["request_counts"] == {"total": 1, "completed": 0, "failed": 1}
+        for bad in ({"memory_strategy": {"name": "last_k", "params": {"k": huge}}},
+                    {"model_parameters": {"max_tokens": huge}}):
+            r = client.post("/v4/chat-completions", json={**body, "model_parameters": {}, **bad})
+            assert r.status_code == 422, (bad, r.text[:300])
+        r = client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": [{"role": "user",
+                                                      "content": "hi"}], "max_tokens": huge})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text[:300]
+
+
 HOSTILE_ERROR = {"type": "sk-SECRET-TEST-123", "param": "redis-internal.corp.example",
                  "code": "redis-internal.corp.example"}
 
@@ -90,3 +126,11 @@ def test_an_upstreams_error_fields_never_carry_a_key_or_a_host_to_the_client(sta
     for seen in (v1.text, str(job["error"]), v4.text, streamed):
         assert "SECRET" not in seen and "corp.example" not in seen, seen
     assert "upstream_error" in v1.json()["error"]["message"]
+
+
+def test_a_batch_body_with_a_float_json_cannot_carry_is_refused_not_run_with_a_default(stack):
+    raw = (b'{"requests": [{"custom_id": "a", "url": "/v4/chat-completions", "body": {"model": "gpt-4o-mini", '
+           b'"messages": [{"content": "hi"}], "model_parameters": {"temperature": NaN}}}]}')
+    with stack.client() as client:
+        r = client.post("/v4/batches", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"], r.text[:300]

@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from shared import keys
 from shared.connections import multi
+from shared.scripts import source
 from shared.settings import Settings
 
 CHUNK_BYTES = 256 * 1024
@@ -53,46 +54,71 @@ def view(record: dict[str, str]) -> dict[str, Any]:
             "expires_at": int(float(expires)) if expires else None}
 
 
-async def _account_usage(redis, account: str) -> tuple[int, int]:
-    """(files, bytes) the account keeps now; expired ones are dropped from its index."""
+# An upload in progress holds its room this long past its last chunk: one that dies gives it back.
+UPLOAD_HOLD_SECONDS = 600
+
+
+async def _held_since_before(redis, account: str, settings: Settings) -> None:
+    """An account whose files were kept before their room was held (``keys.account_files_held``):
+    its files are entered there once, each with its own expiry."""
+    held = keys.account_files_held(account)
+    if await redis.exists(held):
+        return
     ids = await redis.zrange(keys.account_files(account), 0, -1)
-    if not ids:
-        return 0, 0
     async with redis.pipeline(transaction=False) as pipe:
         for file_id in ids:
-            pipe.hget(keys.file(file_id), "bytes")
-        sizes = await pipe.execute()
-    gone = [file_id for file_id, size in zip(ids, sizes) if size is None]
-    if gone:
-        await redis.zrem(keys.account_files(account), *gone)
-    return len(ids) - len(gone), sum(int(size) for size in sizes if size is not None)
+            pipe.hmget(keys.file(file_id), "bytes", "expires_at")
+        rows = await pipe.execute()
+    now = time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        for file_id, (size, expires) in zip(ids, rows):
+            if size is not None:
+                until = float(expires) if expires else now + settings.file_retention_seconds
+                pipe.hsetnx(held, file_id, f"{size}|{until}")
+        pipe.expire(held, settings.file_retention_seconds + 86400)
+        await pipe.execute()
+
+
+async def _hold(redis, settings: Settings, account: str, file_id: str, add: int) -> None:
+    """Hold ``add`` more bytes (0: the file's place) for an upload; raises FileRefused past a bound."""
+    now = time.time()
+    reserve = redis.register_script(source("reserve_file"))
+    answer = await reserve(keys=[keys.account_files_held(account)], args=[
+        file_id, add, settings.files_max_per_account, settings.files_max_bytes_per_account, now,
+        now + UPLOAD_HOLD_SECONDS, settings.file_retention_seconds + 86400])
+    if answer[0] == 1:
+        raise FileRefused(400, f"this account keeps {answer[1]} files, the most it may: delete some first", "file")
+    if answer[0] == 2:
+        raise FileRefused(413, f"this account's files would hold more than "
+                               f"{settings.files_max_bytes_per_account} bytes: delete some first", "file")
 
 
 async def upload(redis, settings: Settings, account: str, filename: str, purpose: str, source: IO[bytes]) -> dict:
-    """Store ``source`` (an uploaded file, spooled to disk) for ``account``; raises FileRefused."""
+    """Store ``source`` (an uploaded file, spooled to disk) for ``account``; raises FileRefused.
+    Its room is held as its bytes are stored (``_hold``): concurrent uploads of one account never
+    pass its bounds together."""
     if purpose not in PURPOSES:
         raise FileRefused(400, f"purpose must be one of: {', '.join(PURPOSES)} (this API serves batches)", "purpose")
-    count, used = await _account_usage(redis, account)
-    if count >= settings.files_max_per_account:
-        raise FileRefused(400, f"this account keeps {count} files, the most it may: delete some first", "file")
+    await _held_since_before(redis, account, settings)
     file_id = new_file_id()
+    held = keys.account_files_held(account)
     size = 0
     source.seek(0)
     try:
+        await _hold(redis, settings, account, file_id, 0)
         while chunk := source.read(CHUNK_BYTES):
             size += len(chunk)
             if size > settings.file_max_bytes:
                 raise FileRefused(413, f"the file is larger than {settings.file_max_bytes} bytes, "
                                        "the most one file may hold", "file")
-            if used + size > settings.files_max_bytes_per_account:
-                raise FileRefused(413, f"this account's files would hold more than "
-                                       f"{settings.files_max_bytes_per_account} bytes: delete some first", "file")
+            await _hold(redis, settings, account, file_id, len(chunk))
             await redis.rpush(keys.file_content(file_id), chunk)
+        if size == 0:
+            raise FileRefused(400, "the file is empty", "file")
     except BaseException:
         await redis.delete(keys.file_content(file_id))
+        await redis.hdel(held, file_id)
         raise
-    if size == 0:
-        raise FileRefused(400, "the file is empty", "file")
     now = time.time()
     retention = settings.file_retention_seconds
     record = {"id": file_id, "account_id": account, "filename": safe_filename(filename),
@@ -103,6 +129,7 @@ async def upload(redis, settings: Settings, account: str, filename: str, purpose
         pipe.expire(keys.file(file_id), retention)
         pipe.zadd(keys.account_files(account), {file_id: now})
         await pipe.execute()
+    await redis.hset(held, file_id, f"{size}|{now + retention}")  # held as long as the file is kept
     return view({k: str(v) for k, v in record.items()})
 
 
@@ -160,12 +187,15 @@ async def register_output(redis, account: str, file_id: str, filename: str, batc
             pipe.expireat(keys.file(file_id), int(expires) + 1)
             pipe.zadd(keys.account_files(account), {file_id: created}, nx=True)
             await pipe.execute()
+        # An output file counts toward the account's bounds as an upload does, never refused.
+        await redis.hsetnx(keys.account_files_held(account), file_id, f"{size}|{expires}")
     return record
 
 
 async def delete(redis, record: dict[str, str]) -> None:
     """Remove a file. An output file stays deleted (its batch still names it, as OpenAI's do)."""
     file_id = record["id"]
+    await redis.hdel(keys.account_files_held(record["account_id"]), file_id)
     async with multi(redis) as pipe:
         pipe.zrem(keys.account_files(record["account_id"]), file_id)
         if record.get("batch_id"):

@@ -290,6 +290,9 @@ file = _family("file:{}")
 file_content = _family("file:{}:content")
 # Sorted set: the account's files by creation time.
 account_files = _family("account:{}:files")
+# Hash: what the account's files hold, uploads in progress included (file id -> "bytes|held until"):
+# the bounds on an account's files are reserved here (lua/reserve_file.lua).
+account_files_held = _family("account:{}:files:held")
 
 # --- workers and their fleet-wide services -----------------------------------------------------------
 

@@ -374,3 +374,34 @@ def test_the_readmes_openai_example_runs_unchanged(stack, capsys):
     printed = capsys.readouterr().out
     answer, _, rest = printed.partition(" CompletionUsage(")
     assert answer.strip() and "completion_tokens=" in rest and "prompt_tokens=" in rest
+
+
+def test_an_accounts_file_bounds_hold_under_concurrent_uploads(own_stack):
+    """Each upload holds its room as it is stored: ten at once cannot pass the bounds together,
+    and a refused or deleted upload gives its room back."""
+    stack = own_stack(interactive=False, local_slots=1,
+                      CHATFLEET_FILES_MAX_BYTES_PER_ACCOUNT=str(2 * 1024 * 1024), CHATFLEET_FILES_MAX_PER_ACCOUNT="12")
+
+    async def upload_many(key: str, size: int, n: int = 10) -> list[int]:
+        async with httpx.AsyncClient(base_url=f"{stack.base_url}/v1", headers={"authorization": f"Bearer {key}"},
+                                     timeout=60) as http:
+            answers = await asyncio.gather(*(
+                http.post("/files", data={"purpose": "batch"},
+                          files={"file": (f"f{i}.jsonl", b"x" * size, "application/jsonl")}) for i in range(n)))
+        refused = {r.json()["error"]["message"] for r in answers if r.status_code != 200}
+        assert len(refused) <= 1, refused  # one reason
+        return sorted(r.status_code for r in answers)
+
+    # Bytes: 800 KiB each against 2 MiB: two fit, the third would pass the bound.
+    assert asyncio.run(upload_many(DEV_KEY, 800 * 1024)) == [200] * 2 + [413] * 8
+    # Files: twenty of 1 KiB each against 12 files: twelve fit.
+    assert asyncio.run(upload_many(OTHER_KEY, 1024, 20)) == [200] * 12 + [400] * 8
+    client = sdk(stack)
+    kept = list(client.files.list())
+    assert len(kept) == 2 and sum(f.bytes for f in kept) == 2 * 800 * 1024
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.files.create(file=("more.jsonl", io.BytesIO(b"x" * (800 * 1024))), purpose="batch")
+    assert caught.value.status_code == 413
+    client.files.delete(kept[0].id)
+    again = client.files.create(file=("more.jsonl", io.BytesIO(b"x" * (800 * 1024))), purpose="batch")
+    assert again.bytes == 800 * 1024

@@ -48,3 +48,36 @@ local function window_wait(req, tok, total, rpm, tpm, est, now, window, name, la
     end
   end
 end
+
+-- When the scope's window has room for ``n`` more admissions of ``est`` tokens each (rpm, tpm;
+-- nil: none): ``now`` if it has it already. Past the admissions in the window, whole windows.
+local function room_at(req, tok, total, rpm, tpm, est, n, now, window)
+  local at = now
+  if rpm then
+    local count = redis.call("ZCARD", req)
+    local leave = count + n - rpm  -- admissions that must leave the window first
+    if leave > 0 then
+      if leave <= count then
+        local nth = redis.call("ZRANGE", req, leave - 1, leave - 1, "WITHSCORES")
+        at = math.max(at, tonumber(nth[2]) + window + 1)
+      else
+        -- Every admission in the window leaves first (by the newest's time), then ``rpm`` a window.
+        local newest = count > 0 and tonumber(redis.call("ZRANGE", req, -1, -1, "WITHSCORES")[2]) or now
+        at = math.max(at, newest + window + 1 + window * math.floor((leave - 1) / rpm))
+      end
+    end
+  end
+  if tpm then
+    local used = tonumber(redis.call("GET", total) or "0")
+    if used + est * n > tpm then
+      local entries = redis.call("ZRANGE", req, 0, -1, "WITHSCORES")
+      local freed, t = 0, nil
+      for i = 1, #entries, 2 do
+        freed = freed + (tonumber(redis.call("HGET", tok, entries[i])) or 0)
+        if used - freed + est * n <= tpm then t = tonumber(entries[i + 1]) + window + 1; break end
+      end
+      at = math.max(at, t or (now + window * math.ceil(est * n / tpm + 1)))
+    end
+  end
+  return at
+end

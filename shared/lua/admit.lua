@@ -78,9 +78,16 @@ end
 local head = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if head and head ~= job then
   redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
-  if redis.call("ZRANK", KEYS[2], job) > 0 then
-    local at = redis.call("ZSCORE", KEYS[3], ARGV[6])
-    return {"waiting", tostring(at or (now + 1000)), "waiting behind earlier jobs of the account"}
+  local ahead = redis.call("ZRANK", KEYS[2], job)
+  if ahead > 0 then
+    -- Not before the account wakes, nor before its windows have room for the jobs ahead and
+    -- this one (each taken to need what this one does): the earliest it may really go.
+    local at = tonumber(redis.call("ZSCORE", KEYS[3], ARGV[6]) or (now + 1000))
+    for _, s in ipairs(scopes) do
+      slide(KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], now, window)
+      at = math.max(at, room_at(KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], s.rpm, s.tpm, est, ahead + 1, now, window))
+    end
+    return {"waiting", tostring(at), "waiting behind " .. ahead .. " earlier job(s) of the account"}
   end
 end
 

@@ -239,6 +239,22 @@ def test_synchronous_request_over_the_limit_is_a_429(stack):
         assert job["status"] == "cancelled"  # nothing runs behind the client's back
 
 
+def test_a_429_behind_waiting_jobs_says_when_the_request_could_really_go(stack):
+    """Behind a job already waiting for the window, a request cannot go before that job has gone
+    and the window has room again: two windows, not the second the account next wakes up."""
+    account, key = new_account(stack, rpm=1)  # a 60 s window
+    with stack.client(key) as client:
+        assert client.post("/v4/chat-completions", json=FAST).status_code == 200
+        queued = client.post("/v4/jobs", json=FAST).json()
+        wait_for(lambda: client.get(f"/v4/jobs/{queued['id']}").json()["status"] == "throttled",
+                 what="the queued job to wait for the window")
+        r = client.post("/v4/chat-completions", json=FAST)
+        client.post(f"/v4/jobs/{queued['id']}/cancel")
+    assert r.status_code == 429 and "waiting behind 1 earlier job" in r.json()["detail"], r.text
+    # The queued job goes when the first admission leaves the window (~60 s), this one a window later.
+    assert 100 <= int(r.headers["Retry-After"]) <= 121, r.headers["Retry-After"]
+
+
 def test_request_larger_than_the_token_limit_fails_clearly(stack):
     account, key = new_account(stack, tpm=50)
     with stack.client(key) as client:

@@ -9,6 +9,7 @@ in OpenAI's line shape, and their size measured once.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import tempfile
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from shared import keys
 from shared.connections import multi
-from shared.scripts import source
+from shared.scripts import source as script_source
 from shared.settings import Settings
 
 CHUNK_BYTES = 256 * 1024
@@ -79,12 +80,12 @@ async def _held_since_before(redis, account: str, settings: Settings) -> None:
         await pipe.execute()
 
 
-async def _hold(redis, settings: Settings, account: str, file_id: str, add: int) -> None:
-    """Hold ``add`` more bytes (0: the file's place) for an upload; raises FileRefused past a bound."""
+async def _hold(redis, settings: Settings, account: str, file_id: str, size: int) -> None:
+    """Hold a place and ``size`` bytes for an upload, both at once; raises FileRefused past a bound."""
     now = time.time()
-    reserve = redis.register_script(source("reserve_file"))
+    reserve = redis.register_script(script_source("reserve_file"))
     answer = await reserve(keys=[keys.account_files_held(account)], args=[
-        file_id, add, settings.files_max_per_account, settings.files_max_bytes_per_account, now,
+        file_id, size, settings.files_max_per_account, settings.files_max_bytes_per_account, now,
         now + UPLOAD_HOLD_SECONDS, settings.file_retention_seconds + 86400])
     if answer[0] == 1:
         raise FileRefused(400, f"this account keeps {answer[1]} files, the most it may: delete some first", "file")
@@ -95,26 +96,24 @@ async def _hold(redis, settings: Settings, account: str, file_id: str, add: int)
 
 async def upload(redis, settings: Settings, account: str, filename: str, purpose: str, source: IO[bytes]) -> dict:
     """Store ``source`` (an uploaded file, spooled to disk) for ``account``; raises FileRefused.
-    Its room is held as its bytes are stored (``_hold``): concurrent uploads of one account never
-    pass its bounds together."""
+    Its room is held before its bytes are stored (``_hold``): concurrent uploads of one account
+    never pass its bounds together."""
     if purpose not in PURPOSES:
         raise FileRefused(400, f"purpose must be one of: {', '.join(PURPOSES)} (this API serves batches)", "purpose")
     await _held_since_before(redis, account, settings)
+    size = source.seek(0, os.SEEK_END)  # spooled whole before the route runs: its size is known
+    if size > settings.file_max_bytes:
+        raise FileRefused(413, f"the file is larger than {settings.file_max_bytes} bytes, "
+                               "the most one file may hold", "file")
+    if size == 0:
+        raise FileRefused(400, "the file is empty", "file")
     file_id = new_file_id()
     held = keys.account_files_held(account)
-    size = 0
+    await _hold(redis, settings, account, file_id, size)
     source.seek(0)
     try:
-        await _hold(redis, settings, account, file_id, 0)
         while chunk := source.read(CHUNK_BYTES):
-            size += len(chunk)
-            if size > settings.file_max_bytes:
-                raise FileRefused(413, f"the file is larger than {settings.file_max_bytes} bytes, "
-                                       "the most one file may hold", "file")
-            await _hold(redis, settings, account, file_id, len(chunk))
             await redis.rpush(keys.file_content(file_id), chunk)
-        if size == 0:
-            raise FileRefused(400, "the file is empty", "file")
     except BaseException:
         await redis.delete(keys.file_content(file_id))
         await redis.hdel(held, file_id)

@@ -1,5 +1,5 @@
 -- Hold room for an account's file, atomically, so that concurrent uploads cannot together pass
--- the account's bounds (files and bytes): each upload holds its bytes as they arrive.
+-- the account's bounds (files and bytes): each upload holds its size before it is stored.
 -- KEYS: the account's held files (hash: file id -> "bytes|held until", unix seconds).
 -- ARGV: file id, bytes to add, the most files, the most bytes, now, held until, the hash's TTL.
 -- Entries past their time are dropped (an upload that died, a file that expired). A file already

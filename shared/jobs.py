@@ -43,11 +43,12 @@ def batch_keys(batch_id: str, job_id: str) -> list[str]:
     shard = keys.shard_of(job_id)
     if not batch_id:
         unused = f"{keys.PREFIX}:{keys.shard_tag(shard)}:batch:-"
-        return [unused] * 3 + [keys.batch_in_flight(shard), keys.active_batches(shard)]
+        return [unused] * 3 + [keys.batch_in_flight(shard), keys.active_batches(shard),
+                               keys.batch_local_in_flight(shard)]
     if keys.shard_of(batch_id) != shard:
         raise ValueError(f"job {job_id} is not in the shard of its batch {batch_id}")
     return [keys.batch(batch_id), keys.batch_results(batch_id), keys.batch_errors(batch_id),
-            keys.batch_in_flight(shard), keys.active_batches(shard)]
+            keys.batch_in_flight(shard), keys.active_batches(shard), keys.batch_local_in_flight(shard)]
 
 
 def new_job_id(shard: int | None = None) -> str:

@@ -282,6 +282,12 @@ def batch_in_flight(shard: int) -> str:
     sum over the shards)."""
     return f"{PREFIX}:{shard_tag(shard)}:batches:in-flight"
 
+
+def batch_local_in_flight(shard: int) -> str:
+    """Counter: of those, the local model's (its own budget: the local slots interactive work
+    keeps free)."""
+    return f"{PREFIX}:{shard_tag(shard)}:batches:in-flight:local"
+
 # --- files (the OpenAI front door's uploads, and its batches' output files) ----------------------------
 
 # Hash: a file (account, filename, purpose, bytes, times; an output file: its batch and kind).

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
 
     # Batch jobs queued or running at once, fleet-wide: the rest wait in Redis, unqueued.
     batch_max_in_flight: int = Field(default=100, ge=1)
+    # The local model's slots (fleet-wide, from the workers' heartbeats) batch lines leave to
+    # interactive work: its lines in flight are at most the slots less these (at least one).
+    batch_local_slots_kept: int = Field(default=1, ge=0)
 
     # Failover across a model's deployments: one failing at least this share of at least this
     # many calls in a window cools down (calls go to the others first) for this long.

@@ -4,7 +4,7 @@
 -- KEYS: 1 job hash, 2 cancel flag, 3 lease, 4 running zset, 5 events stream, 6 live channel,
 --       7 account usage hash of the day, 8 account usage days zset, 9 accounts with usage set,
 --       10 batch hash, 11 batch results, 12 batch errors, 13 batch in-flight counter,
---       14 active batches (the job's shard's)
+--       14 active batches, 15 local batch in-flight counter (the job's shard's)
 -- ARGV: 1 now, 2 retention s, 3 job id, 4 end event data, 5 account id, 6 model, 7 day,
 --       8 day score, 9 usage retention s
 -- Returns {"terminal", status} | {"cancelled"} | {"requested"} | {"missing"}
@@ -31,7 +31,7 @@ redis.call("EXPIRE", KEYS[7], ARGV[9])
 redis.call("ZADD", KEYS[8], ARGV[8], ARGV[7])
 redis.call("EXPIRE", KEYS[8], ARGV[9])
 redis.call("SADD", KEYS[9], ARGV[5])
-batch_line_done(KEYS[1], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], "cancelled", ARGV[1], ARGV[3])
+batch_line_done(KEYS[1], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], KEYS[15], "cancelled", ARGV[1], ARGV[3])
 redis.call("EXPIRE", KEYS[1], ARGV[2])
 redis.call("EXPIRE", KEYS[5], ARGV[2])
 return {"cancelled"}

@@ -3,7 +3,8 @@
 -- KEYS: 1 job hash, 2 lease, 3 running zset, 4 events stream, 5 live channel,
 --       6 account usage hash of the day, 7 account usage days zset, 8 accounts with usage set,
 --       9 batch hash, 10 batch results, 11 batch errors, 12 batch in-flight counter,
---       13 active batches (9-13 used only when the job is a batch line)
+--       13 active batches, 14 local batch in-flight counter (9-14 used only when the job is a
+--       batch line)
 -- ARGV: 1 attempt token, 2 status, 3 now, 4 retention s, 5 max stream length, 6 job id,
 --       7 model, 8 day, 9 day score, 10 prompt tokens, 11 completion tokens, 12 cost (nano-USD),
 --       13 latency ms, 14 usage retention s, 15 n field pairs, field/value pairs...,
@@ -38,7 +39,7 @@ redis.call("EXPIRE", KEYS[6], ARGV[14])
 redis.call("ZADD", KEYS[7], ARGV[9], ARGV[8])
 redis.call("EXPIRE", KEYS[7], ARGV[14])
 redis.call("SADD", KEYS[8], redis.call("HGET", KEYS[1], "account_id"))
-batch_line_done(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], ARGV[2], ARGV[3], ARGV[6])
+batch_line_done(KEYS[1], KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13], KEYS[14], ARGV[2], ARGV[3], ARGV[6])
 redis.call("DEL", KEYS[2])
 redis.call("ZREM", KEYS[3], ARGV[6])
 redis.call("EXPIRE", KEYS[1], ARGV[4])

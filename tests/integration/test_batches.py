@@ -9,7 +9,7 @@ import pytest
 
 from shared import keys
 from tests.conftest import OTHER_KEY
-from tests.helpers import line, read_sse, results, wait_batch, wait_for
+from tests.helpers import LOCAL, ask, line, read_sse, results, wait_batch, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +173,26 @@ def test_ten_thousand_lines_all_accounted_for_through_a_worker_kill(own_stack):
     assert counts["total"] == n and counts["completed"] + counts["failed"] == n
     ids = [r["custom_id"] for r in ok + failed]
     assert len(ids) == n and set(ids) == {f"k{i}" for i in range(n)}  # exactly one line each
+
+
+def test_the_local_models_batch_lines_leave_a_slot_to_interactive_requests(stack):
+    """Batch lines of the local model share its queue with interactive jobs: they are handed out
+    within the fleet's local slots less one (two here), so an interactive request goes at once
+    rather than after the lines queued before it."""
+    import redis as redis_sync
+
+    lines = [line(f"l{i}", 24, model=LOCAL) for i in range(8)]
+    with stack.client() as client:
+        batch = client.post("/v4/batches", json={"requests": lines}).json()
+        wait_for(lambda: client.get(f"/v4/batches/{batch['id']}").json()["request_counts"]["completed"] >= 1,
+                 what="the batch to be running")
+        sync = client.post("/v4/chat-completions", json=ask(model_parameters={"max_tokens": 8}))
+        counts = client.get(f"/v4/batches/{batch['id']}").json()["request_counts"]
+        assert sync.status_code == 200, sync.text
+        # Before, the request waited behind the six lines queued ahead of it.
+        assert counts["completed"] <= 5, counts
+        done = wait_batch(client, batch["id"])
+    assert done["request_counts"] == {"total": 8, "completed": 8, "failed": 0}
+    state = redis_sync.Redis.from_url(stack.state_url or stack.redis_url)
+    in_flight = [state.get(keys.batch_local_in_flight(shard)) for shard in range(keys.SHARDS)]
+    assert sum(int(n or 0) for n in in_flight) == 0  # each finished line gave its place back

@@ -7,7 +7,7 @@ import orjson
 
 from shared import keys
 from shared.catalog import get_catalog
-from shared.jobspec import JobSpec
+from shared.jobspec import JobSpec, StagedLine
 from shared.settings import Settings
 from tests.unit.jobstores import new_job, run
 from worker.runner import JobRunner, RunningJob
@@ -47,7 +47,7 @@ def test_a_line_staged_before_the_typed_spec_is_fed_and_read_with_its_bound(stor
     async def go():
         old_line = orjson.dumps({"custom_id": "old", "model": "gpt-4o", "queue": keys.QUEUE_BATCH, "spec": OLD_SPEC})
         await store.redis.rpush(keys.batch_pending("b1"), old_line)
-        (job_id,) = await BatchFeeder(store, Settings()).feed("b1", "acct", [old_line.decode()])
+        (job_id,) = await BatchFeeder(store, Settings()).feed("b1", "acct", [StagedLine.load(old_line)])
         return (await store.get(job_id))["spec"]
 
     spec = JobSpec.load(run(go()), get_catalog(), Settings().default_completion_reservation)

@@ -2,6 +2,10 @@
 in-flight budget (``CHATFLEET_BATCH_MAX_IN_FLIGHT``) and round robin across batches, and winds
 down cancelled and expired batches. One worker of the fleet at a time.
 
+The local model's lines share its queue with interactive jobs, and its slots are few: they get
+a budget of their own, the fleet's local slots less ``CHATFLEET_BATCH_LOCAL_SLOTS_KEPT``, so that
+no line ever waits on that queue ahead of an interactive job and a slot is left free for one.
+
 The API validates and stages a batch's lines (``api/batches.py``); each line then runs as a job
 like any other, and the script that finishes a line's job writes its result line and counts it
 (``lua/_batch_line.lua``).
@@ -20,7 +24,21 @@ from worker.services.base import Service
 
 FEED_SECONDS = 0.1
 CHUNK = 500
+LOCAL_CAP_SECONDS = 2.0  # how long the local model's slot count, read from the heartbeats, is kept
 TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def within_local_budget(lines: list[StagedLine], budget: int) -> list[StagedLine]:
+    """The first of ``lines`` (a batch's next staged ones, in order) that keep the local model's
+    lines within ``budget``: the lines are handed out in order, so the first local line past it
+    ends the chunk."""
+    taken = 0
+    for i, line in enumerate(lines):
+        if line.queue == keys.QUEUE_LOCAL:
+            if taken >= budget:
+                return lines[:i]
+            taken += 1
+    return lines
 
 
 class BatchFeeder(Service):
@@ -33,6 +51,7 @@ class BatchFeeder(Service):
         self.store = store
         self.redis = store.redis
         self.settings = settings
+        self._local_cap: tuple[float, int] | None = None  # (read at, monotonic; the cap)
 
     def interval(self) -> float:
         return FEED_SECONDS
@@ -48,14 +67,16 @@ class BatchFeeder(Service):
             for shard in range(keys.SHARDS):
                 pipe.zrange(keys.active_batches(shard), 0, -1, withscores=True)
                 pipe.get(keys.batch_in_flight(shard))
+                pipe.get(keys.batch_local_in_flight(shard))
             found = await pipe.execute()
         # Oldest first across the shards, as one list would be.
-        active = [b for b, _ in sorted((pair for listed in found[::2] for pair in listed), key=lambda p: p[1])]
+        active = [b for b, _ in sorted((pair for listed in found[::3] for pair in listed), key=lambda p: p[1])]
         if not active:
             return
-        in_flight = sum(int(n or 0) for n in found[1::2])
+        in_flight = sum(int(n or 0) for n in found[1::3])
         budget = self.settings.batch_max_in_flight - in_flight
         share = max(budget // len(active), 1) if budget > 0 else 0
+        local_budget = await self.local_cap() - sum(int(n or 0) for n in found[2::3])
         now = time.time()
         for batch_id in active:
             record = await self.redis.hgetall(keys.batch(batch_id))
@@ -71,22 +92,41 @@ class BatchFeeder(Service):
             if share <= 0 or record.get("status") != "in_progress":
                 continue
             entries = await self.redis.lrange(keys.batch_pending(batch_id), 0, min(share, CHUNK) - 1)
-            if entries:
-                await self.feed(batch_id, record["account_id"], entries)
+            lines = within_local_budget([StagedLine.load(raw) for raw in entries], local_budget)
+            if lines:
+                await self.feed(batch_id, record["account_id"], lines)
+                local_budget -= sum(line.queue == keys.QUEUE_LOCAL for line in lines)
 
-    async def feed(self, batch_id: str, account_id: str, entries: list[str]) -> list[str]:
-        """Turn the first ``len(entries)`` staged lines of a batch into queued jobs, in one script
+    async def local_cap(self) -> int:
+        """How many of the local model's batch lines may be in flight: its slots across the live
+        workers, less those kept for interactive work (``CHATFLEET_BATCH_LOCAL_SLOTS_KEPT``), at
+        least one. Read from the heartbeats every few seconds."""
+        now = time.monotonic()
+        if self._local_cap is None or now - self._local_cap[0] > LOCAL_CAP_SECONDS:
+            since = time.time() - 3 * self.settings.worker_heartbeat_seconds
+            live = await self.redis.zrangebyscore(keys.WORKERS, since, "+inf")
+            slots = 0
+            if live:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for hostname in live:
+                        pipe.hget(keys.worker(hostname), "local_slots")
+                    slots = sum(int(n or 0) for n in await pipe.execute())
+            self._local_cap = (now, max(slots - self.settings.batch_local_slots_kept, 1))
+        return self._local_cap[1]
+
+    async def feed(self, batch_id: str, account_id: str, lines: list[StagedLine]) -> list[str]:
+        """Turn the first ``len(lines)`` staged lines of a batch into queued jobs, in one script
         with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled),
         then push their messages."""
         now = time.time()
         shard = keys.shard_of(batch_id)  # the batch's lines are jobs of its shard
         job_keys = [keys.batch_pending(batch_id), keys.batch_jobs(batch_id), keys.batch_in_flight(shard),
-                    keys.queued_jobs(shard)]
-        args: list = [len(entries), repr(now), self.settings.job_retention_seconds]
+                    keys.queued_jobs(shard), keys.batch_local_in_flight(shard)]
+        args: list = [len(lines), repr(now), self.settings.job_retention_seconds,
+                      sum(line.queue == keys.QUEUE_LOCAL for line in lines)]
         ids = []
         messages: dict[str, list[bytes]] = {}
-        for raw in entries:
-            line = StagedLine.load(raw)
+        for line in lines:
             job_id = new_job_id(shard)
             ids.append(job_id)
             record = new_record(job_id, account_id, line.model, line.queue, bytes(line.spec), now,

@@ -35,6 +35,8 @@ class Heartbeat(Service):
             pipe.hset(keys.worker(self.hostname), mapping={
                 "hostname": self.hostname, "queues": ",".join(self.queues),
                 "pid": os.getpid(), "running": self.running(), "seen_at": repr(now),
+                # The local model's parallel slots here, which the batch feeder budgets by.
+                "local_slots": self.settings.local_model_slots if keys.QUEUE_LOCAL in self.queues else 0,
             })
             pipe.expire(keys.worker(self.hostname), int(self.settings.worker_heartbeat_seconds * 3) + 1)
             pipe.zadd(keys.WORKERS, {self.hostname: now})

@@ -34,6 +34,10 @@ class Refused(HTTPException):
         return str(self.detail)
 
 
+# Where an unknown model's refusal sends the client: this door's list (the OpenAI door names its own).
+MODELS_LIST = "GET /v4/models"
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     model: ModelSpec
@@ -49,8 +53,7 @@ def prepare(request: CompletionRequest, account_id: str, catalog: Catalog, provi
         raise Refused(403, "this API key cannot act for the account_id in the body", "account_id")
     model = catalog.get(request.model)
     if model is None:
-        raise Refused(400, f"model {request.model!r} is not available; GET /v4/models (or /v1/models) lists the models "
-                      "you can use",
+        raise Refused(400, f"model {request.model!r} is not available; {MODELS_LIST} lists the models you can use",
                       "model", "model_not_found")
     missing = providers.missing_for(model)
     if missing:

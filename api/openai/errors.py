@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from api.jobs import MODELS_LIST
+
 # OpenAI's error types by status (its API reference): the SDK maps the status, clients match these.
 TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error",
          409: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
@@ -53,6 +55,7 @@ def refused_response(exc) -> JSONResponse:
     code = getattr(exc, "code", None)
     if code == "model_not_found":
         status = 404  # as OpenAI answers an unknown model
+        message = message.replace(MODELS_LIST, "GET /v1/models")  # this door's list of models
     return error_response(status, message, getattr(exc, "param", None), code, getattr(exc, "headers", None))
 
 
@@ -78,6 +81,12 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
     """FastAPI's validation error as OpenAI answers a bad request: 400, the first error, its param."""
     errors = exc.errors()
     first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        # Not a field at fault: the body itself. FastAPI puts the position where the parse stopped last.
+        where = first.get("loc", ())[-1:]
+        detail = (first.get("ctx") or {}).get("error") or "it cannot be parsed"
+        at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+        return error_response(400, f"the request body is not valid JSON: {detail}{at}", None, "invalid_json")
     cause = (first.get("ctx") or {}).get("error")
     param = getattr(cause, "param", None) or param_path(first.get("loc", ()))
     message = str(cause) if cause is not None and getattr(cause, "param", None) else first.get("msg", "invalid request")

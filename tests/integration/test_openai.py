@@ -405,3 +405,15 @@ def test_an_accounts_file_bounds_hold_under_concurrent_uploads(own_stack):
     client.files.delete(kept[0].id)
     again = client.files.create(file=("more.jsonl", io.BytesIO(b"x" * (800 * 1024))), purpose="batch")
     assert again.bytes == 800 * 1024
+
+
+def test_an_unknown_model_and_a_body_that_is_not_json_are_worded_for_this_door(stack):
+    with httpx.Client(base_url=f"{stack.base_url}/v1", headers={"authorization": f"Bearer {DEV_KEY}"}) as http:
+        unknown = http.post("/chat/completions", json={"model": "no-such-model", "messages": Q})
+        garbled = http.post("/chat/completions", content=b'{"model": "gpt-4o-mini", "messages": [',
+                            headers={"content-type": "application/json"})
+    assert unknown.status_code == 404 and "GET /v1/models" in unknown.json()["error"]["message"]
+    assert "/v4/" not in unknown.json()["error"]["message"]
+    error = garbled.json()["error"]
+    assert garbled.status_code == 400 and error["param"] is None, error
+    assert "not valid JSON" in error["message"] and "at character" in error["message"], error

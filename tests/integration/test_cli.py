@@ -382,6 +382,16 @@ def test_admin_needs_the_admin_key(stack):
     assert_one_line_error(run(["admin", "--admin-key", DEV_KEY, "accounts"], cli_env(stack.base_url)), "401")
 
 
+def test_the_admin_key_is_taken_after_the_command_too(stack):
+    """Where users put it, and where the error tells them to."""
+    for argv in (["admin", "accounts", "--admin-key", ADMIN_KEY, "--json"],
+                 ["admin", "--admin-key", ADMIN_KEY, "accounts", "--json"]):
+        r = run(argv, cli_env(stack.base_url))
+        assert r.returncode == 0, r.stderr
+        assert isinstance(json.loads(r.stdout), list)
+    assert_one_line_error(run(["admin", "accounts", "--admin-key", DEV_KEY], cli_env(stack.base_url)), "401")
+
+
 def test_admin_with_unreachable_api_is_one_line():
     url = f"http://127.0.0.1:{free_port()}"
     r = run(["admin", "create-account", "x"], cli_env(url, CHATFLEET_ADMIN_API_KEY="cf-admin-x"))

@@ -8,6 +8,7 @@ tests and the benchmarks, so what is tested is what runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -302,6 +303,25 @@ def flower_argv(port: int) -> list[str]:
             f"--port={port}", "--address=127.0.0.1"]
 
 
+def kept_secrets(data_path: Path) -> dict[str, str]:
+    """The admin API key and Flower's credentials ``make run`` made, kept in ``var/`` (mode 0600)
+    so that they stay the same from one start to the next; made on the first start."""
+    path = data_path / "dev-secrets.json"
+    try:
+        kept = json.loads(path.read_text())
+        if isinstance(kept.get("admin_api_key"), str) and isinstance(kept.get("flower_basic_auth"), str):
+            return kept
+    except (OSError, ValueError, AttributeError):
+        pass
+    kept = {"admin_api_key": f"cf-admin-{secrets.token_urlsafe(18)}",
+            "flower_basic_auth": f"admin:{secrets.token_urlsafe(12)}"}
+    data_path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(kept, f)
+    return kept
+
+
 def wait_ready(base_url: str, queues: list[str], timeout: float = 120.0, fleet: Fleet | None = None) -> dict:
     deadline = time.monotonic() + timeout
     last = None
@@ -385,9 +405,9 @@ def main() -> int:
                     f"port {port} for the {what} is in use (is another fleet running?); stop it or "
                     f"set CHATFLEET_{'API' if what == 'API' else 'FLOWER'}_PORT"
                 )
-        flower_auth = settings.flower_basic_auth or f"admin:{secrets.token_urlsafe(12)}"
-        admin_key = (settings.admin_api_key.get_secret_value() if settings.admin_api_key
-                     else f"cf-admin-{secrets.token_urlsafe(18)}")
+        kept = kept_secrets(settings.data_path)
+        flower_auth = settings.flower_basic_auth or kept["flower_basic_auth"]
+        admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else kept["admin_api_key"]
         env.update({
             "CHATFLEET_REDIS_URL": redis_url,
             "CHATFLEET_BOOTSTRAP_DEV_ACCOUNT": "true",
@@ -404,7 +424,9 @@ def main() -> int:
                     log_dir)
 
         base = f"http://{settings.api_host}:{settings.api_port}"
-        wait_ready(base, [keys.QUEUE_INTERACTIVE, keys.QUEUE_LOCAL], fleet=fleet)
+        ready = wait_ready(base, [keys.QUEUE_INTERACTIVE, keys.QUEUE_LOCAL], fleet=fleet)
+        scraped = ", ".join(f"{host.split('@')[0]} :{port}" for host, port in
+                            sorted((ready.get("metrics_ports") or {}).items())) or "none"
         elapsed = time.monotonic() - started
         curl = (
             f"curl -s {base}/v4/chat-completions -H 'x-api-key: {settings.dev_api_key}' "
@@ -414,7 +436,7 @@ def main() -> int:
         print(
             f"chatfleet ready in {elapsed:.1f}s | API {base} | Flower http://127.0.0.1:{settings.flower_port} "
             f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | admin API key "
-            f"{admin_key} | logs {log_dir} "
+            f"{admin_key} | worker metrics {scraped} | logs {log_dir} "
             f"| try: {curl}",
             flush=True,
         )

@@ -237,6 +237,12 @@ def start_worker_metrics_server(settings=None) -> int | None:
         return None
 
 
+def serving_port() -> int | None:
+    """The port this process's metrics are served on, None when they are not."""
+    server = _server
+    return server[1] if server is not None and server[0] == os.getpid() else None
+
+
 def record_provider_call(provider: str, model: str, outcome: str, seconds: float, code: str | None = None) -> None:
     PROVIDER_CALL_DURATION.labels(provider, model, outcome).observe(seconds)
     if code is not None:

@@ -32,8 +32,8 @@ def run_job(job_id: str) -> str:
 @signals.worker_ready.connect
 def _start_runtime(sender=None, **_):
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else None
+    start_worker_metrics_server()  # first: the runtime's first heartbeat says where it serves
     get_runtime(hostname=sender.hostname if sender is not None else None, queues=queues)
-    start_worker_metrics_server()
 
 
 @signals.worker_shutting_down.connect

@@ -29,15 +29,18 @@ async def readyz(redis: RedisDep, settings: SettingsDep):
         hostnames = await redis.zrangebyscore(keys.WORKERS, fresh_after, "+inf")
         async with redis.pipeline(transaction=False) as pipe:
             for hostname in hostnames:
-                pipe.hget(keys.worker(hostname), "queues")
-            queue_lists = await pipe.execute()
+                pipe.hmget(keys.worker(hostname), "queues", "metrics_port")
+            rows = await pipe.execute()
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the probe answers not ready
         report["redis"] = f"unreachable: {type(exc).__name__}"
         return JSONResponse({"status": "not_ready", **report}, status_code=503)
-    for hostname, queues in zip(hostnames, queue_lists):
+    report["metrics_ports"] = {}  # each worker's metrics port, where it serves them
+    for hostname, (queues, metrics_port) in zip(hostnames, rows):
         for queue in (queues or "").split(","):
             if queue:
                 report["workers"].setdefault(queue, []).append(hostname)
+        if metrics_port and metrics_port != "0":
+            report["metrics_ports"][hostname] = int(metrics_port)
     settings_ = get_provider_settings()
     report["providers"] = {family: settings_.missing_setting(family) is None
                            for family in ("openai", "anthropic", "gemini", "mistral", "bedrock", "llm_engine")}

@@ -64,9 +64,9 @@ def test_make_run_starts_a_redis_of_its_own_whatever_answers_on_6379(tmp_path):
     """The fleet `make run` starts uses the bundled Redis on a port of its own, not 6379 (where a
     shared machine may run someone else's), and serves the README's request on it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATFLEET_")}
-    api_port = free_port()
+    api_port, metrics_port = free_port(), free_port()
     env.update({"CHATFLEET_DATA_DIR": str(tmp_path / "var"), "CHATFLEET_API_PORT": str(api_port),
-                "CHATFLEET_FLOWER_PORT": str(free_port()), "CHATFLEET_WORKER_METRICS_PORT": "0"})
+                "CHATFLEET_FLOWER_PORT": str(free_port()), "CHATFLEET_WORKER_METRICS_PORT": str(metrics_port)})
     proc = subprocess.Popen([sys.executable, "-m", "deploy.devstack"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -77,6 +77,9 @@ def test_make_run_starts_a_redis_of_its_own_whatever_answers_on_6379(tmp_path):
         redis_url = line.split("| Redis ")[1].split(" ")[0]
         assert redis_url.startswith("redis://127.0.0.1:") and not redis_url.startswith("redis://127.0.0.1:6379")
         assert "bundled redis-server" in line
+        # Where each worker's metrics are scraped: this fleet's, not whatever else answers on 9100.
+        scraped = line.split("| worker metrics ")[1].split(" | ")[0]
+        assert f":{metrics_port}" in scraped and "interactive" in scraped and "local" in scraped, scraped
         r = httpx.post(f"http://127.0.0.1:{api_port}/v4/chat-completions", timeout=60,
                        headers={"x-api-key": "cf-dev-key-change-me"},
                        json={"model": "smollm2-135m-instruct", "messages": [{"content": "Hi"}],
@@ -85,3 +88,14 @@ def test_make_run_starts_a_redis_of_its_own_whatever_answers_on_6379(tmp_path):
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+def test_make_runs_admin_key_and_flower_credentials_stay_the_same_from_one_start_to_the_next(tmp_path):
+    from deploy.devstack import kept_secrets
+
+    first = kept_secrets(tmp_path / "var")
+    assert first["admin_api_key"].startswith("cf-admin-") and first["flower_basic_auth"].startswith("admin:")
+    assert (tmp_path / "var" / "dev-secrets.json").stat().st_mode & 0o777 == 0o600
+    assert kept_secrets(tmp_path / "var") == first
+    (tmp_path / "var" / "dev-secrets.json").write_text("not json")
+    assert kept_secrets(tmp_path / "var") != first  # unreadable: made again, not a crash

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from shared import keys
 from shared.settings import Settings
+from worker import metrics
 from worker.services.base import Service
 
 
@@ -37,6 +38,8 @@ class Heartbeat(Service):
                 "pid": os.getpid(), "running": self.running(), "seen_at": repr(now),
                 # The local model's parallel slots here, which the batch feeder budgets by.
                 "local_slots": self.settings.local_model_slots if keys.QUEUE_LOCAL in self.queues else 0,
+                # Where its metrics are scraped (0: nowhere), for /readyz and the ready line.
+                "metrics_port": metrics.serving_port() or 0,
             })
             pipe.expire(keys.worker(self.hostname), int(self.settings.worker_heartbeat_seconds * 3) + 1)
             pipe.zadd(keys.WORKERS, {self.hostname: now})

@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.add_exception_handler(exc_class, handler)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.add_middleware(BodyLimit, settings=settings, doors=doors)
-    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(MetricsMiddleware, mounts=tuple(door.mount for door in doors))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):

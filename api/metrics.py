@@ -38,10 +38,20 @@ JOBS_SUBMITTED = Counter(
 UNMATCHED = "unmatched"  # no route: never the raw path (unbounded, and may carry ids)
 
 
-def route_template(scope) -> str:
+def route_template(scope, mounts: tuple[str, ...] = ()) -> str:
+    """The template of the route that served the request, as the client calls it: a router's
+    template under its door's mount (``/v1/chat/completions``); a route without parameters
+    (``/docs``, ``/openapi.json``) by its path; ``unmatched`` otherwise."""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    return path if isinstance(path, str) and path else UNMATCHED
+    if isinstance(path, str) and path:
+        for mount in mounts:  # the longest first
+            if scope.get("path", "").startswith(mount + "/") and not path.startswith(mount + "/"):
+                return mount + path
+        return path
+    if "endpoint" in scope and not scope.get("path_params"):
+        return scope.get("path") or UNMATCHED  # a static route: its path is its template
+    return UNMATCHED
 
 
 class MetricsMiddleware:
@@ -49,8 +59,9 @@ class MetricsMiddleware:
     response that is its time to first byte, and the stream itself passes through untouched.
     A request that fails before answering counts as a 500."""
 
-    def __init__(self, app):
+    def __init__(self, app, mounts: tuple[str, ...] = ()):
         self.app = app
+        self.mounts = tuple(sorted((m for m in mounts if m), key=len, reverse=True))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -62,7 +73,7 @@ class MetricsMiddleware:
         def observe(status: int) -> None:
             nonlocal observed
             observed = True
-            HTTP_REQUEST_DURATION.labels(scope.get("method", ""), route_template(scope),
+            HTTP_REQUEST_DURATION.labels(scope.get("method", ""), route_template(scope, self.mounts),
                                                  str(status)).observe(time.perf_counter() - started)
 
         async def send_observed(message):

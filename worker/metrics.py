@@ -82,7 +82,7 @@ def admission_reason(outcome: str, reason: str) -> str:
     """The label of a rate-limit rejection, from the limiter's outcome and its reason text."""
     if outcome == "too_large":
         return "too_large"
-    if "behind earlier jobs" in reason:
+    if reason.startswith("waiting behind"):
         return "order"
     for word, label in (("requests", "requests"), ("tokens", "tokens"), ("concurrency", "concurrency")):
         if word in reason:

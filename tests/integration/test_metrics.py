@@ -55,6 +55,33 @@ def worker_metrics_url(stack, name: str = "worker-interactive") -> str:
     return f"http://127.0.0.1:{wait_for(port, interval=0.1, what=f'{name} to log its metrics port')}/metrics"
 
 
+def test_routes_are_labelled_as_clients_call_them(stack, fake):
+    """/v1 routes with their prefix (as the SSE gauge names them), the docs by their paths, and
+    only a path no route serves as unmatched."""
+    api_url = f"{stack.base_url}/metrics"
+    before = scrape(api_url)
+    with stack.client() as client:
+        chat = client.post("/v1/chat/completions", json={"model": MODEL, "max_tokens": 2,
+                                                         "messages": [{"role": "user", "content": "hi"}]})
+        assert chat.status_code == 200, chat.text
+        assert client.get("/v1/files/file-nope").status_code == 404
+        assert client.get("/openapi.json").status_code == 200
+        assert client.get("/docs").status_code == 200
+        assert client.get("/no/such/route").status_code == 404
+    after = scrape(api_url)
+    duration = "chatfleet_http_request_duration_seconds_count"
+
+    def moved(route: str, method: str, status: str) -> float:
+        labels = {"route": route, "method": method, "status": status}
+        return value(after, duration, **labels) - value(before, duration, **labels)
+
+    assert moved("/v1/chat/completions", "POST", "200") == 1
+    assert moved("/v1/files/{file_id}", "GET", "404") == 1
+    assert moved("/openapi.json", "GET", "200") == 1 and moved("/docs", "GET", "200") == 1
+    assert moved("unmatched", "GET", "404") == 1
+    assert moved("/chat/completions", "POST", "200") == 0
+
+
 def test_api_and_worker_metrics_move_with_the_right_labels(stack, fake):
     api_url = f"{stack.base_url}/metrics"
     worker_url = worker_metrics_url(stack)

@@ -30,6 +30,7 @@ router = APIRouter()
 
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"
+SGP_ENDPOINT = "/v4/chat-completions"
 FRONT = "openai"  # the batch record's ``front``: created through this door
 # Lines that never ran have no response, only an error (OpenAI's shape for expired lines).
 NEVER_RAN = frozenset({"batch_expired", "batch_cancelled", "cancelled"})
@@ -120,7 +121,9 @@ async def batch_object(redis, record: dict[str, str]) -> dict[str, Any]:
     output_id, error_id = await _output_files(redis, record)
     errors = orjson.loads(record["errors"]) if record.get("errors") else None
     out: dict[str, Any] = {
-        "id": record["id"], "object": "batch", "endpoint": record.get("endpoint", ENDPOINT),
+        # A batch made on /v4 (or by the CLI) names each line's url: shown as the SGP route.
+        "id": record["id"], "object": "batch",
+        "endpoint": record.get("endpoint") or (ENDPOINT if record.get("front") == FRONT else SGP_ENDPOINT),
         "errors": {"object": "list", "data": [{"code": e.get("code"), "message": e.get("message"), "param": None,
                                                "line": e.get("line")} for e in errors["data"]]} if errors else None,
         "input_file_id": record.get("input_file_id"), "completion_window": record.get("completion_window"),
@@ -136,7 +139,7 @@ async def batch_object(redis, record: dict[str, str]) -> dict[str, Any]:
 
 async def _own(redis, batch_id: str, account: str) -> dict[str, str]:
     record = await batches.get_own(redis, batch_id, account)
-    if record is None or record.get("front") != FRONT:
+    if record is None:
         raise OpenAIError(404, f"no such batch: {batch_id!r}", "batch_id", "batch_not_found")
     return record
 
@@ -192,7 +195,7 @@ async def list_batches(account: CurrentAccount, redis: RedisDep,
                 pipe.hgetall(keys.batch(batch_id))
             records = await pipe.execute()
         for record in records:
-            if record and record.get("front") == FRONT:
+            if record:  # one list of the account's batches, whichever door or the CLI made them
                 if len(data) == limit:
                     has_more = True
                     break

@@ -417,3 +417,18 @@ def test_an_unknown_model_and_a_body_that_is_not_json_are_worded_for_this_door(s
     error = garbled.json()["error"]
     assert garbled.status_code == 400 and error["param"] is None, error
     assert "not valid JSON" in error["message"] and "at character" in error["message"], error
+
+
+def test_an_accounts_batches_are_one_list_whichever_door_made_them(stack, fake):
+    with stack.client() as client:
+        made_on_v4 = client.post("/v4/batches", json={"requests": [
+            {"custom_id": "a", "url": "/v4/chat-completions",
+             "body": {"model": MODEL, "messages": [{"content": "hi"}], "model_parameters": {"max_tokens": 2}}}]}).json()
+    client = sdk(stack)
+    done = wait_batch(client, made_on_v4["id"])
+    assert done.status == "completed" and done.endpoint == "/v4/chat-completions"
+    assert made_on_v4["id"] in [b.id for b in client.batches.list(limit=100)]
+    lines = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert lines[0]["custom_id"] == "a" and lines[0]["response"]["body"]["object"] == "chat.completion"
+    with pytest.raises(openai.NotFoundError):
+        sdk(stack, key=OTHER_KEY).batches.retrieve(made_on_v4["id"])

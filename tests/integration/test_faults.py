@@ -14,7 +14,16 @@ import pytest
 
 from deploy.devstack import start_redis
 from shared import keys
-from tests.helpers import LONG_JOB_DEADLINE, content_of, iter_sse, long_job, poll_until_done, read_sse, wait_for
+from tests.helpers import (
+    LONG_JOB_DEADLINE,
+    content_of,
+    iter_sse,
+    log_lines,
+    long_job,
+    poll_until_done,
+    read_sse,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -148,8 +157,10 @@ def test_workers_outlive_a_redis_killed_under_them(own_stack):
     redis_proc = stack.fleet.procs["redis"]
     port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
     data_dir = next(a for a in redis_proc.args if a.endswith("redis"))
+    before = {name: len(log_lines(stack, name)) for name in ("worker-interactive", "worker-local")}
     stack.fleet.kill("redis")
     time.sleep(2)  # the outage
+    during = {name: log_lines(stack, name)[before[name]:] for name in before}
     start_redis(stack.fleet, port, Path(data_dir), stack.log_dir, name="redis-2")
     with stack.client() as client:
         # One job sent after for each worker: taking it from the Redis that came back puts the
@@ -160,3 +171,6 @@ def test_workers_outlive_a_redis_killed_under_them(own_stack):
     for name in ("worker-interactive", "worker-local"):
         assert stack.fleet.procs[name].poll() is None, (name, stack.logs())
     assert [j["status"] for j in jobs] == ["succeeded"] * 8, jobs
+    # The outage is logged once per service and job, not once per pass (ten a second, each).
+    for name, lines in during.items():
+        assert len(lines) <= 30, (name, len(lines), "\n".join(lines[-40:]))

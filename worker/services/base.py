@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from abc import ABC, abstractmethod
 
@@ -48,8 +49,11 @@ class Service(ABC):
 
 
 async def run_service(service: Service, redis, scripts: Scripts, hostname: str) -> None:
-    """Run ``service`` until cancelled: a wait, a pass, and so on."""
+    """Run ``service`` until cancelled: a wait, a pass, and so on. Failures are logged once per
+    outage (and again when they change), not once per pass: a pass every 0.1 s while Redis is
+    away would fill the log; the recovery says how long it lasted and how many passes failed."""
     await asyncio.sleep(service.first_delay())
+    failing: tuple[str, float, int] | None = None  # (what failed, since when, passes failed)
     while True:
         try:
             if await service.due():
@@ -57,10 +61,19 @@ async def run_service(service: Service, redis, scripts: Scripts, hostname: str) 
                     await service.run_pass()
                 else:
                     await _locked_pass(service, redis, scripts, hostname)
+            if failing is not None:
+                log.warning("%s: recovered after %d failed passes in %.1f s", service.name, failing[2],
+                            time.monotonic() - failing[1])
+                failing = None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a service outlives a failed pass: the next one tries again
-            log.warning("%s: %s", service.failure, exc)
+            what = f"{type(exc).__name__}: {exc}"
+            if failing is None or failing[0] != what:
+                log.warning("%s: %s (logged once until it changes or recovers)", service.failure, exc)
+                failing = (what, failing[1] if failing else time.monotonic(), (failing[2] if failing else 0) + 1)
+            else:
+                failing = (what, failing[1], failing[2] + 1)
         await asyncio.sleep(service.interval())
 
 

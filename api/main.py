@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import openai, sgp
 from api.accounts import add_api_key, ensure_account
+from api.docs import add_docs
 from api.doors import Door, door_of
 from api.limits import BodyLimit
 from api.metrics import MetricsMiddleware, metrics_endpoint
@@ -91,7 +92,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.raw_redis.aclose()
             await redis.aclose()
 
-    app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_docs(app)
     for router in (health.router, usage.router, admin.router):  # the fleet's own routes
         app.include_router(router)
     for door in doors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import datetime
@@ -367,3 +368,18 @@ def test_lone_surrogate_is_a_422_not_a_500(stack):
                         content=b'{"model": "smollm2-135m-instruct", "messages": [{"content": "x \\ud800"}]}',
                         headers={"content-type": "application/json"})
     assert r.status_code == 422 and "surrogate" in r.text
+
+
+def test_the_api_docs_work_offline_from_vendored_assets(stack):
+    """/docs and /redoc load their scripts and styles from this API, never from a CDN."""
+    with httpx.Client(base_url=stack.base_url) as http:
+        for page in ("/docs", "/redoc"):
+            html = http.get(page)
+            assert html.status_code == 200 and "text/html" in html.headers["content-type"], page
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+            assert assets and all(a.startswith("/static/vendor/") or a == "/openapi.json" for a in assets), assets
+            for asset in assets:
+                got = http.get(asset)
+                assert got.status_code == 200 and len(got.content) > 100, (asset, got.status_code)
+        assert http.get("/docs/oauth2-redirect").status_code == 200
+        assert http.get("/openapi.json").json()["info"]["title"] == "chatfleet"

@@ -173,10 +173,11 @@ def check_metadata(metadata: Any) -> dict[str, str]:
     return metadata
 
 
-async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], catalog: Catalog,
-                 formats: LineFormats, settings: Settings) -> tuple[int, list, int]:
-    """Validate every line and stage the valid ones; returns (lines, reported errors, error count).
-    Runs the CPU work on a thread, a chunk at a time, and writes each chunk from the loop."""
+async def stage(redis, target: str, account: str, lines: Iterator[bytes], catalog: Catalog,
+                formats: LineFormats, settings: Settings) -> tuple[int, list, int]:
+    """Validate every line and stage the valid ones on ``target``; returns (lines, reported
+    errors, error count), with an empty batch reported as such. Runs the CPU work on a thread, a
+    chunk at a time, and writes each chunk from the loop."""
     chunks = validate_lines(lines, account, catalog, get_provider_settings(), formats,
                             settings.default_completion_reservation)
     errors: list[dict[str, Any]] = []
@@ -191,8 +192,34 @@ async def _stage(redis, batch_id: str, account: str, lines: Iterator[bytes], cat
         error_count += len(chunk_errors)
         errors.extend(chunk_errors[: max(MAX_REPORTED_ERRORS - len(errors), 0)])
         if entries and not error_count:  # once a line is bad nothing will run: stop staging
-            await redis.rpush(keys.batch_pending(batch_id), *entries)
+            await redis.rpush(target, *entries)
+    if total == 0:
+        errors, error_count = [{"line": 0, "code": "empty_batch", "message": "the batch has no lines"}], 1
     return total, errors, error_count
+
+
+def retention_seconds(settings: Settings, window_seconds: int) -> int:
+    """How long a batch and its lines are kept: its window and a day, at least the jobs' retention."""
+    return max(settings.job_retention_seconds, window_seconds + 86400)
+
+
+def errors_field(errors: list[dict[str, Any]], error_count: int) -> str:
+    return orjson.dumps({"object": "list", "data": errors, "total": error_count}).decode()
+
+
+async def begin(redis, account: str, metadata: dict[str, str], window: str,
+                fields: dict[str, str] | None = None, batch_id: str | None = None,
+                now: float | None = None) -> tuple[str, float]:
+    """A new batch's record, ``validating``, in its account's list; returns (its id, its time)."""
+    batch_id = batch_id or new_batch_id()
+    now = now or time.time()
+    await redis.hset(keys.batch(batch_id), mapping={
+        "id": batch_id, "account_id": account, "status": "validating", "created_at": repr(now),
+        "completion_window": window, "metadata": orjson.dumps(metadata).decode(),
+        "total": 0, "completed": 0, "failed": 0, **(fields or {}),
+    })
+    await redis.zadd(keys.account_batches(account), {batch_id: now})
+    return batch_id, now
 
 
 async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str, str], window: str,
@@ -203,25 +230,17 @@ async def create(redis, account: str, lines: Iterator[bytes], metadata: dict[str
     ``fields`` go in the batch's record as they are (the OpenAI front door's input file, say).
     Returns the batch's id; raises LineError for a bad completion window."""
     window_seconds = parse_window(window)
-    batch_id = new_batch_id()
-    now = time.time()
-    await redis.hset(keys.batch(batch_id), mapping={
-        "id": batch_id, "account_id": account, "status": "validating", "created_at": repr(now),
-        "completion_window": window, "metadata": orjson.dumps(metadata).decode(),
-        "total": 0, "completed": 0, "failed": 0, **(fields or {}),
-    })
-    await redis.zadd(keys.account_batches(account), {batch_id: now})
-    total, errors, error_count = await _stage(redis, batch_id, account, lines, catalog, formats, settings)
-    retention = max(settings.job_retention_seconds, window_seconds + 86400)
-    if total == 0:
-        errors, error_count = [{"line": 0, "code": "empty_batch", "message": "the batch has no lines"}], 1
+    batch_id, now = await begin(redis, account, metadata, window, fields)
+    total, errors, error_count = await stage(redis, keys.batch_pending(batch_id), account, lines, catalog, formats,
+                                             settings)
+    retention = retention_seconds(settings, window_seconds)
     if error_count:
         # Refused whole: nothing runs; every bad line is reported with its number.
         await redis.delete(keys.batch_pending(batch_id))
         await redis.hset(keys.batch(batch_id), mapping={
             # Nothing ran: every line counts as failed, so that the counts add up.
             "status": "failed", "failed_at": repr(time.time()), "total": total, "failed": total,
-            "errors": orjson.dumps({"object": "list", "data": errors, "total": error_count}).decode(),
+            "errors": errors_field(errors, error_count),
         })
     else:
         started = time.time()

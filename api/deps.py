@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException, Request
 
 from api.accounts import authenticate
+from api.batch_validation import Validations
 from api.batches import LineFormats
 from api.streams import PubSubHub
 from shared.catalog import Catalog
@@ -43,6 +44,11 @@ async def get_catalog_dep(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+async def get_validations(request: Request) -> Validations:
+    """This process's batch validations in the background (``api/batch_validation.py``)."""
+    return request.app.state.validations
+
+
 async def get_line_formats(request: Request) -> LineFormats:
     """Every door's batch line format, by url (``api/main.py`` collects them)."""
     return request.app.state.line_formats
@@ -57,6 +63,7 @@ StoreDep = Annotated[JobStore, Depends(get_store)]
 HubDep = Annotated[PubSubHub, Depends(get_hub)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog_dep)]
 LineFormatsDep = Annotated[LineFormats, Depends(get_line_formats)]
+ValidationsDep = Annotated[Validations, Depends(get_validations)]
 
 
 def presented_key(x_api_key: str | None, authorization: str | None) -> str | None:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import openai, sgp
 from api.accounts import add_api_key, ensure_account
+from api.batch_validation import Validations
 from api.docs import add_docs
 from api.doors import Door, door_of
 from api.limits import BodyLimit
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.raw_redis = async_redis(settings.state_url, max_connections=100, decode_responses=False)
         app.state.catalog = get_catalog(settings.catalog_path)
         app.state.line_formats = {f.url: f for door in doors for f in door.line_formats}
+        app.state.validations = Validations(redis, app.state.raw_redis, app.state.catalog, settings,
+                                            app.state.line_formats)
+        sweeping = asyncio.create_task(app.state.validations.run_sweeps(), name="batch validation sweep")
         # Job creation, on every submission, goes through a script channel (shared.scriptchannel).
         channel = ScriptChannel.for_url(settings.state_url)
         broker = broker_for(redis, channel, settings)
@@ -83,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            sweeping.cancel()
+            await app.state.validations.close()
             await app.state.hub.close()
             await broker.close()
             if pubsub is not redis:

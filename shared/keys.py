@@ -283,6 +283,21 @@ def batch_in_flight(shard: int) -> str:
     return f"{PREFIX}:{shard_tag(shard)}:batches:in-flight"
 
 
+# String: the lease of a batch's validation in the background (an API process's token).
+batch_validation = _sharded("batch:{}:validation")
+
+
+def batch_staging(batch_id: str, token: str) -> str:
+    """List: the lines one validation of the batch staged, renamed to its pending lines at the end
+    (in the batch's slot)."""
+    return f"{batch_pending(batch_id)}:staging:{token}"
+
+
+# Sorted set: batches being validated in the background, by creation time (an API process that
+# finds one whose lease lapsed takes it over).
+BATCHES_VALIDATING = f"{PREFIX}:batches:validating"
+
+
 def batch_local_in_flight(shard: int) -> str:
     """Counter: of those, the local model's (its own budget: the local slots interactive work
     keeps free)."""

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from api import batches, files
-from api.deps import CatalogDep, CurrentAccount, RawRedisDep, RedisDep, SettingsDep
+from api.deps import CurrentAccount, RedisDep, ValidationsDep
 from api.failures import failure_status
 from api.openai.errors import OpenAIError, error_body
 from api.openai.wire import ChatRequest, completion_object
@@ -145,8 +145,9 @@ async def _own(redis, batch_id: str, account: str) -> dict[str, str]:
 
 
 @router.post("/batches")
-async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisDep, raw: RawRedisDep,
-                       catalog: CatalogDep, settings: SettingsDep):
+async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisDep, validations: ValidationsDep):
+    """The batch, ``validating``: its lines are validated after the answer, as OpenAI does
+    (``api/batch_validation.py``)."""
     if body.endpoint != ENDPOINT:
         raise OpenAIError(400, f"endpoint must be {ENDPOINT}: the only one this API batches", "endpoint")
     if body.completion_window != WINDOW:
@@ -161,14 +162,9 @@ async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisD
     if upload.get("purpose") != "batch":
         raise OpenAIError(400, f"file {body.input_file_id!r} has purpose {upload.get('purpose')!r}, not batch",
                           "input_file_id")
-    source = await files.spooled(raw, body.input_file_id)
-    try:
-        batch_id = await batches.create(
-            redis, account, files.lines_of(source), metadata, WINDOW, catalog, settings, {ENDPOINT: LINE_FORMAT},
-            fields={"front": FRONT, "input_file_id": body.input_file_id, "endpoint": ENDPOINT})
-    finally:
-        source.close()
-    return await batch_object(redis, await redis.hgetall(keys.batch(batch_id)))
+    record = await validations.submit(account, metadata, WINDOW,
+                                      {"front": FRONT, "input_file_id": body.input_file_id, "endpoint": ENDPOINT})
+    return await batch_object(redis, record)
 
 
 @router.get("/batches")

@@ -273,7 +273,9 @@ def test_a_thousand_line_batch_completes_with_exact_counts_and_results(stack, fa
     upload = client.files.create(file=("thousand.jsonl", io.BytesIO(jsonl(lines))), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                   completion_window="24h", metadata={"team": "a"})
-    assert batch.status == "in_progress" and batch.input_file_id == upload.id and batch.metadata == {"team": "a"}
+    # Answered at once, as OpenAI does: its lines are validated after the answer.
+    assert batch.status == "validating" and batch.input_file_id == upload.id and batch.metadata == {"team": "a"}
+    assert batch.request_counts.total == 0
     done = wait_batch(client, batch.id, timeout=240)
     assert done.status == "completed", done
     counts = done.request_counts
@@ -315,8 +317,10 @@ def test_a_batch_with_bad_lines_fails_with_each_one_named(stack):
     bad = [chat_line("ok"), {"custom_id": "v4", "method": "POST", "url": "/v4/chat-completions", "body": {}},
            chat_line("hot", temperature=3)]
     upload = client.files.create(file=("bad.jsonl", io.BytesIO(jsonl(bad))), purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert batch.status == "failed"
+    created = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert created.status == "validating"
+    batch = wait_batch(client, created.id)
+    assert batch.status == "failed" and batch.failed_at and batch.request_counts.failed == len(bad)
     errors = {e.line: e.message for e in batch.errors.data}
     assert set(errors) == {2, 3} and "/v1/chat/completions" in errors[2] and "temperature" in errors[3]
 
@@ -432,3 +436,47 @@ def test_an_accounts_batches_are_one_list_whichever_door_made_them(stack, fake):
     assert lines[0]["custom_id"] == "a" and lines[0]["response"]["body"]["object"] == "chat.completion"
     with pytest.raises(openai.NotFoundError):
         sdk(stack, key=OTHER_KEY).batches.retrieve(made_on_v4["id"])
+
+
+def test_a_batch_whose_validation_died_is_taken_over_and_runs(stack, fake):
+    """An API process that dies while it validates a batch leaves it listed as validating, with no
+    lease: another process's sweep validates it again from its input file, and it runs."""
+    from api import batches
+    from shared import keys
+    from shared.connections import async_redis
+
+    client = sdk(stack)
+    upload = client.files.create(file=("two.jsonl", io.BytesIO(jsonl([chat_line("a"), chat_line("b")]))),
+                                 purpose="batch")
+
+    async def interrupted() -> str:
+        redis = async_redis(stack.state_url or stack.redis_url)
+        try:
+            now = time.time() - 60
+            batch_id = batches.new_batch_id()
+            await redis.zadd(keys.BATCHES_VALIDATING, {batch_id: now})
+            fields = {"front": "openai", "input_file_id": upload.id, "endpoint": "/v1/chat/completions"}
+            await batches.begin(redis, "dev", {}, "24h", fields, batch_id=batch_id, now=now)
+            return batch_id
+        finally:
+            await redis.aclose()
+
+    batch_id = asyncio.run(interrupted())
+    assert client.batches.retrieve(batch_id).status == "validating"
+    done = wait_batch(client, batch_id)
+    assert done.status == "completed" and (done.request_counts.total, done.request_counts.completed) == (2, 2)
+    output = client.files.content(done.output_file_id).text.splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in output) == ["a", "b"]
+
+
+def test_a_batch_cancelled_while_it_is_validated_ends_cancelled_with_counts_that_add_up(stack, fake):
+    client = sdk(stack)
+    upload = client.files.create(file=("many.jsonl", io.BytesIO(jsonl([chat_line(f"c{i}") for i in range(2000)]))),
+                                 purpose="batch")
+    created = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert created.status == "validating"
+    assert client.batches.cancel(created.id).status == "cancelling"
+    done = wait_batch(client, created.id, timeout=240)
+    counts = done.request_counts
+    assert done.status == "cancelled" and counts.total == 2000, done
+    assert counts.completed + counts.failed == counts.total and counts.failed >= 1

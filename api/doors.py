@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,11 @@ from api.batches import LineFormat
 
 class ErrorShape(Protocol):
     """How a door words what went wrong before a job answered for itself."""
+
+    #: The status of a request its wire models refuse (FastAPI's 422, or the door's own).
+    invalid_status: int
+    #: The JSON schema of its error bodies (the OpenAPI document's, ``api/openapi.py``).
+    error_schema: ClassVar[dict[str, Any]]
 
     def invalid(self, exc: RequestValidationError) -> Response:
         """A request its wire models refused."""

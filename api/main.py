@@ -23,6 +23,8 @@ from api.docs import add_docs
 from api.doors import Door, door_of
 from api.limits import BodyLimit
 from api.metrics import MetricsMiddleware, metrics_endpoint
+from api.openapi import allowed_methods
+from api.openapi import install as install_openapi
 from api.routes import admin, health, usage
 from api.streams import PubSubHub
 from shared.brokers import broker_for
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app)
+    install_openapi(app, doors)
     for router in (health.router, usage.router, admin.router):  # the fleet's own routes
         app.include_router(router)
     for door in doors:
@@ -115,8 +118,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid(request: Request, exc: RequestValidationError):
         return door_of(doors, request.url.path).errors.invalid(exc)
 
+    allowed = allowed_methods(app)
+
     @app.exception_handler(StarletteHTTPException)
     async def _refused(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:  # every method the path is served with, not those of one route
+            methods = allowed(request.url.path)
+            if methods:
+                exc = StarletteHTTPException(405, f"{request.method} is not served here; use {', '.join(methods)}",
+                                             headers={"Allow": ", ".join(methods)})
         return await door_of(doors, request.url.path).errors.refused(request, exc)
 
     @app.exception_handler(RedisError)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Request
 from api.completion import complete
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
 from api.openai.wire import ChatRequest, OpenAIAnswer
+from api.openapi import SSE, answers
 
 router = APIRouter()
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", responses=answers(SSE, description="the completion; with stream: chunks as SSE"))
 async def create_chat_completion(
     body: ChatRequest, request: Request, account: CurrentAccount,
     catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,

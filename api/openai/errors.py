@@ -8,7 +8,7 @@ unknown key, Redis being away. The SGP routes keep theirs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -99,6 +99,13 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 class OpenAIErrors:
     """The door's ``ErrorShape`` (``api/doors.py``): every error on a ``/v1`` path in OpenAI's shape."""
+
+    invalid_status = 400
+    error_schema: ClassVar[dict[str, Any]] = {
+        "type": "object", "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"},
+            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
 
     def invalid(self, exc: RequestValidationError) -> Response:
         return validation_response(exc)

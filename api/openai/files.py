@@ -16,6 +16,7 @@ from api import files
 from api.deps import CurrentAccount, RawRedisDep, RedisDep, SettingsDep
 from api.openai.batches import output_content
 from api.openai.errors import OpenAIError
+from api.openapi import JSONL, streamed
 
 router = APIRouter()
 
@@ -70,7 +71,10 @@ async def get_file(file_id: str, account: CurrentAccount, redis: RedisDep):
     return files.view(await _own(redis, file_id, account))
 
 
-@router.get("/files/{file_id}/content")
+BYTES = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
+
+@router.get("/files/{file_id}/content", **streamed(JSONL, BYTES, description="the file's bytes (a batch's: JSONL)"))
 async def get_file_content(file_id: str, account: CurrentAccount, redis: RedisDep, raw: RawRedisDep):
     record = await _own(redis, file_id, account)
     if record.get("batch_id"):

@@ -10,6 +10,7 @@ from fastapi.responses import PlainTextResponse
 
 from api import accounts
 from api.deps import AdminAuth, CurrentAccount, RedisDep
+from api.openapi import CSV, answers
 from api.usage import default_range, group, read_usage, to_csv
 
 router = APIRouter()
@@ -31,7 +32,10 @@ def _check_range(start: date, end: date) -> None:
         raise HTTPException(400, "the date range may span at most 400 days")
 
 
-@router.get("/v4/usage")
+JSON_OR_CSV = answers(CSV, description="JSON, or CSV with format=csv")
+
+
+@router.get("/v4/usage", responses=JSON_OR_CSV)
 async def my_usage(
     account: CurrentAccount, redis: RedisDep,
     start: date | None = None, end: date | None = None, model: str | None = None,
@@ -46,7 +50,7 @@ async def my_usage(
     return _render(group(rows, set(group_by or ["model", "day"])), format, start, end)
 
 
-@router.get("/v4/admin/usage", dependencies=[AdminAuth])
+@router.get("/v4/admin/usage", dependencies=[AdminAuth], responses=JSON_OR_CSV)
 async def all_usage(
     redis: RedisDep, start: date | None = None, end: date | None = None, model: str | None = None,
     account_id: str | None = None, group_by: Annotated[list[Literal["account", "model", "day"]] | None, Query()] = None,

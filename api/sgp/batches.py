@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import batches
 from api.deps import CatalogDep, CurrentAccount, LineFormatsDep, RedisDep, SettingsDep
+from api.openapi import JSONL, SSE, streamed
 from api.request import CompletionRequest
 from api.sgp.wire import ChatCompletionRequest
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
@@ -50,7 +51,18 @@ def _file_lines(upload) -> Iterator[bytes]:
         yield raw.rstrip(b"\r\n")
 
 
-@router.post("", status_code=201)
+BATCH_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the JSONL file, a request per line"},
+        "metadata": {"type": "string", "description": "a JSON object of strings"},
+        "completion_window": {"type": "string", "default": "24h"}}}},
+    "application/json": {"schema": {"type": "object", "required": ["requests"], "properties": {
+        "requests": {"type": "array", "items": {"type": "object"}},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "completion_window": {"type": "string", "default": "24h"}}}}}}}
+
+
+@router.post("", status_code=201, openapi_extra=BATCH_BODY)
 async def create_batch(request: Request, account: CurrentAccount, redis: RedisDep, catalog: CatalogDep,
                        settings: SettingsDep, formats: LineFormatsDep):
     """A batch of lines in any door's format (``url``: ``/v4/chat-completions``, ``/v1/chat/completions``)."""
@@ -113,21 +125,21 @@ async def cancel_batch(batch_id: str, account: CurrentAccount, redis: RedisDep):
     return await batches.cancel(redis, await _own_batch(redis, batch_id, account))
 
 
-@router.get("/{batch_id}/results")
+@router.get("/{batch_id}/results", **streamed(JSONL, description="JSONL"))
 async def batch_results(batch_id: str, account: CurrentAccount, redis: RedisDep):
     """One JSONL line per succeeded request (matched by custom_id; order not promised)."""
     await _own_batch(redis, batch_id, account)
     return StreamingResponse(batches.jsonl(redis, keys.batch_results(batch_id)), media_type="application/jsonl")
 
 
-@router.get("/{batch_id}/errors")
+@router.get("/{batch_id}/errors", **streamed(JSONL, description="JSONL"))
 async def batch_errors(batch_id: str, account: CurrentAccount, redis: RedisDep):
     """One JSONL line per failed, cancelled or expired request."""
     await _own_batch(redis, batch_id, account)
     return StreamingResponse(batches.jsonl(redis, keys.batch_errors(batch_id)), media_type="application/jsonl")
 
 
-@router.get("/{batch_id}/stream")
+@router.get("/{batch_id}/stream", **streamed(SSE, description="SSE progress"))
 async def batch_stream(batch_id: str, account: CurrentAccount, redis: RedisDep,
                        interval: Annotated[float, Query(ge=0.1, le=10)] = 0.5):
     """SSE progress: ``event: progress`` with the batch whenever it changes, then ``event: end``."""

@@ -6,13 +6,14 @@ from fastapi import APIRouter, Request
 
 from api.completion import complete
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
+from api.openapi import SSE, answers
 from api.sgp.answer import SGPAnswer
 from api.sgp.wire import ChatCompletionRequest
 
 router = APIRouter()
 
 
-@router.post("/v4/chat-completions")
+@router.post("/v4/chat-completions", responses=answers(SSE, description="the completion; with stream: SSE events"))
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, account: CurrentAccount,
     catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,

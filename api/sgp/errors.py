@@ -5,7 +5,7 @@ own routes (``/v4/admin``, ``/v4/usage``, ``/healthz``) word theirs the same way
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from fastapi import Request
@@ -48,6 +48,13 @@ def _excerpts(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class SGPErrors:
+    invalid_status = 422
+    error_schema: ClassVar[dict[str, Any]] = {
+        "type": "object", "required": ["detail"],
+        "properties": {"detail": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}],
+                                  "description": "what to fix (a list of field errors for a 422)"},
+                       "code": {"type": "string"}}}
+
     def invalid(self, exc: RequestValidationError) -> Response:
         # FastAPI's own 422, made safe to encode: a request can carry text (lone surrogates)
         # that is valid JSON but cannot be written back as UTF-8.

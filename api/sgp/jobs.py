@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from api.deps import CatalogDep, CurrentAccount, HubDep, StoreDep
 from api.jobs import public_view, submit
 from api.metrics import track_sse
+from api.openapi import SSE, streamed
 from api.ratelimit import ratelimit_headers
 from api.sgp.wire import ChatCompletionRequest
 from api.sse import KEEPALIVE, SSE_HEADERS, sse
@@ -74,7 +75,7 @@ def _parse_last_event_id(value: str | None) -> int:
     return seq
 
 
-@router.get("/{job_id}/stream")
+@router.get("/{job_id}/stream", **streamed(SSE, description="the job's events as SSE"))
 async def stream_job(
     job_id: str, request: Request, account: CurrentAccount, store: StoreDep, hub: HubDep,
     last_event_id: Annotated[str | None, Header()] = None,

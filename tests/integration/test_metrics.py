@@ -41,6 +41,13 @@ def value(samples: dict, name: str, **labels) -> float:
     return sum(v for (n, items), v in samples.items() if n == name and want <= set(items))
 
 
+def requests_moved(before: dict, after: dict, route: str, method: str, status: str) -> float:
+    """API requests of this route, method and status between two scrapes."""
+    labels = {"route": route, "method": method, "status": status}
+    duration = "chatfleet_http_request_duration_seconds_count"
+    return value(after, duration, **labels) - value(before, duration, **labels)
+
+
 def has(samples: dict, name: str, **labels) -> bool:
     want = set(labels.items())
     return any(n == name and want <= set(items) for (n, items) in samples)
@@ -69,11 +76,9 @@ def test_routes_are_labelled_as_clients_call_them(stack, fake):
         assert client.get("/docs").status_code == 200
         assert client.get("/no/such/route").status_code == 404
     after = scrape(api_url)
-    duration = "chatfleet_http_request_duration_seconds_count"
 
     def moved(route: str, method: str, status: str) -> float:
-        labels = {"route": route, "method": method, "status": status}
-        return value(after, duration, **labels) - value(before, duration, **labels)
+        return requests_moved(before, after, route, method, status)
 
     assert moved("/v1/chat/completions", "POST", "200") == 1
     assert moved("/v1/files/{file_id}", "GET", "404") == 1
@@ -108,11 +113,9 @@ def test_api_and_worker_metrics_move_with_the_right_labels(stack, fake):
 
     # API: latency by route template and status (never the raw path), submissions, streams.
     api = scrape(api_url)
-    duration = "chatfleet_http_request_duration_seconds_count"
 
     def moved(route: str, method: str, status: str) -> float:
-        labels = {"route": route, "method": method, "status": status}
-        return value(api, duration, **labels) - value(api0, duration, **labels)
+        return requests_moved(api0, api, route, method, status)
 
     assert moved("/v4/jobs", "POST", "202") == 1
     assert moved("/v4/jobs/{job_id}", "GET", "200") >= 1

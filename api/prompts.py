@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 import time
 
+import msgspec
 from jinja2 import TemplateError, TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from api.request import CompletionRequest
-from shared.catalog import ModelSpec
+from shared.catalog import FAMILIES_FETCHING_IMAGES, ModelSpec
+from shared.constrained import prompt_turns
 from shared.jobspec import JobSpec, Sampling, Turn, completion_bound, prompt_tokens_at_least
 
 TEMPLATE_RENDER_SECONDS = 1.0
@@ -197,11 +199,29 @@ def check_parameters(request: CompletionRequest, spec: ModelSpec) -> None:
             f"temperature {temperature:g} is above the limit of model {spec.id!r} ({spec.temperature_limit:g})",
             param="temperature", code="invalid_value",
         )
+    check_images(request.messages, spec)
     if request.chat_template is not None and not spec.chat_template:
         raise RequestError(
             f"model {spec.id!r} ({spec.family}) takes no chat_template: its provider renders the "
             "chat itself; remove chat_template or pick an LLM-Engine/vLLM or local model", param="chat_template",
         )
+
+
+def check_images(messages: tuple[Turn, ...], spec: ModelSpec) -> None:
+    """Images only for a model that takes them; an http(s) URL only for a family whose API
+    fetches it (the fleet itself fetches none)."""
+    for i, message in enumerate(messages):
+        for image in message.images:
+            if not spec.vision:
+                raise RequestError(
+                    f"model {spec.id!r} does not take images: remove the image_url part of messages[{i}], "
+                    "or pick a model that takes images (GET /v1/models lists them)", param=f"messages[{i}].content",
+                    code="unsupported_content")
+            if image.url.startswith(("http://", "https://")) and spec.family not in FAMILIES_FETCHING_IMAGES:
+                raise RequestError(
+                    f"model {spec.id!r} ({spec.family}) takes images as data URLs only: send the image_url of "
+                    f"messages[{i}] as data:image/...;base64,... (the fleet fetches no URL)",
+                    param=f"messages[{i}].content", code="unsupported_content")
 
 
 def check_context(spec: ModelSpec, estimate: int, max_tokens: int, requested: bool) -> None:
@@ -224,10 +244,18 @@ def check_context(spec: ModelSpec, estimate: int, max_tokens: int, requested: bo
         )
 
 
+#: The temperature of a raw-prompt model's constrained answer (tools, response_format) when the
+#: client sets none: sampled at the doors' default inside a grammar, a small model wanders on and
+#: on (arrays that never close) until the token bound cuts the JSON short.
+CONSTRAINED_TEMPERATURE = 0.2
+
+
 def sampling(request: CompletionRequest, spec: ModelSpec, bound: int) -> Sampling:
     p = request.parameters
     # The door's default, within what the model takes (a client's own is refused above it).
     default_temperature = min(request.default_temperature, spec.temperature_limit)
+    if spec.raw_prompt and (request.output is not None or request.tools is not None):
+        default_temperature = min(default_temperature, CONSTRAINED_TEMPERATURE)
     return Sampling(
         temperature=default_temperature if p.temperature is None else p.temperature,
         max_tokens=bound, stop=p.stop_sequences or (), top_k=p.top_k, top_p=p.top_p,
@@ -246,17 +274,19 @@ def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> J
         source = request.chat_template or spec.template
         if source is None:
             raise RequestError(f"model {spec.id!r} has no template configured; send a chat_template")
-        size = sum(len(m.content) for m in messages)
+        size = sum(m.text_bytes for m in messages)
         if size > TEMPLATE_OUTPUT_CHARS:
             # Said of what the client sent, not of the template that would have failed on it.
             raise RequestError(
                 f"the messages hold {size} characters, more than the {TEMPLATE_OUTPUT_CHARS} a prompt of model "
                 f"{spec.id!r} may hold: shorten them (memory_strategy last_k keeps the last k)", param="messages",
                 code="context_length_exceeded")
-        prompt = render_template(source, [{"role": m.role, "content": m.content} for m in messages], spec)
+        prompt = render_template(source, prompt_turns(messages, request.tools, request.output), spec)
     requested = request.parameters.max_tokens
     bound = completion_bound(spec, messages, prompt, requested, reservation)
     check_context(spec, prompt_tokens_at_least(messages, prompt), bound, requested is not None)
-    prompt_bytes = len(prompt.encode()) if prompt is not None else sum(len(m.content.encode()) for m in messages)
-    return JobSpec(model=spec.id, messages=tuple(messages), params=sampling(request, spec, bound),
-                   prompt_bytes=prompt_bytes, prompt=prompt)
+    job = JobSpec(model=spec.id, messages=tuple(messages), params=sampling(request, spec, bound),
+                  prompt_bytes=0, prompt=prompt, tools=request.tools, output=request.output)
+    prompt_bytes = (len(prompt.encode()) if prompt is not None
+                    else sum(m.text_bytes for m in messages) + job.tool_definition_bytes)
+    return msgspec.structs.replace(job, prompt_bytes=prompt_bytes)

@@ -8,12 +8,16 @@ makes a job of, for interactive requests and batch lines alike.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from typing import Annotated, Any
 
+import jsonschema
 import msgspec
 from pydantic import AfterValidator, Field
 
-from shared.jobspec import ReasoningEffort, Turn
+from shared.jobspec import Output, ReasoningEffort, Tools, Turn
 
 MAX_STOP_SEQUENCES = 4
 # The largest integer parameter taken (max_tokens, top_k, last_k): no provider takes more, and a
@@ -38,10 +42,47 @@ Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 
 
+#: The largest image a request may carry (decoded): more than any family takes of one image.
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
+
+
+def check_image_url(url: str) -> None:
+    """An image's URL as the fleet takes it: a base64 ``data:`` URL of an image type, within
+    ``MAX_IMAGE_BYTES``, or an ``http(s)`` URL (which only the families that fetch images
+    themselves take: the fleet never fetches one)."""
+    if url.startswith(("http://", "https://")):
+        return
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("an image's url must be a base64 data URL (data:image/png;base64,...) or an http(s) URL")
+    if match["type"] not in IMAGE_TYPES:
+        raise ValueError(f"an image must be one of {', '.join(IMAGE_TYPES)}, not {match['type']}")
+    data = match["data"]
+    if len(data) * 3 // 4 > MAX_IMAGE_BYTES:
+        raise ValueError(f"an image may hold at most {MAX_IMAGE_BYTES} bytes")
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the image's data URL is not valid base64") from None
+
+
+def check_schema(schema: dict[str, Any], name: str) -> None:
+    """``schema`` if it is a JSON Schema (draft 2020-12, as every family reads them)."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        raise ValueError(f"{name} is not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}") from None
+
+
 def check_unicode(content: Any) -> Any:
     """``content`` (a string, or parts with ``text``), if it is text UTF-8 can carry (no lone
     surrogate): a validator for message contents on every door."""
-    for text in ([content] if isinstance(content, str) else [p.text for p in content]):
+    if content is None:
+        return content
+    for text in ([content] if isinstance(content, str) else [p.text for p in content if hasattr(p, "text")]):
         try:
             text.encode()
         except UnicodeEncodeError:
@@ -81,3 +122,7 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     last_k: int | None = None
     chat_template: str | None = None
     stream: bool = False
+    #: Functions the model may call, and how (OpenAI's ``tools``, ``tool_choice``, ``parallel_tool_calls``).
+    tools: Tools | None = None
+    #: What the answer's text must be (OpenAI's ``response_format``, other than text).
+    output: Output | None = None

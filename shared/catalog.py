@@ -14,6 +14,10 @@ from shared import keys
 
 Family = Literal["openai", "anthropic", "gemini", "mistral", "bedrock", "llm_engine", "local"]
 
+#: The families whose APIs fetch an image given by an http(s) URL themselves (the fleet never
+#: fetches one: the others take images as data URLs only).
+FAMILIES_FETCHING_IMAGES = frozenset({"openai", "anthropic", "mistral"})
+
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.toml")
 
 # The highest temperature each family's API takes (OpenAI's own scale is 0-2); a model may set
@@ -38,6 +42,8 @@ class ModelSpec(BaseModel):
     price_output: float = Field(default=0.0, ge=0)
     parameters: tuple[str, ...] = ()
     chat_template: bool = False
+    # Whether the model takes images (``image_url`` content parts).
+    vision: bool = False
     default_max_tokens: int | None = Field(default=None, ge=1)
     bos_token: str = ""
     eos_token: str = ""

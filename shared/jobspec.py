@@ -23,7 +23,8 @@ import msgspec
 
 from shared.catalog import Catalog, ModelSpec
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
+ToolChoice = Literal["auto", "none", "required"]
 ReasoningEffort = Literal["low", "medium", "high"]
 
 # A prompt's tokens before a tokenizer has counted them, from its UTF-8 bytes. Real BPE
@@ -38,6 +39,10 @@ BYTES_PER_TOKEN_TYPICAL = 4
 #: least, and at most (OpenAI's count is 3 to 4 a message and 3 to prime the reply).
 MESSAGE_OVERHEAD_TOKENS = 3
 MESSAGE_OVERHEAD_AT_MOST = 8
+#: An image's tokens: OpenAI's low-detail count, and more than any family bills one image of the
+#: sizes they take (Anthropic's ~1,600 for 1.15 megapixels, OpenAI's high detail ~1,100).
+IMAGE_TOKENS_AT_LEAST = 85
+IMAGE_TOKENS_AT_MOST = 1_600
 
 
 # Decoding ignores fields it does not know: during a rolling upgrade, a spec written by a newer
@@ -48,12 +53,74 @@ class UnreadableSpec(ValueError):
     """A recorded spec that is no JobSpec (corrupt, or of a shape no version of the fleet wrote)."""
 
 
-class Turn(msgspec.Struct, frozen=True):
+class ToolCall(msgspec.Struct, frozen=True):
+    """A function call the model made (an assistant turn's), as OpenAI names it: ``arguments``
+    is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Image(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An image of a user turn: a ``data:`` URL (checked by the API: an image type, base64), or
+    an ``http(s)`` URL for the families whose API fetches it itself."""
+
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class Turn(msgspec.Struct, frozen=True, omit_defaults=True):
     """One message of the conversation as the provider is given it (after ``memory_strategy``
-    and ``instructions`` were applied)."""
+    and ``instructions`` were applied). An assistant turn may carry the calls it made; a
+    ``tool`` turn is a call's result (``tool_call_id``, and the function's ``name``, which some
+    families want with the result)."""
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+    images: tuple[Image, ...] = ()
+
+    @property
+    def text_bytes(self) -> int:
+        """UTF-8 bytes of what the provider reads of the turn, images aside."""
+        size = len(self.content.encode())
+        for call in self.tool_calls:
+            size += len(call.name.encode()) + len(call.arguments.encode())
+        return size
+
+
+class Tool(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A function the model may call: its JSON-schema ``parameters`` (an object schema)."""
+
+    name: str
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    description: str | None = None
+    strict: bool | None = None
+
+
+class Tools(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The job's tools and how the model must use them: ``choice`` auto, none or required, or
+    ``forced``, the one function it must call; ``parallel``: whether it may make several calls
+    (None: the client did not say, and the provider's default holds)."""
+
+    functions: tuple[Tool, ...]
+    choice: ToolChoice = "auto"
+    forced: str | None = None
+    parallel: bool | None = None
+
+
+class Output(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the answer's text must be (``response_format``): any JSON object, or JSON valid
+    against ``schema`` (named ``name``; ``strict``: the provider must enforce it)."""
+
+    type: Literal["json_object", "json_schema"]
+    name: str = "response"
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+    description: str | None = None
 
 
 class Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -71,7 +138,7 @@ class Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     seed: int | None = None
 
 
-class JobSpec(msgspec.Struct, frozen=True):
+class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     messages: tuple[Turn, ...]
     params: Sampling
@@ -79,12 +146,28 @@ class JobSpec(msgspec.Struct, frozen=True):
     prompt_bytes: Annotated[int, msgspec.Meta(ge=0)]
     #: The rendered prompt, for the raw-prompt families (LLM-Engine/vLLM, the local model).
     prompt: str | None = None
+    tools: Tools | None = None
+    output: Output | None = None
+
+    @property
+    def tool_definition_bytes(self) -> int:
+        """UTF-8 bytes of the tools' and the output schema's definitions, which the provider reads
+        as prompt (a raw prompt has them rendered in already)."""
+        if self.prompt is not None:
+            return 0
+        size = 0
+        if self.tools is not None and self.tools.choice != "none":
+            size += len(_encoder.encode(self.tools.functions))
+        if self.output is not None and self.output.schema is not None:
+            size += len(_encoder.encode(self.output.schema))
+        return size
 
     @property
     def reserved_tokens(self) -> int:
         """What admission holds against token limits: the prompt at its highest estimate plus
         the completion bound."""
-        return prompt_tokens_at_most(self.messages, self.prompt) + self.params.max_tokens
+        return (prompt_tokens_at_most(self.messages, self.prompt) + self.params.max_tokens
+                + math.ceil(self.tool_definition_bytes / BYTES_PER_TOKEN_AT_MOST))
 
     @property
     def typical_prompt_tokens(self) -> int:
@@ -137,16 +220,16 @@ def prompt_tokens_at_least(messages: tuple[Turn, ...] | list[Turn], prompt: str 
     """A count below the real one on almost any text (see ``BYTES_PER_TOKEN_AT_LEAST``)."""
     if prompt is not None:
         return math.ceil(len(prompt.encode()) / BYTES_PER_TOKEN_AT_LEAST)
-    return sum(math.ceil(len(m.content.encode()) / BYTES_PER_TOKEN_AT_LEAST) + MESSAGE_OVERHEAD_TOKENS
-               for m in messages)
+    return sum(math.ceil(m.text_bytes / BYTES_PER_TOKEN_AT_LEAST) + MESSAGE_OVERHEAD_TOKENS
+               + IMAGE_TOKENS_AT_LEAST * len(m.images) for m in messages)
 
 
 def prompt_tokens_at_most(messages: tuple[Turn, ...] | list[Turn], prompt: str | None) -> int:
     """A count above the real one on almost any text (see ``BYTES_PER_TOKEN_AT_MOST``)."""
     if prompt is not None:
         return math.ceil(len(prompt.encode()) / BYTES_PER_TOKEN_AT_MOST)
-    return sum(math.ceil(len(m.content.encode()) / BYTES_PER_TOKEN_AT_MOST) + MESSAGE_OVERHEAD_AT_MOST
-               for m in messages)
+    return sum(math.ceil(m.text_bytes / BYTES_PER_TOKEN_AT_MOST) + MESSAGE_OVERHEAD_AT_MOST
+               + IMAGE_TOKENS_AT_MOST * len(m.images) for m in messages)
 
 
 def completion_bound(model: ModelSpec, messages: tuple[Turn, ...] | list[Turn], prompt: str | None,

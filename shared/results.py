@@ -4,6 +4,8 @@ job's statuses, and times as the API shows them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -22,15 +24,58 @@ def token_usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt": prompt, "completion": completion, "total": prompt + completion}
 
 
+@dataclass(frozen=True)
+class ToolCallPiece:
+    """A piece of a tool call as it streams: the call's ``index`` in the answer, its ``id`` and
+    function ``name`` (on its first piece), and a piece of its JSON ``arguments``."""
+
+    index: int
+    arguments: str = ""
+    id: str | None = None
+    name: str | None = None
+
+    def delta(self) -> dict[str, Any]:
+        """The piece as OpenAI's ``delta.tool_calls[]`` entry."""
+        function: dict[str, Any] = {"arguments": self.arguments}
+        out: dict[str, Any] = {"index": self.index}
+        if self.id is not None:
+            out["id"] = self.id
+            out["type"] = "function"
+        if self.name is not None:
+            function["name"] = self.name
+        out["function"] = function
+        return out
+
+    @classmethod
+    def of(cls, delta: dict[str, Any]) -> ToolCallPiece:
+        function = delta.get("function") or {}
+        return cls(int(delta["index"]), function.get("arguments") or "", delta.get("id"), function.get("name"))
+
+
+def tool_calls_of(pieces: Iterable[ToolCallPiece]) -> list[dict[str, Any]]:
+    """The whole calls that ``pieces`` make, in their order: OpenAI's ``message.tool_calls``."""
+    calls: dict[int, dict[str, Any]] = {}
+    for piece in pieces:
+        call = calls.setdefault(piece.index, {"id": "", "type": "function",
+                                              "function": {"name": "", "arguments": ""}})
+        if piece.id:
+            call["id"] = piece.id
+        if piece.name:
+            call["function"]["name"] = piece.name
+        call["function"]["arguments"] += piece.arguments
+    return [calls[i] for i in sorted(calls)]
+
+
 def completion_body(
-    content: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int
+    content: str, finish_reason: str | None, prompt_tokens: int, completion_tokens: int,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The non-streaming response body."""
+    """The non-streaming response body (``tool_calls``: OpenAI's, where the model made calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
-        "chat_completion": {
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": finish_reason,
-        },
+        "chat_completion": {"message": message, "finish_reason": finish_reason},
         "token_usage": token_usage(prompt_tokens, completion_tokens),
     }
 
@@ -40,8 +85,10 @@ def stream_chunk(
     finish_reason: str | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
+    tool_call: ToolCallPiece | None = None,
 ) -> dict[str, Any]:
-    """One streamed chunk: the chat shape plus the completions-API shape the SDK declares."""
+    """One streamed chunk: the chat shape plus the completions-API shape the SDK declares; a
+    tool call's piece rides in ``message.tool_calls`` (OpenAI's delta), with no text."""
     usage = (token_usage(prompt_tokens, completion_tokens)
              if prompt_tokens is not None and completion_tokens is not None else None)
     final = usage is not None
@@ -54,6 +101,8 @@ def stream_chunk(
         "completions": [["", [delta]]],
         "finish_reason": finish_reason,
     }
+    if tool_call is not None:
+        chunk["chat_completion"]["message"]["tool_calls"] = [tool_call.delta()]
     if final:
         chunk["prompt_tokens"] = prompt_tokens
         chunk["response_tokens"] = completion_tokens

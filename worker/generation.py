@@ -6,6 +6,12 @@ Where the next call goes is ``worker/failover.py``'s: while nothing was delivere
 fault moves the attempt at once to the next of its routes (another deployment of the model, then
 the account's fallback models); otherwise, and on the last route, the call is made again where
 the last one went, after the wait ``worker/retries.py`` decides.
+
+A tool call is delivered whole: its pieces are held until the call that made it has finished,
+then published as they came. No family can continue a tool call cut halfway, so a call made
+again after a fault makes its tool calls afresh, none of which a subscriber has seen a piece of;
+and once they are delivered, they are the answer's last part, so a later attempt (after a lost
+worker) has nothing left to ask for.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from shared.jobspec import JobSpec
 from worker import metrics
 from worker.attempt import Attempt
 from worker.failover import Failover, Route
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.publishing import Publisher, emit
 from worker.retries import may_retry, retry_delay
 from worker.stops import StopFilter
@@ -34,6 +40,10 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
     shared = len(routes) > 1  # deployments' health is tracked where there is somewhere else to go
     fallbacks_loaded = failover is None
     index, calls = 0, 0
+    if attempt.tool_pieces:
+        # An earlier attempt delivered the answer's tool calls, its last part, and was lost
+        # before it could finish the job: the answer is whole; it is billed as counted.
+        return Completion("tool_calls", attempt.typical_prompt_tokens, len(attempt.delivered)), routes[0]
     while True:
         route = routes[index]
         model = route.spec
@@ -46,6 +56,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         completion = None
         call_started = time.monotonic()
         first_text = True
+        held: list[ToolCallDelta] = []
         try:
             if route.provider is None:
                 why = route.unavailable.message if route.unavailable else f"no adapter for the {model.family} family"
@@ -58,6 +69,8 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
                     text = stops.feed(item.text)
                     if text:
                         await emit(publisher, attempt, text)
+                elif isinstance(item, ToolCallDelta):
+                    held.append(item)
                 else:
                     completion = item
             if completion is None:
@@ -105,6 +118,11 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         tail = stops.flush()
         if tail:
             await emit(publisher, attempt, tail)
+        if held and not stops.stopped:
+            if first_text:
+                metrics.PROVIDER_TTFT.labels(model.family, model.id).observe(time.monotonic() - call_started)
+            for piece in held:
+                await emit(publisher, attempt, piece)
         # What is not yet published goes out with the job's last events (one round trip).
         if stops.stopped:
             completion.finish_reason = "stop"

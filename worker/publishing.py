@@ -18,7 +18,10 @@ from redis.exceptions import RedisError
 
 from shared.events import TOKEN
 from shared.jobs import JobStore
-from shared.results import stream_chunk
+from shared.results import ToolCallPiece, stream_chunk, tool_calls_of
+
+#: What one token event carries: a piece of text, or a piece of a tool call.
+Piece = str | ToolCallPiece
 
 
 class JobCancelled(Exception):
@@ -33,17 +36,26 @@ class LostOwnership(Exception):
 @dataclass
 class Transcript:
     """What subscribers have of a job's answer: the number of its last event (``seq``) and the
-    texts its token events carried, moved only once a publish landed."""
+    pieces its token events carried (texts, and tool calls' pieces), moved only once a publish
+    landed."""
 
     job_id: str
     token: str  # the attempt's lease, which fences every publish
     seq: int
-    delivered: list[str] = field(default_factory=list)
+    delivered: list[Piece] = field(default_factory=list)
     emitter: Emitter | None = None
 
     @property
     def text(self) -> str:
-        return "".join(self.delivered)
+        return "".join(p for p in self.delivered if isinstance(p, str))
+
+    @property
+    def tool_pieces(self) -> list[ToolCallPiece]:
+        return [p for p in self.delivered if isinstance(p, ToolCallPiece)]
+
+    def tool_calls(self) -> list[dict]:
+        """The tool calls delivered, whole (OpenAI's ``message.tool_calls``)."""
+        return tool_calls_of(self.tool_pieces)
 
 
 class Publisher:
@@ -128,12 +140,12 @@ class Emitter:
     def __init__(self, publisher: Publisher, attempt: Transcript):
         self.publisher = publisher
         self.attempt = attempt
-        self.pending: list[str] = []
+        self.pending: list[Piece] = []
         self.task: asyncio.Task | None = None
         self.closing = False  # the attempt is ending: what is pending goes with its last events
 
-    async def emit(self, text: str) -> None:
-        self.pending.append(text)
+    async def emit(self, piece: Piece) -> None:
+        self.pending.append(piece)
         if self.task is not None and self.task.done():
             task, self.task = self.task, None
             task.result()  # raises what the last publish learned
@@ -154,7 +166,7 @@ class Emitter:
             if self.pending:
                 self.task = asyncio.create_task(self._flush())
 
-    async def close(self) -> list[str]:
+    async def close(self) -> list[Piece]:
         """For an attempt that is ending: let the publish in flight land, then hand over the
         text not yet published, to go out with the attempt's last events in the same round
         trip. What the last publish raises no longer matters."""
@@ -184,13 +196,24 @@ class Emitter:
                 raise JobCancelled()
 
 
-def token_events(attempt: Transcript, texts: list[str]) -> list[tuple[int, str, str]]:
-    """The token events of ``texts``, numbered after the attempt's last published event."""
-    return [(attempt.seq + i + 1, TOKEN, dumps(stream_chunk(t))) for i, t in enumerate(texts)]
+def token_events(attempt: Transcript, pieces: list[Piece]) -> list[tuple[int, str, str]]:
+    """The token events of ``pieces``, numbered after the attempt's last published event."""
+    return [(attempt.seq + i + 1, TOKEN, dumps(piece_chunk(p))) for i, p in enumerate(pieces)]
 
 
-def chunk_text(data: str) -> str:
-    return orjson.loads(data)["chat_completion"]["message"]["content"]
+def piece_chunk(piece: Piece) -> dict:
+    if isinstance(piece, ToolCallPiece):
+        return stream_chunk("", tool_call=piece)
+    return stream_chunk(piece)
+
+
+def chunk_piece(data: str) -> Piece:
+    """What a token event carried (read back by a later attempt)."""
+    message = orjson.loads(data)["chat_completion"]["message"]
+    calls = message.get("tool_calls")
+    if calls:
+        return ToolCallPiece.of(calls[0])
+    return message["content"]
 
 
 def dumps(value) -> str:
@@ -198,11 +221,11 @@ def dumps(value) -> str:
 
 
 
-async def emit(publisher: Publisher, attempt: Transcript, text: str) -> None:
-    """Publish ``text`` as the attempt's next token event (through its emitter)."""
+async def emit(publisher: Publisher, attempt: Transcript, piece: Piece) -> None:
+    """Publish ``piece`` as the attempt's next token event (through its emitter)."""
     if attempt.emitter is None:
         attempt.emitter = Emitter(publisher, attempt)
-    await attempt.emitter.emit(text)
+    await attempt.emitter.emit(piece)
 
 
 async def unpublished(attempt: Transcript) -> list[tuple[int, str, str]]:

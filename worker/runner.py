@@ -29,7 +29,7 @@ from worker.failover import Failover, Route
 from worker.generation import generate
 from worker.limits import Admission, Limiter
 from worker.providers.base import Completion, Provider, ProviderError
-from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_text, dumps, unpublished
+from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_piece, dumps, unpublished
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class JobRunner:
         account_id = record["account_id"]
         prior = claim.events
         attempt = Attempt(job_id, token, prior[-1].seq if prior else 0,
-                          [chunk_text(e.data) for e in prior if e.type == TOKEN],
+                          [chunk_piece(e.data) for e in prior if e.type == TOKEN],
                           account_id=account_id, model_id=record.get("model", ""),
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
                           submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
@@ -251,9 +251,12 @@ class JobRunner:
 
     async def _finish_succeeded(self, attempt: Attempt, completion: Completion) -> str:
         tokens = await unpublished(attempt)
+        calls = attempt.tool_calls()
+        if calls and completion.finish_reason == "stop":  # some families finish a call as any answer
+            completion.finish_reason = "tool_calls"
         final = stream_chunk("", completion.finish_reason, completion.prompt_tokens, completion.completion_tokens)
         body = completion_body(attempt.text, completion.finish_reason,
-                               completion.prompt_tokens, completion.completion_tokens)
+                               completion.prompt_tokens, completion.completion_tokens, calls)
         return await self._finish(
             attempt, "succeeded", {"result": dumps(body), "served_by": attempt.served_by},
             [*tokens, (attempt.seq + 1, TOKEN, dumps(final)),

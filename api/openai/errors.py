@@ -64,15 +64,25 @@ def error_response(status: int, message: str, param: str | None = None, code: st
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
+# The tags of the request's tagged unions (a message's role, a content part's type, a
+# response_format's type), which pydantic puts in an error's location after the union's place.
+_UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "text", "image_url", "refusal",
+               "json_object", "json_schema"}
+
+
 def param_path(loc: tuple | list) -> str | None:
     """A validation error's location as OpenAI names params: ``messages[0].content``."""
     out = ""
+    previous: object = None
     for part in loc:
-        if part == "body":
+        tag = part in _UNION_TAGS and (isinstance(previous, int) or previous == "response_format")
+        previous = part
+        if part == "body" or tag:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and "[" not in part and part not in ("str", "int", "float", "bool", "list", "dict"):
+        elif (isinstance(part, str) and "[" not in part and not part[:1].isupper()
+              and part not in ("str", "int", "float", "bool", "list", "dict")):
             out += ("." if out else "") + part
     return out or None
 
@@ -94,7 +104,8 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
         message = f"{param}: {message}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return error_response(400, message, param, "unsupported_parameter" if getattr(cause, "param", None) else None)
+    code = getattr(cause, "code", "unsupported_parameter") if getattr(cause, "param", None) else None
+    return error_response(400, message, param, code)
 
 
 class OpenAIErrors:

@@ -3,8 +3,10 @@
 A request (``ChatRequest``) becomes the same door-neutral request an SGP one does
 (``to_request``), with OpenAI's semantics where they differ: temperature 0-2 (each model refuses
 what it cannot take) and 1 when unset, ``max_completion_tokens`` or ``max_tokens``, ``stop`` as a
-string or a list, ``developer`` messages as system ones. A parameter the fleet does not serve (tools, logprobs,
-``n`` other than 1, ...) is a 400 that names it: nothing is dropped silently. The answer
+string or a list, ``developer`` messages as system ones; ``tools`` (with ``tool_choice`` and
+``parallel_tool_calls``), tool calls and tool results in the history, ``response_format``, and
+``image_url`` parts. A parameter the fleet does not serve (logprobs, ``n`` other than 1, ...) is a
+400 that names it: nothing is dropped silently. The answer
 (``OpenAIAnswer``) is OpenAI's: a ``chat.completion``, or ``chat.completion.chunk`` events ending with
 ``data: [DONE]``.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal
 
+import msgspec
 import orjson
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -30,9 +33,11 @@ from api.request import (
     Seed,
     StopSequences,
     TopP,
+    check_image_url,
+    check_schema,
     check_unicode,
 )
-from shared.jobspec import ReasoningEffort, Turn
+from shared.jobspec import Image, Output, ReasoningEffort, Tool, ToolCall, Tools, Turn
 
 SYSTEM_FINGERPRINT = "fp_chatfleet"
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's
@@ -44,16 +49,167 @@ class TextPart(BaseModel):
     text: str
 
 
-class ChatMessage(BaseModel):
+class ImageURL(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _image_url(cls, value: str) -> str:
+        check_image_url(value)
+        return value
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class RefusalPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+def _text(content: str | list[Any] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if isinstance(p, TextPart))
+
+
+class SystemMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "developer"]
+    content: list[TextPart] | str
+    name: str | None = None
 
     _valid_unicode = field_validator("content")(classmethod(lambda cls, value: check_unicode(value)))
 
     def to_turn(self) -> Turn:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return Turn("system" if self.role == "developer" else self.role, text)
+        return Turn("system", _text(self.content))
+
+
+class UserMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["user"]
+    content: list[UserPart] | str
+    name: str | None = None
+
+    _valid_unicode = field_validator("content")(classmethod(lambda cls, value: check_unicode(value)))
+
+    def to_turn(self) -> Turn:
+        images = () if isinstance(self.content, str) else tuple(
+            Image(p.image_url.url, p.image_url.detail) for p in self.content if isinstance(p, ImagePart))
+        return Turn("user", _text(self.content), images=images)
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str
+
+
+class ToolCallMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class AssistantMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["assistant"]
+    content: list[AssistantPart] | str | None = None
+    tool_calls: list[ToolCallMessage] | None = None
+    refusal: str | None = None
+    name: str | None = None
+
+    _valid_unicode = field_validator("content")(classmethod(lambda cls, value: check_unicode(value)))
+
+    @model_validator(mode="after")
+    def _says_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls and self.refusal is None:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+    def to_turn(self) -> Turn:
+        calls = tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in self.tool_calls or ())
+        return Turn("assistant", _text(self.content), tool_calls=calls)
+
+
+class ToolMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["tool"]
+    content: list[TextPart] | str
+    tool_call_id: str = Field(min_length=1, max_length=256)
+
+    _valid_unicode = field_validator("content")(classmethod(lambda cls, value: check_unicode(value)))
+
+    def to_turn(self) -> Turn:
+        return Turn("tool", _text(self.content), tool_call_id=self.tool_call_id)
+
+
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
+
+
+def named_turns(messages: list[Any]) -> tuple[Turn, ...]:
+    """The conversation as turns, each tool result named after the call it answers (some
+    families want the function's name with its result); a result that answers no call of an
+    earlier assistant message is refused, as OpenAI refuses it."""
+    names: dict[str, str] = {}
+    turns = []
+    for i, message in enumerate(messages):
+        turn = message.to_turn()
+        for call in turn.tool_calls:
+            names[call.id] = call.name
+        if turn.role == "tool":
+            if turn.tool_call_id not in names:
+                raise InvalidParameter(f"messages[{i}].tool_call_id",
+                    f"messages[{i}]: a message with role 'tool' must answer a tool call of an earlier assistant "
+                    f"message, and no earlier message made a call with id {turn.tool_call_id!r}")
+            turn = msgspec.structs.replace(turn, name=names[turn.tool_call_id])
+        turns.append(turn)
+    return tuple(turns)
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = Field(None, max_length=100_000)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_schema(value, "parameters")
+        return value
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(BaseModel):
@@ -61,9 +217,38 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ResponseFormat(BaseModel):
+class TextFormat(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
+
+
+class JsonObjectFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_schema(value, "schema")
+        return value
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
 class ChatRequest(BaseModel):
@@ -90,6 +275,9 @@ class ChatRequest(BaseModel):
     reasoning_effort: ReasoningEffort | None = None
     response_format: ResponseFormat | None = None
     logprobs: Literal[False] | None = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("n")
     @classmethod
@@ -105,7 +293,38 @@ class ChatRequest(BaseModel):
             raise UnsupportedParameter(extra[0])
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
+        named_turns(self.messages)  # every tool result answers a call
+        names = [t.function.name for t in self.tools or ()]
+        if len(set(names)) != len(names):
+            raise InvalidParameter("tools", "each function of tools needs its own name")
+        if self.tool_choice is not None and not self.tools:
+            raise InvalidParameter("tool_choice", "tool_choice is only allowed when tools are given")
+        if self.parallel_tool_calls is not None and not self.tools:
+            raise InvalidParameter("parallel_tool_calls", "parallel_tool_calls is only allowed when tools are given")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise InvalidParameter("tool_choice", f"tool_choice names the function {self.tool_choice.function.name!r}, "
+                                   "which is not one of the tools given")
         return self
+
+    def tool_use(self) -> Tools | None:
+        if not self.tools:
+            return None
+        functions = tuple(Tool(t.function.name, t.function.parameters or {"type": "object", "properties": {}},
+                               t.function.description, t.function.strict) for t in self.tools)
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice):
+            return Tools(functions, "required", choice.function.name, self.parallel_tool_calls)
+        return Tools(functions, choice or "auto", None, self.parallel_tool_calls)
+
+    def output(self) -> Output | None:
+        fmt = self.response_format
+        if isinstance(fmt, JsonObjectFormat):
+            return Output("json_object")
+        if isinstance(fmt, JsonSchemaFormat):
+            spec = fmt.json_schema
+            return Output("json_schema", spec.name, spec.schema_ or {"type": "object"}, spec.strict,
+                          spec.description)
+        return None
 
     def to_request(self) -> CompletionRequest:
         """The door-neutral request (each model's own limits, such as its highest temperature,
@@ -115,9 +334,19 @@ class ChatRequest(BaseModel):
             stop_sequences=tuple(self.stop) if self.stop is not None else None, top_p=self.top_p,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             reasoning_effort=self.reasoning_effort, seed=self.seed)
-        return CompletionRequest(model=self.model, messages=tuple(m.to_turn() for m in self.messages),
+        return CompletionRequest(model=self.model, messages=named_turns(self.messages),
                                  default_temperature=DEFAULT_TEMPERATURE, parameters=parameters,
-                                 stream=bool(self.stream))
+                                 stream=bool(self.stream), tools=self.tool_use(), output=self.output())
+
+
+class InvalidParameter(ValueError):
+    """A parameter the request gives wrong, named (``param``)."""
+
+    code = "invalid_value"
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.param = name
 
 
 class UnsupportedParameter(ValueError):
@@ -145,12 +374,16 @@ def usage(token_usage: dict[str, int] | None) -> dict[str, int] | None:
 def completion_object(job_id: str, model: str, created: int, body: dict[str, Any]) -> dict[str, Any]:
     """A ``chat.completion`` from a succeeded job's SGP result."""
     completion = body["chat_completion"]
+    calls = completion["message"].get("tool_calls")
+    content = completion["message"]["content"]
+    message: dict[str, Any] = {"role": "assistant", "content": None if calls and not content else content,
+                               "refusal": completion["message"].get("refusal")}
+    if calls:
+        message["tool_calls"] = calls
     return {
         "id": completion_id(job_id), "object": "chat.completion", "created": created, "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": completion["message"]["content"],
-                                             "refusal": None},
-                     "logprobs": None, "finish_reason": completion["finish_reason"]}],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": completion["finish_reason"]}],
         "usage": usage(body.get("token_usage")),
     }
 
@@ -187,6 +420,7 @@ class OpenAIAnswer(Answer):
         event = orjson.loads(data)
         completion = event["chat_completion"]
         text = completion["message"]["content"]
+        calls = completion["message"].get("tool_calls")
         finish = completion["finish_reason"]
         out = b""
         if not self.started:  # as OpenAI's streams begin: the role, no text yet
@@ -194,6 +428,8 @@ class OpenAIAnswer(Answer):
             out += sse_data(self._chunk({"role": "assistant", "content": ""}))
         if text:
             out += sse_data(self._chunk({"content": text}))
+        if calls:
+            out += sse_data(self._chunk({"tool_calls": calls}))
         if finish is not None:
             out += sse_data(self._chunk({}, finish))
             if self.include_usage:

@@ -10,8 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.bodies import given, merge_extra, merge_turns, split_system
+from shared.jobspec import Turn
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import (
+    arguments_object,
+    data_url,
+    given,
+    merge_extra,
+    merge_turns,
+    output_tool,
+    split_system,
+)
 from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import mid_stream_error
 from worker.providers.http import HTTPProvider, sse_json
@@ -49,10 +58,13 @@ class AnthropicProvider(HTTPProvider):
             headers["anthropic-beta"] = beta
         return headers
 
-    def _conversation(self, request: GenerationRequest) -> tuple[str, list[dict[str, str]], str, bool]:
+    def _conversation(self, request: GenerationRequest) -> tuple[str, list[dict[str, Any]], str, bool]:
         """(system, messages, whitespace stripped off the prefill, whether a prefill was sent)."""
         system, rest = split_system(request.messages)
-        messages = merge_turns((m.role, m.content) for m in rest)
+        if any(m.tool_calls or m.images or m.role == "tool" for m in rest):
+            messages: list[dict[str, Any]] = merge_blocks((_role(m), _blocks(m)) for m in rest)
+        else:
+            messages = merge_turns((m.role, m.content) for m in rest)
         if not messages:
             raise ProviderError("Anthropic models need at least one user message; the conversation has none",
                                 code="invalid_request")
@@ -61,12 +73,12 @@ class AnthropicProvider(HTTPProvider):
                                 "this one starts with an assistant message", code="invalid_request")
         prefill = ""
         if request.continuation:
-            if messages[-1]["role"] == "assistant":
+            if messages[-1]["role"] == "assistant" and isinstance(messages[-1]["content"], str):
                 # The first call continued this assistant message, so the delivered text follows it directly.
                 prefill = messages.pop()["content"] + request.continuation
             else:
                 prefill = request.continuation
-        elif messages[-1]["role"] == "assistant":
+        elif messages[-1]["role"] == "assistant" and isinstance(messages[-1]["content"], str):
             # The client's own prefill: same rule, it must not end in whitespace.
             prefill = messages.pop()["content"]
         stripped, trailing = split_prefill(prefill)
@@ -91,7 +103,34 @@ class AnthropicProvider(HTTPProvider):
         stops = [s for s in p.stop if s.strip()]
         if stops:
             body["stop_sequences"] = stops
+        body.update(self._tools(request))
         return merge_extra(body, request.model.extra)
+
+    def _tools(self, request: GenerationRequest) -> dict[str, Any]:
+        """``tools`` and ``tool_choice``; a structured answer is asked for as a call to one more
+        tool, whose input is the answer (``output_tool``), which the model is made to call."""
+        tools = request.tools
+        functions = [given(name=f.name, description=f.description, input_schema=f.parameters)
+                     for f in (tools.functions if tools else ())]
+        choice: dict[str, Any] | None = None
+        if tools is not None:
+            choice = ({"type": "tool", "name": tools.forced} if tools.forced
+                      else {"type": "any" if tools.choice == "required" else "auto"})
+        elif request.job.tools is not None and any(m.tool_calls for m in request.messages):
+            # tool_choice none, with calls in the history: the tools stay declared, none may be called.
+            functions = [given(name=f.name, description=f.description, input_schema=f.parameters)
+                         for f in request.job.tools.functions]
+            choice = {"type": "none"}
+        if request.output is not None:
+            answer = output_tool(request.output)
+            functions.append({"name": answer["name"], "description": answer["description"],
+                              "input_schema": answer["schema"]})
+            choice = {"type": "any"} if tools is not None else {"type": "tool", "name": answer["name"]}
+        if not functions:
+            return {}
+        if tools is not None and tools.parallel is False and choice is not None and choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+        return {"tools": functions, "tool_choice": choice}
 
     def _stream_error(self, event: dict[str, Any]) -> ProviderError:
         error = event.get("error")
@@ -100,13 +139,16 @@ class AnthropicProvider(HTTPProvider):
         status = ERROR_STATUS.get(etype, 500)
         return mid_stream_error(status, event, self.display, etype, err.get("message") or etype)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         system, messages, trailing, prefilled = self._conversation(request)
         body = self._body(request, system, messages)
         skip = WhitespaceSkipper(trailing)
         input_tokens = output_tokens = 0
         stop_reason = None
+        answer_tool = request.output.name if request.output is not None else None
+        calls: dict[int, int] = {}  # content block index -> tool call index
+        answer_blocks: set[int] = set()  # the blocks of the structured answer's tool
         async with self.upstream.stream(self._url(request), body, self._headers(request)) as response:
             async for sse in self.upstream.events(response):
                 if not sse.data:
@@ -117,10 +159,24 @@ class AnthropicProvider(HTTPProvider):
                 kind = event.get("type") or sse.event
                 if kind == "content_block_delta":
                     delta = event.get("delta") or {}
+                    block = event.get("index")
                     if delta.get("type") == "text_delta" and delta.get("text"):
                         text = skip.feed(delta["text"])
                         if text:
                             yield TextDelta(text)
+                    elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                        if block in answer_blocks:
+                            yield TextDelta(delta["partial_json"])
+                        elif block in calls:
+                            yield ToolCallDelta(calls[block], delta["partial_json"])
+                elif kind == "content_block_start":
+                    content = event.get("content_block") or {}
+                    if content.get("type") == "tool_use":
+                        if content.get("name") == answer_tool:
+                            answer_blocks.add(int(event.get("index") or 0))
+                        else:
+                            calls[int(event.get("index") or 0)] = len(calls)
+                            yield ToolCallDelta(len(calls) - 1, "", content.get("id"), content.get("name"))
                 elif kind == "message_start":
                     usage = (event.get("message") or {}).get("usage") or {}
                     input_tokens = _input_tokens(usage)
@@ -141,7 +197,44 @@ class AnthropicProvider(HTTPProvider):
                 # ping, content_block_start/stop, and event types added later: nothing to do
         self.check_ended(stop_reason)
         assert stop_reason is not None  # check_ended raised otherwise
+        if stop_reason == "tool_calls" and not calls:
+            stop_reason = "stop"  # the structured answer's tool was the only one called
         yield one_call(request, stop_reason, input_tokens, output_tokens, prefilled)
+
+
+def _role(turn: Turn) -> str:
+    return "user" if turn.role == "tool" else turn.role
+
+
+def _blocks(turn: Turn) -> list[dict[str, Any]]:
+    """A turn as Anthropic's content blocks: text, images, tool_use, tool_result."""
+    if turn.role == "tool":
+        return [{"type": "tool_result", "tool_use_id": turn.tool_call_id, "content": turn.content}]
+    blocks: list[dict[str, Any]] = []
+    for image in turn.images:
+        inline = data_url(image.url)
+        source = ({"type": "base64", "media_type": inline[0], "data": inline[1]} if inline
+                  else {"type": "url", "url": image.url})
+        blocks.append({"type": "image", "source": source})
+    if turn.content.strip():
+        blocks.append({"type": "text", "text": turn.content})
+    for call in turn.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments_object(call.arguments)})
+    return blocks
+
+
+def merge_blocks(turns) -> list[dict[str, Any]]:
+    """(role, blocks) turns as messages that alternate: a role's consecutive turns made one
+    (tool results, which are user turns, with the user's text after them); empty ones dropped."""
+    merged: list[dict[str, Any]] = []
+    for role, blocks in turns:
+        if not blocks:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] = merged[-1]["content"] + blocks
+        else:
+            merged.append({"role": role, "content": list(blocks)})
+    return merged
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.catalog import ModelSpec
-from shared.jobspec import JobSpec, Sampling, Turn
+from shared.jobspec import JobSpec, Output, Sampling, Tools, Turn
+from shared.results import ToolCallPiece
+
+#: A piece of a tool call, as adapters yield it (``index``, then ``id`` and ``name`` on its first
+#: piece, and pieces of its JSON ``arguments``).
+ToolCallDelta = ToolCallPiece
 
 
 @dataclass
@@ -46,6 +51,21 @@ class GenerationRequest:
     @property
     def params(self) -> Sampling:
         return self.job.params
+
+    @property
+    def tools(self) -> Tools | None:
+        """The job's tools, unless it may call none (``tool_choice: none``)."""
+        tools = self.job.tools
+        return tools if tools is not None and tools.choice != "none" else None
+
+    @property
+    def output(self) -> Output | None:
+        return self.job.output
+
+    def call_id(self, index: int) -> str:
+        """An id for a call whose provider gives none (Gemini): fixed per job and index, so a
+        call made again names it the same."""
+        return "call_" + hashlib.sha256(f"{self.job_id}:{index}".encode()).hexdigest()[:24]
 
     @property
     def max_tokens(self) -> int:
@@ -92,8 +112,9 @@ class Provider(ABC):
     family: str
 
     @abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
-        """Yield TextDelta items as text arrives, then exactly one Completion."""
+    def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
+        """Yield TextDelta items as text arrives (ToolCallDelta ones as tool calls do), then
+        exactly one Completion."""
 
     def missing_configuration(self) -> str | None:
         """The setting that must be set before this provider can be used, or None."""

@@ -25,8 +25,8 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from shared.jobspec import Turn
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.bodies import given, merge_turns
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import arguments_object, data_url, given, merge_turns, output_tool
 from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import classify, shown_kind
 from worker.providers.http import HTTPProvider
@@ -53,7 +53,14 @@ def converse_messages(turns: tuple[Turn, ...]) -> tuple[list[dict[str, Any]], li
     Converse requires user and assistant to alternate; empty turns are left out (Converse
     rejects blank text blocks). The conversation must start with a user turn."""
     system = [{"text": m.content} for m in turns if m.role == "system" and m.content.strip()]
-    merged = merge_turns((m.role, m.content) for m in turns if m.role != "system")
+    rest = [m for m in turns if m.role != "system"]
+    if any(m.tool_calls or m.images or m.role == "tool" for m in rest):
+        messages = _block_messages(rest)
+        if not messages or messages[0]["role"] != "user":
+            raise ProviderError("Bedrock requires the conversation to start with a user message (after any system "
+                                "messages)", code="invalid_request")
+        return messages, system
+    merged = merge_turns((m.role, m.content) for m in rest)
     if not merged or merged[0]["role"] != "user":
         raise ProviderError(
             "Bedrock requires the conversation to start with a user message (after any system "
@@ -62,6 +69,67 @@ def converse_messages(turns: tuple[Turn, ...]) -> tuple[list[dict[str, Any]], li
             code="invalid_request",
         )
     return [{"role": m["role"], "content": [{"text": m["content"]}]} for m in merged], system
+
+
+def _blocks(turn: Turn) -> list[dict[str, Any]]:
+    """A turn as Converse content blocks: text, image, toolUse, toolResult."""
+    if turn.role == "tool":
+        return [{"toolResult": {"toolUseId": turn.tool_call_id, "content": [{"text": turn.content}]}}]
+    blocks: list[dict[str, Any]] = []
+    for image in turn.images:
+        inline = data_url(image.url)
+        if inline is not None:  # the API takes Bedrock no other kind (prompts.check_images)
+            blocks.append({"image": {"format": inline[0].removeprefix("image/"), "source": {"bytes": inline[1]}}})
+    if turn.content.strip():
+        blocks.append({"text": turn.content})
+    for call in turn.tool_calls:
+        blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": arguments_object(call.arguments)}})
+    return blocks
+
+
+def _block_messages(turns: list[Turn]) -> list[dict[str, Any]]:
+    merged: list[dict[str, Any]] = []
+    for turn in turns:
+        role = "user" if turn.role == "tool" else turn.role
+        blocks = _blocks(turn)
+        if not blocks:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1]["content"] += blocks
+        else:
+            merged.append({"role": role, "content": blocks})
+    return merged
+
+
+def tool_config(request: GenerationRequest) -> dict[str, Any] | None:
+    """Converse's ``toolConfig``: the tools, and a structured answer as one more tool the model
+    is made to call (its input is the answer)."""
+    specs = []
+    job_tools = request.job.tools
+    history_calls = any(m.tool_calls for m in request.messages)
+    if job_tools is not None and (request.tools is not None or history_calls):
+        # With tool_choice none the tools stay declared for the calls in the history (Converse
+        # refuses toolUse blocks without them), and nothing forces a call.
+        specs = [{"toolSpec": given(name=f.name, description=f.description, inputSchema={"json": f.parameters})}
+                 for f in job_tools.functions]
+    choice: dict[str, Any] | None = None
+    tools = request.tools
+    if tools is not None:
+        if tools.forced:
+            choice = {"tool": {"name": tools.forced}}
+        elif tools.choice == "required":
+            choice = {"any": {}}
+    if request.output is not None:
+        answer = output_tool(request.output)
+        specs.append({"toolSpec": {"name": answer["name"], "description": answer["description"],
+                                   "inputSchema": {"json": answer["schema"]}}})
+        choice = {"any": {}} if tools is not None else {"tool": {"name": answer["name"]}}
+    if not specs:
+        return None
+    config: dict[str, Any] = {"tools": specs}
+    if choice is not None:
+        config["toolChoice"] = choice
+    return config
 
 
 class BedrockProvider(HTTPProvider):
@@ -97,10 +165,10 @@ class BedrockProvider(HTTPProvider):
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         p = request.params
         messages, system = converse_messages(request.messages)
-        if messages[-1]["role"] == "assistant":
+        if messages[-1]["role"] == "assistant" and "text" in messages[-1]["content"][-1]:
             # The conversation ends with an assistant turn: the model continues it (Bedrock's
             # prefill), so the delivered text, if any, extends that turn directly.
-            block = messages[-1]["content"][0]
+            block = messages[-1]["content"][-1]
             block["text"] = (block["text"].rstrip() + request.continuation).rstrip()
         elif request.continuation:
             text, _ = split_prefill(request.continuation)
@@ -113,6 +181,9 @@ class BedrockProvider(HTTPProvider):
         body: dict[str, Any] = {"messages": messages, "inferenceConfig": config}
         if system:
             body["system"] = system
+        tools = tool_config(request)
+        if tools is not None:
+            body["toolConfig"] = tools
         if request.model.extra:
             body["additionalModelRequestFields"] = dict(request.model.extra)
         return body
@@ -136,7 +207,7 @@ class BedrockProvider(HTTPProvider):
         return ProviderError(f"{self.display} failed mid-stream{shown_kind(name, self.display)}", code=code,
                              status=status, retryable=retryable)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         url = self._url(request)
         content = orjson.dumps(self._body(request))
@@ -145,6 +216,9 @@ class BedrockProvider(HTTPProvider):
         frames = EventStreamBuffer()
         finish_reason = None
         usage = None
+        answer_tool = request.output.name if request.output is not None else None
+        calls: dict[int, int] = {}  # content block index -> tool call index
+        answer_blocks: set[int] = set()
         # orjson.Fragment: Upstream serializes the body itself; a fragment comes out as exactly
         # these bytes, the ones that were signed.
         async with self.upstream.stream(url, orjson.Fragment(content), headers) as response:
@@ -162,8 +236,8 @@ class BedrockProvider(HTTPProvider):
                     if kind != "event":
                         continue
                     event = message.headers.get(":event-type")
-                    if event not in ("contentBlockDelta", "messageStop", "metadata"):
-                        continue  # messageStart, contentBlockStart/Stop
+                    if event not in ("contentBlockStart", "contentBlockDelta", "messageStop", "metadata"):
+                        continue  # messageStart, contentBlockStop
                     try:
                         payload = orjson.loads(message.payload)
                     except orjson.JSONDecodeError:
@@ -171,12 +245,28 @@ class BedrockProvider(HTTPProvider):
                     if not isinstance(payload, dict):
                         raise ProviderError(f"{self.display} sent an unreadable {event} event",
                                             code="upstream_invalid", retryable=True)
-                    if event == "contentBlockDelta":
-                        text = (payload.get("delta") or {}).get("text")
+                    block = int(payload.get("contentBlockIndex") or 0)
+                    if event == "contentBlockStart":
+                        use = (payload.get("start") or {}).get("toolUse")
+                        if isinstance(use, dict):
+                            if use.get("name") == answer_tool:
+                                answer_blocks.add(block)
+                            else:
+                                calls[block] = len(calls)
+                                yield ToolCallDelta(len(calls) - 1, "", use.get("toolUseId"), use.get("name"))
+                    elif event == "contentBlockDelta":
+                        delta = payload.get("delta") or {}
+                        text = delta.get("text")
                         if text:
                             text = joiner.feed(text)
                             if text:
                                 yield TextDelta(text)
+                        piece = (delta.get("toolUse") or {}).get("input")
+                        if piece:
+                            if block in answer_blocks:
+                                yield TextDelta(piece)
+                            elif block in calls:
+                                yield ToolCallDelta(calls[block], piece)
                     elif event == "messageStop":
                         reason = payload.get("stopReason") or "end_turn"
                         finish_reason = STOP_REASONS.get(reason, reason)
@@ -184,4 +274,6 @@ class BedrockProvider(HTTPProvider):
                         usage = payload.get("usage") or usage
         self.check_ended(finish_reason, usage)
         assert finish_reason is not None and usage is not None  # check_ended raised otherwise
+        if finish_reason == "tool_calls" and not calls:
+            finish_reason = "stop"  # the structured answer's tool was the only one called
         yield one_call(request, finish_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))

@@ -9,8 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.bodies import given, merge_extra, merge_turns, split_system
+import orjson
+
+from shared.jobspec import Turn
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import arguments_object, data_url, given, merge_extra, merge_turns, split_system
 from worker.providers.continuation import one_call
 from worker.providers.faults import mid_stream_error
 from worker.providers.http import HTTPProvider, sse_json
@@ -26,6 +29,23 @@ ERROR_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RAN
                 "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ABORTED": 409,
                 "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "INTERNAL": 500, "NOT_IMPLEMENTED": 501,
                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+
+
+def _parts(turn: Turn) -> list[dict[str, Any]]:
+    """A turn as Gemini's parts: text, inline images, function calls and responses."""
+    if turn.role == "tool":
+        result = arguments_object(turn.content) if turn.content.lstrip().startswith("{") else {"result": turn.content}
+        return [{"functionResponse": given(name=turn.name, response=result, id=turn.tool_call_id)}]
+    parts: list[dict[str, Any]] = []
+    if turn.content.strip():
+        parts.append({"text": turn.content})
+    for image in turn.images:
+        inline = data_url(image.url)
+        if inline is not None:  # the API takes Gemini no other kind (prompts.check_images)
+            parts.append({"inlineData": {"mimeType": inline[0], "data": inline[1]}})
+    for call in turn.tool_calls:
+        parts.append({"functionCall": given(name=call.name, args=arguments_object(call.arguments), id=call.id)})
+    return parts
 
 
 def finish_reason(reason: str) -> str:
@@ -50,6 +70,15 @@ class GeminiProvider(HTTPProvider):
     def _contents(self, request: GenerationRequest) -> tuple[str, list[dict[str, Any]], bool]:
         """(system instruction, contents, whether a prefill was sent)."""
         system, rest = split_system(request.messages)
+        if any(m.tool_calls or m.images or m.role == "tool" for m in rest):
+            contents = self._part_contents(rest)
+            if not request.continuation:
+                return system, contents, False
+            if contents and contents[-1]["role"] == "model":
+                contents[-1]["parts"].append({"text": request.continuation})
+            else:
+                contents.append({"role": "model", "parts": [{"text": request.continuation}]})
+            return system, contents, True
         turns = merge_turns((ROLES.get(m.role, "user"), m.content) for m in rest)
         prefilled = False
         if request.continuation:
@@ -62,6 +91,21 @@ class GeminiProvider(HTTPProvider):
         contents = [{"role": t["role"], "parts": [{"text": t["content"]}]} for t in turns]
         return system, contents, prefilled
 
+    def _part_contents(self, turns: list[Turn]) -> list[dict[str, Any]]:
+        """Turns with tool calls, tool results or images, as Gemini's parts (consecutive turns
+        of a role made one)."""
+        contents: list[dict[str, Any]] = []
+        for turn in turns:
+            role = ROLES.get(turn.role, "user")
+            parts = _parts(turn)
+            if not parts:
+                continue
+            if contents and contents[-1]["role"] == role:
+                contents[-1]["parts"] += parts
+            else:
+                contents.append({"role": role, "parts": parts})
+        return contents
+
     def _body(self, request: GenerationRequest, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
         p = request.params
         config: dict[str, Any] = {
@@ -71,9 +115,26 @@ class GeminiProvider(HTTPProvider):
         }
         if p.stop:
             config["stopSequences"] = list(p.stop)
+        output = request.output
+        if output is not None:
+            # Gemini's JSON mode; the schema as JSON Schema (``responseJsonSchema``: responseSchema's
+            # OpenAPI subset refuses what JSON Schemas commonly hold, such as $defs).
+            config["responseMimeType"] = "application/json"
+            if output.schema is not None:
+                config["responseJsonSchema"] = output.schema
         body: dict[str, Any] = {"contents": contents, "generationConfig": config}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
+        tools = request.job.tools
+        if tools is not None:
+            body["tools"] = [{"functionDeclarations": [
+                given(name=f.name, description=f.description, parametersJsonSchema=f.parameters)
+                for f in tools.functions]}]
+            mode = {"auto": "AUTO", "required": "ANY", "none": "NONE"}[tools.choice]
+            calling: dict[str, Any] = {"mode": mode}
+            if tools.forced:
+                calling["allowedFunctionNames"] = [tools.forced]
+            body["toolConfig"] = {"functionCallingConfig": calling}
         return merge_extra(body, request.model.extra)
 
     def _stream_error(self, chunk: dict[str, Any]) -> ProviderError:
@@ -85,7 +146,7 @@ class GeminiProvider(HTTPProvider):
             status = code if isinstance(code, int) and 400 <= code < 600 else 400
         return mid_stream_error(status, chunk, self.display, name or status, err.get("message") or name or status)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         system, contents, prefilled = self._contents(request)
         if not contents:
@@ -93,6 +154,7 @@ class GeminiProvider(HTTPProvider):
                                 code="invalid_request")
         body = self._body(request, system, contents)
         finish = None
+        calls = 0
         usage: dict[str, Any] | None = None
         async with self.upstream.stream(self._url(request), body, self._headers(), params={"alt": "sse"}) as response:
             async for sse in self.upstream.events(response):
@@ -116,6 +178,13 @@ class GeminiProvider(HTTPProvider):
                 for part in (candidate.get("content") or {}).get("parts") or ():
                     if part.get("text") and not part.get("thought"):
                         yield TextDelta(part["text"])
+                    call = part.get("functionCall")
+                    if isinstance(call, dict) and call.get("name"):
+                        # Gemini sends each call whole, its arguments an object.
+                        index = calls
+                        calls += 1
+                        yield ToolCallDelta(index, orjson.dumps(call.get("args") or {}).decode(),
+                                            call.get("id") or request.call_id(index), call["name"])
                 if candidate.get("finishReason"):
                     finish = finish_reason(candidate["finishReason"])
         self.check_ended(finish, usage)

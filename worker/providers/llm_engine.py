@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.providers.bodies import given
+from worker.providers.constrained import Constrained
 from worker.providers.continuation import one_call
 from worker.providers.http import HTTPProvider
 from worker.providers.openai import Choices, openai_chunks, openai_sampling
@@ -34,6 +35,10 @@ class LLMEngineProvider(HTTPProvider):
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         p = request.params
+        schema = Constrained(request).schema
+        # vLLM's structured outputs: the answer constrained to the schema as it is generated.
+        constrained = ({"response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}}
+                       if schema is not None else {})
         return {
             "model": request.model.upstream,
             "prompt": (request.prompt or "") + request.continuation,
@@ -43,18 +48,33 @@ class LLMEngineProvider(HTTPProvider):
             **openai_sampling(p, request.tokens_left()),
             **given(top_k=p.top_k, top_p=p.top_p, frequency_penalty=p.frequency_penalty,
                     presence_penalty=p.presence_penalty, seed=p.seed),
+            **constrained,
             **request.model.extra,
         }
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         if request.prompt is None:
             raise ProviderError(f"{self.display} needs a rendered prompt", code="invalid_request")
+        constrained = Constrained(request)
+        done = constrained.delivered(request.job.typical_prompt_tokens, request.continuation_events)
+        if done is not None:
+            yield done
+            return
         choices = Choices(lambda choice: choice.get("text"))
         chunks = openai_chunks(self, self._url(request), self._body(request), self._headers(request))
         async for text in choices.texts(chunks):
-            yield TextDelta(text)
+            if not isinstance(text, str):
+                continue
+            if constrained.active:
+                constrained.hold(text)
+            else:
+                yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)
         usage = choices.usage
         assert choices.finish_reason is not None and usage is not None  # check_ended raised otherwise
-        yield one_call(request, choices.finish_reason, int(usage.get("prompt_tokens", 0)),
-                       int(usage.get("completion_tokens", 0)))
+        finish = choices.finish_reason
+        if constrained.active:
+            items, finish = constrained.answer(finish)
+            for item in items:
+                yield item
+        yield one_call(request, finish, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))

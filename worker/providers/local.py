@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.settings import Settings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta
-from worker.providers.bodies import given
+from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import given, job_seed
+from worker.providers.constrained import Constrained
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,13 @@ class LocalProvider(Provider):
         }
         if p.stop:
             body["stop"] = list(p.stop)
+        schema = Constrained(request).schema
+        if schema is not None:
+            # Grammar-constrained decoding (llama.cpp turns the schema into a grammar): the answer
+            # always parses, and validates against it. Seeded per job, as a retried call should be.
+            # Compact JSON (llguidance's option): no run of whitespace for a small model to get lost in.
+            body["json_schema"] = {**schema, "x-guidance": {"whitespace_flexible": False}}
+            body.setdefault("seed", job_seed(request.job_id))
         body.update(request.model.extra)
         return body
 
@@ -126,7 +134,7 @@ class LocalProvider(Provider):
             raise error
         return int(result["usage"]["prompt_tokens"])
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         if request.prompt is None:
             raise ProviderError("the local model needs a rendered prompt", code="invalid_request")
         loop = asyncio.get_running_loop()
@@ -136,6 +144,15 @@ class LocalProvider(Provider):
         base_prompt_tokens = None
         prior_tokens = 0
         max_tokens = request.max_tokens
+        constrained = Constrained(request)
+        if constrained.active and request.continuation:
+            # A constrained answer is delivered whole: the earlier attempt's was the answer.
+            base_prompt_tokens = await self._count_prompt_tokens(request.prompt)
+            with_prior = await self._count_prompt_tokens(request.prompt + request.continuation)
+            done = constrained.delivered(base_prompt_tokens, max(with_prior - base_prompt_tokens, 0))
+            assert done is not None  # active, with a continuation
+            yield done
+            return
         if request.continuation:
             # Continue after what an earlier attempt delivered, its tokens counted exactly; usage
             # is reported as for one call.
@@ -179,14 +196,22 @@ class LocalProvider(Provider):
                 choice = (chunk.get("choices") or [{}])[0]
                 text = choice.get("text") or ""
                 if text:
-                    yield TextDelta(text)
+                    if constrained.active:
+                        constrained.hold(text)
+                    else:
+                        yield TextDelta(text)
                 if choice.get("finish_reason"):
                     usage = chunk.get("usage") or {}
                     prompt_tokens = int(usage.get("prompt_tokens", 0))
                     completion_tokens = int(usage.get("completion_tokens", 0))
                     if base_prompt_tokens is not None:
                         prompt_tokens = base_prompt_tokens
-                    yield Completion(choice["finish_reason"], prompt_tokens, completion_tokens + prior_tokens)
+                    finish = choice["finish_reason"]
+                    if constrained.active:
+                        items, finish = constrained.answer(finish)
+                        for item in items:
+                            yield item
+                    yield Completion(finish, prompt_tokens, completion_tokens + prior_tokens)
                     return
         finally:
             stop.set()

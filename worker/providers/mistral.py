@@ -17,12 +17,19 @@ from typing import Any
 import httpx
 import orjson
 
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.bodies import chat_messages, given
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import (
+    OpenAIToolCalls,
+    chat_messages,
+    given,
+    job_seed,
+    openai_response_format,
+    openai_tools,
+)
 from worker.providers.continuation import EchoStripper, one_call
 from worker.providers.faults import classify
 from worker.providers.http import HTTPProvider, sse_json
-from worker.providers.openai import job_seed, openai_sampling
+from worker.providers.openai import openai_sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
                   "tool_calls": "tool_calls", "content_filter": "content_filter"}
@@ -73,6 +80,8 @@ class MistralProvider(HTTPProvider):
             **openai_sampling(p, request.tokens_left()),
             **given(top_p=p.top_p, frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty),
             "random_seed": p.seed if p.seed is not None else job_seed(request.job_id),
+            **openai_tools(request.tools),
+            **openai_response_format(request.output),
             **request.model.extra,
         }
 
@@ -85,9 +94,10 @@ class MistralProvider(HTTPProvider):
         exc.message += " (in the stream, after it had started)"
         return exc
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         echo = EchoStripper(request.continuation)
+        calls = OpenAIToolCalls()
         finish_reason = None
         usage = None
         async with self.upstream.stream(self._url(request), self._body(request), self._headers()) as response:
@@ -114,6 +124,8 @@ class MistralProvider(HTTPProvider):
                         text = echo.feed(content)
                         if text:
                             yield TextDelta(text)
+                    for piece in calls.pieces(choice.get("delta") or {}):
+                        yield piece
                     reason = choice.get("finish_reason")
                     if reason == "error":
                         raise ProviderError(f"{self.display} stopped the answer with an error",

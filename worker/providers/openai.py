@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shared.jobspec import Sampling
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta
-from worker.providers.bodies import chat_messages, given
+from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.bodies import (
+    OpenAIToolCalls,
+    chat_messages,
+    given,
+    job_seed,
+    openai_response_format,
+    openai_tools,
+)
 from worker.providers.continuation import PrefixSkipper
 from worker.providers.faults import shown_kind
 from worker.providers.http import HTTPProvider, sse_json
@@ -29,15 +35,16 @@ def openai_sampling(params: Sampling, max_tokens: int) -> dict[str, Any]:
 
 
 class Choices:
-    """The text of the first choice of each chunk, with the finish reason and usage the stream
-    reported (read once it is over)."""
+    """The text of the first choice of each chunk (and its tool calls' pieces, for chat), with
+    the finish reason and usage the stream reported (read once it is over)."""
 
-    def __init__(self, text_of: Callable[[dict[str, Any]], str | None]):
+    def __init__(self, text_of: Callable[[dict[str, Any]], str | None], tool_calls: bool = False):
         self.text_of = text_of
+        self.tool_calls = OpenAIToolCalls() if tool_calls else None
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
-    async def texts(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+    async def texts(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str | ToolCallDelta]:
         async for chunk in chunks:
             if chunk.get("usage"):
                 self.usage = chunk["usage"]
@@ -45,6 +52,9 @@ class Choices:
                 text = self.text_of(choice)
                 if text:
                     yield text
+                if self.tool_calls is not None:
+                    for piece in self.tool_calls.pieces(choice.get("delta") or {}):
+                        yield piece
                 if choice.get("finish_reason"):
                     self.finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
 
@@ -66,11 +76,6 @@ async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
                 raise ProviderError(f"{provider.display} failed mid-stream{shown_kind(kind, provider.display)}",
                                     code="upstream_unavailable", retryable=True)
             yield chunk
-
-
-def job_seed(job_id: str) -> int:
-    """A seed fixed per job, so that a retried call is as close to the first as the provider allows."""
-    return zlib.crc32(job_id.encode()) & 0x7FFFFFFF
 
 
 class OpenAIProvider(HTTPProvider):
@@ -98,15 +103,20 @@ class OpenAIProvider(HTTPProvider):
             **openai_sampling(p, request.max_tokens),
             **given(top_p=p.top_p, frequency_penalty=p.frequency_penalty, presence_penalty=p.presence_penalty,
                     reasoning_effort=p.reasoning_effort),
+            **openai_tools(request.tools),
+            **openai_response_format(request.output),
             **request.model.extra,
         }
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         skip = PrefixSkipper(request.continuation, self.display)
-        choices = Choices(lambda choice: (choice.get("delta") or {}).get("content"))
-        async for text in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers())):
-            text = skip.feed(text)
+        choices = Choices(lambda choice: (choice.get("delta") or {}).get("content"), tool_calls=True)
+        async for item in choices.texts(openai_chunks(self, self._url(request), self._body(request), self._headers())):
+            if isinstance(item, ToolCallDelta):
+                yield item
+                continue
+            text = skip.feed(item)
             if text:
                 yield TextDelta(text)
         self.check_ended(choices.finish_reason, choices.usage)

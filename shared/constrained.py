@@ -1,0 +1,159 @@
+"""Tool calls and structured answers for the families that take a raw prompt (the local model,
+LLM-Engine/vLLM), by constrained decoding: the answer is JSON that a schema bounds, token by
+token (llama.cpp turns the schema into a grammar; vLLM its structured outputs), so it always
+parses and validates.
+
+Both sides of the queue must agree on the answer's shape, so it is stated here once: the API
+tells the model in the prompt (``prompt_turns``), the worker constrains decoding to
+``answer_schema`` and reads the answer back (``read_answer``). With tools, the answer is
+``{"tool_calls": [{"name", "arguments"}]}`` or, when the model may answer instead
+(``tool_choice: auto``), ``{"content": ...}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from shared.jobspec import Output, Tools, Turn
+
+
+def _declared_only(schema: dict[str, Any]) -> dict[str, Any]:
+    """An object schema that lists its properties, closed to any other: whatever this admits,
+    ``schema`` admits too, and a small model let add any key fills the object with made-up ones."""
+    if "properties" in schema and "additionalProperties" not in schema:
+        return {**schema, "additionalProperties": False}
+    return schema
+
+
+def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    arguments = _declared_only(parameters or {"type": "object"})
+    return {"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
+            "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def _signature(name: str, parameters: dict[str, Any]) -> str:
+    """A function as the prompt names it, ``get_weather(city: string, days?: integer)``: a small
+    model shown a JSON Schema copies its words into the call."""
+    properties = parameters.get("properties") or {}
+    required = set(parameters.get("required") or ())
+    args = []
+    for arg, schema in properties.items():
+        kind = schema.get("type", "value") if isinstance(schema, dict) else "value"
+        args.append(f"{arg}{'' if arg in required else '?'}: {'|'.join(kind) if isinstance(kind, list) else kind}")
+    return f"{name}({', '.join(args)})"
+
+
+def _content_schema(output: Output | None) -> dict[str, Any]:
+    if output is None:
+        return {"type": "string"}
+    return _declared_only(output.schema) if output.schema is not None else {"type": "object"}
+
+
+def answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] | None:
+    """The JSON Schema the answer is constrained to; None: free text."""
+    if tools is not None and tools.choice != "none":
+        functions = [f for f in tools.functions if tools.forced is None or f.name == tools.forced]
+        calls = [_call_schema(f.name, f.parameters) for f in functions]
+        items: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
+        array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+        if tools.parallel is not True or tools.forced is not None:
+            # One call unless the client asks for several: a small model, let make any number,
+            # makes the same call over and over.
+            array["maxItems"] = 1
+        with_calls = {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"],
+                      "additionalProperties": False}
+        if tools.choice == "required":
+            return with_calls
+        answer = {"type": "object", "properties": {"content": _content_schema(output)}, "required": ["content"],
+                  "additionalProperties": False}
+        return {"anyOf": [with_calls, answer]}
+    if output is not None:
+        return _content_schema(output)
+    return None
+
+
+def _instructions(tools: Tools | None, output: Output | None) -> str:
+    lines: list[str] = []
+    if tools is not None and tools.choice != "none":
+        functions = [f for f in tools.functions if tools.forced is None or f.name == tools.forced]
+        lines.append("You can call these functions:")
+        for f in functions:
+            described = f": {f.description}" if f.description else ""
+            lines.append(f"- {_signature(f.name, f.parameters)}{described}")
+        lines.append('To call functions, answer with JSON: {"tool_calls": [{"name": ..., "arguments": {...}}]}.')
+        if tools.choice == "auto":
+            what = "a JSON value as described below" if output is not None else "your answer as a string"
+            lines.append(f'To answer without calling a function, answer with JSON: {{"content": {what}}}.')
+        else:
+            lines.append("You must call " + (f"the function {tools.forced}." if tools.forced else "a function."))
+    # A structured answer alone is left to the grammar: a small model shown the schema copies its
+    # words into the answer instead of answering.
+    return "\n".join(lines)
+
+
+def _turn_text(turn: Turn) -> tuple[str, str]:
+    """A turn as plain text for a chat template: tool calls as the JSON the model answers with,
+    a tool's result as a user turn that says which call it answers."""
+    if turn.role == "tool":
+        return "user", f"Result of the function {turn.name} (call {turn.tool_call_id}): {turn.content}"
+    if turn.tool_calls:
+        calls = [{"name": c.name, "arguments": _loads_or_text(c.arguments)} for c in turn.tool_calls]
+        text = orjson.dumps({"tool_calls": calls}).decode()
+        return turn.role, (turn.content + "\n" + text) if turn.content else text
+    return turn.role, turn.content
+
+
+def prompt_turns(turns: list[Turn], tools: Tools | None, output: Output | None) -> list[dict[str, str]]:
+    """The turns as a chat template renders them (``{"role", "content"}``), the instructions for
+    the answer's shape in the system turn."""
+    messages = [dict(zip(("role", "content"), _turn_text(t))) for t in turns]
+    instructions = _instructions(tools, output)
+    if instructions:
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = (messages[0]["content"] + "\n\n" + instructions).strip()
+        else:
+            messages.insert(0, {"role": "system", "content": instructions})
+    return messages
+
+
+def _loads_or_text(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+@dataclass
+class Answer:
+    """A constrained answer read back: its text (``content``) and the calls it makes, each
+    (name, arguments as JSON text)."""
+
+    content: str
+    calls: list[tuple[str, str]]
+
+
+def read_answer(text: str, tools: Tools | None, output: Output | None) -> Answer | None:
+    """The answer ``text`` gives under ``answer_schema``; None when it is no such answer (cut
+    short by the token bound)."""
+    if tools is None or tools.choice == "none":
+        return Answer(text, [])
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    if isinstance(value.get("tool_calls"), list):
+        calls = []
+        for call in value["tool_calls"]:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                return None
+            calls.append((call["name"], orjson.dumps(call.get("arguments", {})).decode()))
+        return Answer("", calls)
+    if "content" in value:
+        content = value["content"]
+        return Answer(content if isinstance(content, str) else orjson.dumps(content).decode(), [])
+    return None

@@ -6,6 +6,7 @@ from typing import Any
 
 from .family import Family, Req, dumps, final_turn_text
 from .generation import Plan
+from .tools import anthropic_tool_use
 
 
 def event(name: bytes, obj: Any) -> bytes:
@@ -30,7 +31,7 @@ class Anthropic(Family):
     }
     SERVER_ERROR_TYPE = "api_error"
     CLIENT_ERROR_TYPE = "invalid_request_error"
-    STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
+    STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence", "tool_calls": "tool_use"}
 
     def key_credential(self, headers, query) -> str:
         return headers.get("x-api-key", "").strip()  # else Bearer: the SDK may send keys and auth tokens so
@@ -54,7 +55,9 @@ class Anthropic(Family):
         system_texts = [] if system is None else self.typed_part_texts(system, "system")
         conv = self.read_turns(messages, system_texts)
         stream = bool(body.get("stream") or False)
-        return conv.request(model, stream, limit, self.stop_list(body.get("stop_sequences"), "stop_sequences", None))
+        req = conv.request(model, stream, limit, self.stop_list(body.get("stop_sequences"), "stop_sequences", None))
+        req.tools = anthropic_tool_use(self, body, messages)
+        return req
 
     def turn_not_an_object(self, i: int) -> str:
         return f"messages.{i}: Input should be a valid dictionary"
@@ -105,8 +108,13 @@ class Anthropic(Family):
             "usage": self.usage(req, out_tokens),
         }
 
+    def new_call_id(self) -> str:
+        return "toolu_" + self.new_id()[8:]
+
     def render(self, req: Req, plan: Plan) -> bytes:
         content = [{"type": "text", "text": plan.text}]
+        if plan.call is not None:
+            content = [{"type": "tool_use", "id": plan.call.id, "name": plan.call.name, "input": plan.call.arguments}]
         return dumps(self.message(req, content, self.STOP[plan.finish], plan.stop_sequence, plan.completion_tokens))
 
     def s_preamble(self, req: Req) -> bytes:
@@ -130,6 +138,15 @@ class Anthropic(Family):
     def s_end(self, req: Req, plan: Plan, last: str) -> bytes:
         out = [self.s_delta(req, last, 0)] if last else []
         out.append(event(b"content_block_stop", {"type": "content_block_stop", "index": 0}))
+        if plan.call is not None:  # after the (empty) text block, as Claude's replies do
+            call = plan.call
+            block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+            start = {"type": "content_block_start", "index": 1, "content_block": block}
+            out.append(event(b"content_block_start", start))
+            for piece in call.pieces():
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                out.append(event(b"content_block_delta", {"type": "content_block_delta", "index": 1, "delta": delta}))
+            out.append(event(b"content_block_stop", {"type": "content_block_stop", "index": 1}))
         out.append(
             event(
                 b"message_delta",

@@ -9,6 +9,7 @@ from typing import Any
 from . import eventstream
 from .family import ApiError, Family, Req, dumps, final_turn_text, random_id, text_blocks
 from .generation import Plan
+from .tools import bedrock_tool_use
 
 MUST_START_WITH_USER = (
     "A conversation must start with a user message. Try again with a conversation that starts with a user message."
@@ -38,7 +39,7 @@ class Bedrock(Family):
         "ServiceUnavailableException": "serviceUnavailableException",
         "ValidationException": "validationException",
     }
-    STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence"}
+    STOP = {"stop": "end_turn", "length": "max_tokens", "stop_sequence": "stop_sequence", "tool_calls": "tool_use"}
 
     def check_auth(self, headers, query, api_key):
         auth = headers.get("authorization", "")
@@ -84,7 +85,9 @@ class Bedrock(Family):
             raise self.bad_request("inferenceConfig must be an object")
         limit = self.int_field(ic.get("maxTokens"), "inferenceConfig.maxTokens")
         stops = self.stop_list(ic.get("stopSequences"), "inferenceConfig.stopSequences", None)
-        return conv.request(params["model"], params["op"] == "converse-stream", limit, stops)
+        req = conv.request(params["model"], params["op"] == "converse-stream", limit, stops)
+        req.tools = bedrock_tool_use(self, body, messages)
+        return req
 
     def turn_not_an_object(self, i: int) -> str:
         return f"Value at 'messages.{i + 1}' failed to satisfy constraint: must be an object"
@@ -129,10 +132,16 @@ class Bedrock(Family):
     def metrics(self, req: Req) -> dict[str, Any]:
         return {"latencyMs": int((time.monotonic() - req.t0) * 1000)}
 
+    def new_call_id(self) -> str:
+        return "tooluse_" + self.new_id()[-20:]
+
     def render(self, req: Req, plan: Plan) -> bytes:
+        content: list[dict[str, Any]] = [{"text": plan.text}]
+        if plan.call is not None:
+            content = [{"toolUse": {"toolUseId": plan.call.id, "name": plan.call.name, "input": plan.call.arguments}}]
         return dumps(
             {
-                "output": {"message": {"role": "assistant", "content": [{"text": plan.text}]}},
+                "output": {"message": {"role": "assistant", "content": content}},
                 "stopReason": self.STOP[plan.finish],
                 "usage": self.usage(req, plan),
                 "metrics": self.metrics(req),
@@ -148,6 +157,14 @@ class Bedrock(Family):
     def s_end(self, req: Req, plan: Plan, last: str) -> bytes:
         out = [self.s_delta(req, last, 0)] if last else []
         out.append(eventstream.event_frame("contentBlockStop", b'{"contentBlockIndex":0}'))
+        if plan.call is not None:
+            call = plan.call
+            start = {"start": {"toolUse": {"toolUseId": call.id, "name": call.name}}, "contentBlockIndex": 1}
+            out.append(eventstream.event_frame("contentBlockStart", dumps(start)))
+            for piece in call.pieces():
+                delta = {"delta": {"toolUse": {"input": piece}}, "contentBlockIndex": 1}
+                out.append(eventstream.event_frame("contentBlockDelta", dumps(delta)))
+            out.append(eventstream.event_frame("contentBlockStop", b'{"contentBlockIndex":1}'))
         out.append(eventstream.event_frame("messageStop", dumps({"stopReason": self.STOP[plan.finish]})))
         metadata = {"usage": self.usage(req, plan), "metrics": self.metrics(req)}
         out.append(eventstream.event_frame("metadata", dumps(metadata)))

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from .generation import Plan, count_words, reply_begun_in
+from .tools import ToolUse
 
 
 class ApiError(Exception):
@@ -52,6 +53,7 @@ class Req:
     opts: dict[str, Any] = field(default_factory=dict)
     plan: Plan | None = None
     sent_chunks: int = 0
+    tools: ToolUse | None = None
 
 
 @dataclass
@@ -152,6 +154,9 @@ class Family:
 
     def new_id(self) -> str:
         return self.id_prefix + random_id()
+
+    def new_call_id(self) -> str:
+        return "call_" + random_id()
 
     def prefill(self, body: dict[str, Any]) -> str:
         """The start of the answer that the request hands the model, which the reply continues.

@@ -10,6 +10,7 @@ import orjson
 
 from .family import Family, Req, dumps, final_turn_text, text_blocks
 from .generation import Plan
+from .tools import gemini_tool_use
 
 
 def field_of(d: dict[str, Any], camel: str, snake: str) -> Any:
@@ -41,7 +42,7 @@ class Gemini(Family):
     }
     SERVER_ERROR_TYPE = "UNAVAILABLE"
     CLIENT_ERROR_TYPE = "FAILED_PRECONDITION"
-    FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "stop_sequence": "STOP"}
+    FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "stop_sequence": "STOP", "tool_calls": "STOP"}
 
     def key_credential(self, headers, query) -> str:
         return headers.get("x-goog-api-key", "").strip() or query.get("key", "").strip()  # else OAuth Bearer
@@ -78,7 +79,9 @@ class Gemini(Family):
             raise self.bad_request("the fake provider only supports candidateCount=1")
         stops = self.stop_list(field_of(gc, "stopSequences", "stop_sequences"), "stop_sequences", 5)
         stream = params["method"] == "streamGenerateContent"
-        return conv.request(params["model"], stream, limit, stops, sse=query.get("alt") == "sse")
+        req = conv.request(params["model"], stream, limit, stops, sse=query.get("alt") == "sse")
+        req.tools = gemini_tool_use(self, body, gc, contents)
+        return req
 
     def turn_not_an_object(self, i: int) -> str:
         return f"Invalid value at 'contents[{i}]': must be a Content object"
@@ -106,8 +109,11 @@ class Gemini(Family):
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": req.prompt_tokens}],
         }
 
-    def response(self, req: Req, text: str, n: int, finish: str | None) -> dict[str, Any]:
-        cand: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    def response(self, req: Req, text: str, n: int, finish: str | None, call: Any = None) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = [{"text": text}]
+        if call is not None:  # Gemini sends a call whole, its arguments an object, no id
+            parts = [{"functionCall": {"name": call.name, "args": call.arguments}}]
+        cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if finish:
             cand["finishReason"] = finish
         return {
@@ -118,7 +124,7 @@ class Gemini(Family):
         }
 
     def render(self, req: Req, plan: Plan) -> bytes:
-        return dumps(self.response(req, plan.text, plan.completion_tokens, self.FINISH[plan.finish]))
+        return dumps(self.response(req, plan.text, plan.completion_tokens, self.FINISH[plan.finish], plan.call))
 
     def frame(self, req: Req, obj: Any) -> bytes:
         if req.opts["sse"]:
@@ -135,7 +141,8 @@ class Gemini(Family):
         return self.frame(req, self.response(req, text, index + 1, None))
 
     def s_end(self, req: Req, plan: Plan, last: str) -> bytes:
-        return self.last_frame(req, self.response(req, last, plan.completion_tokens, self.FINISH[plan.finish]))
+        return self.last_frame(req, self.response(req, last, plan.completion_tokens, self.FINISH[plan.finish],
+                                                  plan.call))
 
     def s_error(self, req: Req, status: int, message: str, etype: str) -> bytes:
         return self.last_frame(req, orjson.loads(self.error_body(status, message, etype)))

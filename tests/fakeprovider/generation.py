@@ -10,8 +10,9 @@ from typing import Any
 class Plan:
     deltas: list[str]  # one entry per generated token (may be "" while a stop prefix is held back)
     completion_tokens: int
-    finish: str  # "stop" | "length" | "stop_sequence"
+    finish: str  # "stop" | "length" | "stop_sequence" | "tool_calls"
     stop_sequence: str | None = None
+    call: Any = None  # a tools.Call the reply makes instead of text
 
     @property
     def text(self) -> str:

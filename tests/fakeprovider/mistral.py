@@ -41,6 +41,12 @@ class MistralChat(OpenAIChat):
     def role_delta(self) -> dict[str, Any]:
         return {"role": "assistant", "content": ""}
 
+    def call_chunks(self, req: Req, call) -> list[bytes]:
+        # Mistral sends each call whole, in one delta
+        whole = {"id": call.id, "type": "function", "index": 0,
+                 "function": {"name": call.name, "arguments": call.json}}
+        return [self.chunk(req, {"tool_calls": [whole]}, None)]
+
     def finishing_chunks(self, req: Req, plan: Plan) -> list[bytes]:
         # usage rides on the finishing chunk, always (no stream_options needed)
         return [self.chunk(req, {"content": ""}, self.FINISH[plan.finish], self.usage(req, plan))]

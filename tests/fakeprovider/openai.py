@@ -7,6 +7,7 @@ from typing import Any
 
 from .family import Family, Req, dumps, sse
 from .generation import Plan, count_words
+from .tools import openai_tool_use
 
 DONE = b"data: [DONE]\n\n"
 
@@ -35,7 +36,7 @@ class OpenAIFamily(Family):
     ERROR_TYPES = {401: "invalid_request_error", 403: "permission_error", 429: "requests"}
     SERVER_ERROR_TYPE = "server_error"
     CLIENT_ERROR_TYPE = "invalid_request_error"
-    FINISH = {"stop": "stop", "length": "length", "stop_sequence": "stop"}
+    FINISH = {"stop": "stop", "length": "length", "stop_sequence": "stop", "tool_calls": "tool_calls"}
     max_stops: int | None = 4  # most stop sequences a request may give; None: any number
 
     def error_body(self, status: int, message: str, etype: str) -> bytes:
@@ -80,7 +81,9 @@ class OpenAIChat(OpenAIFamily):
         limit = self.int_field(body.get("max_completion_tokens"), "max_completion_tokens")
         if limit is None:
             limit = self.int_field(body.get("max_tokens"), "max_tokens")
-        return self.request(body, model, conv.prompt_tokens, conv.last_user, limit)
+        req = self.request(body, model, conv.prompt_tokens, conv.last_user, limit)
+        req.tools = openai_tool_use(self, body, messages, any_choice=self.name == "mistral")
+        return req
 
     def turn_not_an_object(self, i: int) -> str:
         return f"messages[{i}] must be an object"
@@ -124,6 +127,10 @@ class OpenAIChat(OpenAIFamily):
 
     def render(self, req: Req, plan: Plan) -> bytes:
         message = {"role": "assistant", "content": plan.text, **self.message_extras()}
+        if plan.call is not None:
+            call = plan.call
+            message.update(content=None, tool_calls=[
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.json}}])
         choice = {"index": 0, "message": message, "finish_reason": self.FINISH[plan.finish], **self.choice_extras()}
         out = {**envelope(req, "chat.completion"), "choices": [choice], "usage": self.usage(req, plan)}
         return dumps({**out, **self.completion_extras()})
@@ -143,9 +150,19 @@ class OpenAIChat(OpenAIFamily):
 
     def s_end(self, req: Req, plan: Plan, last: str) -> bytes:
         out = [self.s_delta(req, last, 0)] if last else []
+        if plan.call is not None:
+            out += self.call_chunks(req, plan.call)
         out += self.finishing_chunks(req, plan)
         out.append(DONE)
         return b"".join(out)
+
+    def call_chunks(self, req: Req, call) -> list[bytes]:
+        """A tool call as OpenAI streams one: its id and name first, then its arguments in pieces."""
+        first = {"index": 0, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+        out = [self.chunk(req, {"tool_calls": [first]}, None)]
+        for piece in call.pieces():
+            out.append(self.chunk(req, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, None))
+        return out
 
     def finishing_chunks(self, req: Req, plan: Plan) -> list[bytes]:
         out = [self.chunk(req, {}, self.FINISH[plan.finish])]

@@ -29,6 +29,7 @@ from .generation import Plan, build_plan
 from .knobs import KNOB_KEYS, error_message
 from .routes import route
 from .state import State
+from .tools import shape
 
 BATCH = 256  # max events coalesced into one write when behind schedule
 
@@ -167,7 +168,8 @@ class FakeProviderApp:
         req.id = fam.new_id()
         req.created = int(time.time())
         req.t0 = t0
-        plan = build_plan(knobs, req.limit, req.stops, req.last_user, fam.prefill(body))
+        plan = shape(build_plan(knobs, req.limit, req.stops, req.last_user, fam.prefill(body)), req.tools,
+                     fam.new_call_id())
         ttft = float(knobs.get("ttft_ms") or 0) / 1000
         rate = float(knobs.get("tokens_per_s") or 0)
         if not req.stream:

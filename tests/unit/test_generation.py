@@ -6,10 +6,11 @@ import pytest
 
 from shared.catalog import DeploymentLimits, get_catalog
 from shared.jobspec import JobSpec, Sampling, Turn
+from shared.results import ToolCallPiece
 from worker.attempt import Attempt
 from worker.failover import Route
 from worker.generation import generate
-from worker.providers.base import Completion, Provider, ProviderError, TextDelta
+from worker.providers.base import Completion, Provider, ProviderError, TextDelta, ToolCallDelta
 from worker.publishing import JobCancelled
 from worker.retries import MAX_PROVIDER_CALLS, may_retry, retry_delay
 
@@ -128,3 +129,43 @@ def test_the_policy():
     assert retry_delay(rate_limited(retry_after=2), 1) == 2
     assert retry_delay(rate_limited(retry_after=61), 1) is None
     assert 0.25 <= retry_delay(rate_limited(), 1) <= 0.5 and 1.0 <= retry_delay(rate_limited(), 3) <= 2.0
+
+
+class ToolScripted(Provider):
+    """Each call: some text, a tool call's first piece, then the next of ``errors`` (or the rest
+    of the call and a completion when none is left)."""
+    family = "openai"
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def stream(self, request):
+        self.calls += 1
+        if not request.continuation:
+            yield TextDelta("let me look")
+        yield ToolCallDelta(0, "", f"call_{self.calls}", "get_weather")
+        yield ToolCallDelta(0, '{"city": ')
+        if self.errors:
+            raise self.errors.pop(0)
+        yield ToolCallDelta(0, '"Paris"}')
+        yield Completion("tool_calls", 1, 3)
+
+
+def test_a_tool_call_is_delivered_whole_after_its_call_ended_and_a_fault_before_that_remakes_it():
+    provider = ToolScripted([rate_limited(retry_after=0)])
+    completion, attempt = run(provider, Publisher(0))
+    assert provider.calls == 2 and completion.finish_reason == "tool_calls"
+    # The cut call's pieces were never delivered: the one call subscribers have is the second's.
+    assert attempt.text == "let me look"
+    assert attempt.tool_calls() == [{"id": "call_2", "type": "function",
+                                     "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]
+
+
+def test_an_attempt_after_tool_calls_were_delivered_calls_no_provider_again():
+    provider = ToolScripted([])
+    attempt = Attempt("job_1", "token", 2, [ToolCallPiece(0, "{}", "call_1", "f")], account_id="acct",
+                      model_id="gpt-4o")
+    route = Route("openai", get_catalog().get("gpt-4o"), DeploymentLimits(), provider)
+    completion, _ = asyncio.run(generate(attempt, [route], SPEC, Publisher(0)))
+    assert provider.calls == 0 and completion.finish_reason == "tool_calls"

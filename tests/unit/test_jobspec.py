@@ -148,7 +148,7 @@ def test_a_spec_round_trips_reads_a_newer_one_and_refuses_a_broken_one():
     # Written by a newer API process during a rolling upgrade: what this worker does not know
     # of is left, the rest runs.
     newer = orjson.loads(spec.dump())
-    newer["tools"], newer["params"]["logprobs"] = [{"type": "function"}], True
+    newer["prediction"], newer["params"]["logprobs"] = {"type": "content"}, True
     assert JobSpec.load(orjson.dumps(newer)) == spec
     for broken in (b"", b"{not json", orjson.dumps({**orjson.loads(spec.dump()), "messages": [{"role": "tool"}]}),
                    orjson.dumps({"model": "gpt-4o"})):

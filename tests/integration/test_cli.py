@@ -85,7 +85,8 @@ def test_chat_stream_prints_tokens_as_they_arrive(cli, fake):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "tok0 tok1 tok2\n"
 
-    fake.config(tokens_per_s=0.2)  # the second, last token 5 s after the first
+    # the second, last token 2.5 s after the first: well within the stack's 5 s idle timeout
+    fake.config(tokens_per_s=0.4)
     proc = subprocess.Popen([chatfleet_bin(), "chat", "hi", "--model", "gpt-4o-mini", "--max-tokens", "2",
                              "--stream"], env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -16,6 +16,7 @@ from worker.providers.bodies import (
     arguments_object,
     data_url,
     given,
+    merge_blocks,
     merge_extra,
     merge_turns,
     output_tool,
@@ -221,20 +222,6 @@ def _blocks(turn: Turn) -> list[dict[str, Any]]:
     for call in turn.tool_calls:
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments_object(call.arguments)})
     return blocks
-
-
-def merge_blocks(turns) -> list[dict[str, Any]]:
-    """(role, blocks) turns as messages that alternate: a role's consecutive turns made one
-    (tool results, which are user turns, with the user's text after them); empty ones dropped."""
-    merged: list[dict[str, Any]] = []
-    for role, blocks in turns:
-        if not blocks:
-            continue
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["content"] = merged[-1]["content"] + blocks
-        else:
-            merged.append({"role": role, "content": list(blocks)})
-    return merged
 
 
 def _input_tokens(usage: dict[str, Any]) -> int:

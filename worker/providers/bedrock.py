@@ -26,7 +26,7 @@ from botocore.eventstream import EventStreamBuffer, ParserError
 
 from shared.jobspec import Turn
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
-from worker.providers.bodies import arguments_object, data_url, given, merge_turns, output_tool
+from worker.providers.bodies import arguments_object, data_url, given, merge_blocks, merge_turns, output_tool
 from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import classify, shown_kind
 from worker.providers.http import HTTPProvider
@@ -55,7 +55,7 @@ def converse_messages(turns: tuple[Turn, ...]) -> tuple[list[dict[str, Any]], li
     system = [{"text": m.content} for m in turns if m.role == "system" and m.content.strip()]
     rest = [m for m in turns if m.role != "system"]
     if any(m.tool_calls or m.images or m.role == "tool" for m in rest):
-        messages = _block_messages(rest)
+        messages = merge_blocks(("user" if m.role == "tool" else m.role, _blocks(m)) for m in rest)
         if not messages or messages[0]["role"] != "user":
             raise ProviderError("Bedrock requires the conversation to start with a user message (after any system "
                                 "messages)", code="invalid_request")
@@ -85,20 +85,6 @@ def _blocks(turn: Turn) -> list[dict[str, Any]]:
     for call in turn.tool_calls:
         blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": arguments_object(call.arguments)}})
     return blocks
-
-
-def _block_messages(turns: list[Turn]) -> list[dict[str, Any]]:
-    merged: list[dict[str, Any]] = []
-    for turn in turns:
-        role = "user" if turn.role == "tool" else turn.role
-        blocks = _blocks(turn)
-        if not blocks:
-            continue
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["content"] += blocks
-        else:
-            merged.append({"role": role, "content": blocks})
-    return merged
 
 
 def tool_config(request: GenerationRequest) -> dict[str, Any] | None:

@@ -56,6 +56,21 @@ def merge_turns(turns: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return merged
 
 
+def merge_blocks(turns: Iterable[tuple[str, list[dict[str, Any]]]], field: str = "content") -> list[dict[str, Any]]:
+    """(role, blocks) turns as messages that alternate (``{"role", field: blocks}``): a role's
+    consecutive turns made one (a tool's results, sent as user turns, with the user's text after
+    them); turns without blocks dropped."""
+    merged: list[dict[str, Any]] = []
+    for role, blocks in turns:
+        if not blocks:
+            continue
+        if merged and merged[-1]["role"] == role:
+            merged[-1][field] = merged[-1][field] + blocks
+        else:
+            merged.append({"role": role, field: list(blocks)})
+    return merged
+
+
 def split_system(turns: tuple[Turn, ...]) -> tuple[str, list[Turn]]:
     system = [m.content for m in turns if m.role == "system" and m.content.strip()]
     return "\n\n".join(system), [m for m in turns if m.role != "system"]

@@ -13,7 +13,15 @@ import orjson
 
 from shared.jobspec import Turn
 from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
-from worker.providers.bodies import arguments_object, data_url, given, merge_extra, merge_turns, split_system
+from worker.providers.bodies import (
+    arguments_object,
+    data_url,
+    given,
+    merge_blocks,
+    merge_extra,
+    merge_turns,
+    split_system,
+)
 from worker.providers.continuation import one_call
 from worker.providers.faults import mid_stream_error
 from worker.providers.http import HTTPProvider, sse_json
@@ -71,7 +79,7 @@ class GeminiProvider(HTTPProvider):
         """(system instruction, contents, whether a prefill was sent)."""
         system, rest = split_system(request.messages)
         if any(m.tool_calls or m.images or m.role == "tool" for m in rest):
-            contents = self._part_contents(rest)
+            contents = merge_blocks(((ROLES.get(m.role, "user"), _parts(m)) for m in rest), "parts")
             if not request.continuation:
                 return system, contents, False
             if contents and contents[-1]["role"] == "model":
@@ -90,21 +98,6 @@ class GeminiProvider(HTTPProvider):
             prefilled = True
         contents = [{"role": t["role"], "parts": [{"text": t["content"]}]} for t in turns]
         return system, contents, prefilled
-
-    def _part_contents(self, turns: list[Turn]) -> list[dict[str, Any]]:
-        """Turns with tool calls, tool results or images, as Gemini's parts (consecutive turns
-        of a role made one)."""
-        contents: list[dict[str, Any]] = []
-        for turn in turns:
-            role = ROLES.get(turn.role, "user")
-            parts = _parts(turn)
-            if not parts:
-                continue
-            if contents and contents[-1]["role"] == role:
-                contents[-1]["parts"] += parts
-            else:
-                contents.append({"role": role, "parts": parts})
-        return contents
 
     def _body(self, request: GenerationRequest, system: str, contents: list[dict[str, Any]]) -> dict[str, Any]:
         p = request.params

@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# instructor and LlamaIndex pin an older openai SDK than the test extra's: their own environment.
+CLIENTS := .venv-clients
+CLIENTS_STAMP := $(CLIENTS)/.installed
 
 .PHONY: install install-test run check test unit integration bench clean
 
@@ -22,9 +25,14 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(TEST_STAMP)
 
+$(CLIENTS_STAMP): tests/clients/requirements.txt
+	test -x $(CLIENTS)/bin/python || $(PYTHON) -m venv $(CLIENTS)
+	$(CLIENTS)/bin/python -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+	touch $(CLIENTS_STAMP)
+
 install: $(STAMP)
 
-install-test: $(TEST_STAMP)
+install-test: $(TEST_STAMP) $(CLIENTS_STAMP)
 
 run: install
 	$(PY) -m deploy.devstack
@@ -45,4 +53,4 @@ integration: install-test
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(CLIENTS) var build *.egg-info

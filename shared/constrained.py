@@ -19,6 +19,10 @@ import orjson
 
 from shared.jobspec import Output, Tools, Turn
 
+#: The most calls one constrained answer makes when the client allows parallel calls: a small model
+#: let make any number makes the same call over and over, to the token bound.
+PARALLEL_CALLS_AT_MOST = 4
+
 
 def _declared_only(schema: dict[str, Any]) -> dict[str, Any]:
     """An object schema that lists its properties, closed to any other: whatever this admits,
@@ -59,10 +63,8 @@ def answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] 
         calls = [_call_schema(f.name, f.parameters) for f in functions]
         items: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
         array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
-        if tools.parallel is not True or tools.forced is not None:
-            # One call unless the client asks for several: a small model, let make any number,
-            # makes the same call over and over.
-            array["maxItems"] = 1
+        # One call unless the client asks for several (a few, at most).
+        array["maxItems"] = PARALLEL_CALLS_AT_MOST if tools.parallel is True and tools.forced is None else 1
         with_calls = {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"],
                       "additionalProperties": False}
         if tools.choice == "required":
@@ -147,11 +149,13 @@ def read_answer(text: str, tools: Tools | None, output: Output | None) -> Answer
     if not isinstance(value, dict):
         return None
     if isinstance(value.get("tool_calls"), list):
-        calls = []
+        calls: list[tuple[str, str]] = []
         for call in value["tool_calls"]:
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                 return None
-            calls.append((call["name"], orjson.dumps(call.get("arguments", {})).decode()))
+            made = (call["name"], orjson.dumps(call.get("arguments", {})).decode())
+            if made not in calls:  # the same call twice is a small model repeating itself
+                calls.append(made)
         return Answer("", calls)
     if "content" in value:
         content = value["content"]

@@ -4,7 +4,7 @@ decoded to, what the prompt says, and the answer read back."""
 import jsonschema
 import orjson
 
-from shared.constrained import answer_schema, prompt_turns, read_answer
+from shared.constrained import PARALLEL_CALLS_AT_MOST, answer_schema, prompt_turns, read_answer
 from shared.jobspec import Output, Tool, ToolCall, Tools, Turn
 
 WEATHER = Tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -21,7 +21,9 @@ def test_required_calls_are_bounded_to_the_tools_and_closed_to_made_up_arguments
                 {"tool_calls": [{"name": "get_time", "arguments": {}}, {"name": "get_time", "arguments": {}}]}):
         assert not jsonschema.Draft202012Validator(schema).is_valid(bad), bad
     parallel = answer_schema(Tools((WEATHER, CLOCK), "required", parallel=True), None)
-    jsonschema.validate({"tool_calls": [{"name": "get_time", "arguments": {}}] * 2}, parallel)
+    jsonschema.validate({"tool_calls": [{"name": "get_time", "arguments": {}}] * PARALLEL_CALLS_AT_MOST}, parallel)
+    assert not jsonschema.Draft202012Validator(parallel).is_valid(
+        {"tool_calls": [{"name": "get_time", "arguments": {}}] * (PARALLEL_CALLS_AT_MOST + 1)})
 
 
 def test_auto_allows_an_answer_and_a_forced_tool_only_itself():
@@ -53,6 +55,9 @@ def test_an_answer_is_read_back_as_calls_or_text_and_a_cut_one_as_none():
     tools = Tools((WEATHER,), "auto")
     answer = read_answer('{"tool_calls": [{"name": "get_weather", "arguments": {"city": "P"}}]}', tools, None)
     assert answer is not None and answer.calls == [("get_weather", '{"city":"P"}')] and answer.content == ""
+    calls = [{"name": "f", "arguments": {}}, {"name": "f", "arguments": {}}, {"name": "f", "arguments": {"a": 1}}]
+    twice = read_answer(orjson.dumps({"tool_calls": calls}).decode(), tools, None)
+    assert twice is not None and twice.calls == [("f", "{}"), ("f", '{"a":1}')]
     answer = read_answer('{"content": "hello"}', tools, None)
     assert answer is not None and answer.content == "hello" and not answer.calls
     assert read_answer('{"tool_calls": [{"name": "get_wea', tools, None) is None

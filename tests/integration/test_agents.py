@@ -282,15 +282,16 @@ def test_a_batch_of_extraction_lines_gives_outputs_valid_against_the_schema(stac
     lines = [json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
         "model": FAMILIES["openai"] if i % 2 else FAMILIES["anthropic"],
         "messages": [{"role": "user", "content": f"person number {i}"}],
-        "response_format": {"type": "json_schema", "json_schema": schema}}}) for i in range(40)]
+        "response_format": {"type": "json_schema", "json_schema": schema}}}) for i in range(1000)]
     path = tmp_path / "extract.jsonl"
     path.write_text("\n".join(lines) + "\n")
     upload = client.files.create(file=path.open("rb"), purpose="batch")
     batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
     batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in (
         "completed", "failed", "expired", "cancelled") and b, 120, 0.2, "the batch to end")
-    assert batch.status == "completed" and batch.request_counts.completed == 40, batch
+    assert batch.status == "completed" and batch.request_counts.completed == 1000, batch
     outputs = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    assert sorted(out["custom_id"] for out in outputs) == sorted(f"line-{i}" for i in range(1000))
     for out in outputs:
         content = out["response"]["body"]["choices"][0]["message"]["content"]
         jsonschema.validate(json.loads(content), Person.model_json_schema())

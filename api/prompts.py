@@ -7,6 +7,7 @@ model's default template, or the provider's own chat format).
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -18,7 +19,15 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from api.request import CompletionRequest
 from shared.catalog import FAMILIES_FETCHING_IMAGES, ModelSpec
 from shared.constrained import prompt_turns
-from shared.jobspec import JobSpec, Sampling, Turn, completion_bound, prompt_tokens_at_least
+from shared.jobspec import (
+    BYTES_PER_TOKEN_AT_LEAST,
+    BYTES_PER_TOKEN_TYPICAL,
+    JobSpec,
+    Sampling,
+    Turn,
+    completion_bound,
+    prompt_tokens_at_least,
+)
 
 TEMPLATE_RENDER_SECONDS = 1.0
 TEMPLATE_OUTPUT_CHARS = 2_000_000
@@ -263,10 +272,51 @@ def sampling(request: CompletionRequest, spec: ModelSpec, bound: int) -> Samplin
         reasoning_effort=p.reasoning_effort, seed=p.seed)
 
 
+#: The families whose embedding APIs take inputs as token ids (the others: text only).
+FAMILIES_TAKING_TOKEN_IDS = frozenset({"openai"})
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on one request's inputs
+
+
+def embedding_spec(request: CompletionRequest, spec: ModelSpec) -> JobSpec:
+    embed = request.embed
+    assert embed is not None  # an embedding request
+    if spec.kind != "embedding":
+        raise RequestError(f"model {spec.id!r} is a chat model, not an embedding model: pick one whose kind is "
+                           "embedding (GET /v1/models)", param="model", code="invalid_model")
+    if not embed.inputs or len(embed.inputs) > MAX_EMBEDDING_INPUTS:
+        raise RequestError(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} items", param="input")
+    if embed.dimensions is not None:
+        if "dimensions" not in spec.parameters:
+            raise RequestError(f"model {spec.id!r} does not take dimensions: remove it", param="dimensions",
+                               code="unsupported_parameter")
+        if spec.dimensions is not None and embed.dimensions > spec.dimensions:
+            raise RequestError(f"dimensions {embed.dimensions} is above the {spec.dimensions} of model {spec.id!r}",
+                               param="dimensions", code="invalid_value")
+    for i, item in enumerate(embed.inputs):
+        if isinstance(item, tuple) and spec.family not in FAMILIES_TAKING_TOKEN_IDS:
+            raise RequestError(f"model {spec.id!r} ({spec.family}) takes input as text, not token ids",
+                               param=f"input[{i}]", code="invalid_value")
+        if isinstance(item, str) and not item.strip():
+            raise RequestError(f"input[{i}] is empty: each input needs text", param=f"input[{i}]")
+        at_least = len(item) if isinstance(item, tuple) else math.ceil(len(item.encode()) / BYTES_PER_TOKEN_AT_LEAST)
+        if at_least > spec.context_window:
+            raise RequestError(f"input[{i}] (at least {at_least} tokens) is longer than the {spec.context_window} "
+                               f"tokens model {spec.id!r} reads of one input", param=f"input[{i}]",
+                               code="context_length_exceeded")
+    size = sum(len(i) * BYTES_PER_TOKEN_TYPICAL if isinstance(i, tuple) else len(i.encode()) for i in embed.inputs)
+    return JobSpec(model=spec.id, messages=(), params=Sampling(temperature=0.0, max_tokens=1), prompt_bytes=size,
+                   embed=embed)
+
+
 def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> JobSpec:
     """Everything the worker needs to make the call, validated; raises RequestError.
     ``reservation``: the completion bound of a request that sets none and whose model has no
     ``default_max_tokens`` (``CHATFLEET_DEFAULT_COMPLETION_RESERVATION``)."""
+    if request.embed is not None:
+        return embedding_spec(request, spec)
+    if spec.kind != "chat":
+        raise RequestError(f"model {spec.id!r} is an embedding model: send it to POST /v1/embeddings, or pick a "
+                           "chat model", param="model", code="invalid_model")
     check_parameters(request, spec)
     messages = build_messages(request)
     prompt = None

@@ -17,7 +17,7 @@ import jsonschema
 import msgspec
 from pydantic import AfterValidator, Field
 
-from shared.jobspec import Output, ReasoningEffort, Tools, Turn
+from shared.jobspec import Embedding, Output, ReasoningEffort, Tools, Turn
 
 MAX_STOP_SEQUENCES = 4
 # The largest integer parameter taken (max_tokens, top_k, last_k): no provider takes more, and a
@@ -126,3 +126,5 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     tools: Tools | None = None
     #: What the answer's text must be (OpenAI's ``response_format``, other than text).
     output: Output | None = None
+    #: An embedding request's inputs (its messages are empty).
+    embed: Embedding | None = None

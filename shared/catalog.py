@@ -44,6 +44,10 @@ class ModelSpec(BaseModel):
     chat_template: bool = False
     # Whether the model takes images (``image_url`` content parts).
     vision: bool = False
+    # What the model does: chat (completions, responses) or embedding (POST /v1/embeddings).
+    kind: Literal["chat", "embedding"] = "chat"
+    # An embedding model's vector length (``dimensions``, where it takes one, asks for fewer).
+    dimensions: int | None = Field(default=None, ge=1)
     default_max_tokens: int | None = Field(default=None, ge=1)
     bos_token: str = ""
     eos_token: str = ""

@@ -138,6 +138,19 @@ class Sampling(msgspec.Struct, frozen=True, omit_defaults=True):
     seed: int | None = None
 
 
+class Embedding(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An embedding job's inputs (texts, or token ids where the family takes them) and the
+    vector length asked for (None: the model's)."""
+
+    inputs: tuple[str | tuple[int, ...], ...]
+    dimensions: int | None = None
+
+    @property
+    def tokens_at_most(self) -> int:
+        return sum(len(i) if isinstance(i, tuple) else math.ceil(len(i.encode()) / BYTES_PER_TOKEN_AT_MOST) + 2
+                   for i in self.inputs)
+
+
 class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     model: str
     messages: tuple[Turn, ...]
@@ -148,6 +161,8 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt: str | None = None
     tools: Tools | None = None
     output: Output | None = None
+    #: An embedding job's inputs (its messages are empty).
+    embed: Embedding | None = None
 
     @property
     def tool_definition_bytes(self) -> int:
@@ -165,7 +180,9 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     @property
     def reserved_tokens(self) -> int:
         """What admission holds against token limits: the prompt at its highest estimate plus
-        the completion bound."""
+        the completion bound (an embedding job: its inputs, at their highest estimate)."""
+        if self.embed is not None:
+            return self.embed.tokens_at_most
         return (prompt_tokens_at_most(self.messages, self.prompt) + self.params.max_tokens
                 + math.ceil(self.tool_definition_bytes / BYTES_PER_TOKEN_AT_MOST))
 

@@ -4,6 +4,8 @@ job's statuses, and times as the API shows them."""
 
 from __future__ import annotations
 
+import base64
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +80,22 @@ def completion_body(
         "chat_completion": {"message": message, "finish_reason": finish_reason},
         "token_usage": token_usage(prompt_tokens, completion_tokens),
     }
+
+
+def embedding_body(vectors: list[list[float]], prompt_tokens: int) -> dict[str, Any]:
+    """An embedding job's result: each vector as base64 of little-endian float32 (OpenAI's
+    ``encoding_format: base64``; a quarter of the size of the numbers as JSON text)."""
+    return {"embeddings": [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors],
+            "token_usage": token_usage(prompt_tokens, 0)}
+
+
+def embedding_vectors(body: dict[str, Any]) -> list[list[float]]:
+    """The vectors of an embedding job's result, as floats."""
+    out = []
+    for encoded in body["embeddings"]:
+        raw = base64.b64decode(encoded)
+        out.append(list(struct.unpack(f"<{len(raw) // 4}f", raw)))
+    return out
 
 
 def stream_chunk(

@@ -24,7 +24,7 @@ from shared.jobspec import JobSpec
 from worker import metrics
 from worker.attempt import Attempt
 from worker.failover import Failover, Route
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import Completion, Embeddings, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.publishing import Publisher, emit
 from worker.retries import may_retry, retry_delay
 from worker.stops import StopFilter
@@ -127,3 +127,65 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         if stops.stopped:
             completion.finish_reason = "stop"
         return completion, route
+
+
+async def embed(attempt: Attempt, routes: list[Route], job: JobSpec,
+                failover: Failover | None = None) -> tuple[Embeddings, Route]:
+    """An embedding job's call and the route that served it. Nothing is streamed, so a retryable
+    fault moves the call to the next route at once (another deployment, then the account's
+    fallbacks that are embedding models); on the last, it is made again after the wait
+    ``worker/retries.py`` decides."""
+    assert job.embed is not None  # an embedding job
+    routes = list(routes)
+    shared = len(routes) > 1
+    fallbacks_loaded = failover is None
+    index, calls = 0, 0
+    while True:
+        route = routes[index]
+        model = route.spec
+        calls += 1
+        request = GenerationRequest(model=model, job=job, job_id=attempt.job_id, account_id=attempt.account_id)
+        call_started = time.monotonic()
+        try:
+            if route.provider is None:
+                why = route.unavailable.message if route.unavailable else f"no adapter for the {model.family} family"
+                raise ProviderError(why, code="model_unavailable", retryable=shared)
+            result = await route.provider.embed(request)
+            if len(result.vectors) != len(job.embed.inputs):
+                raise ProviderError(f"the provider answered {len(result.vectors)} embeddings for "
+                                    f"{len(job.embed.inputs)} inputs", code="upstream_invalid", retryable=True)
+        except ProviderError as exc:
+            metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
+            if shared and exc.retryable:
+                assert failover is not None  # several routes are the failover's, given with it
+                await failover.record(route, False)
+            if exc.retryable:
+                if index + 1 == len(routes) and not fallbacks_loaded:
+                    assert failover is not None  # fallbacks are left to load only with a failover
+                    fallbacks_loaded = True
+                    fallbacks = [r for r in await failover.fallbacks(attempt.account_id, attempt.model_id)
+                                 if r.spec.kind == "embedding"]
+                    routes += fallbacks
+                    shared = shared or bool(fallbacks)
+                if index + 1 < len(routes):
+                    index, calls = index + 1, 0
+                    log.warning("embedding call failed on %s, moving to %s: %s", route.label, routes[index].label,
+                                exc.message, extra=attempt.log_context())
+                    continue
+            if not may_retry(exc, calls):
+                raise
+            delay = retry_delay(exc, calls)
+            if delay is None:
+                raise
+            log.warning("embedding call failed, retrying in %.2fs: %s", delay, exc.message,
+                        extra=attempt.log_context())
+            await asyncio.sleep(delay)
+            continue
+        except BaseException:
+            metrics.record_provider_call(model.family, model.id, "aborted", time.monotonic() - call_started)
+            raise
+        metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
+        if shared:
+            assert failover is not None  # several routes are the failover's, given with it
+            await failover.record(route, True)
+        return result, route

@@ -20,15 +20,15 @@ from shared.events import END, ERROR, TOKEN
 from shared.jobs import JobStore
 from shared.jobspec import JobSpec, UnreadableSpec
 from shared.logs import redact
-from shared.results import completion_body, stream_chunk
+from shared.results import completion_body, embedding_body, stream_chunk
 from shared.settings import Settings
 from shared.usage import record as usage_record
 from worker import metrics
 from worker.attempt import Attempt, RunningJob
 from worker.failover import Failover, Route
-from worker.generation import generate
+from worker.generation import embed, generate
 from worker.limits import Admission, Limiter
-from worker.providers.base import Completion, Provider, ProviderError
+from worker.providers.base import Completion, Embeddings, Provider, ProviderError
 from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_piece, dumps, unpublished
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,10 @@ class JobRunner:
         try:
             try:
                 async with asyncio.timeout(self.settings.job_time_limit_seconds):
+                    if job.embed is not None:
+                        embeddings, route = await embed(attempt, routes, job, self.failover)
+                        attempt.serve(route)
+                        return await self._finish_embedded(attempt, embeddings)
                     completion, route = await generate(attempt, routes, job, self.publisher, self.failover)
                     attempt.serve(route)
             except TimeoutError:
@@ -263,6 +267,12 @@ class JobRunner:
              (attempt.seq + 2, END, dumps({"status": "succeeded"}))],
             completion.prompt_tokens, completion.completion_tokens,
         )
+
+    async def _finish_embedded(self, attempt: Attempt, embeddings: Embeddings) -> str:
+        body = embedding_body(embeddings.vectors, embeddings.prompt_tokens)
+        return await self._finish(
+            attempt, "succeeded", {"result": dumps(body), "served_by": attempt.served_by},
+            [(attempt.seq + 1, END, dumps({"status": "succeeded"}))], embeddings.prompt_tokens, 0)
 
     async def _finish_cancelled(self, attempt: Attempt) -> str:
         tokens = await unpublished(attempt)

@@ -93,6 +93,14 @@ class Completion:
 
 
 @dataclass
+class Embeddings:
+    """An embedding call's answer: one vector per input, in order, and the tokens it read."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass
 class ProviderError(Exception):
     """An upstream failure. ``retryable`` ones (429, 5xx, timeouts, cut streams) are retried by
     the runner with backoff; the others end the job with ``code`` and ``message``."""
@@ -115,6 +123,10 @@ class Provider(ABC):
     def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         """Yield TextDelta items as text arrives (ToolCallDelta ones as tool calls do), then
         exactly one Completion."""
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        """The vectors of ``request.job.embed``'s inputs (a family without embeddings refuses)."""
+        raise ProviderError(f"the {self.family} family serves no embeddings", code="model_unavailable")
 
     def missing_configuration(self) -> str | None:
         """The setting that must be set before this provider can be used, or None."""

@@ -25,7 +25,7 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, ParserError
 
 from shared.jobspec import Turn
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import Completion, Embeddings, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.providers.bodies import arguments_object, data_url, given, merge_blocks, merge_turns, output_tool
 from worker.providers.continuation import WhitespaceSkipper, one_call, split_prefill
 from worker.providers.faults import classify, shown_kind
@@ -263,3 +263,22 @@ class BedrockProvider(HTTPProvider):
         if finish_reason == "tool_calls" and not calls:
             finish_reason = "stop"  # the structured answer's tool was the only one called
         yield one_call(request, finish_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        """Titan Text Embeddings by ``InvokeModel``: one call per input (the model takes one)."""
+        self.check_configured()
+        embed = request.job.embed
+        assert embed is not None  # an embedding job
+        model_id = urllib.parse.quote(request.model.upstream, safe="")
+        url = self.endpoint(request, self.settings.bedrock_endpoint_url
+                            or f"https://bedrock-runtime.{self.region}.amazonaws.com", f"/model/{model_id}/invoke")
+        vectors, tokens = [], 0
+        for text in embed.inputs:
+            content = orjson.dumps({"inputText": text, "normalize": True, **given(dimensions=embed.dimensions)})
+            answer = await self.upstream.post_json(url, orjson.Fragment(content), self._headers(url, content))
+            if not isinstance(answer, dict) or not isinstance(answer.get("embedding"), list):
+                raise ProviderError(f"{self.display} answered an embedding without a vector", code="upstream_invalid",
+                                    retryable=True)
+            vectors.append(list(answer["embedding"]))
+            tokens += int(answer.get("inputTextTokenCount") or 0)
+        return Embeddings(vectors, tokens)

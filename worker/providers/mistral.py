@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import Completion, Embeddings, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.providers.bodies import (
     OpenAIToolCalls,
     chat_messages,
@@ -29,7 +29,7 @@ from worker.providers.bodies import (
 from worker.providers.continuation import EchoStripper, one_call
 from worker.providers.faults import classify
 from worker.providers.http import HTTPProvider, sse_json
-from worker.providers.openai import openai_sampling
+from worker.providers.openai import openai_embeddings, openai_sampling
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
                   "tool_calls": "tool_calls", "content_filter": "content_filter"}
@@ -139,3 +139,11 @@ class MistralProvider(HTTPProvider):
             yield TextDelta(tail)
         yield one_call(request, finish_reason, int(usage.get("prompt_tokens", 0)),
                        int(usage.get("completion_tokens", 0)))
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        self.check_configured()
+        embed = request.job.embed
+        assert embed is not None  # an embedding job
+        body = {"model": request.model.upstream, "input": list(embed.inputs), "encoding_format": "float"}
+        url = self.endpoint(request, self.settings.mistral_base_url, "/embeddings")
+        return openai_embeddings(await self.upstream.post_json(url, body, self._headers()), self.display)

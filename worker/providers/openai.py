@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from shared.jobspec import Sampling
-from worker.providers.base import Completion, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
+from worker.providers.base import (
+    Completion,
+    Embeddings,
+    GenerationRequest,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+)
 from worker.providers.bodies import (
     OpenAIToolCalls,
     chat_messages,
@@ -57,6 +64,16 @@ class Choices:
                         yield piece
                 if choice.get("finish_reason"):
                     self.finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])
+
+
+def openai_embeddings(answer: Any, provider: str) -> Embeddings:
+    """OpenAI's (and Mistral's) embeddings answer: ``data[].embedding`` by ``index``, ``usage``."""
+    data = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(data, list):
+        raise ProviderError(f"{provider} answered embeddings without data", code="upstream_invalid", retryable=True)
+    rows = sorted(data, key=lambda row: row.get("index", 0))
+    usage = answer.get("usage") or {}
+    return Embeddings([list(row["embedding"]) for row in rows], int(usage.get("prompt_tokens") or 0))
 
 
 async def openai_chunks(provider: HTTPProvider, url: str, body: dict[str, Any],
@@ -124,3 +141,13 @@ class OpenAIProvider(HTTPProvider):
         assert choices.finish_reason is not None and usage is not None  # check_ended raised otherwise
         yield Completion(choices.finish_reason, int(usage.get("prompt_tokens", 0)),
                          int(usage.get("completion_tokens", 0)))
+
+    async def embed(self, request: GenerationRequest) -> Embeddings:
+        self.check_configured()
+        embed = request.job.embed
+        assert embed is not None  # an embedding job
+        body: dict[str, Any] = {"model": request.model.upstream, "encoding_format": "float",
+                                "input": [list(i) if isinstance(i, tuple) else i for i in embed.inputs],
+                                "user": request.upstream_user, **given(dimensions=embed.dimensions)}
+        url = self.endpoint(request, self.settings.openai_base_url, "/embeddings")
+        return openai_embeddings(await self.upstream.post_json(url, body, self._headers()), self.display)

@@ -20,5 +20,5 @@ MOUNT = "/v1"
 def door() -> Door:
     return Door(name="openai", paths=MOUNT + "/", errors=OpenAIErrors(), mount=MOUNT,
                 routers=(chat.router, responses.router, embeddings.router, models.router, files.router, batches.router),
-                line_formats=(batches.LINE_FORMAT,), uploads=(("POST", MOUNT + "/files"),),
+                line_formats=batches.LINE_FORMATS, uploads=(("POST", MOUNT + "/files"),),
                 handlers={OpenAIError: handle_openai_error})

@@ -1,6 +1,7 @@
 """``/v1/batches``: OpenAI's Batch API on the fleet's batches (``api/batches.py``).
 
-A batch is created from an uploaded file (``input_file_id``) of ``/v1/chat/completions`` lines,
+A batch is created from an uploaded file (``input_file_id``) of ``/v1/chat/completions``,
+``/v1/responses`` or ``/v1/embeddings`` lines (the endpoint it names),
 each run as a job like any other; its statuses are OpenAI's. Once it is over, its results and its
 errors are files (``output_file_id``, ``error_file_id``) whose lines have OpenAI's shape:
 ``{id, custom_id, response: {status_code, request_id, body}, error}``.
@@ -21,7 +22,17 @@ from pydantic import BaseModel, ConfigDict
 from api import batches, files
 from api.deps import CurrentAccount, RedisDep, ValidationsDep
 from api.failures import failure_status
+from api.openai.embeddings import EmbeddingRequest, embedding_list
 from api.openai.errors import OpenAIError, error_body
+from api.openai.responses_wire import (
+    InvalidParameter,
+    ResponseRequest,
+    finished_state,
+    output_items,
+    response_id,
+    response_object,
+    usage_of,
+)
 from api.openai.wire import ChatRequest, completion_object
 from api.request import CompletionRequest
 from shared import keys
@@ -29,6 +40,9 @@ from shared import keys
 router = APIRouter()
 
 ENDPOINT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+ENDPOINTS = (ENDPOINT, RESPONSES, EMBEDDINGS)
 WINDOW = "24h"
 SGP_ENDPOINT = "/v4/chat-completions"
 FRONT = "openai"  # the batch record's ``front``: created through this door
@@ -40,8 +54,35 @@ def _line_request(body: dict[str, Any]) -> CompletionRequest:
     return ChatRequest.model_validate(body).to_request()
 
 
-#: Batch lines in this door's format: the only ones its batches take (any door's batch takes them).
+def _response_line(body: dict[str, Any]) -> CompletionRequest:
+    request = ResponseRequest.model_validate(body)
+    for name in ("previous_response_id", "background", "stream"):
+        if getattr(request, name):
+            raise batches.LineError(f"{name} is not available in a batch line: each line is a response of its own")
+    try:
+        return request.to_request([])
+    except InvalidParameter as exc:
+        raise batches.LineError(f"{exc.param}: {exc}") from None
+
+
+def _embedding_line(body: dict[str, Any]) -> CompletionRequest:
+    return EmbeddingRequest.model_validate(body).to_request()
+
+
+#: Batch lines in this door's formats, one per endpoint (any door's batch takes them; a /v1 batch
+#: takes those of the endpoint it names).
 LINE_FORMAT = batches.LineFormat(ENDPOINT, _line_request)
+LINE_FORMATS = (LINE_FORMAT, batches.LineFormat(RESPONSES, _response_line),
+                batches.LineFormat(EMBEDDINGS, _embedding_line))
+
+
+def _batch_response(job_id: str, model: str, created: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A /v1/responses line's response object (what it repeats of its request: its model)."""
+    rid = response_id(job_id)
+    status, incomplete, text, calls = finished_state(body)
+    stored = {"created_at": created, "echo": {"model": model, "metadata": {}, "background": False, "store": False}}
+    return response_object(rid, stored, status, output_items(rid, text, calls), usage_of(body.get("token_usage")),
+                           incomplete=incomplete)
 
 
 class BatchCreate(BaseModel):
@@ -67,14 +108,20 @@ def _line_id(batch_id: str, item: dict[str, Any]) -> str:
     return "batch_req_" + hashlib.sha256(f"{batch_id}\0{item.get('custom_id')}".encode()).hexdigest()[:32]
 
 
-def openai_line(batch_id: str, raw: str) -> dict[str, Any]:
-    """A result or error line of the batch in OpenAI's shape."""
+def openai_line(batch_id: str, raw: str, endpoint: str = ENDPOINT) -> dict[str, Any]:
+    """A result or error line of the batch in OpenAI's shape (its body: ``endpoint``'s answer)."""
     item = orjson.loads(raw)
     job_id = item.get("job_id")
     out: dict[str, Any] = {"id": _line_id(batch_id, item), "custom_id": item.get("custom_id")}
     response = item.get("response")
     if response is not None:
-        body = completion_object(job_id, item.get("model", ""), item.get("finished_at", 0), response["body"])
+        model, created = item.get("model", ""), int(float(item.get("finished_at") or 0))
+        if endpoint == EMBEDDINGS:
+            body = embedding_list(model, response["body"], "float")
+        elif endpoint == RESPONSES:
+            body = _batch_response(job_id, model, created, response["body"])
+        else:
+            body = completion_object(job_id, model, item.get("finished_at", 0), response["body"])
         out.update(response={"status_code": 200, "request_id": job_id, "body": body}, error=None)
         return out
     error = item.get("error") or {}
@@ -91,8 +138,9 @@ def openai_line(batch_id: str, raw: str) -> dict[str, Any]:
 async def output_content(redis, batch_id: str, kind: str) -> AsyncIterator[bytes]:
     """The batch's output (``results``) or error (``errors``) file, as JSONL."""
     key = keys.batch_results(batch_id) if kind == "results" else keys.batch_errors(batch_id)
+    endpoint = await redis.hget(keys.batch(batch_id), "endpoint") or ENDPOINT
     async for chunk in batches.line_chunks(redis, key):
-        yield b"".join(orjson.dumps(openai_line(batch_id, raw)) + b"\n" for raw in chunk)
+        yield b"".join(orjson.dumps(openai_line(batch_id, raw, endpoint)) + b"\n" for raw in chunk)
 
 
 async def _output_files(redis, record: dict[str, str]) -> tuple[str | None, str | None]:
@@ -148,8 +196,8 @@ async def _own(redis, batch_id: str, account: str) -> dict[str, str]:
 async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisDep, validations: ValidationsDep):
     """The batch, ``validating``: its lines are validated after the answer, as OpenAI does
     (``api/batch_validation.py``)."""
-    if body.endpoint != ENDPOINT:
-        raise OpenAIError(400, f"endpoint must be {ENDPOINT}: the only one this API batches", "endpoint")
+    if body.endpoint not in ENDPOINTS:
+        raise OpenAIError(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
     if body.completion_window != WINDOW:
         raise OpenAIError(400, f"completion_window must be {WINDOW}", "completion_window")
     try:
@@ -163,7 +211,7 @@ async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisD
         raise OpenAIError(400, f"file {body.input_file_id!r} has purpose {upload.get('purpose')!r}, not batch",
                           "input_file_id")
     record = await validations.submit(account, metadata, WINDOW,
-                                      {"front": FRONT, "input_file_id": body.input_file_id, "endpoint": ENDPOINT})
+                                      {"front": FRONT, "input_file_id": body.input_file_id, "endpoint": body.endpoint})
     return await batch_object(redis, record)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import struct
 
@@ -13,6 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import DEV_KEY
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +105,40 @@ def test_an_embedding_model_is_no_chat_model(stack):
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(stack).chat.completions.create(model=LOCAL, messages=[{"role": "user", "content": "hi"}])
     assert caught.value.body["param"] == "model" and "embedding" in caught.value.message
+
+
+def run_batch(client: openai.OpenAI, tmp_path, endpoint: str, bodies: list[dict]) -> list[dict]:
+    path = tmp_path / "lines.jsonl"
+    path.write_text("".join(json.dumps({"custom_id": f"l{i}", "method": "POST", "url": endpoint, "body": b}) + "\n"
+                            for i, b in enumerate(bodies)))
+    upload = client.files.create(file=path.open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
+    batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in (
+        "completed", "failed", "expired", "cancelled") and b, 60, 0.2, "the batch to end")
+    assert batch.status == "completed", batch
+    return sorted((json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()),
+                  key=lambda line: int(line["custom_id"][1:]))
+
+
+def test_a_batch_of_embedding_lines(stack, fake, tmp_path):
+    client = sdk(stack)
+    lines = run_batch(client, tmp_path, "/v1/embeddings",
+                      [{"model": "text-embedding-3-small", "input": f"text {i}"} for i in range(5)]
+                      + [{"model": LOCAL, "input": ["a", "b"]}])
+    assert [line["response"]["status_code"] for line in lines] == [200] * 6
+    assert len(lines[0]["response"]["body"]["data"][0]["embedding"]) == 1536
+    assert [len(r["embedding"]) for r in lines[5]["response"]["body"]["data"]] == [384, 384]
+
+
+def test_a_batch_line_is_checked_against_its_batchs_endpoint(stack, fake, tmp_path):
+    client = sdk(stack)
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                                "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}})
+                    + "\n" + json.dumps({"custom_id": "b", "method": "POST", "url": "/v1/embeddings",
+                                         "body": {"model": "gpt-4o-mini", "input": "x"}}) + "\n")
+    upload = client.files.create(file=path.open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+    batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("failed", "completed") and b,
+                     60, 0.2, "the batch to be validated")
+    assert batch.status == "failed" and {e.line for e in batch.errors.data} == {1, 2}

@@ -167,3 +167,30 @@ def test_langchain_on_the_responses_api(stack, fake):
     assert answer.text == " ".join(f"tok{i}" for i in range(16))
     structured = llm.with_structured_output(Person).invoke("John is 31.")
     assert structured == Person(name="tok", age=1)
+
+
+def test_a_batch_of_response_lines(stack, fake, tmp_path):
+    client = sdk(stack)
+    path = tmp_path / "responses.jsonl"
+    bodies = [{"model": MODEL, "input": f"line {i}", "text": {"format": {
+        "type": "json_schema", "name": "person", "schema": Person.model_json_schema()}}} for i in range(4)]
+    bodies.append({"model": MODEL, "input": "x", "previous_response_id": "resp_abc"})
+    path.write_text("".join(json.dumps({"custom_id": f"l{i}", "method": "POST", "url": "/v1/responses", "body": b})
+                            + "\n" for i, b in enumerate(bodies)))
+    upload = client.files.create(file=path.open("rb"), purpose="batch")
+    refused = client.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    refused = wait_for(lambda: (b := client.batches.retrieve(refused.id)).status in ("failed", "completed") and b,
+                       60, 0.2, "the batch to be validated")
+    assert refused.status == "failed" and "previous_response_id" in refused.errors.data[0].message
+    path.write_text("".join(json.dumps({"custom_id": f"l{i}", "method": "POST", "url": "/v1/responses", "body": b})
+                            + "\n" for i, b in enumerate(bodies[:4])))
+    upload = client.files.create(file=path.open("rb"), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/responses", completion_window="24h")
+    batch = wait_for(lambda: (b := client.batches.retrieve(batch.id)).status in ("failed", "completed") and b,
+                     60, 0.2, "the batch to end")
+    assert batch.status == "completed", batch
+    for line in client.files.content(batch.output_file_id).text.splitlines():
+        body = json.loads(line)["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed"
+        (message,) = body["output"]
+        assert Person.model_validate_json(message["content"][0]["text"]) == Person(name="tok", age=1)

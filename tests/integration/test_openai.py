@@ -328,7 +328,7 @@ def test_a_batch_with_bad_lines_fails_with_each_one_named(stack):
 def test_batch_create_is_checked_and_batches_belong_to_their_account(stack):
     client = sdk(stack)
     upload = client.files.create(file=("one.jsonl", io.BytesIO(jsonl([chat_line("x")]))), purpose="batch")
-    for kwargs, param in (({"endpoint": "/v1/embeddings"}, "endpoint"),
+    for kwargs, param in (({"endpoint": "/v1/completions"}, "endpoint"),
                           ({"completion_window": "1h"}, "completion_window")):
         args = {"input_file_id": upload.id, "endpoint": "/v1/chat/completions", "completion_window": "24h", **kwargs}
         with pytest.raises(openai.BadRequestError) as caught:
@@ -370,7 +370,8 @@ def test_batches_cancel_and_list_with_pagination(stack, fake):
 def test_the_readmes_openai_example_runs_unchanged(stack, capsys):
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
-    (example,) = [b for b in blocks if "from openai import OpenAI" in b and "tool_calls" not in b]
+    (example,) = [b for b in blocks if "from openai import OpenAI" in b and "tool_calls" not in b
+                  and "background=True" not in b]
     # Only where the fleet is and its key differ from `make run`'s.
     code = example.replace("http://127.0.0.1:8000", stack.base_url).replace("cf-dev-key-change-me", DEV_KEY)
     assert code != example

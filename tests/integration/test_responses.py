@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from langchain_openai import ChatOpenAI
@@ -33,10 +34,6 @@ class Person(BaseModel):
 
 def sdk(stack, key: str = DEV_KEY) -> openai.OpenAI:
     return openai.OpenAI(api_key=key, base_url=f"{stack.base_url}/v1", max_retries=0)
-
-
-def events_of(text: str) -> list[dict]:
-    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
 
 
 def test_a_response_is_a_job_and_can_be_read_back(stack, fake):
@@ -139,13 +136,13 @@ def test_background_poll_cancel_and_a_resumed_stream(stack, fake):
         if len(head) == 6:
             break
     streamed.close()
-    url = f"{stack.base_url}/v1/responses/{head[0].response.id}"
-    with httpx.Client(headers={"authorization": f"Bearer {DEV_KEY}"}, timeout=30) as http:
-        rest = events_of(http.get(url, params={"stream": "true", "starting_after": head[-1].sequence_number}).text)
-        whole = events_of(http.get(url, params={"stream": "true"}).text)
+    rid = head[0].response.id
+    after = head[-1].sequence_number
+    rest = [e.model_dump() for e in client.responses.retrieve(rid, stream=True, starting_after=after)]
+    whole = [e.model_dump() for e in client.responses.retrieve(rid, stream=True)]
     assert [e.sequence_number for e in head] + [e["sequence_number"] for e in rest] == list(range(len(whole)))
-    assert [e.model_dump(exclude_none=True)["type"] for e in head] + [e["type"] for e in rest] == \
-        [e["type"] for e in whole]
+    assert [e.type for e in head] + [e["type"] for e in rest] == [e["type"] for e in whole]
+    assert [e.model_dump() for e in head] + rest == whole  # the same events, word for word
     deltas = [e["delta"] for e in whole if e["type"] == "response.output_text.delta"]
     assert "".join(deltas) == " ".join(f"tok{i}" for i in range(30)) and whole[-1]["type"] == "response.completed"
 
@@ -194,3 +191,13 @@ def test_a_batch_of_response_lines(stack, fake, tmp_path):
         assert body["object"] == "response" and body["status"] == "completed"
         (message,) = body["output"]
         assert Person.model_validate_json(message["content"][0]["text"]) == Person(name="tok", age=1)
+
+
+def test_the_readmes_background_and_embeddings_example_runs_unchanged(stack, capsys):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (example,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "background=True" in b]
+    # Only where the fleet is and its key differ from `make run`'s.
+    code = example.replace("http://127.0.0.1:8000", stack.base_url).replace("cf-dev-key-change-me", DEV_KEY)
+    assert code != example
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == ["completed True", "[384, 384, 384]"]

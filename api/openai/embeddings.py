@@ -4,11 +4,11 @@ key at all, by the local workers' all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.completion import Answer, complete
 from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
@@ -19,7 +19,9 @@ from api.request import CompletionRequest
 from shared.jobspec import Embedding
 from shared.results import embedding_vectors
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0, lt=2**31)]], Field(min_length=1)]
+
+def _token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 class EmbeddingRequest(BaseModel):
@@ -29,10 +31,28 @@ class EmbeddingRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     # A string, strings, token ids, or lists of token ids (as OpenAI's API takes them).
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: str | list[Any]
     dimensions: int | None = Field(None, ge=1, le=65536)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = Field(None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError("input must hold 1 to 2048 items")
+        if all(_token(t) for t in value):
+            return value  # one list of token ids
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                continue
+            if isinstance(item, list) and item and all(_token(t) for t in item):
+                continue
+            raise ValueError(f"input[{i}] is neither a string nor a non-empty list of token ids (integers 0 to "
+                             "2^31-1): input is a string, a list of strings, a list of token ids, or a list of them")
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> EmbeddingRequest:
@@ -47,7 +67,7 @@ class EmbeddingRequest(BaseModel):
             return (value,)
         if value and isinstance(value[0], int):
             return (tuple(value),)  # one list of token ids
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)  # type: ignore[misc]
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
 
     def to_request(self) -> CompletionRequest:
         return CompletionRequest(model=self.model, messages=(), default_temperature=0.0,

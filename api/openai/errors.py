@@ -67,7 +67,8 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 # The tags of the request's tagged unions (a message's role, a content part's type, a
 # response_format's type), which pydantic puts in an error's location after the union's place.
 _UNION_TAGS = {"system", "developer", "user", "assistant", "tool", "text", "image_url", "refusal",
-               "json_object", "json_schema"}
+               "json_object", "json_schema", "message", "function_call", "function_call_output", "input_text",
+               "output_text", "input_image"}
 
 
 def param_path(loc: tuple | list) -> str | None:
@@ -75,7 +76,7 @@ def param_path(loc: tuple | list) -> str | None:
     out = ""
     previous: object = None
     for part in loc:
-        tag = part in _UNION_TAGS and (isinstance(previous, int) or previous == "response_format")
+        tag = part in _UNION_TAGS and (isinstance(previous, int) or previous in ("response_format", "format"))
         previous = part
         if part == "body" or tag:
             continue

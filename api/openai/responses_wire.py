@@ -17,7 +17,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from api.openai.wire import (
     DEFAULT_TEMPERATURE,
@@ -86,13 +86,17 @@ class FunctionCallOutputItem(BaseModel):
     status: str | None = None
 
 
-def _item_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return value.get("type") or "message"
-    return getattr(value, "type", "message")
+def _item_kind(value: Any) -> str | None:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return kind if kind in ("message", "function_call", "function_call_output") else None
 
 
-InputItem = Annotated[MessageItem | FunctionCallItem | FunctionCallOutputItem, Field(discriminator="type")]
+# A message item may leave its type out (OpenAI's "easy" input message).
+InputItem = Annotated[Annotated[MessageItem, Tag("message")] | Annotated[FunctionCallItem, Tag("function_call")]
+                      | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+                      Discriminator(_item_kind, custom_error_type="invalid_item", custom_error_message=(
+                          "each input item is a message (role and content), a function_call or a "
+                          "function_call_output"))]
 
 
 class FunctionTool(BaseModel):
@@ -160,7 +164,7 @@ class ResponseRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=200)
-    input: str | Annotated[list[InputItem], Field(min_length=1)]
+    input: Annotated[list[InputItem], Field(min_length=1)] | str
     instructions: str | None = None
     tools: Annotated[list[FunctionTool], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None

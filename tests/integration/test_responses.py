@@ -201,3 +201,31 @@ def test_the_readmes_background_and_embeddings_example_runs_unchanged(stack, cap
     assert code != example
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.splitlines() == ["completed True", "[384, 384, 384]"]
+
+
+def test_input_messages_may_leave_their_type_out(stack, fake):
+    response = sdk(stack).responses.create(model=MODEL, input=[
+        {"role": "developer", "content": "be brief"}, {"role": "user", "content": [
+            {"type": "input_text", "text": "four words "}, {"type": "input_text", "text": "go here"}]}])
+    assert response.status == "completed"
+    (sent,) = fake.requests()
+    assert sent["body"]["messages"] == [{"role": "system", "content": "be brief"},
+                                        {"role": "user", "content": "four words go here"}]
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input[0]"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "ftp://x"}]}]},
+     "input[0].content[0].image_url"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "a", "schema": {"type": 5}}}},
+     "text.format.schema"),
+    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),
+    ({"input": "x", "background": True, "store": False}, "background"),
+    ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning_effort"),
+    ({"model": "all-minilm-l6-v2", "input": "x"}, "model"),
+])
+def test_bad_response_requests_are_400s_naming_the_param(stack, kwargs, param):
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(stack).responses.create(**{"model": MODEL, **kwargs})
+    assert caught.value.body["param"] == param, caught.value.body

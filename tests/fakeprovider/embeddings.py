@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from .bedrock import Bedrock
-from .family import Req, dumps
+from .family import Req, dumps, random_id
 from .gemini import Gemini
 from .generation import Plan, count_words
 from .mistral import MistralChat
@@ -72,7 +72,11 @@ class MistralEmbeddings(MistralChat, OpenAIEmbeddings):
         return OpenAIEmbeddings.parse(self, body, params, query, headers)
 
     def render(self, req: Req, plan: Plan) -> bytes:
-        return OpenAIEmbeddings.render(self, req, plan)
+        data = [{"object": "embedding", "index": i, "embedding": vector(t, req.opts["dims"])}
+                for i, t in enumerate(req.opts["texts"])]
+        return dumps({"id": self.new_id() or random_id(), "object": "list", "data": data, "model": req.model,
+                      "usage": {"prompt_tokens": req.prompt_tokens, "total_tokens": req.prompt_tokens,
+                                "completion_tokens": 0}})
 
 
 class GeminiEmbeddings(Gemini):

@@ -232,37 +232,47 @@ def anthropic_tool_use(fam: Any, body: dict[str, Any], messages: list[Any]) -> T
     return ToolUse(functions, kind, forced, after)
 
 
+def _field(d: Any, camel: str, snake: str) -> Any:
+    # proto3 JSON takes both lowerCamelCase and snake_case names (google-genai sends some of each)
+    return d.get(camel, d.get(snake)) if isinstance(d, dict) else None
+
+
 def gemini_tool_use(fam: Any, body: dict[str, Any], config: dict[str, Any], contents: list[Any]) -> ToolUse | None:
     """Gemini's functionDeclarations, toolConfig and JSON mode (responseMimeType with
     responseSchema or responseJsonSchema, never both)."""
     functions: dict[str, Any] = {}
     for i, tool in enumerate(body.get("tools") or ()):
-        for j, decl in enumerate((tool or {}).get("functionDeclarations") or (tool or {}).get("function_declarations")
-                                 or ()):
+        for j, decl in enumerate(_field(tool, "functionDeclarations", "function_declarations") or ()):
             if not _named(decl.get("name")):
                 raise fam.bad_request(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: "
                                       "Invalid function name.")
-            if "parameters" in decl and "parametersJsonSchema" in decl:
+            as_json = _field(decl, "parametersJsonSchema", "parameters_json_schema")
+            if "parameters" in decl and as_json is not None:
                 raise fam.bad_request("parameters and parameters_json_schema cannot both be set")
-            functions[decl["name"]] = decl.get("parametersJsonSchema") or decl.get("parameters") or {"type": "object"}
-    calling = ((body.get("toolConfig") or {}).get("functionCallingConfig") or {})
+            functions[decl["name"]] = as_json or decl.get("parameters") or {"type": "object"}
+    calling = _field(_field(body, "toolConfig", "tool_config") or {}, "functionCallingConfig",
+                     "function_calling_config") or {}
     mode = calling.get("mode", "AUTO")
     if mode not in ("AUTO", "ANY", "NONE", "VALIDATED"):
         raise fam.bad_request(f"Invalid value at 'tool_config.function_calling_config.mode', {mode!r}")
-    allowed = calling.get("allowedFunctionNames") or []
+    allowed = _field(calling, "allowedFunctionNames", "allowed_function_names") or []
     if allowed and mode != "ANY":
         raise fam.bad_request("allowed_function_names may be set only when the mode is ANY")
-    schema = config.get("responseJsonSchema") or config.get("responseSchema")
-    if config.get("responseJsonSchema") is not None and config.get("responseSchema") is not None:
+    as_json = _field(config, "responseJsonSchema", "response_json_schema")
+    openapi = _field(config, "responseSchema", "response_schema")
+    mime = _field(config, "responseMimeType", "response_mime_type")
+    if as_json is not None and openapi is not None:
         raise fam.bad_request("response_schema and response_json_schema cannot both be set")
-    if schema is not None and config.get("responseMimeType") != "application/json":
+    schema = as_json if as_json is not None else openapi
+    if schema is not None and mime != "application/json":
         raise fam.bad_request("response_schema requires response_mime_type to be application/json")
-    if config.get("responseMimeType") == "application/json" and schema is None:
+    if mime == "application/json" and schema is None:
         schema = {"type": "object"}
     if not functions and schema is None:
         return None
     last = contents[-1].get("parts") if contents and isinstance(contents[-1], dict) else None
-    after = isinstance(last, list) and any(isinstance(p, dict) and "functionResponse" in p for p in last)
+    after = isinstance(last, list) and any(isinstance(p, dict) and ("functionResponse" in p or "function_response" in p)
+                                           for p in last)
     kind = {"AUTO": "auto", "ANY": "required", "NONE": "none", "VALIDATED": "auto"}[mode]
     return ToolUse(functions, kind, allowed[0] if len(allowed) == 1 else None, after, schema)
 

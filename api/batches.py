@@ -98,12 +98,17 @@ def parse_line(raw: bytes | str, seen: set[str], account_id: str, catalog: Catal
         request = line_format.parse(body)
     except ValidationError as exc:
         raise LineError(_first_error(exc)) from None
+    except (ValueError, RecursionError) as exc:  # a rule a wire model checks after its fields
+        raise LineError(str(exc) or type(exc).__name__) from None
     try:
         prepared = prepare(request, account_id, catalog, providers, reservation)
+        spec = prepared.spec.dump()
     except Refused as exc:
         raise LineError(str(exc)) from None
+    except (ValueError, msgspec.EncodeError) as exc:  # text no JSON can carry (a lone surrogate)
+        raise LineError(f"the line's body cannot be read: {exc}") from None
     queue = keys.QUEUE_LOCAL if prepared.model.queue == keys.QUEUE_LOCAL else keys.QUEUE_BATCH
-    return StagedLine(custom_id, prepared.model.id, queue, msgspec.Raw(prepared.spec.dump()))
+    return StagedLine(custom_id, prepared.model.id, queue, msgspec.Raw(spec))
 
 
 def validate_lines(lines: Iterator[bytes], account_id: str, catalog: Catalog, providers: ProviderSettings,

@@ -209,6 +209,11 @@ def check_parameters(request: CompletionRequest, spec: ModelSpec) -> None:
             param="temperature", code="invalid_value",
         )
     check_images(request.messages, spec)
+    if not spec.tools and (request.tools is not None or request.output is not None):
+        param = "tools" if request.tools is not None else "response_format"
+        raise RequestError(f"model {spec.id!r} takes no tools and no response_format through its provider's API: "
+                           f"remove {param}, or pick a model that takes them", param=param,
+                           code="unsupported_parameter")
     if request.chat_template is not None and not spec.chat_template:
         raise RequestError(
             f"model {spec.id!r} ({spec.family}) takes no chat_template: its provider renders the "
@@ -289,6 +294,9 @@ def embedding_spec(request: CompletionRequest, spec: ModelSpec) -> JobSpec:
         if "dimensions" not in spec.parameters:
             raise RequestError(f"model {spec.id!r} does not take dimensions: remove it", param="dimensions",
                                code="unsupported_parameter")
+        if spec.dimension_choices and embed.dimensions not in spec.dimension_choices:
+            raise RequestError(f"model {spec.id!r} takes dimensions of {', '.join(map(str, spec.dimension_choices))} "
+                               f"only, not {embed.dimensions}", param="dimensions", code="invalid_value")
         if spec.dimensions is not None and embed.dimensions > spec.dimensions:
             raise RequestError(f"dimensions {embed.dimensions} is above the {spec.dimensions} of model {spec.id!r}",
                                param="dimensions", code="invalid_value")
@@ -303,7 +311,10 @@ def embedding_spec(request: CompletionRequest, spec: ModelSpec) -> JobSpec:
             raise RequestError(f"input[{i}] (at least {at_least} tokens) is longer than the {spec.context_window} "
                                f"tokens model {spec.id!r} reads of one input", param=f"input[{i}]",
                                code="context_length_exceeded")
-    size = sum(len(i) * BYTES_PER_TOKEN_TYPICAL if isinstance(i, tuple) else len(i.encode()) for i in embed.inputs)
+    try:
+        size = sum(len(i) * BYTES_PER_TOKEN_TYPICAL if isinstance(i, tuple) else len(i.encode()) for i in embed.inputs)
+    except UnicodeEncodeError:
+        raise RequestError("input holds text that is not valid Unicode (a lone surrogate)", param="input") from None
     return JobSpec(model=spec.id, messages=(), params=Sampling(temperature=0.0, max_tokens=1), prompt_bytes=size,
                    embed=embed)
 
@@ -317,6 +328,7 @@ def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> J
     if spec.kind != "chat":
         raise RequestError(f"model {spec.id!r} is an embedding model: send it to POST /v1/embeddings, or pick a "
                            "chat model", param="model", code="invalid_model")
+    check_encodable(request)
     check_parameters(request, spec)
     messages = build_messages(request)
     prompt = None
@@ -340,3 +352,14 @@ def job_spec(request: CompletionRequest, spec: ModelSpec, reservation: int) -> J
     prompt_bytes = (len(prompt.encode()) if prompt is not None
                     else sum(m.text_bytes for m in messages) + job.tool_definition_bytes)
     return msgspec.structs.replace(job, prompt_bytes=prompt_bytes)
+
+
+def check_encodable(request: CompletionRequest) -> None:
+    """Text UTF-8 can carry, in every field the job's record will hold (a lone surrogate, which
+    JSON's escapes can spell, cannot be)."""
+    try:
+        msgspec.json.encode((request.messages, request.tools, request.output, request.instructions,
+                             request.chat_template, request.parameters.stop_sequences))
+    except (UnicodeEncodeError, msgspec.EncodeError):
+        raise RequestError("the request holds text that is not valid Unicode (a lone surrogate): send it as "
+                           "UTF-8 text") from None

@@ -68,10 +68,38 @@ def check_image_url(url: str) -> None:
         raise ValueError("the image's data URL is not valid base64") from None
 
 
+#: Bounds on a schema a request carries (tools' parameters, response_format): no family takes
+#: deeper, and a deeper one would exhaust the checker's recursion.
+MAX_SCHEMA_DEPTH = 32
+MAX_SCHEMA_NODES = 10_000
+
+
+def _schema_shape(schema: Any, name: str) -> None:
+    stack: list[tuple[Any, int]] = [(schema, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            raise ValueError(f"{name} nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        if nodes > MAX_SCHEMA_NODES:
+            raise ValueError(f"{name} holds more than {MAX_SCHEMA_NODES} values")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            check_unicode(value)
+
+
 def check_schema(schema: dict[str, Any], name: str) -> None:
-    """``schema`` if it is a JSON Schema (draft 2020-12, as every family reads them)."""
+    """``schema`` if it is a JSON Schema (draft 2020-12, as every family reads them), within
+    ``MAX_SCHEMA_DEPTH`` and ``MAX_SCHEMA_NODES``."""
+    _schema_shape(schema, name)
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise ValueError(f"{name} is too deeply recursive to check") from None
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         raise ValueError(f"{name} is not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}") from None

@@ -44,10 +44,14 @@ class ModelSpec(BaseModel):
     chat_template: bool = False
     # Whether the model takes images (``image_url`` content parts).
     vision: bool = False
+    # Whether the model takes tools and response_format (through its API, or constrained decoding).
+    tools: bool = True
     # What the model does: chat (completions, responses) or embedding (POST /v1/embeddings).
     kind: Literal["chat", "embedding"] = "chat"
     # An embedding model's vector length (``dimensions``, where it takes one, asks for fewer).
     dimensions: int | None = Field(default=None, ge=1)
+    # The only lengths it takes, where it takes a few (Titan: 256, 512, 1024); empty: up to ``dimensions``.
+    dimension_choices: tuple[int, ...] = ()
     default_max_tokens: int | None = Field(default=None, ge=1)
     bos_token: str = ""
     eos_token: str = ""

@@ -32,6 +32,47 @@ def _declared_only(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def _rebased(schema: dict[str, Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
+    """``schema``, to be nested inside the answer's schema: its ``$defs`` (and ``definitions``)
+    moved to ``defs`` under ``prefix``, its ``$ref``s rewritten to point there (a ref resolves
+    from the root, which is the answer's schema once nested)."""
+    own = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    renamed = {name: prefix + name for name in own}
+
+    def rewrite(value: Any) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key == "$ref" and isinstance(item, str):
+                    for old in ("#/$defs/", "#/definitions/"):
+                        if item.startswith(old) and item[len(old):].split("/")[0] in renamed:
+                            name, _, rest = item[len(old):].partition("/")
+                            item = "#/$defs/" + renamed[name] + ("/" + rest if rest else "")
+                    if item == "#":
+                        item = "#/$defs/" + prefix + "root"
+                out[key] = rewrite(item) if key != "$ref" else item
+            return out
+        if isinstance(value, list):
+            return [rewrite(v) for v in value]
+        return value
+
+    body = {k: v for k, v in schema.items() if k not in ("$defs", "definitions", "$schema")}
+    for name, sub in own.items():
+        defs[renamed[name]] = rewrite(sub)
+    rebased: dict[str, Any] = rewrite(body)
+    if any(ref == "#" for ref in _refs(schema)):
+        defs[prefix + "root"] = rebased
+    return rebased
+
+
+def _refs(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [value["$ref"]] if isinstance(value.get("$ref"), str) else [r for v in value.values() for r in _refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []
+
+
 def _call_schema(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
     arguments = _declared_only(parameters or {"type": "object"})
     return {"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
@@ -58,9 +99,14 @@ def _content_schema(output: Output | None) -> dict[str, Any]:
 
 def answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] | None:
     """The JSON Schema the answer is constrained to; None: free text."""
+    return _answer_schema(tools, output)
+
+
+def _answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] | None:
     if tools is not None and tools.choice != "none":
+        defs: dict[str, Any] = {}
         functions = [f for f in tools.functions if tools.forced is None or f.name == tools.forced]
-        calls = [_call_schema(f.name, f.parameters) for f in functions]
+        calls = [_call_schema(f.name, _rebased(f.parameters, f"f{i}_", defs)) for i, f in enumerate(functions)]
         items: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
         array: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
         # One call unless the client asks for several (a few, at most).
@@ -68,10 +114,13 @@ def answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] 
         with_calls = {"type": "object", "properties": {"tool_calls": array}, "required": ["tool_calls"],
                       "additionalProperties": False}
         if tools.choice == "required":
-            return with_calls
-        answer = {"type": "object", "properties": {"content": _content_schema(output)}, "required": ["content"],
+            return {**with_calls, "$defs": defs} if defs else with_calls
+        content = _content_schema(output)
+        if output is not None and output.schema is not None:
+            content = _rebased(content, "answer_", defs)
+        answer = {"type": "object", "properties": {"content": content}, "required": ["content"],
                   "additionalProperties": False}
-        return {"anyOf": [with_calls, answer]}
+        return {"anyOf": [with_calls, answer], **({"$defs": defs} if defs else {})}
     if output is not None:
         return _content_schema(output)
     return None

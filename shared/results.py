@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -52,6 +52,13 @@ class ToolCallPiece:
     def of(cls, delta: dict[str, Any]) -> ToolCallPiece:
         function = delta.get("function") or {}
         return cls(int(delta["index"]), function.get("arguments") or "", delta.get("id"), function.get("name"))
+
+
+def whole_calls(pieces: Iterable[ToolCallPiece]) -> tuple[ToolCallPiece, ...]:
+    """``pieces`` as one piece per call, whole (a call given no arguments has ``{}``)."""
+    calls = tool_calls_of(pieces)
+    return tuple(ToolCallPiece(i, c["function"]["arguments"] or "{}", c["id"], c["function"]["name"])
+                 for i, c in enumerate(calls))
 
 
 def tool_calls_of(pieces: Iterable[ToolCallPiece]) -> list[dict[str, Any]]:
@@ -103,10 +110,10 @@ def stream_chunk(
     finish_reason: str | None = None,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
-    tool_call: ToolCallPiece | None = None,
+    tool_calls: Sequence[ToolCallPiece] = (),
 ) -> dict[str, Any]:
-    """One streamed chunk: the chat shape plus the completions-API shape the SDK declares; a
-    tool call's piece rides in ``message.tool_calls`` (OpenAI's delta), with no text."""
+    """One streamed chunk: the chat shape plus the completions-API shape the SDK declares; tool
+    calls (or their pieces) ride in ``message.tool_calls`` (OpenAI's delta), with no text."""
     usage = (token_usage(prompt_tokens, completion_tokens)
              if prompt_tokens is not None and completion_tokens is not None else None)
     final = usage is not None
@@ -119,8 +126,8 @@ def stream_chunk(
         "completions": [["", [delta]]],
         "finish_reason": finish_reason,
     }
-    if tool_call is not None:
-        chunk["chat_completion"]["message"]["tool_calls"] = [tool_call.delta()]
+    if tool_calls:
+        chunk["chat_completion"]["message"]["tool_calls"] = [call.delta() for call in tool_calls]
     if final:
         chunk["prompt_tokens"] = prompt_tokens
         chunk["response_tokens"] = completion_tokens

@@ -7,11 +7,11 @@ fault moves the attempt at once to the next of its routes (another deployment of
 the account's fallback models); otherwise, and on the last route, the call is made again where
 the last one went, after the wait ``worker/retries.py`` decides.
 
-A tool call is delivered whole: its pieces are held until the call that made it has finished,
-then published as they came. No family can continue a tool call cut halfway, so a call made
-again after a fault makes its tool calls afresh, none of which a subscriber has seen a piece of;
-and once they are delivered, they are the answer's last part, so a later attempt (after a lost
-worker) has nothing left to ask for.
+Tool calls are delivered whole: their pieces are held until the call that made them has
+finished, then published together, as one event. No family can continue a tool call cut
+halfway, so a call made again after a fault makes its tool calls afresh, none of which a
+subscriber has seen a piece of; and once they are delivered, they are the answer's last part, so
+a later attempt (after a lost worker) has nothing left to ask for.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import logging
 import time
 
 from shared.jobspec import JobSpec
+from shared.results import whole_calls
 from worker import metrics
 from worker.attempt import Attempt
 from worker.failover import Failover, Route
@@ -121,8 +122,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         if held and not stops.stopped:
             if first_text:
                 metrics.PROVIDER_TTFT.labels(model.family, model.id).observe(time.monotonic() - call_started)
-            for piece in held:
-                await emit(publisher, attempt, piece)
+            await emit(publisher, attempt, whole_calls(held))
         # What is not yet published goes out with the job's last events (one round trip).
         if stops.stopped:
             completion.finish_reason = "stop"
@@ -163,8 +163,10 @@ async def embed(attempt: Attempt, routes: list[Route], job: JobSpec,
                 if index + 1 == len(routes) and not fallbacks_loaded:
                     assert failover is not None  # fallbacks are left to load only with a failover
                     fallbacks_loaded = True
+                    # Only models whose vectors have the job's length: a client's index takes no other.
                     fallbacks = [r for r in await failover.fallbacks(attempt.account_id, attempt.model_id)
-                                 if r.spec.kind == "embedding"]
+                                 if r.spec.kind == "embedding" and (job.embed.dimensions is not None
+                                                                   or r.spec.dimensions == model.dimensions)]
                     routes += fallbacks
                     shared = shared or bool(fallbacks)
                 if index + 1 < len(routes):

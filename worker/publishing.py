@@ -20,8 +20,8 @@ from shared.events import TOKEN
 from shared.jobs import JobStore
 from shared.results import ToolCallPiece, stream_chunk, tool_calls_of
 
-#: What one token event carries: a piece of text, or a piece of a tool call.
-Piece = str | ToolCallPiece
+#: What one token event carries: a piece of text, or the answer's tool calls, whole.
+Piece = str | tuple[ToolCallPiece, ...]
 
 
 class JobCancelled(Exception):
@@ -51,7 +51,7 @@ class Transcript:
 
     @property
     def tool_pieces(self) -> list[ToolCallPiece]:
-        return [p for p in self.delivered if isinstance(p, ToolCallPiece)]
+        return [call for p in self.delivered if isinstance(p, tuple) for call in p]
 
     def tool_calls(self) -> list[dict]:
         """The tool calls delivered, whole (OpenAI's ``message.tool_calls``)."""
@@ -202,8 +202,8 @@ def token_events(attempt: Transcript, pieces: list[Piece]) -> list[tuple[int, st
 
 
 def piece_chunk(piece: Piece) -> dict:
-    if isinstance(piece, ToolCallPiece):
-        return stream_chunk("", tool_call=piece)
+    if isinstance(piece, tuple):
+        return stream_chunk("", tool_calls=piece)
     return stream_chunk(piece)
 
 
@@ -212,7 +212,7 @@ def chunk_piece(data: str) -> Piece:
     message = orjson.loads(data)["chat_completion"]["message"]
     calls = message.get("tool_calls")
     if calls:
-        return ToolCallPiece.of(calls[0])
+        return tuple(ToolCallPiece.of(call) for call in calls)
     return message["content"]
 
 

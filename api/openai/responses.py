@@ -210,8 +210,12 @@ async def create_response(
     stored = stored_record(body, history)
     try:
         completion = body.to_request(history)
+        orjson.dumps(stored)
     except InvalidParameter as exc:
         raise OpenAIError(400, f"{exc.param}: {exc}", exc.param, exc.code) from None
+    except orjson.JSONEncodeError:
+        raise OpenAIError(400, "the request holds text that is not valid Unicode (a lone surrogate): send it as "
+                               "UTF-8 text") from None
     if not body.background:
         return await complete(completion, request, account, catalog, store, hub, settings,
                               ResponseAnswer(stored, body.store))

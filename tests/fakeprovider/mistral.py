@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .family import Req, dumps, final_turn, final_turn_text
+from .family import Req, dumps, final_turn, final_turn_text, random_id
 from .generation import Plan
 from .openai import OpenAIChat, token_usage
 
@@ -40,6 +40,9 @@ class MistralChat(OpenAIChat):
 
     def role_delta(self) -> dict[str, Any]:
         return {"role": "assistant", "content": ""}
+
+    def new_call_id(self) -> str:
+        return random_id()[:9]
 
     def call_chunks(self, req: Req, call) -> list[bytes]:
         # Mistral sends each call whole, in one delta

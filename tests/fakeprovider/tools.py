@@ -37,6 +37,7 @@ def example(schema: Any, root: Any = None, depth: int = 0) -> Any:
     kind = schema.get("type", "object")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
+    kind = kind.lower() if isinstance(kind, str) else kind  # Gemini's Schema spells types in capitals
     if kind == "object":
         props = schema.get("properties") or {}
         return {name: example(sub, root, depth + 1) for name, sub in props.items()}
@@ -113,9 +114,13 @@ def _named(name: Any) -> bool:
     return isinstance(name, str) and re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name) is not None
 
 
+MISTRAL_CALL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
 def openai_tool_use(fam: Any, body: dict[str, Any], messages: list[Any], any_choice: bool = False) -> ToolUse | None:
-    """OpenAI's (and Mistral's, ``any_choice``) tools, tool_choice, parallel_tool_calls,
-    response_format and tool messages, checked as the API checks them."""
+    """OpenAI's (and Mistral's, ``any_choice``: also its 9-character call ids) tools,
+    tool_choice, parallel_tool_calls, response_format and tool messages, checked as the API
+    checks them."""
     tools, choice, rf = body.get("tools"), body.get("tool_choice"), body.get("response_format")
     functions: dict[str, Any] = {}
     if tools is not None:
@@ -172,6 +177,8 @@ def openai_tool_use(fam: Any, body: dict[str, Any], messages: list[Any], any_cho
                     or not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str)):
                 raise fam.bad_request(f"Invalid 'messages[{i}].tool_calls[{j}]': it needs an id, and a function "
                                       "with a name and arguments as a string.")
+            if any_choice and not MISTRAL_CALL_ID.fullmatch(call["id"]):
+                raise fam.bad_request(f"Tool call id was {call['id']} but must be a-z, A-Z, 0-9, with a length of 9.")
             ids.add(call["id"])
         if message.get("role") == "tool" and message.get("tool_call_id") not in ids:
             raise fam.bad_request("Invalid parameter: messages with role 'tool' must be a response to a preceeding "
@@ -237,6 +244,31 @@ def _field(d: Any, camel: str, snake: str) -> Any:
     return d.get(camel, d.get(snake)) if isinstance(d, dict) else None
 
 
+# The fields of Gemini's Schema (OpenAPI 3.0's subset); anything else in ``parameters`` or
+# ``responseSchema`` is refused, as the API refuses an unknown name.
+GEMINI_SCHEMA_FIELDS = frozenset({
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties", "required",
+    "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf", "propertyOrdering",
+    "default", "items", "minimum", "maximum", "max_items", "min_items", "property_ordering", "any_of"})
+
+
+def gemini_schema_check(fam: Any, schema: Any, where: str) -> None:
+    if not isinstance(schema, dict):
+        return
+    for key, value in schema.items():
+        if key not in GEMINI_SCHEMA_FIELDS:
+            raise fam.bad_request(f'Invalid JSON payload received. Unknown name "{key}" at \'{where}\': '
+                                  "Cannot find field.")
+        if key == "properties" and isinstance(value, dict):
+            for name, sub in value.items():
+                gemini_schema_check(fam, sub, f"{where}.properties[{name}].value")
+        elif key == "items":
+            gemini_schema_check(fam, value, f"{where}.items")
+        elif key in ("anyOf", "any_of") and isinstance(value, list):
+            for i, sub in enumerate(value):
+                gemini_schema_check(fam, sub, f"{where}.any_of[{i}]")
+
+
 def gemini_tool_use(fam: Any, body: dict[str, Any], config: dict[str, Any], contents: list[Any]) -> ToolUse | None:
     """Gemini's functionDeclarations, toolConfig and JSON mode (responseMimeType with
     responseSchema or responseJsonSchema, never both)."""
@@ -249,6 +281,7 @@ def gemini_tool_use(fam: Any, body: dict[str, Any], config: dict[str, Any], cont
             as_json = _field(decl, "parametersJsonSchema", "parameters_json_schema")
             if "parameters" in decl and as_json is not None:
                 raise fam.bad_request("parameters and parameters_json_schema cannot both be set")
+            gemini_schema_check(fam, decl.get("parameters"), f"tools[{i}].function_declarations[{j}].parameters")
             functions[decl["name"]] = as_json or decl.get("parameters") or {"type": "object"}
     calling = _field(_field(body, "toolConfig", "tool_config") or {}, "functionCallingConfig",
                      "function_calling_config") or {}
@@ -263,6 +296,7 @@ def gemini_tool_use(fam: Any, body: dict[str, Any], config: dict[str, Any], cont
     mime = _field(config, "responseMimeType", "response_mime_type")
     if as_json is not None and openapi is not None:
         raise fam.bad_request("response_schema and response_json_schema cannot both be set")
+    gemini_schema_check(fam, openapi, "generation_config.response_schema")
     schema = as_json if as_json is not None else openapi
     if schema is not None and mime != "application/json":
         raise fam.bad_request("response_schema requires response_mime_type to be application/json")

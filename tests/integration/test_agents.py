@@ -22,7 +22,7 @@ from tests.helpers import wait_for
 pytestmark = pytest.mark.integration
 
 FAMILIES = {"openai": "gpt-4o-mini", "anthropic": "claude-3-haiku-20240307", "gemini": "gemini-1.5-pro-002",
-            "mistral": "mistral-large-latest", "bedrock": "llama3-1-405b-instruct-v1"}
+            "mistral": "mistral-large-latest", "bedrock": "claude-3-5-sonnet-bedrock"}
 LOCAL = "smollm2-135m-instruct"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -173,7 +173,10 @@ def test_parse_returns_a_pydantic_object_from_each_family(stack, fake, family):
         assert body["tools"][0]["input_schema"]["properties"] == {**schema["properties"]}
     elif family == "gemini":
         assert body["generationConfig"]["responseMimeType"] == "application/json"
-        assert body["generationConfig"]["responseJsonSchema"]["required"] == ["name", "age", "tags"]
+        assert body["generationConfig"]["responseSchema"] == {  # Gemini's Schema, from pydantic's JSON Schema
+            "type": "OBJECT", "title": "Person", "required": ["name", "age", "tags"], "properties": {
+                "name": {"type": "STRING", "title": "Name"}, "age": {"type": "INTEGER", "title": "Age"},
+                "tags": {"type": "ARRAY", "title": "Tags", "items": {"type": "STRING"}}}}
     else:
         assert body["toolConfig"]["toolChoice"] == {"tool": {"name": "Person"}}
 
@@ -183,10 +186,16 @@ def test_json_object_mode_and_a_streamed_structured_answer(stack, fake):
     reply = client.chat.completions.create(model=FAMILIES["openai"], messages=ASK,
                                            response_format={"type": "json_object"})
     assert json.loads(reply.choices[0].message.content) == {}
-    with client.chat.completions.stream(model=FAMILIES["anthropic"], messages=ASK, response_format=Person) as s:
+    with client.chat.completions.stream(model=FAMILIES["openai"], messages=ASK, response_format=Person) as s:
         pieces = [e.delta for e in s if e.type == "content.delta"]
         final = s.get_final_completion()
     assert len(pieces) > 1 and final.choices[0].message.parsed == Person(name="tok", age=1, tags=["tok"])
+    # Anthropic's answer is a tool's input, which cannot be continued: it comes whole, in one piece.
+    with client.chat.completions.stream(model=FAMILIES["anthropic"], messages=ASK, response_format=Person) as s:
+        pieces = [e.delta for e in s if e.type == "content.delta"]
+        final = s.get_final_completion()
+    assert [p for p in pieces if p] == ['{"name":"tok","age":1,"tags":["tok"]}']
+    assert final.choices[0].message.parsed == Person(name="tok", age=1, tags=["tok"])
 
 
 # --- images ---------------------------------------------------------------------------------------
@@ -307,3 +316,42 @@ def test_the_readmes_tool_and_structured_output_example_runs_unchanged(stack, ca
     person, call = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"name='.*' age=\d+", person), person
     assert call.startswith("Function(arguments='{") and "name='get_weather'" in call, call
+
+
+def test_a_history_of_another_familys_calls_reaches_mistral_with_its_own_ids(stack, fake):
+    foreign = "call_" + "ab" * 12  # OpenAI's shape; Mistral takes 9 letters or digits
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": foreign, "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "P"}'}}]},
+        {"role": "tool", "tool_call_id": foreign, "content": "sunny"}]
+    reply = sdk(stack).chat.completions.create(model=FAMILIES["mistral"], messages=history, tools=[WEATHER])
+    assert reply.choices[0].finish_reason == "stop"
+    messages = sent_body(fake, "mistral")["messages"]
+    mapped = messages[1]["tool_calls"][0]["id"]
+    assert re.fullmatch(r"[A-Za-z0-9]{9}", mapped) and messages[2]["tool_call_id"] == mapped
+
+
+def test_a_model_that_takes_no_tools_says_so(stack):
+    for kwargs, param in (({"tools": [WEATHER]}, "tools"), ({"response_format": {"type": "json_object"}},
+                                                            "response_format")):
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk(stack).chat.completions.create(model="llama3-1-405b-instruct-v1", messages=ASK, **kwargs)
+        assert caught.value.body["param"] == param
+
+
+def test_hostile_schemas_and_text_are_400s(stack):
+    deep: dict = {"type": "object"}
+    for _ in range(150):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(stack).chat.completions.create(model=FAMILIES["openai"], messages=ASK, response_format={
+            "type": "json_schema", "json_schema": {"name": "deep", "schema": deep}})
+    assert caught.value.body["param"] == "response_format.json_schema.schema" and "deeper" in caught.value.message
+    lone = ('{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", '
+            '"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "\\ud800"}}]}, '
+            '{"role": "tool", "tool_call_id": "c", "content": "x"}]}')
+    with stack.client() as http:
+        answer = http.post("/v1/chat/completions", content=lone, headers={"content-type": "application/json"})
+        assert answer.status_code == 400 and "Unicode" in answer.json()["error"]["message"], answer.text
+        answer = http.post("/v1/responses", content='{"model": "gpt-4o-mini", "input": "x", "metadata": '
+                                                    '{"a": "\\ud800"}}', headers={"content-type": "application/json"})
+        assert answer.status_code == 400, answer.text

@@ -91,6 +91,7 @@ def test_embedding_usage_is_recorded_as_the_jobs(stack, fake):
     ({"model": "gpt-4o-mini"}, "model"),
     ({"model": LOCAL, "dimensions": 10}, "dimensions"),
     ({"model": "text-embedding-3-small", "dimensions": 5000}, "dimensions"),
+    ({"model": "titan-embed-text-v2", "dimensions": 300}, "dimensions"),
     ({"model": "mistral-embed", "input": [[1, 2]]}, "input[0]"),
     ({"model": LOCAL, "input": ["ok", " "]}, "input[1]"),
     ({"model": LOCAL, "input": "word " * 2000}, "input[0]"),

@@ -63,3 +63,23 @@ def test_an_answer_is_read_back_as_calls_or_text_and_a_cut_one_as_none():
     assert read_answer('{"tool_calls": [{"name": "get_wea', tools, None) is None
     plain = read_answer('{"a": 1}', None, Output("json_object"))
     assert plain is not None and plain.content == '{"a": 1}'
+
+
+def test_a_schema_with_defs_keeps_its_refs_once_nested_in_the_answers_schema():
+    address = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    person = {"$defs": {"Address": address, "Person": {"type": "object", "properties": {
+        "home": {"$ref": "#/$defs/Address"}, "friends": {"type": "array", "items": {"$ref": "#/$defs/Person"}}},
+        "required": ["home"]}}, "$ref": "#/$defs/Person"}
+    other = {"definitions": {"Address": {"type": "string"}}, "type": "object",
+             "properties": {"at": {"$ref": "#/definitions/Address"}}, "required": ["at"]}
+    schema = answer_schema(Tools((Tool("save", person), Tool("note", other)), "auto", parallel=True),
+                           Output("json_schema", "p", person))
+    validator = jsonschema.Draft202012Validator(schema)
+    friend = {"home": {"city": "b"}, "friends": [{"home": {"city": "c"}}]}
+    assert validator.is_valid({"tool_calls": [{"name": "save", "arguments": friend},
+                                              {"name": "note", "arguments": {"at": "here"}}]})
+    assert validator.is_valid({"content": friend})
+    # Each tool's Address is its own: save's is an object, note's a string.
+    assert not validator.is_valid({"tool_calls": [{"name": "save", "arguments": {"home": "x"}}]})
+    assert not validator.is_valid({"tool_calls": [{"name": "note", "arguments": {"at": {"city": "x"}}}]})
+    assert not validator.is_valid({"content": {"home": {"town": "b"}}})

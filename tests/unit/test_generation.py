@@ -164,7 +164,7 @@ def test_a_tool_call_is_delivered_whole_after_its_call_ended_and_a_fault_before_
 
 def test_an_attempt_after_tool_calls_were_delivered_calls_no_provider_again():
     provider = ToolScripted([])
-    attempt = Attempt("job_1", "token", 2, [ToolCallPiece(0, "{}", "call_1", "f")], account_id="acct",
+    attempt = Attempt("job_1", "token", 2, [(ToolCallPiece(0, "{}", "call_1", "f"),)], account_id="acct",
                       model_id="gpt-4o")
     route = Route("openai", get_catalog().get("gpt-4o"), DeploymentLimits(), provider)
     completion, _ = asyncio.run(generate(attempt, [route], SPEC, Publisher(0)))

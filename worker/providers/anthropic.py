@@ -126,7 +126,10 @@ class AnthropicProvider(HTTPProvider):
             answer = output_tool(request.output)
             functions.append({"name": answer["name"], "description": answer["description"],
                               "input_schema": answer["schema"]})
-            choice = {"type": "any"} if tools is not None else {"type": "tool", "name": answer["name"]}
+            if tools is None:
+                choice = {"type": "tool", "name": answer["name"]}
+            elif not tools.forced:  # a function the client forces stays forced
+                choice = {"type": "any"}
         if not functions:
             return {}
         if tools is not None and tools.parallel is False and choice is not None and choice["type"] != "none":
@@ -142,6 +145,10 @@ class AnthropicProvider(HTTPProvider):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
+        if request.output is not None and request.continuation:
+            # A structured answer is delivered whole (below): the earlier attempt's was the answer.
+            yield Completion("stop", request.job.typical_prompt_tokens, request.continuation_events)
+            return
         system, messages, trailing, prefilled = self._conversation(request)
         body = self._body(request, system, messages)
         skip = WhitespaceSkipper(trailing)
@@ -150,6 +157,9 @@ class AnthropicProvider(HTTPProvider):
         answer_tool = request.output.name if request.output is not None else None
         calls: dict[int, int] = {}  # content block index -> tool call index
         answer_blocks: set[int] = set()  # the blocks of the structured answer's tool
+        # A structured answer is its tool's input, held until the call ends: a tool's input cannot
+        # be continued, so a call made again after a fault gives it afresh, none of it delivered.
+        answer: list[str] = []
         async with self.upstream.stream(self._url(request), body, self._headers(request)) as response:
             async for sse in self.upstream.events(response):
                 if not sse.data:
@@ -163,11 +173,11 @@ class AnthropicProvider(HTTPProvider):
                     block = event.get("index")
                     if delta.get("type") == "text_delta" and delta.get("text"):
                         text = skip.feed(delta["text"])
-                        if text:
+                        if text and answer_tool is None:  # with a structured answer, text is no part of it
                             yield TextDelta(text)
                     elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                         if block in answer_blocks:
-                            yield TextDelta(delta["partial_json"])
+                            answer.append(delta["partial_json"])
                         elif block in calls:
                             yield ToolCallDelta(calls[block], delta["partial_json"])
                 elif kind == "content_block_start":
@@ -198,6 +208,8 @@ class AnthropicProvider(HTTPProvider):
                 # ping, content_block_start/stop, and event types added later: nothing to do
         self.check_ended(stop_reason)
         assert stop_reason is not None  # check_ended raised otherwise
+        if answer:
+            yield TextDelta("".join(answer))
         if stop_reason == "tool_calls" and not calls:
             stop_reason = "stop"  # the structured answer's tool was the only one called
         yield one_call(request, stop_reason, input_tokens, output_tokens, prefilled)

@@ -12,6 +12,7 @@ whitespace, which Bedrock refuses (``continuation.py``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -34,6 +35,7 @@ from worker.providers.http import HTTPProvider
 log = logging.getLogger(__name__)
 
 SIGNING_SERVICE = "bedrock"
+EMBED_CONCURRENCY = 8  # Titan embedding calls in flight for one job
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                 "content_filtered": "content_filter", "guardrail_intervened": "content_filter",
                 "tool_use": "tool_calls"}
@@ -109,7 +111,10 @@ def tool_config(request: GenerationRequest) -> dict[str, Any] | None:
         answer = output_tool(request.output)
         specs.append({"toolSpec": {"name": answer["name"], "description": answer["description"],
                                    "inputSchema": {"json": answer["schema"]}}})
-        choice = {"any": {}} if tools is not None else {"tool": {"name": answer["name"]}}
+        if tools is None:
+            choice = {"tool": {"name": answer["name"]}}
+        elif not tools.forced:  # a function the client forces stays forced
+            choice = {"any": {}}
     if not specs:
         return None
     config: dict[str, Any] = {"tools": specs}
@@ -195,6 +200,10 @@ class BedrockProvider(HTTPProvider):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
+        if request.output is not None and request.continuation:
+            # A structured answer is delivered whole (below): the earlier attempt's was the answer.
+            yield Completion("stop", request.job.typical_prompt_tokens, request.continuation_events)
+            return
         url = self._url(request)
         content = orjson.dumps(self._body(request))
         headers = self._headers(url, content)
@@ -205,6 +214,7 @@ class BedrockProvider(HTTPProvider):
         answer_tool = request.output.name if request.output is not None else None
         calls: dict[int, int] = {}  # content block index -> tool call index
         answer_blocks: set[int] = set()
+        answer: list[str] = []  # a structured answer, held until the call ends (as Anthropic's)
         # orjson.Fragment: Upstream serializes the body itself; a fragment comes out as exactly
         # these bytes, the ones that were signed.
         async with self.upstream.stream(url, orjson.Fragment(content), headers) as response:
@@ -237,20 +247,20 @@ class BedrockProvider(HTTPProvider):
                         if isinstance(use, dict):
                             if use.get("name") == answer_tool:
                                 answer_blocks.add(block)
-                            else:
+                            elif request.tools is not None:  # tool_choice none: no call is taken
                                 calls[block] = len(calls)
                                 yield ToolCallDelta(len(calls) - 1, "", use.get("toolUseId"), use.get("name"))
                     elif event == "contentBlockDelta":
                         delta = payload.get("delta") or {}
                         text = delta.get("text")
-                        if text:
+                        if text and answer_tool is None:  # with a structured answer, text is no part of it
                             text = joiner.feed(text)
                             if text:
                                 yield TextDelta(text)
                         piece = (delta.get("toolUse") or {}).get("input")
                         if piece:
                             if block in answer_blocks:
-                                yield TextDelta(piece)
+                                answer.append(piece)
                             elif block in calls:
                                 yield ToolCallDelta(calls[block], piece)
                     elif event == "messageStop":
@@ -260,6 +270,8 @@ class BedrockProvider(HTTPProvider):
                         usage = payload.get("usage") or usage
         self.check_ended(finish_reason, usage)
         assert finish_reason is not None and usage is not None  # check_ended raised otherwise
+        if answer:
+            yield TextDelta("".join(answer))
         if finish_reason == "tool_calls" and not calls:
             finish_reason = "stop"  # the structured answer's tool was the only one called
         yield one_call(request, finish_reason, int(usage.get("inputTokens", 0)), int(usage.get("outputTokens", 0)))
@@ -272,13 +284,19 @@ class BedrockProvider(HTTPProvider):
         model_id = urllib.parse.quote(request.model.upstream, safe="")
         url = self.endpoint(request, self.settings.bedrock_endpoint_url
                             or f"https://bedrock-runtime.{self.region}.amazonaws.com", f"/model/{model_id}/invoke")
-        vectors, tokens = [], 0
-        for text in embed.inputs:
+        gate = asyncio.Semaphore(EMBED_CONCURRENCY)
+
+        async def one(text: str | tuple[int, ...]) -> tuple[list[float], int]:
             content = orjson.dumps({"inputText": text, "normalize": True, **given(dimensions=embed.dimensions)})
-            answer = await self.upstream.post_json(url, orjson.Fragment(content), self._headers(url, content))
+            async with gate:
+                answer = await self.upstream.post_json(url, orjson.Fragment(content), self._headers(url, content))
             if not isinstance(answer, dict) or not isinstance(answer.get("embedding"), list):
                 raise ProviderError(f"{self.display} answered an embedding without a vector", code="upstream_invalid",
                                     retryable=True)
-            vectors.append(list(answer["embedding"]))
-            tokens += int(answer.get("inputTextTokenCount") or 0)
+            return list(answer["embedding"]), int(answer.get("inputTextTokenCount") or 0)
+
+        # Titan takes one input a call: the calls go in parallel, a few at a time.
+        done = await asyncio.gather(*(one(text) for text in embed.inputs))
+        vectors = [vector for vector, _ in done]
+        tokens = sum(count for _, count in done)
         return Embeddings(vectors, tokens)

@@ -39,6 +39,63 @@ ERROR_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "OUT_OF_RAN
                 "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
 
 
+# The schema fields Gemini's Schema (an OpenAPI 3.0 subset) has; every Gemini model takes them
+# (responseJsonSchema and parametersJsonSchema, which take JSON Schema, only the newest).
+SCHEMA_FIELDS = frozenset({"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",
+                           "properties", "required", "minProperties", "maxProperties", "minLength", "maxLength",
+                           "pattern", "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"})
+MAX_SCHEMA_DEPTH = 24  # a recursive $ref is unrolled this deep, then left an open object
+
+
+def gemini_schema(schema: Any, root: Any = None, depth: int = 0) -> Any:
+    """A JSON Schema as Gemini's Schema: references inlined, ``const`` as a one-value ``enum``,
+    ``oneOf`` as ``anyOf``, a ``null`` type as ``nullable``, types upper-cased, and keywords it
+    has no field for left out (``additionalProperties``, ``$schema``...)."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
+        return {"type": "OBJECT"}
+    if isinstance(schema.get("$ref"), str):
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        merged = {**(target if isinstance(target, dict) else {}), **{k: v for k, v in schema.items() if k != "$ref"}}
+        return gemini_schema(merged, root, depth + 1)
+    out: dict[str, Any] = {}
+    if "const" in schema:
+        out["enum"] = [schema["const"]]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        if "null" in kind:
+            out["nullable"] = True
+        kind = next((k for k in kind if k != "null"), None)
+    if isinstance(kind, str) and kind != "null":
+        out["type"] = kind.upper()
+    for key, value in schema.items():
+        if key not in SCHEMA_FIELDS or key in ("type",):
+            if key == "oneOf":
+                out["anyOf"] = [gemini_schema(v, root, depth + 1) for v in value]
+            continue
+        if key == "properties" and isinstance(value, dict):
+            out[key] = {name: gemini_schema(sub, root, depth + 1) for name, sub in value.items()}
+        elif key == "items":
+            out[key] = gemini_schema(value, root, depth + 1)
+        elif key == "anyOf":
+            out[key] = [gemini_schema(v, root, depth + 1) for v in value]
+        elif key == "enum":
+            out[key] = [str(v) for v in value]  # Gemini's enums are strings
+        else:
+            out[key] = value
+    if "allOf" in schema and isinstance(schema["allOf"], list):
+        for part in schema["allOf"]:
+            for key, value in gemini_schema(part, root, depth + 1).items():
+                out.setdefault(key, value)
+    return out
+
+
+#: The most inputs one batchEmbedContents call takes.
+EMBED_BATCH = 100
+
+
 def _parts(turn: Turn) -> list[dict[str, Any]]:
     """A turn as Gemini's parts: text, inline images, function calls and responses."""
     if turn.role == "tool":
@@ -110,18 +167,17 @@ class GeminiProvider(HTTPProvider):
             config["stopSequences"] = list(p.stop)
         output = request.output
         if output is not None:
-            # Gemini's JSON mode; the schema as JSON Schema (``responseJsonSchema``: responseSchema's
-            # OpenAPI subset refuses what JSON Schemas commonly hold, such as $defs).
+            # Gemini's JSON mode, its schema as Gemini's Schema (which every Gemini model takes).
             config["responseMimeType"] = "application/json"
             if output.schema is not None:
-                config["responseJsonSchema"] = output.schema
+                config["responseSchema"] = gemini_schema(output.schema)
         body: dict[str, Any] = {"contents": contents, "generationConfig": config}
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
         tools = request.job.tools
         if tools is not None:
             body["tools"] = [{"functionDeclarations": [
-                given(name=f.name, description=f.description, parametersJsonSchema=f.parameters)
+                given(name=f.name, description=f.description, parameters=gemini_schema(f.parameters))
                 for f in tools.functions]}]
             mode = {"auto": "AUTO", "required": "ANY", "none": "NONE"}[tools.choice]
             calling: dict[str, Any] = {"mode": mode}
@@ -196,9 +252,13 @@ class GeminiProvider(HTTPProvider):
         requests = [{"model": f"models/{model}", "content": {"parts": [{"text": text}]},
                      **given(outputDimensionality=embed.dimensions)} for text in embed.inputs]
         url = self.endpoint(request, self.settings.gemini_base_url, f"/v1beta/models/{model}:batchEmbedContents")
-        answer = await self.upstream.post_json(url, {"requests": requests}, self._headers())
-        rows = answer.get("embeddings") if isinstance(answer, dict) else None
-        if not isinstance(rows, list) or len(rows) != len(requests):
-            raise ProviderError(f"{self.display} answered {len(rows) if isinstance(rows, list) else 'no'} embeddings "
-                                f"for {len(requests)} inputs", code="upstream_invalid", retryable=True)
+        rows: list = []
+        for start in range(0, len(requests), EMBED_BATCH):  # the most one call takes
+            part = requests[start:start + EMBED_BATCH]
+            answer = await self.upstream.post_json(url, {"requests": part}, self._headers())
+            got = answer.get("embeddings") if isinstance(answer, dict) else None
+            if not isinstance(got, list) or len(got) != len(part):
+                raise ProviderError(f"{self.display} answered {len(got) if isinstance(got, list) else 'no'} "
+                                    f"embeddings for {len(part)} inputs", code="upstream_invalid", retryable=True)
+            rows += got
         return Embeddings([list(row["values"]) for row in rows], request.job.typical_prompt_tokens)

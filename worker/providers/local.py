@@ -100,6 +100,10 @@ def _error_of(payload: Any) -> ProviderError | None:
     return None
 
 
+#: Inputs the local embedding model reads at once (at 256 tokens each, ~100 MB of attention scores).
+EMBED_BATCH = 32
+
+
 class LocalEncoder:
     """The local embedding model (``minilm.py``), loaded on first use, run on its own thread."""
 
@@ -128,8 +132,13 @@ class LocalEncoder:
             if length > MAX_TOKENS:
                 raise ProviderError(f"input[{i}] holds {length} tokens; the local embedding model reads at most "
                                     f"{MAX_TOKENS} of one input: shorten it", code="context_length_exceeded")
-        vectors, tokens = model.embed(texts)
-        return Embeddings(vectors.tolist(), tokens)
+        vectors: list[list[float]] = []
+        tokens = 0
+        for start in range(0, len(texts), EMBED_BATCH):  # bounded memory: the attention scores grow as n x len^2
+            part, used = model.embed(texts[start:start + EMBED_BATCH])
+            vectors += part.tolist()
+            tokens += used
+        return Embeddings(vectors, tokens)
 
 
 class LocalProvider(Provider):

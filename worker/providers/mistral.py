@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,6 +39,17 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "model_length": "length",
 ERROR_TYPE_STATUS = {"rate_limited": 429, "requests": 429, "rate_limit_error": 429,
                      "invalid_request_error": 400, "invalid_request": 400,
                      "authentication_error": 401, "permission_error": 403}
+
+
+_MISTRAL_ID = re.compile(r"[A-Za-z0-9]{9}")
+
+
+def mistral_call_id(call_id: str) -> str:
+    """A tool call id as Mistral takes one (9 letters or digits): its own ids as they are, any
+    other (another family's, a client's) made one, the same each time."""
+    if _MISTRAL_ID.fullmatch(call_id):
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
 
 
 def _error_status(err: dict[str, Any]) -> int:
@@ -67,6 +80,11 @@ class MistralProvider(HTTPProvider):
 
     def _messages(self, request: GenerationRequest) -> list[dict[str, Any]]:
         messages = chat_messages(request.messages)
+        for message in messages:  # Mistral takes only its own shape of tool call id
+            for call in message.get("tool_calls") or ():
+                call["id"] = mistral_call_id(call["id"])
+            if message.get("tool_call_id"):
+                message["tool_call_id"] = mistral_call_id(message["tool_call_id"])
         if request.continuation:
             messages.append({"role": "assistant", "content": request.continuation, "prefix": True})
         return messages

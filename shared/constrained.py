@@ -12,6 +12,7 @@ tells the model in the prompt (``prompt_turns``), the worker constrains decoding
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +185,29 @@ class Answer:
 
     content: str
     calls: list[tuple[str, str]]
+
+
+_CONTENT_START = re.compile(r'\s*\{\s*"content"\s*:\s*"')
+
+
+def cut_content(text: str) -> str | None:
+    """The text of an answer ``{"content": "...`` that the token bound cut short: the string so
+    far, unescaped (None if ``text`` is not such an answer)."""
+    start = _CONTENT_START.match(text)
+    if start is None:
+        return None
+    rest = text[start.end():]
+    end = 0
+    while end < len(rest) and rest[end] != '"':
+        end += 2 if rest[end] == "\\" else 1
+    piece = rest[:min(end, len(rest))]
+    while piece:
+        try:
+            value = orjson.loads('"' + piece + '"')
+            return value if isinstance(value, str) else None
+        except orjson.JSONDecodeError:
+            piece = piece[:-1]  # an escape cut in two
+    return ""
 
 
 def read_answer(text: str, tools: Tools | None, output: Output | None) -> Answer | None:

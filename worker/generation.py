@@ -33,20 +33,71 @@ from worker.stops import StopFilter
 log = logging.getLogger(__name__)
 
 
+class Routes:
+    """Where an attempt's calls go: the model's routes, then, once the last of them has failed,
+    the account's fallback models that ``fits`` takes. Deployments' health is recorded only where
+    there is somewhere else to go (``shared``)."""
+
+    def __init__(self, routes: list[Route], failover: Failover | None, fits=lambda route: True):
+        self.items = list(routes)
+        self.failover = failover
+        self.fits = fits
+        self.loaded = failover is None  # fallbacks are loaded only with a failover
+        self.shared = len(self.items) > 1
+        self.index = 0
+
+    @property
+    def current(self) -> Route:
+        return self.items[self.index]
+
+    async def record(self, route: Route, ok: bool) -> None:
+        if self.shared:
+            assert self.failover is not None  # several routes are the failover's, given with it
+            await self.failover.record(route, ok)
+
+    async def move_on(self, attempt: Attempt) -> bool:
+        """To the next route (loading the fallbacks at the last); False when there is none."""
+        if self.index + 1 == len(self.items) and not self.loaded:
+            assert self.failover is not None  # not loaded: there is a failover
+            self.loaded = True
+            fallbacks = [r for r in await self.failover.fallbacks(attempt.account_id, attempt.model_id)
+                         if self.fits(r)]
+            self.items += fallbacks
+            self.shared = self.shared or bool(fallbacks)
+        if self.index + 1 < len(self.items):
+            self.index += 1
+            return True
+        return False
+
+
+def unavailable(route: Route, shared: bool) -> ProviderError:
+    why = route.unavailable.message if route.unavailable else f"no adapter for the {route.spec.family} family"
+    return ProviderError(why, code="model_unavailable", retryable=shared)
+
+
+async def wait_to_retry(exc: ProviderError, calls: int, attempt: Attempt, what: str) -> None:
+    """Wait before the same call is made again; raises ``exc`` if it is not to be made again."""
+    if not may_retry(exc, calls):
+        raise exc
+    delay = retry_delay(exc, calls)
+    if delay is None:
+        raise exc
+    log.warning("%s call failed, retrying in %.2fs: %s", what, delay, exc.message, extra=attempt.log_context())
+    await asyncio.sleep(delay)
+
+
 async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publisher: Publisher,
                    failover: Failover | None = None) -> tuple[Completion, Route]:
     """The completion of the attempt's last call and the route that served it; raises the
     ProviderError that ended the attempt."""
-    routes = list(routes)
-    shared = len(routes) > 1  # deployments' health is tracked where there is somewhere else to go
-    fallbacks_loaded = failover is None
-    index, calls = 0, 0
     if attempt.tool_pieces:
         # An earlier attempt delivered the answer's tool calls, its last part, and was lost
         # before it could finish the job: the answer is whole; it is billed as counted.
         return Completion("tool_calls", attempt.typical_prompt_tokens, len(attempt.delivered)), routes[0]
+    where = Routes(routes, failover)
+    calls = 0
     while True:
-        route = routes[index]
+        route = where.current
         model = route.spec
         calls += 1
         stops = StopFilter(job.params.stop)
@@ -60,8 +111,7 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
         held: list[ToolCallDelta] = []
         try:
             if route.provider is None:
-                why = route.unavailable.message if route.unavailable else f"no adapter for the {model.family} family"
-                raise ProviderError(why, code="model_unavailable", retryable=shared)
+                raise unavailable(route, where.shared)
             async for item in route.provider.stream(request):
                 if isinstance(item, TextDelta):
                     if first_text and item.text:
@@ -79,43 +129,26 @@ async def generate(attempt: Attempt, routes: list[Route], job: JobSpec, publishe
                                     retryable=True)
         except ProviderError as exc:
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
-            if shared and exc.retryable:
-                assert failover is not None  # several routes are the failover's, given with it
-                await failover.record(route, False)
+            if exc.retryable:
+                await where.record(route, False)
             if attempt.emitter is not None:
                 # What the provider sent before the fault is published before deciding where the
                 # next call goes (tokens still in flight count as delivered), and the next call
                 # continues after all of it. A cancel or a lost lease that the publish in flight
                 # learned of is raised here, whatever comes next.
                 await attempt.emitter.drain()
-            if exc.retryable and not attempt.delivered:
-                if index + 1 == len(routes) and not fallbacks_loaded:
-                    assert failover is not None  # fallbacks are left to load only with a failover
-                    fallbacks_loaded = True
-                    fallbacks = await failover.fallbacks(attempt.account_id, attempt.model_id)
-                    routes += fallbacks
-                    shared = shared or bool(fallbacks)
-                if index + 1 < len(routes):
-                    index, calls = index + 1, 0
-                    log.warning("provider call failed on %s, moving to %s: %s", route.label, routes[index].label,
-                                exc.message, extra=attempt.log_context())
-                    continue
-            if not may_retry(exc, calls):
-                raise
-            delay = retry_delay(exc, calls)
-            if delay is None:
-                raise
-            log.warning("provider call failed, retrying in %.2fs: %s", delay, exc.message,
-                        extra=attempt.log_context())
-            await asyncio.sleep(delay)
+            if exc.retryable and not attempt.delivered and await where.move_on(attempt):
+                calls = 0
+                log.warning("provider call failed on %s, moving to %s: %s", route.label, where.current.label,
+                            exc.message, extra=attempt.log_context())
+                continue
+            await wait_to_retry(exc, calls, attempt, "provider")
             continue
         except BaseException:  # cancelled, lost, timed out: the call did not end on its own
             metrics.record_provider_call(model.family, model.id, "aborted", time.monotonic() - call_started)
             raise
         metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
-        if shared:
-            assert failover is not None  # several routes are the failover's, given with it
-            await failover.record(route, True)
+        await where.record(route, True)
         tail = stops.flush()
         if tail:
             await emit(publisher, attempt, tail)
@@ -135,59 +168,40 @@ async def embed(attempt: Attempt, routes: list[Route], job: JobSpec,
     fault moves the call to the next route at once (another deployment, then the account's
     fallbacks that are embedding models); on the last, it is made again after the wait
     ``worker/retries.py`` decides."""
-    assert job.embed is not None  # an embedding job
-    routes = list(routes)
-    shared = len(routes) > 1
-    fallbacks_loaded = failover is None
-    index, calls = 0, 0
+    embed = job.embed
+    assert embed is not None  # an embedding job
+    first = routes[0].spec
+    # Fallbacks: embedding models whose vectors have the job's length (a client's index takes no other).
+    where = Routes(routes, failover, lambda r: r.spec.kind == "embedding" and (
+        embed.dimensions is not None or r.spec.dimensions == first.dimensions))
+    calls = 0
     while True:
-        route = routes[index]
+        route = where.current
         model = route.spec
         calls += 1
         request = GenerationRequest(model=model, job=job, job_id=attempt.job_id, account_id=attempt.account_id)
         call_started = time.monotonic()
         try:
             if route.provider is None:
-                why = route.unavailable.message if route.unavailable else f"no adapter for the {model.family} family"
-                raise ProviderError(why, code="model_unavailable", retryable=shared)
+                raise unavailable(route, where.shared)
             result = await route.provider.embed(request)
-            if len(result.vectors) != len(job.embed.inputs):
+            if len(result.vectors) != len(embed.inputs):
                 raise ProviderError(f"the provider answered {len(result.vectors)} embeddings for "
-                                    f"{len(job.embed.inputs)} inputs", code="upstream_invalid", retryable=True)
+                                    f"{len(embed.inputs)} inputs", code="upstream_invalid", retryable=True)
         except ProviderError as exc:
             metrics.record_provider_call(model.family, model.id, "error", time.monotonic() - call_started, exc.code)
-            if shared and exc.retryable:
-                assert failover is not None  # several routes are the failover's, given with it
-                await failover.record(route, False)
             if exc.retryable:
-                if index + 1 == len(routes) and not fallbacks_loaded:
-                    assert failover is not None  # fallbacks are left to load only with a failover
-                    fallbacks_loaded = True
-                    # Only models whose vectors have the job's length: a client's index takes no other.
-                    fallbacks = [r for r in await failover.fallbacks(attempt.account_id, attempt.model_id)
-                                 if r.spec.kind == "embedding" and (job.embed.dimensions is not None
-                                                                   or r.spec.dimensions == model.dimensions)]
-                    routes += fallbacks
-                    shared = shared or bool(fallbacks)
-                if index + 1 < len(routes):
-                    index, calls = index + 1, 0
-                    log.warning("embedding call failed on %s, moving to %s: %s", route.label, routes[index].label,
+                await where.record(route, False)
+                if await where.move_on(attempt):
+                    calls = 0
+                    log.warning("embedding call failed on %s, moving to %s: %s", route.label, where.current.label,
                                 exc.message, extra=attempt.log_context())
                     continue
-            if not may_retry(exc, calls):
-                raise
-            delay = retry_delay(exc, calls)
-            if delay is None:
-                raise
-            log.warning("embedding call failed, retrying in %.2fs: %s", delay, exc.message,
-                        extra=attempt.log_context())
-            await asyncio.sleep(delay)
+            await wait_to_retry(exc, calls, attempt, "embedding")
             continue
         except BaseException:
             metrics.record_provider_call(model.family, model.id, "aborted", time.monotonic() - call_started)
             raise
         metrics.record_provider_call(model.family, model.id, "ok", time.monotonic() - call_started)
-        if shared:
-            assert failover is not None  # several routes are the failover's, given with it
-            await failover.record(route, True)
+        await where.record(route, True)
         return result, route

@@ -4,7 +4,7 @@ decoded to, what the prompt says, and the answer read back."""
 import jsonschema
 import orjson
 
-from shared.constrained import PARALLEL_CALLS_AT_MOST, answer_schema, prompt_turns, read_answer
+from shared.constrained import PARALLEL_CALLS_AT_MOST, answer_schema, cut_content, prompt_turns, read_answer
 from shared.jobspec import Output, Tool, ToolCall, Tools, Turn
 
 WEATHER = Tool("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
@@ -83,3 +83,10 @@ def test_a_schema_with_defs_keeps_its_refs_once_nested_in_the_answers_schema():
     assert not validator.is_valid({"tool_calls": [{"name": "save", "arguments": {"home": "x"}}]})
     assert not validator.is_valid({"tool_calls": [{"name": "note", "arguments": {"at": {"city": "x"}}}]})
     assert not validator.is_valid({"content": {"home": {"town": "b"}}})
+
+
+def test_an_answer_cut_by_the_token_bound_keeps_its_text_so_far():
+    assert cut_content('{"content": "Paris is sun') == "Paris is sun"
+    assert cut_content('{ "content" : "line one\\nline \\"two') == 'line one\nline "two'
+    assert cut_content('{"content": "half an escape \\u00') == "half an escape "
+    assert cut_content('{"tool_calls": [{"name": "f"') is None

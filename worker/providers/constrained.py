@@ -9,7 +9,7 @@ the job (``Constrained.delivered``).
 
 from __future__ import annotations
 
-from shared.constrained import answer_schema, read_answer
+from shared.constrained import answer_schema, cut_content, read_answer
 from worker.providers.base import Completion, GenerationRequest, TextDelta, ToolCallDelta
 
 
@@ -39,7 +39,12 @@ class Constrained:
         text = "".join(self.held)
         answer = read_answer(text, self.request.tools, self.request.output)
         if answer is None:
-            return ([TextDelta(text)] if text else []), "length" if finish_reason == "stop" else finish_reason
+            # Cut short: an answer's text so far is delivered as text; a call cut short, not at all.
+            cut = cut_content(text) if self.request.output is None else None
+            if cut is None and text.lstrip().startswith('{"tool_calls"'):
+                cut = ""
+            delivered = text if cut is None else cut
+            return ([TextDelta(delivered)] if delivered else []), "length" if finish_reason == "stop" else finish_reason
         if answer.calls:
             return [ToolCallDelta(i, arguments, self.request.call_id(i), name)
                     for i, (name, arguments) in enumerate(answer.calls)], "tool_calls"

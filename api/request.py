@@ -105,6 +105,18 @@ def check_schema(schema: dict[str, Any], name: str) -> None:
         raise ValueError(f"{name} is not a valid JSON Schema{' at ' + where if where else ''}: {exc.message}") from None
 
 
+def _schema_named(name: str):
+    def checked(value: dict[str, Any]) -> dict[str, Any]:
+        check_schema(value, name)
+        return value
+    return checked
+
+
+#: A tool's ``parameters`` and an answer's ``schema``: JSON Schemas, checked by ``check_schema``.
+ParametersSchema = Annotated[dict[str, Any], AfterValidator(_schema_named("parameters"))]
+AnswerSchema = Annotated[dict[str, Any], AfterValidator(_schema_named("schema"))]
+
+
 def check_unicode(content: Any) -> Any:
     """``content`` (a string, or parts with ``text``), if it is text UTF-8 can carry (no lone
     surrogate): a validator for message contents on every door."""

@@ -100,10 +100,6 @@ def _content_schema(output: Output | None) -> dict[str, Any]:
 
 def answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] | None:
     """The JSON Schema the answer is constrained to; None: free text."""
-    return _answer_schema(tools, output)
-
-
-def _answer_schema(tools: Tools | None, output: Output | None) -> dict[str, Any] | None:
     if tools is not None and tools.choice != "none":
         defs: dict[str, Any] = {}
         functions = [f for f in tools.functions if tools.forced is None or f.name == tools.forced]

@@ -27,11 +27,8 @@ from api.openai.errors import OpenAIError, error_body
 from api.openai.responses_wire import (
     InvalidParameter,
     ResponseRequest,
-    finished_state,
-    output_items,
+    finished_object,
     response_id,
-    response_object,
-    usage_of,
 )
 from api.openai.wire import ChatRequest, completion_object
 from api.request import CompletionRequest
@@ -78,11 +75,8 @@ LINE_FORMATS = (LINE_FORMAT, batches.LineFormat(RESPONSES, _response_line),
 
 def _batch_response(job_id: str, model: str, created: int, body: dict[str, Any]) -> dict[str, Any]:
     """A /v1/responses line's response object (what it repeats of its request: its model)."""
-    rid = response_id(job_id)
-    status, incomplete, text, calls = finished_state(body)
     stored = {"created_at": created, "echo": {"model": model, "metadata": {}, "background": False, "store": False}}
-    return response_object(rid, stored, status, output_items(rid, text, calls), usage_of(body.get("token_usage")),
-                           incomplete=incomplete)
+    return finished_object(response_id(job_id), stored, body)
 
 
 class BatchCreate(BaseModel):

@@ -27,6 +27,7 @@ from api.openai.responses_wire import (
     InvalidParameter,
     ResponseEvents,
     ResponseRequest,
+    finished_object,
     finished_state,
     job_id_of,
     output_items,
@@ -34,7 +35,6 @@ from api.openai.responses_wire import (
     response_object,
     sse_event,
     stored_record,
-    usage_of,
 )
 from api.openapi import SSE, answers
 from api.sse import KEEPALIVE, SSE_HEADERS
@@ -68,10 +68,7 @@ def _view(rid: str, record: dict[str, str], stored: dict[str, Any]) -> dict[str,
     """The response as its job stands."""
     status = STATUSES.get(record.get("status", ""), "queued")
     if status == "completed" and record.get("result"):
-        body = orjson.loads(record["result"])
-        status, incomplete, text, calls = finished_state(body)
-        return response_object(rid, stored, status, output_items(rid, text, calls), usage_of(body.get("token_usage")),
-                               incomplete=incomplete)
+        return finished_object(rid, stored, orjson.loads(record["result"]))
     if status == "failed":
         error = orjson.loads(record.get("error") or "{}")
         return response_object(rid, stored, status, [], None, error={
@@ -131,10 +128,7 @@ class ResponseAnswer(Answer):
         return error_response(status, message, None, code, headers)
 
     def result(self, body, headers):
-        status, incomplete, text, calls = finished_state(body)
-        obj = response_object(self.rid, self.stored, status, output_items(self.rid, text, calls),
-                              usage_of(body.get("token_usage")), incomplete=incomplete)
-        return JSONResponse(obj, headers=headers)
+        return JSONResponse(finished_object(self.rid, self.stored, body), headers=headers)
 
     def _begun(self) -> bytes:
         assert self.events is not None  # bound before any event

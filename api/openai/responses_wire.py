@@ -24,7 +24,16 @@ from api.openai.wire import (
     InvalidParameter,
     UnsupportedParameter,
 )
-from api.request import CompletionRequest, MaxTokens, Parameters, TopP, check_image_url, check_schema, check_unicode
+from api.request import (
+    AnswerSchema,
+    CompletionRequest,
+    MaxTokens,
+    Parameters,
+    ParametersSchema,
+    TopP,
+    check_image_url,
+    check_unicode,
+)
 from shared.jobspec import Image, Output, ReasoningEffort, Role, Tool, ToolCall, Tools, Turn
 
 MAX_METADATA_KEYS = 16
@@ -104,15 +113,8 @@ class FunctionTool(BaseModel):
     type: Literal["function"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = Field(None, max_length=100_000)
-    parameters: dict[str, Any] | None = None
+    parameters: ParametersSchema | None = None
     strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            check_schema(value, "parameters")
-        return value
 
 
 class NamedFunction(BaseModel):
@@ -135,15 +137,9 @@ class FormatJsonSchema(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["json_schema"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    schema_: dict[str, Any] = Field(alias="schema")
+    schema_: AnswerSchema = Field(alias="schema")
     description: str | None = None
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_schema(value, "schema")
-        return value
 
 
 class TextConfig(BaseModel):
@@ -344,21 +340,28 @@ def response_object(rid: str, stored: dict[str, Any], status: str, output: list[
     }
 
 
+#: A finish reason that leaves a response incomplete, and the reason it says.
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
 def finished_state(body: dict[str, Any]) -> tuple[str, str | None, str, list[dict[str, Any]]]:
     """(status, incomplete reason, text, calls) of a succeeded job's result."""
     completion = body["chat_completion"]
-    reason = completion.get("finish_reason")
-    incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(reason or "")
+    incomplete = INCOMPLETE.get(completion.get("finish_reason") or "")
     return ("incomplete" if incomplete else "completed", incomplete, completion["message"]["content"] or "",
             completion["message"].get("tool_calls") or [])
+
+
+def finished_object(rid: str, stored: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The response object of a succeeded job's result."""
+    status, incomplete, text, calls = finished_state(body)
+    return response_object(rid, stored, status, output_items(rid, text, calls), usage_of(body.get("token_usage")),
+                           incomplete=incomplete)
 
 
 def stored_record(request: ResponseRequest, history: list[dict[str, Any]]) -> dict[str, Any]:
     return {"created_at": int(time.time()), "echo": request.echo(), "input": request.items(), "history": history}
 
-
-def dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 # --- the stream ---------------------------------------------------------------------------------
@@ -469,7 +472,7 @@ class ResponseEvents:
         out = self._close_message() + self._close_call()
         if status != "succeeded":
             return out + self._emit("response.cancelled", response=self._snapshot("cancelled"))
-        incomplete = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(self.finish or "")
+        incomplete = INCOMPLETE.get(self.finish or "")
         if incomplete:
             return out + self._emit("response.incomplete", response=self._snapshot("incomplete",
                                                                                   incomplete=incomplete))

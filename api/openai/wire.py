@@ -26,15 +26,16 @@ from api.failures import failure_status
 from api.openai.errors import error_body, error_response
 from api.request import (
     MAX_INTEGER,
+    AnswerSchema,
     CompletionRequest,
     MaxTokens,
     Parameters,
+    ParametersSchema,
     Penalty,
     Seed,
     StopSequences,
     TopP,
     check_image_url,
-    check_schema,
     check_unicode,
 )
 from shared.jobspec import Image, Output, ReasoningEffort, Tool, ToolCall, Tools, Turn
@@ -184,15 +185,8 @@ class FunctionDefinition(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = Field(None, max_length=100_000)
-    parameters: dict[str, Any] | None = None
+    parameters: ParametersSchema | None = None
     strict: bool | None = None
-
-    @field_validator("parameters")
-    @classmethod
-    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            check_schema(value, "parameters")
-        return value
 
 
 class ToolDefinition(BaseModel):
@@ -231,15 +225,8 @@ class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_: AnswerSchema | None = Field(None, alias="schema")
     strict: bool | None = None
-
-    @field_validator("schema_")
-    @classmethod
-    def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            check_schema(value, "schema")
-        return value
 
 
 class JsonSchemaFormat(BaseModel):

@@ -143,16 +143,14 @@ def output_tool(output: Output) -> dict[str, Any]:
             "schema": output.schema if output.schema is not None else {"type": "object"}}
 
 
-class OpenAIToolCalls:
-    """Tool calls in OpenAI-style stream deltas (``delta.tool_calls[]``), as ToolCallDelta pieces."""
-
-    def pieces(self, delta: dict[str, Any]) -> list[ToolCallDelta]:
-        out = []
-        for i, call in enumerate(delta.get("tool_calls") or ()):
-            if not isinstance(call, dict):
-                continue
-            function = call.get("function") or {}
-            index = call.get("index")
-            out.append(ToolCallDelta(index if isinstance(index, int) else i, function.get("arguments") or "",
-                                     call.get("id") or None, function.get("name") or None))
-        return out
+def tool_call_pieces(delta: dict[str, Any]) -> list[ToolCallDelta]:
+    """Tool calls in an OpenAI-style stream delta (``delta.tool_calls[]``), as ToolCallDelta pieces."""
+    out = []
+    for i, call in enumerate(delta.get("tool_calls") or ()):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function") or {}
+        index = call.get("index")
+        out.append(ToolCallDelta(index if isinstance(index, int) else i, function.get("arguments") or "",
+                                 call.get("id") or None, function.get("name") or None))
+    return out

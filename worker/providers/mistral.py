@@ -21,12 +21,12 @@ import orjson
 
 from worker.providers.base import Completion, Embeddings, GenerationRequest, ProviderError, TextDelta, ToolCallDelta
 from worker.providers.bodies import (
-    OpenAIToolCalls,
     chat_messages,
     given,
     job_seed,
     openai_response_format,
     openai_tools,
+    tool_call_pieces,
 )
 from worker.providers.continuation import EchoStripper, one_call
 from worker.providers.faults import classify
@@ -115,7 +115,6 @@ class MistralProvider(HTTPProvider):
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextDelta | ToolCallDelta | Completion]:
         self.check_configured()
         echo = EchoStripper(request.continuation)
-        calls = OpenAIToolCalls()
         finish_reason = None
         usage = None
         async with self.upstream.stream(self._url(request), self._body(request), self._headers()) as response:
@@ -142,7 +141,7 @@ class MistralProvider(HTTPProvider):
                         text = echo.feed(content)
                         if text:
                             yield TextDelta(text)
-                    for piece in calls.pieces(choice.get("delta") or {}):
+                    for piece in tool_call_pieces(choice.get("delta") or {}):
                         yield piece
                     reason = choice.get("finish_reason")
                     if reason == "error":

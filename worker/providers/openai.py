@@ -16,12 +16,12 @@ from worker.providers.base import (
     ToolCallDelta,
 )
 from worker.providers.bodies import (
-    OpenAIToolCalls,
     chat_messages,
     given,
     job_seed,
     openai_response_format,
     openai_tools,
+    tool_call_pieces,
 )
 from worker.providers.continuation import PrefixSkipper
 from worker.providers.faults import shown_kind
@@ -47,7 +47,7 @@ class Choices:
 
     def __init__(self, text_of: Callable[[dict[str, Any]], str | None], tool_calls: bool = False):
         self.text_of = text_of
-        self.tool_calls = OpenAIToolCalls() if tool_calls else None
+        self.tool_calls = tool_calls
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
@@ -59,8 +59,8 @@ class Choices:
                 text = self.text_of(choice)
                 if text:
                     yield text
-                if self.tool_calls is not None:
-                    for piece in self.tool_calls.pieces(choice.get("delta") or {}):
+                if self.tool_calls:
+                    for piece in tool_call_pieces(choice.get("delta") or {}):
                         yield piece
                 if choice.get("finish_reason"):
                     self.finish_reason = FINISH_REASONS.get(choice["finish_reason"], choice["finish_reason"])

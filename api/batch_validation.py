@@ -19,6 +19,8 @@ import secrets
 import time
 from typing import Any
 
+import orjson
+
 from api import batches, files
 from shared import keys
 from shared.catalog import Catalog
@@ -83,9 +85,12 @@ class Validations:
                 formats = ({endpoint: self.line_formats[endpoint]} if endpoint in self.line_formats
                            else self.line_formats)
                 spooled = await files.spooled(self.raw, upload["id"])
+                # The models the submitting key may use, where it was limited to some.
+                catalog = (self.catalog.only(frozenset(orjson.loads(record["key_models"])))
+                           if record.get("key_models") else self.catalog)
                 try:
                     total, errors, error_count = await batches.stage(
-                        self.redis, staging, record["account_id"], files.lines_of(spooled), self.catalog, formats,
+                        self.redis, staging, record["account_id"], files.lines_of(spooled), catalog, formats,
                         self.settings)
                 finally:
                     spooled.close()

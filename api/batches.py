@@ -224,6 +224,8 @@ async def begin(redis, account: str, metadata: dict[str, str], window: str,
         "total": 0, "completed": 0, "failed": 0, **(fields or {}),
     })
     await redis.zadd(keys.account_batches(account), {batch_id: now})
+    # Watched until its end is announced (webhooks: worker/services/webhooks.py).
+    await redis.zadd(keys.watched_batches(keys.shard_of(batch_id)), {batch_id: now})
     return batch_id, now
 
 

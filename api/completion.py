@@ -20,6 +20,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from api.accounts import key_of
 from api.failures import UPSTREAM_RETRY_AFTER_SECONDS, failure_status
 from api.jobs import submit
 from api.metrics import track_sse
@@ -108,14 +109,14 @@ async def first_admitted_event(events, admission_deadline: float, overall_deadli
 def job_failure(answer: Answer, error: dict[str, Any], headers: dict[str, str]) -> Response:
     code = error.get("code")
     status = failure_status(code)
-    if status == 429:
+    if status == 429 and code != "budget_exceeded":  # a spent budget has no time to retry after
         headers = {**headers, "Retry-After": str(UPSTREAM_RETRY_AFTER_SECONDS)}
     return answer.failure(status, error.get("message") or "the job failed", code, headers)
 
 
 async def complete(body: CompletionRequest, request: Request, account: str, catalog: Catalog, store: JobStore,
                    hub, settings: Settings, answer: Answer) -> Response:
-    job = await submit(body, account, catalog, store)
+    job = await submit(body, account, catalog, store, key_of(request))
     job_id = job["id"]
     answer.bind(job_id)
     await answer.submitted(job, store)

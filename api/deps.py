@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from api.accounts import authenticate
+from api.accounts import Caller, authenticate
 from api.batch_validation import Validations
 from api.batches import LineFormats
 from api.streams import PubSubHub
@@ -81,24 +81,47 @@ XApiKey = Annotated[str | None, Header(description="the API key (or send Authori
 Authorization = Annotated[str | None, Header(description="Bearer <API key> (or send x-api-key)")]
 
 
-async def current_account(
+async def current_caller(
     request: Request,
     x_api_key: XApiKey = None,
     authorization: Authorization = None,
     x_selected_account_id: Annotated[str | None, Header()] = None,
-) -> str:
+) -> Caller:
+    """Who the request's key acts for (kept on ``request.state.caller`` for the routes that
+    submit jobs)."""
     key = presented_key(x_api_key, authorization)
     if not key:
         raise HTTPException(401, "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
-    account_id = await authenticate(request.app.state.redis, key)
-    if account_id is None:
-        raise HTTPException(401, "invalid API key")
-    if x_selected_account_id and x_selected_account_id != account_id:
+    caller = await authenticate(request.app.state.redis, key)
+    if caller is None:
+        raise HTTPException(401, "invalid API key (unknown, revoked or expired)")
+    if x_selected_account_id and x_selected_account_id != caller.account_id:
         raise HTTPException(403, "this API key cannot act for the account in x-selected-account-id")
-    return account_id
+    request.state.caller = caller
+    return caller
 
 
+async def current_account(caller: Annotated[Caller, Depends(current_caller)]) -> str:
+    return caller.account_id
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentAccount = Annotated[str, Depends(current_account)]
+
+
+def caller_of(request: Request) -> Caller | None:
+    """The caller ``current_caller`` found for this request (None on a route without a key)."""
+    return getattr(request.state, "caller", None)
+
+
+async def scoped_catalog(request: Request, caller: CurrentCaller) -> Catalog:
+    """The catalog as the caller's key sees it: a key limited to some models sees only those
+    (any other is unknown to it, as a model the fleet does not have)."""
+    catalog: Catalog = request.app.state.catalog
+    return catalog if caller.models is None else catalog.only(caller.models)
+
+
+ScopedCatalogDep = Annotated[Catalog, Depends(scoped_catalog)]
 
 
 async def require_admin(request: Request, x_api_key: XApiKey = None, authorization: Authorization = None) -> None:

@@ -12,6 +12,7 @@ ERROR_STATUS = {
     "content_filter": 400,
     "limit_exceeded": 400,
     "upstream_rate_limited": 429,
+    "budget_exceeded": 429,
     "upstream_auth": 502,
     "upstream_unavailable": 502,
     "upstream_unreachable": 502,

@@ -65,8 +65,10 @@ def prepare(request: CompletionRequest, account_id: str, catalog: Catalog, provi
         raise Refused(400, str(exc), exc.param, exc.code) from None
 
 
-async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, store: JobStore) -> dict[str, str]:
-    """``prepare``, then the job recorded and queued; returns its record."""
+async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, store: JobStore,
+                 key_id: str = "") -> dict[str, str]:
+    """``prepare``, then the job recorded and queued; returns its record. ``key_id``: the API
+    key it was submitted with (its own limits and budget apply with the account's)."""
     args = (request, account_id, catalog, get_provider_settings(), store.settings.default_completion_reservation)
     model = catalog.get(request.model)
     if model is not None and model.raw_prompt:
@@ -75,7 +77,7 @@ async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, 
     else:
         prepared = prepare(*args)  # no template to render: cheaper than a thread hop
     record = await store.create(account_id=account_id, model=prepared.model.id, queue=prepared.model.queue,
-                                spec=prepared.spec)
+                                spec=prepared.spec, key_id=key_id, priority=request.priority)
     metrics.JOBS_SUBMITTED.labels(prepared.model.id).inc()
     return record
 
@@ -98,6 +100,8 @@ def public_view(record: dict[str, str]) -> dict[str, Any]:
         "started_at": iso(record.get("started_at")),
         "finished_at": iso(record.get("finished_at")),
         "attempts": int(record.get("attempts") or 0),
+        # Its place among its account's own work (a batch's lines are low).
+        "priority": record.get("priority") or ("low" if record.get("batch_id") else "default"),
         "next_try_at": iso(record.get("next_try_at")) if throttled else None,
         "throttle_reason": record.get("throttle_reason") if throttled else None,
         "result": _loads(record.get("result")),

@@ -25,7 +25,7 @@ from api.limits import BodyLimit
 from api.metrics import MetricsMiddleware, metrics_endpoint
 from api.openapi import allowed_methods
 from api.openapi import install as install_openapi
-from api.routes import admin, health, usage
+from api.routes import admin, health, usage, webhooks
 from api.streams import PubSubHub
 from shared.brokers import broker_for
 from shared.catalog import get_catalog
@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="chatfleet", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app)
     install_openapi(app, doors)
-    for router in (health.router, usage.router, admin.router):  # the fleet's own routes
+    for router in (health.router, usage.router, admin.router, webhooks.router):  # the fleet's own routes
         app.include_router(router)
     for door in doors:
         for router in door.routers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import jsonschema
 import msgspec
@@ -130,6 +130,12 @@ def check_unicode(content: Any) -> Any:
     return content
 
 
+Priority = Literal["high", "default", "low"]
+# OpenAI's service tiers, as priorities among the account's own work.
+SERVICE_TIERS: dict[str, Priority] = {"auto": "default", "default": "default", "flex": "low", "scale": "default",
+                                      "priority": "high"}
+
+
 class Parameters(msgspec.Struct, frozen=True):
     """The sampling parameters the client set (``None``: not set), named as the catalog names
     what each model takes (``parameters`` in ``shared/catalog.toml``)."""
@@ -168,3 +174,6 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     output: Output | None = None
     #: An embedding request's inputs (its messages are empty).
     embed: Embedding | None = None
+    #: Where the job goes among its account's own work (SGP's ``priority``; OpenAI's
+    #: ``service_tier``: ``flex`` is low, ``priority`` high).
+    priority: Priority = "default"

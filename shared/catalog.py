@@ -130,6 +130,10 @@ class Catalog:
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
 
+    def only(self, model_ids: frozenset[str]) -> Catalog:
+        """The catalog restricted to ``model_ids`` (an API key's models), its deployments kept."""
+        return Catalog({k: v for k, v in self.models.items() if k in model_ids}, self.deployments)
+
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self.models.values())
 

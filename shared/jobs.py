@@ -59,6 +59,17 @@ def new_job_id(shard: int | None = None) -> str:
     return f"job_{hex_}"
 
 
+# An account's own work in the order of its priority, then of submission: the score of a job in
+# its account's lines (held back by fair share, waiting on a limit).
+PRIORITY_BANDS = {"high": 0, "default": 1, "low": 2}
+
+
+def line_score(priority: str, submitted_at: float) -> float:
+    """A job's score in its account's lines: its priority's band, then its submission time
+    (seconds; the bands 10^11 s apart, exact in a double)."""
+    return PRIORITY_BANDS.get(priority, 1) * 1e11 + submitted_at
+
+
 def usage_keys(account_id: str, day: str, job_id: str) -> list[str]:
     """The ledger's keys an ending job writes, in its shard (``shared/keys.py``)."""
     shard = keys.shard_of(job_id)
@@ -100,12 +111,26 @@ class JobStore:
     # --- API side -------------------------------------------------------------------------
 
     async def create(
-        self, *, account_id: str, model: str, queue: str, spec: JobSpec, job_id: str | None = None
+        self, *, account_id: str, model: str, queue: str, spec: JobSpec, job_id: str | None = None,
+        key_id: str = "", priority: str = "default",
     ) -> dict[str, str]:
-        """Record the job with its message staged (one script), then push the message."""
+        """Record the job with its message staged (one script), then push the message; unless
+        fair share holds it back behind its account's jobs already on the queue (``fair_enter``):
+        it is then recorded held, and handed out later (``release``)."""
         job_id = job_id or new_job_id()
         now = time.time()
-        record = new_record(job_id, account_id, model, queue, spec.dump(), now)
+        extra = {"key_id": key_id} if key_id else {}
+        if priority != "default":
+            extra["priority"] = priority
+        places = self.settings.fair_share_places(queue)
+        if places and await self.scripts.fair_enter(
+            keys=[keys.fair_queued(account_id, queue), keys.fair_ready(account_id, queue),
+                  keys.fair_accounts_of(account_id)],
+            args=[job_id, int(now * 1000), places, repr(line_score(priority, now)),
+                  int(self.settings.fair_share_stale_seconds * 1000), f"{account_id}|{queue}"],
+        ) == "hold":
+            extra["held"] = "1"
+        record = new_record(job_id, account_id, model, queue, spec.dump(), now, **extra)
         message = await self.scripts.create_job(
             keys=[keys.job(job_id), keys.queued_of(job_id), keys.account_jobs(account_id, keys.shard_of(job_id))],
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
@@ -150,8 +175,14 @@ class JobStore:
                   self.settings.usage_retention_days * 86400],
         )
         if result[0] == "cancelled":
-            # Out of the account's waiting line (its own slot), should it have been in it.
+            # Out of the account's waiting line and fair-share lines (its own slot), should it
+            # have been in them.
             await self.line(account_id, job_id, "leave")
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for queue in keys.QUEUES:
+                    pipe.zrem(keys.fair_ready(account_id, queue), job_id)
+                    pipe.zrem(keys.fair_queued(account_id, queue), job_id)
+                await pipe.execute()
         return result[0], (result[1] if len(result) > 1 else "")
 
     async def line(self, account_id: str, job_id: str, action: str, watchdog_ms: int = 0) -> int:
@@ -298,6 +329,18 @@ class JobStore:
             return False
         await self.broker.push(queue, message)
         return True
+
+    async def release(self, queue: str, job_ids: list[str]) -> int:
+        """Hand jobs that fair share held back to ``queue`` (their account's turn came): each
+        staged in its own slot (``lua/release_job.lua``: once, however often asked), then their
+        messages pushed together. Returns how many were pushed."""
+        now = repr(time.time())
+        staged = await asyncio.gather(*(self.scripts.release_job(
+            keys=[keys.job(job_id), keys.queued_of(job_id)], args=[job_id, now]) for job_id in job_ids))
+        messages = [m for m in staged if m]
+        if messages:
+            await self.broker.push(queue, *messages)
+        return len(messages)
 
     async def requeue_waiting(self, job_id: str, account_id: str, watchdog_seconds: float = 5.0) -> bool:
         """Queue an account's first waiting job for another admission attempt.

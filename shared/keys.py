@@ -315,6 +315,53 @@ account_files = _family("account:{}:files")
 # the bounds on an account's files are reserved here (lua/reserve_file.lua).
 account_files_held = _family("account:{}:files:held")
 
+# --- webhooks (shared/webhooks.py, worker/services/webhooks.py) ------------------------------------
+
+# The outbox and the delivery state share a tag of their own, ``{webhooks}``: the scripts that
+# append an event once (``lua/emit_webhook.lua``) and claim due deliveries
+# (``lua/claim_webhooks.lua``) touch several of them.
+_WEBHOOKS_TAG = "{webhooks}"
+
+# Stream: the events to deliver (fields ``event``: its JSON body, ``account``: its account id or
+# empty), capped at about ``shared.webhooks.OUTBOX_MAX`` entries.
+WEBHOOK_OUTBOX = f"{PREFIX}:{_WEBHOOKS_TAG}:webhooks:outbox"
+
+# String: the id of the last outbox entry fanned out to the endpoints' deliveries.
+WEBHOOK_CURSOR = f"{PREFIX}:{_WEBHOOKS_TAG}:webhooks:outbox:cursor"
+
+
+def webhook_emitted(key: str) -> str:
+    """String with a TTL: an event with this idempotency key was emitted (its id)."""
+    return f"{PREFIX}:{_WEBHOOKS_TAG}:webhooks:emitted:{key}"
+
+
+# Sorted set: deliveries to make (member ``{event id}|{endpoint id}``), scored by when (unix s)
+# the next attempt is due; one being attempted is scored by when its claim lapses.
+WEBHOOK_SCHEDULE = f"{PREFIX}:{_WEBHOOKS_TAG}:webhooks:schedule"
+
+# Hash: each scheduled delivery's state (member -> JSON: the body, the endpoint, attempts made).
+WEBHOOK_PENDING = f"{PREFIX}:{_WEBHOOKS_TAG}:webhooks:pending"
+
+# Sorted set: the endpoints' ids by creation time.
+WEBHOOK_ENDPOINTS = f"{PREFIX}:webhooks:endpoints"
+
+# Hash: an endpoint (url, events, account_id, description, secret, disabled, times).
+webhook_endpoint = _family("webhook:{}")
+
+# List: an endpoint's recent delivery attempts, newest first (JSON each).
+webhook_deliveries = _family("webhook:{}:deliveries")
+
+
+def watched_batches(shard: int) -> str:
+    """Sorted set: the shard's batches whose final status is still to be announced, by creation
+    time (written with the batch's record, ``api/batches.py``)."""
+    return f"{PREFIX}:{shard_tag(shard)}:webhooks:batches"
+
+
+# The lock of the webhook fan-out's pass (named as ``lock("webhook-fanout")`` below would).
+WEBHOOK_FANOUT_LOCK = f"{PREFIX}:lock:webhook-fanout"
+
+
 # --- workers and their fleet-wide services -----------------------------------------------------------
 
 # Sorted set: worker hostnames scored by their last heartbeat (unix seconds).
@@ -330,3 +377,64 @@ lock = _family("lock:{}")
 REAPER_LOCK = lock("reaper")
 SCHEDULER_LOCK = lock("scheduler")
 BATCH_FEEDER_LOCK = lock("batch-feeder")
+
+# --- API keys' own scope, budgets and fair share (the account's slot) ------------------------------
+
+
+def key_limits(account_id: str, key_id: str) -> str:
+    """Hash: an API key's own limits (rpm, tpm, max_concurrency, budget_nanousd, budget_period),
+    in its account's slot, where admission reads them with the account's (``api/accounts.py``
+    writes it with the key)."""
+    return f"{PREFIX}:{_account_tag(account_id)}:account:{account_id}:key:{key_id or '-'}:limits"
+
+
+def key_rate(account_id: str, key_id: str) -> list[str]:
+    """The key scope's rate-limit keys, in ``RATE_PARTS`` order (the account's slot)."""
+    return [rate(f"acct:{account_id}:key:{key_id or '-'}", part, _account_tag(account_id)) for part in RATE_PARTS]
+
+
+def budget(account_id: str, key_id: str = "") -> str:
+    """Hash: a budget's state, the account's (``key_id`` empty) or one key's: per period id
+    (``2026-12-08``, ``2026-12``, ``total``) the settled cost ``spent:{pid}`` and the cost held
+    by admitted jobs ``reserved:{pid}``, in nano-USD, and the thresholds already announced
+    ``alerted:{pid}`` (the account's slot)."""
+    scope = f"acct:{account_id}" + (f":key:{key_id}" if key_id else "")
+    return f"{PREFIX}:{_account_tag(account_id)}:budget:{scope}"
+
+
+# Hash: the account's admitted jobs' budget holds, job id -> "cost|account period|key id|key period".
+budget_holds = _by_account("account:{}:budget:holds")
+
+
+def budget_due(shard: int) -> str:
+    """Sorted set: the shard's budget holds (member ``{account}|{job}``) scored by when (unix ms)
+    the sweeper looks at the job again: a hold whose worker was lost is settled from the job's
+    record (``worker/services/budgets.py``)."""
+    return f"{PREFIX}:{{{ACCOUNT_SHARD_TAGS[shard]}}}:budget:due"
+
+
+def budget_due_of(account_id: str) -> str:
+    return budget_due(account_shard(account_id))
+
+
+def fair_queued(account_id: str, queue: str) -> str:
+    """Sorted set: the account's jobs on ``queue``'s broker list, handed out and not yet taken
+    by a worker (member job id, score unix ms). Fair share lets an account have at most a few
+    there (``CHATFLEET_FAIR_SHARE_QUEUED``): the rest wait in its ready line."""
+    return f"{PREFIX}:{_account_tag(account_id)}:account:{account_id}:fair:{queue}:queued"
+
+
+def fair_ready(account_id: str, queue: str) -> str:
+    """Sorted set: the account's jobs for ``queue`` held back by fair share, in the order they are
+    handed out (score: priority band, then submission time)."""
+    return f"{PREFIX}:{_account_tag(account_id)}:account:{account_id}:fair:{queue}:ready"
+
+
+def fair_accounts(shard: int) -> str:
+    """Sorted set: the shard's accounts with jobs held back (member ``{account}|{queue}``, score
+    unix ms of the last hand-out): the sweeper hands out what a lost worker did not."""
+    return f"{PREFIX}:{{{ACCOUNT_SHARD_TAGS[shard]}}}:fair:accounts"
+
+
+def fair_accounts_of(account_id: str) -> str:
+    return fair_accounts(account_shard(account_id))

@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     worker_concurrency: int = Field(default=200, ge=1)
+
+    # Fair share: how many of one account's jobs may wait on a queue's broker list at a time
+    # (the rest wait in the account's own line, handed out as its queued ones are taken), so
+    # that one account's backlog delays another's jobs by at most this many per account. The
+    # local model's queue has its own (its few slots make every job ahead a long wait); 0 turns
+    # fair share off on those queues.
+    fair_share_queued: int = Field(default=32, ge=0)
+    fair_share_queued_local: int = Field(default=1, ge=0)
+    # A job handed out that no worker took in this long no longer counts against its account's
+    # places (its message was lost; the reaper queues it again).
+    fair_share_stale_seconds: float = Field(default=120.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=5.0, gt=0)
     # Celery task events from the start; off, workers send them once Flower asks (it does
     # while it runs), which spares their cost when nothing monitors the fleet.
@@ -134,6 +145,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # json: one JSON object per line (ts, level, logger, message, job context); text: plain lines.
     log_format: Literal["json", "text"] = "json"
+
+    # Webhooks (shared/webhooks.py, worker/services/webhooks.py): one attempt's time limit, the
+    # attempts made before a delivery is given up, the first wait between two (each next one
+    # longer: 5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h), and the attempts in flight per worker.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000)
 
     @field_validator("broker_url")
     @classmethod
@@ -173,6 +192,10 @@ class Settings(BaseSettings):
         so that the broker never hands a message to a second worker while the first still
         runs it. A dead worker's jobs come back sooner, through their lapsed leases."""
         return int(self.job_time_limit_seconds) + 600
+
+    def fair_share_places(self, queue: str) -> int:
+        """Places per account on ``queue``'s broker list (0: no fair share there)."""
+        return self.fair_share_queued_local if queue == "chatfleet.local" else self.fair_share_queued
 
     @property
     def data_path(self) -> Path:

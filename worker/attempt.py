@@ -18,8 +18,8 @@ class RunningJob:
     token: str
     task: asyncio.Task
     reason: str | None = None
-    # (account, model, deployment) while the job holds concurrency leases.
-    limits: tuple[str, str, str] | None = None
+    # (account, model, deployment, API key) while the job holds concurrency leases.
+    limits: tuple[str, str, str, str] | None = None
     # Whether the attempt holds the job's lease (only then is it renewed and watched).
     owned: bool = False
 
@@ -35,6 +35,7 @@ class RunningJob:
 @dataclass
 class Attempt(Transcript):
     account_id: str = ""
+    key_id: str = ""  # the API key the job was submitted with ("" for none)
     model_id: str = ""
     started: float = 0.0
     typical_prompt_tokens: int = 0  # the prompt's count while its provider has reported none

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from shared import keys
+from shared import keys, webhooks
 from shared.catalog import Catalog, DeploymentLimits, ModelSpec
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -97,8 +97,12 @@ class Failover:
         """One call's outcome on a deployment shared with others (fleet-wide health)."""
         window = int(self.settings.failover_window_seconds)
         bucket = int(time.time() // window)
-        await self.scripts.deployment_health(
+        cooling = await self.scripts.deployment_health(
             keys=[keys.deployment_health(route.deployment, str(bucket)), keys.deployment_cooldown(route.deployment)],
             args=[1 if ok else 0, window, self.settings.failover_min_calls, self.settings.failover_failure_ratio,
                   int(self.settings.failover_cooldown_seconds)],
         )
+        if cooling == 1:  # it has just started to cool down: announced once (webhooks, never raises)
+            models = [route.spec.id, *(m.id for m in self.catalog if route.deployment in m.deployments)]
+            await webhooks.emit_cooldown(self.redis, route.deployment, models,
+                                         self.settings.failover_cooldown_seconds, window)

@@ -27,7 +27,7 @@ from worker import metrics
 from worker.attempt import Attempt, RunningJob
 from worker.failover import Failover, Route
 from worker.generation import embed, generate
-from worker.limits import Admission, Limiter
+from worker.limits import Admission, Limiter, announce, worst_cost_nanousd
 from worker.providers.base import Completion, Embeddings, Provider, ProviderError
 from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_piece, dumps, unpublished
 
@@ -94,7 +94,8 @@ class JobRunner:
                           [chunk_piece(e.data) for e in prior if e.type == TOKEN],
                           account_id=account_id, model_id=record.get("model", ""),
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
-                          submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""))
+                          submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""),
+                          key_id=record.get("key_id", ""))
         attempt.number = claim.attempts
         try:
             job = JobSpec.load(record["spec"], self.catalog, self.settings.default_completion_reservation)
@@ -117,15 +118,20 @@ class JobRunner:
 
         try:
             routes = await self.failover.routes(model)
-            admission = await self._admit(attempt, routes[0], job)
+            admission = await self._admit(attempt, routes[0], job, record)
         except RedisError as exc:
             # Fail closed: nothing runs without admission. The lease lapses and the job is
             # handed out again once Redis answers.
             log.error("admission impossible, Redis unavailable: %s", exc, extra=context)
             return "redis_unavailable"
         metrics.record_admission(model.id, admission.outcome, admission.reason)
-        if admission.outcome == "too_large":
-            outcome = await self._finish_failed(attempt, "limit_exceeded", admission.reason)
+        if admission.released:
+            await self._release(attempt, record.get("queue", ""), admission.released)
+        if admission.outcome in ("too_large", "over_budget"):
+            if admission.crossing is not None:
+                await announce(self.store.redis, admission.crossing)
+            code = "limit_exceeded" if admission.outcome == "too_large" else "budget_exceeded"
+            outcome = await self._finish_failed(attempt, code, admission.reason)
             await self._pass_turn(attempt)
             return outcome
         if admission.outcome == "waiting":
@@ -142,7 +148,7 @@ class JobRunner:
             return "lost"
         deployment = routes[0].deployment  # admitted under the first route's limits
         if admission.holds:
-            running.limits = (account_id, model.id, deployment)
+            running.limits = (account_id, model.id, deployment, attempt.key_id)
         if not record.get("started_at"):
             attempt.started = time.time()
         if admission.next_job:
@@ -154,17 +160,30 @@ class JobRunner:
         running.limits = None
         if not admission.holds:
             return outcome  # no limit applied: nothing was reserved, nothing to release
+        # The budget hold is settled by the attempt that ended the job; any other (lost, handed
+        # back) leaves it to the job's next attempt, or to the sweeper.
+        ended = outcome in ("succeeded", "failed", "cancelled")
         try:
-            next_job = await self.limiter.settle(
+            settled = await self.limiter.settle(
                 job_id=job_id, account_id=account_id, model=model.id, deployment=deployment,
                 tokens=attempt.usage.prompt_tokens + attempt.usage.completion_tokens if attempt.usage else 0,
-                deployment_holds=admission.deployment_holds,
+                deployment_holds=admission.deployment_holds, key_id=attempt.key_id,
+                cost_nanousd=attempt.usage.cost_nanousd if attempt.usage and ended else None,
             )
-            if next_job:
-                await self.store.requeue_waiting(next_job, account_id)
-        except RedisError as exc:  # the leases lapse on their own; the estimate stays counted
+            if settled.next_job:
+                await self.store.requeue_waiting(settled.next_job, account_id)
+            for crossing in settled.crossings:
+                await announce(self.store.redis, crossing)
+        except RedisError as exc:  # the leases lapse on their own, the sweeper settles the budget
             log.warning("could not settle rate limits: %s", exc, extra=context)
         return outcome
+
+    async def _release(self, attempt: Attempt, queue: str, job_ids: list[str]) -> None:
+        """Queue the account's jobs that fair share held back and this admission handed out."""
+        try:
+            await self.store.release(queue, job_ids)
+        except RedisError as exc:  # the sweeper releases them
+            log.warning("could not hand out held-back jobs: %s", exc, extra=attempt.log_context())
 
     async def _pass_turn(self, attempt: Attempt) -> None:
         """A job that ends before admission may be first in its account's line (it waited
@@ -174,12 +193,16 @@ class JobRunner:
         except RedisError as exc:  # the watchdog still wakes the line
             log.warning("could not pass the turn on: %s", exc, extra=attempt.log_context())
 
-    async def _admit(self, attempt: Attempt, route: Route, job: JobSpec) -> Admission:
+    async def _admit(self, attempt: Attempt, route: Route, job: JobSpec, record: dict[str, str]) -> Admission:
         limits = route.limits
+        assert attempt.spec is not None  # the model, known before admission
         return await self.limiter.admit(
             job_id=attempt.job_id, account_id=attempt.account_id, model=job.model,
             deployment=route.deployment, deployment_rpm=limits.rpm, deployment_tpm=limits.tpm,
-            tokens=job.reserved_tokens, submitted_at=attempt.submitted_at,
+            tokens=job.reserved_tokens, submitted_at=attempt.submitted_at, key_id=attempt.key_id,
+            cost_nanousd=worst_cost_nanousd(attempt.spec, job),
+            priority=record.get("priority") or ("low" if attempt.batch_id else "default"),
+            queue=record.get("queue", ""),
         )
 
     async def _execute(self, attempt: Attempt, routes: list[Route], job: JobSpec, running: RunningJob) -> str:

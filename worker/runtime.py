@@ -39,7 +39,9 @@ from worker.services.batch_feeder import BatchFeeder
 from worker.services.heartbeat import Heartbeat
 from worker.services.leases import LeaseKeeper
 from worker.services.reaper import Reaper
+from worker.services.sweeper import AccountsSweeper
 from worker.services.throttle import ThrottleScheduler
+from worker.services.webhooks import WebhookDelivery, WebhookFanout
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,9 @@ class WorkerRuntime:
             Reaper(Recovery(self.redis, self.store.scripts, self.broker), self.settings),
             ThrottleScheduler(self.store),
             BatchFeeder(self.store, self.settings),
+            WebhookFanout(self.redis, self.settings),
+            WebhookDelivery(self.redis, self.settings),
+            AccountsSweeper(self.store, self.settings),
         ]
         freeze_startup_objects()
         # Only once everything loaded: the heartbeat is what tells /readyz this worker serves.

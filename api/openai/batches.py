@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict
 
 from api import batches, files
-from api.deps import CurrentAccount, RedisDep, ValidationsDep
+from api.deps import CurrentAccount, CurrentCaller, RedisDep, ValidationsDep
 from api.failures import failure_status
 from api.openai.embeddings import EmbeddingRequest, embedding_list
 from api.openai.errors import OpenAIError, error_body
@@ -187,9 +187,10 @@ async def _own(redis, batch_id: str, account: str) -> dict[str, str]:
 
 
 @router.post("/batches")
-async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisDep, validations: ValidationsDep):
+async def create_batch(body: BatchCreate, caller: CurrentCaller, redis: RedisDep, validations: ValidationsDep):
     """The batch, ``validating``: its lines are validated after the answer, as OpenAI does
-    (``api/batch_validation.py``)."""
+    (``api/batch_validation.py``), against the models the caller's key may use."""
+    account = caller.account_id
     if body.endpoint not in ENDPOINTS:
         raise OpenAIError(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "endpoint")
     if body.completion_window != WINDOW:
@@ -204,8 +205,12 @@ async def create_batch(body: BatchCreate, account: CurrentAccount, redis: RedisD
     if upload.get("purpose") != "batch":
         raise OpenAIError(400, f"file {body.input_file_id!r} has purpose {upload.get('purpose')!r}, not batch",
                           "input_file_id")
-    record = await validations.submit(account, metadata, WINDOW,
-                                      {"front": FRONT, "input_file_id": body.input_file_id, "endpoint": body.endpoint})
+    fields = {"front": FRONT, "input_file_id": body.input_file_id, "endpoint": body.endpoint}
+    if caller.key_id:
+        fields["key_id"] = caller.key_id
+    if caller.models is not None:
+        fields["key_models"] = orjson.dumps(sorted(caller.models)).decode()
+    record = await validations.submit(account, metadata, WINDOW, fields)
     return await batch_object(redis, record)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.completion import complete
-from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
+from api.deps import CurrentAccount, HubDep, ScopedCatalogDep, SettingsDep, StoreDep
 from api.openai.wire import ChatRequest, OpenAIAnswer
 from api.openapi import SSE, answers
 
@@ -16,7 +16,7 @@ router = APIRouter()
 @router.post("/chat/completions", responses=answers(SSE, description="the completion; with stream: chunks as SSE"))
 async def create_chat_completion(
     body: ChatRequest, request: Request, account: CurrentAccount,
-    catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
+    catalog: ScopedCatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
 ):
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     answer = OpenAIAnswer(body.model, include_usage)

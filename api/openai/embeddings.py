@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.completion import Answer, complete
-from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
+from api.deps import CurrentAccount, HubDep, ScopedCatalogDep, SettingsDep, StoreDep
 from api.openai.errors import error_response
 from api.openai.wire import UnsupportedParameter
 from api.openapi import answers
@@ -106,7 +106,7 @@ router = APIRouter()
 @router.post("/embeddings", responses=answers(description="the embeddings"))
 async def create_embeddings(
     body: EmbeddingRequest, request: Request, account: CurrentAccount,
-    catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
+    catalog: ScopedCatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
 ):
     return await complete(body.to_request(), request, account, catalog, store, hub, settings,
                           EmbeddingAnswer(body.model, body.encoding_format))

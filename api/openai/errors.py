@@ -35,7 +35,14 @@ class OpenAIError(Exception):
         self.headers = headers
 
 
-def error_type(status: int) -> str:
+# Codes whose type is not their status's: a spent budget is OpenAI's exhausted quota (a 429 the
+# SDK raises as RateLimitError, typed ``insufficient_quota`` so that clients stop retrying).
+TYPES_BY_CODE = {"budget_exceeded": "insufficient_quota"}
+
+
+def error_type(status: int, code: str | None = None) -> str:
+    if code in TYPES_BY_CODE:
+        return TYPES_BY_CODE[code]
     if status >= 500:
         return "server_error"
     return TYPES.get(status, "invalid_request_error")
@@ -44,7 +51,7 @@ def error_type(status: int) -> str:
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
-    return {"error": {"message": message, "type": error_type(status), "param": param,
+    return {"error": {"message": message, "type": error_type(status, code), "param": param,
                       "code": code if code is not None else CODES.get(status)}}
 
 

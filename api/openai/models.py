@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter
 
-from api.deps import CatalogDep, CurrentAccount, RedisDep
+from api.deps import CurrentAccount, RedisDep, ScopedCatalogDep
 from api.openai.errors import OpenAIError
 from shared import keys
 from shared.catalog import BUILTIN_CATALOG, ModelSpec
@@ -35,12 +35,12 @@ async def servable(redis, account: str, catalog) -> dict[str, ModelSpec]:
 
 
 @router.get("/models")
-async def list_models(account: CurrentAccount, redis: RedisDep, catalog: CatalogDep):
+async def list_models(account: CurrentAccount, redis: RedisDep, catalog: ScopedCatalogDep):
     return {"object": "list", "data": [model_object(s) for s in (await servable(redis, account, catalog)).values()]}
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(model_id: str, account: CurrentAccount, redis: RedisDep, catalog: CatalogDep):
+async def get_model(model_id: str, account: CurrentAccount, redis: RedisDep, catalog: ScopedCatalogDep):
     spec = (await servable(redis, account, catalog)).get(model_id)
     if spec is None:
         raise OpenAIError(404, f"the model {model_id!r} does not exist or this fleet cannot serve it",

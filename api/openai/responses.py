@@ -17,8 +17,9 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.accounts import key_of
 from api.completion import Answer, complete
-from api.deps import CatalogDep, CurrentAccount, HubDep, SettingsDep, StoreDep
+from api.deps import CurrentAccount, HubDep, ScopedCatalogDep, SettingsDep, StoreDep
 from api.jobs import submit
 from api.metrics import track_sse
 from api.openai.errors import OpenAIError, error_response
@@ -198,7 +199,7 @@ def _replay(store: JobStore, hub, job_id: str, stored: dict[str, Any], after: in
 @router.post("/responses", responses=answers(SSE, description="the response; with stream: its events as SSE"))
 async def create_response(
     body: ResponseRequest, request: Request, account: CurrentAccount,
-    catalog: CatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
+    catalog: ScopedCatalogDep, store: StoreDep, hub: HubDep, settings: SettingsDep,
 ):
     history = await _history(store, account, body.previous_response_id)
     stored = stored_record(body, history)
@@ -213,7 +214,7 @@ async def create_response(
     if not body.background:
         return await complete(completion, request, account, catalog, store, hub, settings,
                               ResponseAnswer(stored, body.store))
-    job = await submit(completion, account, catalog, store)
+    job = await submit(completion, account, catalog, store, key_of(request))
     await _keep(store, job["id"], stored)
     if body.stream:
         return _replay(store, hub, job["id"], stored, -1)

@@ -25,6 +25,7 @@ from api.openai.wire import (
     UnsupportedParameter,
 )
 from api.request import (
+    SERVICE_TIERS,
     AnswerSchema,
     CompletionRequest,
     MaxTokens,
@@ -177,6 +178,8 @@ class ResponseRequest(BaseModel):
     background: bool = False
     user: str | None = Field(None, max_length=256)
     truncation: Literal["disabled"] | None = None
+    # The account's own work is ordered by it: flex is low, priority high (the others default).
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
     @model_validator(mode="after")
     def _checked(self) -> ResponseRequest:
@@ -230,7 +233,7 @@ class ResponseRequest(BaseModel):
                                 reasoning_effort=self.reasoning.effort if self.reasoning else None)
         return CompletionRequest(model=self.model, messages=tuple(turns), default_temperature=DEFAULT_TEMPERATURE,
                                  parameters=parameters, stream=self.stream, tools=self.tool_use(),
-                                 output=self.output())
+                                 output=self.output(), priority=SERVICE_TIERS[self.service_tier or "auto"])
 
     def echo(self) -> dict[str, Any]:
         """What a response object repeats of its request."""

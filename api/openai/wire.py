@@ -26,6 +26,7 @@ from api.failures import failure_status
 from api.openai.errors import error_body, error_response
 from api.request import (
     MAX_INTEGER,
+    SERVICE_TIERS,
     AnswerSchema,
     CompletionRequest,
     MaxTokens,
@@ -265,6 +266,8 @@ class ChatRequest(BaseModel):
     tools: Annotated[list[ToolDefinition], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    # The account's own work is ordered by it: flex is low, priority high (the others default).
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
     @field_validator("n")
     @classmethod
@@ -323,7 +326,8 @@ class ChatRequest(BaseModel):
             reasoning_effort=self.reasoning_effort, seed=self.seed)
         return CompletionRequest(model=self.model, messages=named_turns(self.messages),
                                  default_temperature=DEFAULT_TEMPERATURE, parameters=parameters,
-                                 stream=bool(self.stream), tools=self.tool_use(), output=self.output())
+                                 stream=bool(self.stream), tools=self.tool_use(), output=self.output(),
+                                 priority=SERVICE_TIERS[self.service_tier or "auto"])
 
 
 class InvalidParameter(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
 from typing import Annotated, Literal
 
@@ -11,18 +12,23 @@ from fastapi.responses import PlainTextResponse
 from api import accounts
 from api.deps import AdminAuth, CurrentAccount, RedisDep
 from api.openapi import CSV, answers
-from api.usage import default_range, group, read_usage, to_csv
+from api.usage import budgets, default_range, group, read_usage, to_csv
 
 router = APIRouter()
 
-GroupBy = Annotated[list[Literal["model", "day"]] | None, Query(description="model and/or day")]
+GroupBy = Annotated[list[Literal["model", "day", "key"]] | None, Query(description="model, day and/or key")]
 
 
-def _render(rows: list[dict], fmt: str, start: date, end: date):
+def _render(rows: list[dict], fmt: str, start: date, end: date, budget_rows: list[dict] | None = None):
     if fmt == "csv":
         return PlainTextResponse(to_csv(rows), media_type="text/csv",
                                  headers={"Content-Disposition": "attachment; filename=usage.csv"})
-    return {"object": "usage", "start": start.isoformat(), "end": end.isoformat(), "data": rows}
+    return {"object": "usage", "start": start.isoformat(), "end": end.isoformat(), "data": rows,
+            "budgets": budget_rows or []}
+
+
+def _dimensions(group_by: Sequence[str]) -> set[str]:
+    return {"account_id" if g == "account" else "key_id" if g == "key" else g for g in group_by}
 
 
 def _check_range(start: date, end: date) -> None:
@@ -46,22 +52,27 @@ async def my_usage(
         raise HTTPException(404, f"account {account_id!r} not found")
     start, end = default_range(start, end)
     _check_range(start, end)
-    rows = await read_usage(redis, account, start, end, model)
-    return _render(group(rows, set(group_by or ["model", "day"])), format, start, end)
+    by = _dimensions(group_by or ["model", "day"])
+    rows = await read_usage(redis, account, start, end, model, by_key="key_id" in by)
+    return _render(group(rows, by), format, start, end, await budgets(redis, account))
 
 
 @router.get("/v4/admin/usage", dependencies=[AdminAuth], responses=JSON_OR_CSV)
 async def all_usage(
     redis: RedisDep, start: date | None = None, end: date | None = None, model: str | None = None,
-    account_id: str | None = None, group_by: Annotated[list[Literal["account", "model", "day"]] | None, Query()] = None,
+    account_id: str | None = None,
+    group_by: Annotated[list[Literal["account", "model", "day", "key"]] | None, Query()] = None,
     format: Literal["json", "csv"] = "json",
 ):
-    """Usage across accounts (or one), grouped by account, model and/or day."""
+    """Usage across accounts (or one), grouped by account, model, day and/or key, with each
+    account's budgets."""
     start, end = default_range(start, end)
     _check_range(start, end)
     ids = [account_id] if account_id else [a["id"] for a in await accounts.list_accounts(redis)]
-    rows = []
+    by = _dimensions(group_by or ["account", "model", "day"])
+    rows: list[dict] = []
+    budget_rows: list[dict] = []
     for acct in ids:
-        rows.extend(await read_usage(redis, acct, start, end, model))
-    by = {"account_id" if g == "account" else g for g in (group_by or ["account", "model", "day"])}
-    return _render(group(rows, by), format, start, end)
+        rows.extend(await read_usage(redis, acct, start, end, model, by_key="key_id" in by))
+        budget_rows.extend({"account_id": acct, **b} for b in await budgets(redis, acct))
+    return _render(group(rows, by), format, start, end, budget_rows)

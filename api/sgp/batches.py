@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import batches
-from api.deps import CatalogDep, CurrentAccount, LineFormatsDep, RedisDep, SettingsDep
+from api.deps import CurrentAccount, LineFormatsDep, RedisDep, ScopedCatalogDep, SettingsDep, caller_of
 from api.openapi import JSONL, SSE, streamed
 from api.request import CompletionRequest
 from api.sgp.wire import ChatCompletionRequest
@@ -63,7 +63,7 @@ BATCH_BODY = {"requestBody": {"required": True, "content": {
 
 
 @router.post("", status_code=201, openapi_extra=BATCH_BODY)
-async def create_batch(request: Request, account: CurrentAccount, redis: RedisDep, catalog: CatalogDep,
+async def create_batch(request: Request, account: CurrentAccount, redis: RedisDep, catalog: ScopedCatalogDep,
                        settings: SettingsDep, formats: LineFormatsDep):
     """A batch of lines in any door's format (``url``: ``/v4/chat-completions``, ``/v1/chat/completions``)."""
     content_type = request.headers.get("content-type", "")
@@ -101,7 +101,9 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
         batches.parse_window(window)
     except batches.LineError as exc:
         raise HTTPException(400, str(exc)) from None
-    batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings, formats)
+    caller = caller_of(request)
+    batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings, formats,
+                                    {"key_id": caller.key_id} if caller and caller.key_id else None)
     return JSONResponse(batches.view(await redis.hgetall(keys.batch(batch_id))), status_code=201)
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CatalogDep, CurrentAccount
+from api.deps import CurrentAccount, ScopedCatalogDep
 from shared.provider_config import get_provider_settings
 
 router = APIRouter()
 
 
 @router.get("/v4/models")
-async def list_models(_: CurrentAccount, catalog: CatalogDep):
+async def list_models(_: CurrentAccount, catalog: ScopedCatalogDep):
     settings = get_provider_settings()
     data = []
     for spec in sorted(catalog, key=lambda s: s.id):

@@ -13,6 +13,7 @@ from api.request import (
     MaxTokens,
     Parameters,
     Penalty,
+    Priority,
     Seed,
     StopSequences,
     TopK,
@@ -96,6 +97,8 @@ class ChatCompletionRequest(BaseModel):
     account_id: str | None = None
     instructions: str | None = None
     memory_strategy: MemoryStrategy | None = None
+    # The fleet's own: where the job goes among the account's own work (high, default, low).
+    priority: Priority = "default"
     model_parameters: ModelParameters | None = None
     chat_template: str | None = Field(None, max_length=MAX_CHAT_TEMPLATE_CHARS)
     stream: bool = False
@@ -107,4 +110,4 @@ class ChatCompletionRequest(BaseModel):
             parameters=self.model_parameters.to_parameters() if self.model_parameters else Parameters(),
             account_id=self.account_id, instructions=self.instructions,
             last_k=self.memory_strategy.params.k if self.memory_strategy else None,
-            chat_template=self.chat_template, stream=self.stream)
+            chat_template=self.chat_template, stream=self.stream, priority=self.priority)

@@ -2,31 +2,65 @@
 -- the provider deployment's limits are admitted after it, in theirs: admit_deployment.lua, and
 -- a refusal there gives this admission back: unadmit.lua).
 --
--- Two scopes, each a sliding window of the last ARGV[2] ms plus concurrency leases:
+-- Three rate scopes, each a sliding window of the last ARGV[2] ms plus concurrency leases:
 --   1. the account (limits from its hash: rpm, tpm, max_concurrency),
---   2. the account for this model (model_limits JSON in the account hash, by model id).
+--   2. the account for this model (model_limits JSON in the account hash, by model id),
+--   3. the API key the job was submitted with (its limits hash).
 -- Per scope: req (zset job -> admit ms), tok (hash job -> tokens), total (string: sum of tok),
 -- conc (zset job -> lease expiry ms).
+-- Two budgets, the account's and the key's (budget_nanousd, budget_period day|month|total):
+-- the job holds its worst-case cost (ARGV[10]) in each until it is settled (settle.lua); a job
+-- that cannot fit beside what others hold waits, one that cannot fit at all is refused.
 --
 -- Jobs of an account are admitted in submission order: while the account has waiting jobs, a
 -- job that is not the first of them waits behind it.
 --
+-- Fair share: the job has left its queue's broker list, so its place in the account's share
+-- of it is free (KEYS[21]); jobs of the account held back (KEYS[22]) take the free places,
+-- and are named in the reply for the caller to hand to the broker.
+--
 -- KEYS: 1 account hash, 2 account waiting zset, 3 throttled accounts zset,
---       4..7 account scope (req, tok, total, conc), 8..11 model scope
+--       4..7 account scope (req, tok, total, conc), 8..11 model scope, 12..15 key scope,
+--       16 key limits hash, 17 account budget hash, 18 key budget hash, 19 budget holds hash,
+--       20 budget due zset, 21 fair-share queued zset, 22 fair-share ready zset,
+--       23 fair-share accounts zset
 -- ARGV: 1 now ms, 2 window ms, 3 job id, 4 estimated tokens, 5 lease ms, 6 account id,
---       7 job submission score, 8 model id
+--       7 job line score, 8 model id, 9 key id ("" for none), 10 worst-case cost nano-USD,
+--       11 day id, 12 month id, 13 fair-share places per account on the queue, 14 queue name
 -- A scope without any limit is skipped (no commands). Returns
--- {"admitted", next waiting job or "", "1" if the job holds anything to settle else "0",
---  "1" if admitted now, "0" if this was an admission made again}
---       | {"waiting", retry at ms, reason} | {"too_large", reason}
+-- {"admitted", released, next waiting job or "", "1" if the job holds anything to settle else
+--  "0", "1" if admitted now, "0" if this was an admission made again}
+--       | {"waiting", released, retry at ms, reason} | {"too_large", released, reason}
+--       | {"over_budget", released, reason, "scope|period id|100|budget|spent" (_budget.lua's form)}
+-- (released: the ids of the account's held-back jobs now handed out, comma-separated)
 --#include _window
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local job = ARGV[3]
 local est = tonumber(ARGV[4])
 local lease = tonumber(ARGV[5])
+local cost = tonumber(ARGV[10])
 
-local acct = redis.call("HMGET", KEYS[1], "rpm", "tpm", "max_concurrency", "model_limits")
+-- Fair share, whatever the outcome: out of the queue, and the free places handed out.
+local released = ""
+do
+  redis.call("ZREM", KEYS[21], job)
+  local places = tonumber(ARGV[13]) - redis.call("ZCARD", KEYS[21])
+  if places > 0 and redis.call("EXISTS", KEYS[22]) == 1 then
+    local out = redis.call("ZPOPMIN", KEYS[22], places)
+    local ids = {}
+    for i = 1, #out, 2 do
+      ids[#ids + 1] = out[i]
+      redis.call("ZADD", KEYS[21], now, out[i])
+    end
+    released = table.concat(ids, ",")
+    -- The sweeper looks at the account until it has nothing queued or held back.
+    redis.call("ZADD", KEYS[23], "NX", now, ARGV[6] .. "|" .. ARGV[14])
+  end
+end
+
+local acct = redis.call("HMGET", KEYS[1], "rpm", "tpm", "max_concurrency", "model_limits",
+                        "budget_nanousd", "budget_period")
 local model_rpm, model_tpm, model_conc
 if acct[4] then
   local ok, all = pcall(cjson.decode, acct[4])
@@ -35,9 +69,14 @@ if acct[4] then
     model_rpm, model_tpm, model_conc = limit(m.rpm), limit(m.tpm), limit(m.max_concurrency)
   end
 end
+local key = {}
+if ARGV[9] ~= "" then
+  key = redis.call("HMGET", KEYS[16], "rpm", "tpm", "max_concurrency", "budget_nanousd", "budget_period")
+end
 local scopes = {
   {k = 4, rpm = limit(acct[1]), tpm = limit(acct[2]), conc = limit(acct[3]), name = "account"},
   {k = 8, rpm = model_rpm, tpm = model_tpm, conc = model_conc, name = "account model"},
+  {k = 12, rpm = limit(key[1]), tpm = limit(key[2]), conc = limit(key[3]), name = "API key"},
 }
 
 local active = {}
@@ -46,28 +85,57 @@ for _, s in ipairs(scopes) do
 end
 scopes = active
 
+-- The budgets that apply, each with its period's id.
+local function period_id(period)
+  if period == "day" then return ARGV[11] elseif period == "total" then return "total" end
+  return ARGV[12]  -- a month, unless set otherwise
+end
+local budgets = {}
+if limit(acct[5]) then
+  budgets[#budgets + 1] = {key = KEYS[17], limit = limit(acct[5]), pid = period_id(acct[6]), name = "account", scope = "account"}
+end
+if limit(key[4]) then
+  budgets[#budgets + 1] = {key = KEYS[18], limit = limit(key[4]), pid = period_id(key[5]), name = "API key", scope = "key"}
+end
+local holds_budget = #budgets > 0 and redis.call("HEXISTS", KEYS[19], job) == 1
+
 -- A request that could never be admitted must not wait forever.
 for _, s in ipairs(scopes) do
   if s.rpm == 0 or s.conc == 0 then
-    return {"too_large", s.name .. " limit is 0: nothing can be admitted"}
+    return {"too_large", released, s.name .. " limit is 0: nothing can be admitted"}
   end
   if s.tpm and est > s.tpm then
-    return {"too_large", s.name .. " tokens-per-window limit is " .. s.tpm .. ", the request needs up to " .. est}
+    return {"too_large", released, s.name .. " tokens-per-window limit is " .. s.tpm .. ", the request needs up to " .. est}
+  end
+end
+
+-- Nor one its budget has no room left for: spent so far, and its own worst case.
+local function usd(nano) return string.format("%.6f", nano / 1e9) end
+if not holds_budget then
+  for _, b in ipairs(budgets) do
+    b.spent = tonumber(redis.call("HGET", b.key, "spent:" .. b.pid) or "0")
+    b.reserved = tonumber(redis.call("HGET", b.key, "reserved:" .. b.pid) or "0")
+    if b.spent + cost > b.limit then
+      return {"over_budget", released, b.name .. " budget of $" .. usd(b.limit) .. " (" .. b.pid .. ") has $"
+              .. usd(math.max(b.limit - b.spent, 0)) .. " left; the request may cost up to $" .. usd(cost),
+              b.scope .. "|" .. b.pid .. "|100|" .. b.limit .. "|" .. b.spent}
+    end
   end
 end
 
 -- This admission made again (its reply was lost): the job holds it already, in every scope (in
--- the window of each rate-limited one, with a live lease in each capped one). The same answer,
--- whatever joined the account's line meanwhile.
-if #scopes > 0 then
-  local held = true
+-- the window of each rate-limited one, with a live lease in each capped one, and its budget
+-- hold). The same answer, whatever joined the account's line meanwhile.
+if #scopes > 0 or #budgets > 0 then
+  local held = #budgets == 0 or holds_budget
   for _, s in ipairs(scopes) do
+    if not held then break end
     if (s.rpm or s.tpm) and redis.call("ZSCORE", KEYS[s.k], job) == false then held = false; break end
     local until_ms = s.conc and redis.call("ZSCORE", KEYS[s.k + 3], job)
     if s.conc and (not until_ms or tonumber(until_ms) <= now) then held = false; break end
   end
   if held then
-    return {"admitted", redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1", "0"}
+    return {"admitted", released, redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1", "0"}
   end
 end
 
@@ -87,7 +155,7 @@ if head and head ~= job then
       slide(KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], now, window)
       at = math.max(at, room_at(KEYS[s.k], KEYS[s.k + 1], KEYS[s.k + 2], s.rpm, s.tpm, est, ahead + 1, now, window))
     end
-    return {"waiting", tostring(at), "waiting behind " .. ahead .. " earlier job(s) of the account"}
+    return {"waiting", released, tostring(at), "waiting behind " .. ahead .. " earlier job(s) of the account"}
   end
 end
 
@@ -112,12 +180,20 @@ for _, s in ipairs(scopes) do
     end
   end
 end
+if not holds_budget then
+  for _, b in ipairs(budgets) do
+    if b.spent + b.reserved + cost > b.limit then
+      -- Room comes back as running jobs settle (each wakes the account); this is the fallback.
+      later(now + 1000, b.name .. " budget: $" .. usd(b.reserved) .. " is held by running jobs")
+    end
+  end
+end
 
 if retry_at then
   -- This job is first in line now: the account wakes when it can go.
   redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
   redis.call("ZADD", KEYS[3], retry_at, ARGV[6])
-  return {"waiting", tostring(retry_at), reason}
+  return {"waiting", released, tostring(retry_at), reason}
 end
 
 for _, s in ipairs(scopes) do
@@ -130,8 +206,25 @@ for _, s in ipairs(scopes) do
   if s.conc then redis.call("ZADD", conc, now + lease, job) end
   for i = 0, 3 do redis.call("PEXPIRE", KEYS[s.k + i], window + lease + 60000) end
 end
+if not holds_budget and #budgets > 0 then
+  local hold = {cost, "", ARGV[9], ""}
+  for _, b in ipairs(budgets) do
+    redis.call("HINCRBY", b.key, "reserved:" .. b.pid, cost)
+    if b.key == KEYS[17] then hold[2] = b.pid else hold[4] = b.pid end
+    -- Periods gone by are forgotten (their late settlements recreate a field at most).
+    if redis.call("HLEN", b.key) > 24 then
+      local fields = redis.call("HKEYS", b.key)
+      for _, f in ipairs(fields) do
+        local pid = string.match(f, ":(.*)$")
+        if pid ~= ARGV[11] and pid ~= ARGV[12] and pid ~= "total" then redis.call("HDEL", b.key, f) end
+      end
+    end
+  end
+  redis.call("HSET", KEYS[19], job, table.concat(hold, "|"))
+  redis.call("ZADD", KEYS[20], now + lease, ARGV[6] .. "|" .. job)
+end
 
 redis.call("ZREM", KEYS[2], job)
 local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
-return {"admitted", next_job or "", #scopes > 0 and "1" or "0", "1"}
+return {"admitted", released, next_job or "", (#scopes > 0 or #budgets > 0) and "1" or "0", "1"}

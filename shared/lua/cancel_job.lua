@@ -27,6 +27,11 @@ redis.call("ZREM", KEYS[4], ARGV[3])
 local m = ARGV[6] .. "|"
 redis.call("HINCRBY", KEYS[7], m .. "requests", 1)
 redis.call("HINCRBY", KEYS[7], m .. "cancelled", 1)
+local key_id = redis.call("HGET", KEYS[1], "key_id")
+if key_id then
+  redis.call("HINCRBY", KEYS[7], "k:" .. key_id .. "|" .. m .. "requests", 1)
+  redis.call("HINCRBY", KEYS[7], "k:" .. key_id .. "|" .. m .. "cancelled", 1)
+end
 redis.call("EXPIRE", KEYS[7], ARGV[9])
 redis.call("ZADD", KEYS[8], ARGV[8], ARGV[7])
 redis.call("EXPIRE", KEYS[8], ARGV[9])

@@ -70,12 +70,13 @@ def test_admin_api_manages_accounts_and_keys(stack):
         r = admin.post("/v4/admin/accounts", json={"name": "acme", "limits": {"rpm": 100, "tpm": None}})
         assert r.status_code == 201
         account = r.json()
+        no_budget = {"budget_usd": None, "budget_period": None}
         assert account["id"].startswith("acct_") and account["limits"] == {"rpm": 100, "tpm": None,
-                                                                          "max_concurrency": None}
+                                                                          "max_concurrency": None, **no_budget}
         assert admin.get(f"/v4/admin/accounts/{account['id']}").json() == account
         assert account["id"] in [a["id"] for a in admin.get("/v4/admin/accounts").json()["data"]]
         r = admin.patch(f"/v4/admin/accounts/{account['id']}", json={"limits": {"max_concurrency": 3}})
-        assert r.json()["limits"] == {"rpm": 100, "tpm": None, "max_concurrency": 3}
+        assert r.json()["limits"] == {"rpm": 100, "tpm": None, "max_concurrency": 3, **no_budget}
         r = admin.patch(f"/v4/admin/accounts/{account['id']}", json={"limits": {"rpm": None}})
         assert r.json()["limits"]["rpm"] is None
 

@@ -322,7 +322,8 @@ def test_admin_bootstrap_then_chat_and_usage(stack, cli):
     with stack.admin() as admin:
         account = admin.get(f"/v4/admin/accounts/{account_id}").json()
     assert account["name"] == "cli-team"
-    assert account["limits"] == {"rpm": 100, "tpm": None, "max_concurrency": 4}
+    assert account["limits"] == {"rpm": 100, "tpm": None, "max_concurrency": 4, "budget_usd": None,
+                                 "budget_period": None}
 
     r = run(["admin", "create-key", account_id], admin_env)
     assert r.returncode == 0, r.stderr
@@ -374,6 +375,28 @@ def test_admin_lists_accounts_and_revokes_keys(stack, cli):
     assert r.returncode == 0 and r.stdout == f"{key_id} revoked\n", r.stderr
     assert_one_line_error(cli("models", key=key), "401", "invalid API key")
     assert_one_line_error(run(["admin", "revoke-key", key_id], admin_env), "404", key_id)
+
+
+def test_admin_sets_budgets_and_scoped_keys(stack, cli):
+    admin_env = cli_env(stack.base_url, CHATFLEET_ADMIN_API_KEY=ADMIN_KEY)
+    account_id = run(["admin", "create-account", "cli-budget", "--budget-usd", "12.5", "--budget-period", "day"],
+                     admin_env).stdout.strip()
+    r = run(["admin", "set-limits", account_id, "--budget-usd", "20"], admin_env)
+    assert r.returncode == 0, r.stderr
+    with stack.admin() as admin:
+        limits = admin.get(f"/v4/admin/accounts/{account_id}").json()["limits"]
+    assert (limits["budget_usd"], limits["budget_period"]) == (20.0, "day")  # the period kept
+    created = run(["admin", "create-key", account_id, "--name", "ci", "--model", "gpt-4o-mini",
+                   "--budget-usd", "1", "--budget-period", "total", "--rpm", "30"], admin_env)
+    assert created.returncode == 0, created.stderr
+    key, key_id = created.stdout.strip(), created.stderr.split()[1]
+    r = run(["admin", "update-key", key_id, "--all-models", "--json"], admin_env)
+    shown = json.loads(r.stdout)
+    assert (shown["name"], shown["models"], shown["limits"]["budget_usd"], shown["limits"]["rpm"]) == (
+        "ci", None, 1.0, 30)
+    assert cli("chat", "hello there", *FAST, key=key).stdout == "tok0 tok1 tok2\n"
+    refused = run(["admin", "create-key", account_id, "--budget-period", "week"], admin_env)
+    assert refused.returncode == 2 and "--budget-period" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_admin_needs_the_admin_key(stack):

@@ -14,9 +14,13 @@ SPEC = JobSpec(model="m", messages=(Turn("user", "hi"),), params=Sampling(temper
                prompt_bytes=2)
 
 
-def fake_store() -> JobStore:
+def fake_store(fair_share: bool = False) -> JobStore:
+    """A store on fakeredis. Fair share is off unless asked for: most tests here move jobs
+    through their states without the admissions that hand held-back jobs out
+    (tests/unit/test_fair_share.py has those)."""
     redis = fakeredis.FakeAsyncRedis(decode_responses=True)
-    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5, check_slots=True))
+    places = {} if fair_share else {"fair_share_queued": 0, "fair_share_queued_local": 0}
+    return JobStore(redis, Settings(max_deliveries=2, lease_seconds=5, check_slots=True, **places))
 
 
 def run(coro):

@@ -44,7 +44,9 @@ class Confirmed(AmqpBroker):
 def amqp_store() -> tuple[JobStore, Confirmed]:
     state = fakeredis.FakeAsyncRedis(decode_responses=True)
     broker = Confirmed(state)
-    return JobStore(state, Settings(max_deliveries=2, lease_seconds=5, check_slots=True), broker=broker), broker
+    # Fair share off: every job of the one account goes straight to its queue, as these tests need.
+    settings = Settings(max_deliveries=2, lease_seconds=5, check_slots=True, fair_share_queued_local=0)
+    return JobStore(state, settings, broker=broker), broker
 
 
 def test_the_broker_url_chooses_rabbitmq_and_leaves_redis_the_state_store():
@@ -133,7 +135,7 @@ def test_a_job_recorded_while_a_redis_broker_of_its_own_is_down_is_accepted_but_
             raise RedisConnectionError("broker down")
 
     async def go():
-        settings = Settings(max_deliveries=2, lease_seconds=5, check_slots=True)
+        settings = Settings(max_deliveries=2, lease_seconds=5, check_slots=True, fair_share_queued_local=0)
         state = fakeredis.FakeAsyncRedis(decode_responses=True)
         apart = JobStore(state, settings, broker=Down(fakeredis.FakeAsyncRedis(), owns=True))
         job_id = await new_job(apart)

@@ -114,7 +114,8 @@ def test_a_deployment_refusal_gives_the_accounts_admission_back():
         assert await redis.zscore(keys.throttled_of("a"), "a") == pytest.approx(second.retry_at * 1000, abs=1)
         assert await redis.hget(keys.job("j2"), "admitted") is None  # no call was made for it
         # Settled, the first frees its lease in the account and its estimate becomes what it used.
-        assert await limiter.settle(job_id="j1", account_id="a", model="m", deployment="d", tokens=4) == "j2"
+        settled = await limiter.settle(job_id="j1", account_id="a", model="m", deployment="d", tokens=4)
+        assert settled.next_job == "j2"
         assert await redis.zcard(conc) == 0 and await redis.get(total) == "4"
         assert await redis.hget(keys.deployment_rate("d")[1], "j1") == "4"
         # A request larger than the deployment's token window could ever take is refused at once.

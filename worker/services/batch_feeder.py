@@ -1,5 +1,6 @@
 """The batch feeder: hands staged batch lines to the queue in chunks, within the fleet-wide
-in-flight budget (``CHATFLEET_BATCH_MAX_IN_FLIGHT``) and round robin across batches, and winds
+in-flight budget (``CHATFLEET_BATCH_MAX_IN_FLIGHT``) and round robin across accounts (then
+across each account's batches), and winds
 down cancelled and expired batches. One worker of the fleet at a time.
 
 The local model's lines share its queue with interactive jobs, and its slots are few: they get
@@ -75,11 +76,21 @@ class BatchFeeder(Service):
             return
         in_flight = sum(int(n or 0) for n in found[1::3])
         budget = self.settings.batch_max_in_flight - in_flight
-        share = max(budget // len(active), 1) if budget > 0 else 0
         local_budget = await self.local_cap() - sum(int(n or 0) for n in found[2::3])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in active:
+                pipe.hgetall(keys.batch(batch_id))
+            records = await pipe.execute()
+        # Round robin across accounts, then across each account's batches: an account's many
+        # batches share one account's part.
+        batches_of: dict[str, int] = {}
+        for record in records:
+            if record and record.get("status") == "in_progress" and not record.get("ending"):
+                batches_of[record.get("account_id", "")] = batches_of.get(record.get("account_id", ""), 0) + 1
+        per_account = budget // max(len(batches_of), 1) if budget > 0 else 0
         now = time.time()
-        for batch_id in active:
-            record = await self.redis.hgetall(keys.batch(batch_id))
+        for batch_id, record in zip(active, records):
+            share = max(per_account // batches_of.get(record.get("account_id", ""), 1), 1) if budget > 0 else 0
             if not record:
                 await self.redis.zrem(keys.active_batches(keys.shard_of(batch_id)), batch_id)
                 continue
@@ -94,7 +105,7 @@ class BatchFeeder(Service):
             entries = await self.redis.lrange(keys.batch_pending(batch_id), 0, min(share, CHUNK) - 1)
             lines = within_local_budget([StagedLine.load(raw) for raw in entries], local_budget)
             if lines:
-                await self.feed(batch_id, record["account_id"], lines)
+                await self.feed(batch_id, record["account_id"], lines, record.get("key_id", ""))
                 local_budget -= sum(line.queue == keys.QUEUE_LOCAL for line in lines)
 
     async def local_cap(self) -> int:
@@ -114,7 +125,7 @@ class BatchFeeder(Service):
             self._local_cap = (now, max(slots - self.settings.batch_local_slots_kept, 1))
         return self._local_cap[1]
 
-    async def feed(self, batch_id: str, account_id: str, lines: list[StagedLine]) -> list[str]:
+    async def feed(self, batch_id: str, account_id: str, lines: list[StagedLine], key_id: str = "") -> list[str]:
         """Turn the first ``len(lines)`` staged lines of a batch into queued jobs, in one script
         with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled),
         then push their messages."""
@@ -129,8 +140,9 @@ class BatchFeeder(Service):
         for line in lines:
             job_id = new_job_id(shard)
             ids.append(job_id)
+            extra = {"key_id": key_id} if key_id else {}
             record = new_record(job_id, account_id, line.model, line.queue, bytes(line.spec), now,
-                                batch_id=batch_id, custom_id=line.custom_id)
+                                batch_id=batch_id, custom_id=line.custom_id, **extra)
             message = run_job_message(job_id, line.queue)
             messages.setdefault(line.queue, []).append(message)
             job_keys.append(keys.job(job_id))

@@ -57,9 +57,9 @@ class LeaseKeeper(Service):
                         client=pipe,
                     )
                     if entry.limits:
-                        account_id, model, deployment = entry.limits
+                        account_id, model, deployment, key_id = entry.limits
                         self.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id, model=model,
-                                                  deployment=deployment)
+                                                  deployment=deployment, key_id=key_id)
                 else:
                     pipe.exists(keys.job_cancel(job_id))
             results = await pipe.execute()
@@ -77,9 +77,9 @@ class LeaseKeeper(Service):
         limited = [(job_id, entry.limits) for job_id, entry in jobs if entry.limits]
         if limited:
             async with self.store.redis.pipeline(transaction=False) as pipe:
-                for job_id, (account_id, model, deployment) in limited:
+                for job_id, (account_id, model, deployment, key_id) in limited:
                     self.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id, model=model,
-                                              deployment=deployment)
+                                              deployment=deployment, key_id=key_id)
                 await pipe.execute()
         return results
 

@@ -12,7 +12,10 @@ fleet makes them (``shared.connections.async_redis``):
   the job at the head of its waiting line asked again and again (what the throttle scheduler
   does), so every call evaluates every limit;
 - rejected, queued: the same account, distinct jobs, each waiting behind that head (the
-  account's admission order).
+  account's admission order);
+- admitted, with a budget, key limits and fair share: an account with limits as high and a
+  budget, through an API key with its own rpm, tpm, concurrency and budget, its job taken off
+  its queue's fair share (every check admission makes, in the same one script).
 
 Baselines on the same client and callers: ``PING``, and ``EVALSHA`` of a script that returns 1.
 Round trips come from Redis's own ``INFO commandstats`` (deltas over the run): EVALSHA/EVAL calls
@@ -68,9 +71,16 @@ async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[
     trivial = redis.register_script("return 1")
     submitted = time.time()
 
-    def admit(account: str, job: str):
+    await redis.hset(keys.account("bench-budget"), mapping={
+        "id": "bench-budget", "name": "bench-budget", "rpm": HIGH, "tpm": HIGH, "max_concurrency": HIGH,
+        "budget_nanousd": HIGH * 10**3, "budget_period": "month"})
+    await redis.hset(keys.key_limits("bench-budget", "key_bench"), mapping={
+        "rpm": HIGH, "tpm": HIGH, "max_concurrency": HIGH, "budget_nanousd": HIGH * 10**3, "budget_period": "day"})
+
+    def admit(account: str, job: str, **scoped):
         return limiter.admit(job_id=job, account_id=account, model=MODEL, deployment=DEPLOYMENT,
-                             deployment_rpm=HIGH, deployment_tpm=HIGH, tokens=200, submitted_at=submitted)
+                             deployment_rpm=HIGH, deployment_tpm=HIGH, tokens=200, submitted_at=submitted,
+                             **scoped)
 
     if (await admit("bench-closed", "holder")).outcome != "admitted":
         raise RuntimeError("the closed account's first job was not admitted: the setup is wrong")
@@ -91,6 +101,12 @@ async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[
             return (await admit("bench-open", f"{run}-{i}")).outcome
         return call
 
+    def budgeted(run: str):
+        async def call(i: int) -> str:
+            return (await admit("bench-budget", f"{run}-{i}", key_id="key_bench", cost_nanousd=3000,
+                                queue=keys.QUEUE_INTERACTIVE)).outcome
+        return call
+
     def queued(run: str):
         async def call(i: int) -> str:
             return (await admit("bench-closed", f"{run}-{i}")).outcome
@@ -105,6 +121,7 @@ async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[
         ("baseline: PING", ping),
         ("baseline: EVALSHA return 1", evalsha),
         ("admit: admitted", admitted),
+        ("admit: admitted, budgets + key limits + fair share", budgeted),
         ("admit: rejected, head of the line retried", head_retried),
         ("admit: rejected, queued behind the head", queued),
     ]

@@ -19,8 +19,8 @@ router = APIRouter(prefix="/v4/admin", dependencies=[AdminAuth])
 MAX_LIMIT = 10**12
 
 
-# A budget in USD, held exactly in nano-USD by the scripts (doubles: exact to 2^53 nano-USD).
-MAX_BUDGET_USD = 1_000_000_000
+# A budget in USD, held exactly in nano-USD by the scripts (doubles: exact to 2^53 nano-USD, $9M).
+MAX_BUDGET_USD = 9_000_000
 
 
 class Limits(BaseModel):

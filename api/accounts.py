@@ -48,11 +48,10 @@ class Caller:
     models: frozenset[str] | None = None
 
 
-def key_of(request) -> str:
-    """The id of the API key a request was authenticated with ("" for none): kept on the
-    request by ``api.deps.current_caller``."""
-    caller = getattr(request.state, "caller", None)
-    return caller.key_id if caller is not None else ""
+def caller_of(request) -> Caller | None:
+    """Who the request's API key acts for (None on a route without one): kept on the request by
+    ``api.deps.current_caller``."""
+    return getattr(request.state, "caller", None)
 
 
 async def add_api_key(redis, account_id: str, secret: str | None = None, *, name: str | None = None,
@@ -276,7 +275,6 @@ async def revoke_api_key(redis, key_id: str) -> bool:
         if record.get("account_id"):
             pipe.hdel(keys.account_api_keys(record["account_id"]), key_id)
         await pipe.execute()
-    if record.get("account_id"):
-        await redis.delete(keys.key_limits(record["account_id"], key_id))
+    # Its limits stay: the work it submitted before (queued jobs, batch lines) runs under them.
     return True
 

@@ -20,7 +20,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
-from api.accounts import key_of
+from api.accounts import caller_of
 from api.failures import UPSTREAM_RETRY_AFTER_SECONDS, failure_status
 from api.jobs import submit
 from api.metrics import track_sse
@@ -116,7 +116,7 @@ def job_failure(answer: Answer, error: dict[str, Any], headers: dict[str, str]) 
 
 async def complete(body: CompletionRequest, request: Request, account: str, catalog: Catalog, store: JobStore,
                    hub, settings: Settings, answer: Answer) -> Response:
-    job = await submit(body, account, catalog, store, key_of(request))
+    job = await submit(body, account, catalog, store, caller_of(request))
     job_id = job["id"]
     answer.bind(job_id)
     await answer.submitted(job, store)

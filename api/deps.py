@@ -94,7 +94,7 @@ async def current_caller(
         raise HTTPException(401, "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
     caller = await authenticate(request.app.state.redis, key)
     if caller is None:
-        raise HTTPException(401, "invalid API key (unknown, revoked or expired)")
+        raise HTTPException(401, "invalid API key")  # unknown, revoked or expired: alike
     if x_selected_account_id and x_selected_account_id != caller.account_id:
         raise HTTPException(403, "this API key cannot act for the account in x-selected-account-id")
     request.state.caller = caller
@@ -107,11 +107,6 @@ async def current_account(caller: Annotated[Caller, Depends(current_caller)]) ->
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentAccount = Annotated[str, Depends(current_account)]
-
-
-def caller_of(request: Request) -> Caller | None:
-    """The caller ``current_caller`` found for this request (None on a route without a key)."""
-    return getattr(request.state, "caller", None)
 
 
 async def scoped_catalog(request: Request, caller: CurrentCaller) -> Catalog:

@@ -12,6 +12,7 @@ import orjson
 from fastapi import HTTPException
 
 from api import metrics
+from api.accounts import Caller
 from api.prompts import RequestError, job_spec
 from api.request import CompletionRequest
 from shared.catalog import Catalog, ModelSpec
@@ -66,9 +67,10 @@ def prepare(request: CompletionRequest, account_id: str, catalog: Catalog, provi
 
 
 async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, store: JobStore,
-                 key_id: str = "") -> dict[str, str]:
-    """``prepare``, then the job recorded and queued; returns its record. ``key_id``: the API
-    key it was submitted with (its own limits and budget apply with the account's)."""
+                 caller: Caller | None = None) -> dict[str, str]:
+    """``prepare``, then the job recorded and queued; returns its record. ``caller``: the API
+    key it was submitted with (its own limits and budget apply with the account's, and its
+    models bound its fallbacks)."""
     args = (request, account_id, catalog, get_provider_settings(), store.settings.default_completion_reservation)
     model = catalog.get(request.model)
     if model is not None and model.raw_prompt:
@@ -77,7 +79,8 @@ async def submit(request: CompletionRequest, account_id: str, catalog: Catalog, 
     else:
         prepared = prepare(*args)  # no template to render: cheaper than a thread hop
     record = await store.create(account_id=account_id, model=prepared.model.id, queue=prepared.model.queue,
-                                spec=prepared.spec, key_id=key_id, priority=request.priority)
+                                spec=prepared.spec, key_id=caller.key_id if caller else "",
+                                key_models=caller.models if caller else None, priority=request.priority)
     metrics.JOBS_SUBMITTED.labels(prepared.model.id).inc()
     return record
 

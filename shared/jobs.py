@@ -112,7 +112,7 @@ class JobStore:
 
     async def create(
         self, *, account_id: str, model: str, queue: str, spec: JobSpec, job_id: str | None = None,
-        key_id: str = "", priority: str = "default",
+        key_id: str = "", priority: str = "default", key_models: frozenset[str] | None = None,
     ) -> dict[str, str]:
         """Record the job with its message staged (one script), then push the message; unless
         fair share holds it back behind its account's jobs already on the queue (``fair_enter``):
@@ -120,14 +120,15 @@ class JobStore:
         job_id = job_id or new_job_id()
         now = time.time()
         extra = {"key_id": key_id} if key_id else {}
+        if key_models is not None:  # the models a fallback may be, too
+            extra["key_models"] = orjson.dumps(sorted(key_models)).decode()
         if priority != "default":
             extra["priority"] = priority
         places = self.settings.fair_share_places(queue)
         if places and await self.scripts.fair_enter(
             keys=[keys.fair_queued(account_id, queue), keys.fair_ready(account_id, queue),
                   keys.fair_accounts_of(account_id)],
-            args=[job_id, int(now * 1000), places, repr(line_score(priority, now)),
-                  int(self.settings.fair_share_stale_seconds * 1000), f"{account_id}|{queue}"],
+            args=[job_id, int(now * 1000), places, repr(line_score(priority, now)), f"{account_id}|{queue}"],
         ) == "hold":
             extra["held"] = "1"
         record = new_record(job_id, account_id, model, queue, spec.dump(), now, **extra)
@@ -284,6 +285,8 @@ class JobStore:
         if not await self.redis.set(lease, token, nx=True, px=int(self.settings.lease_seconds * 1000)):
             return
         record = await self.get(job_id) or {}
+        if record.get("queue") and record.get("account_id"):  # its place in its account's share
+            await self.leave_queue(record["account_id"], record["queue"], job_id)
         seq = await last_event_seq(self.redis, job_id) + 1
         error = orjson.dumps({"code": code, "message": message}).decode()
         # What earlier attempts consumed is not known exactly once their workers are gone: the
@@ -329,6 +332,11 @@ class JobStore:
             return False
         await self.broker.push(queue, message)
         return True
+
+    async def leave_queue(self, account_id: str, queue: str, job_id: str) -> None:
+        """The job no longer holds a place in its account's share of ``queue`` (it ended before
+        its admission, which gives the place back otherwise)."""
+        await self.redis.zrem(keys.fair_queued(account_id, queue), job_id)
 
     async def release(self, queue: str, job_ids: list[str]) -> int:
         """Hand jobs that fair share held back to ``queue`` (their account's turn came): each

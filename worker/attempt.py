@@ -5,6 +5,7 @@ it is billed)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.catalog import ModelSpec
@@ -36,6 +37,10 @@ class RunningJob:
 class Attempt(Transcript):
     account_id: str = ""
     key_id: str = ""  # the API key the job was submitted with ("" for none)
+    # The models that key may use (None: every model), and the most the job may cost where a
+    # budget holds it (None: no budget): a fallback model outside either is not tried.
+    key_models: frozenset[str] | None = None
+    affordable: Callable[[ModelSpec], bool] | None = None
     model_id: str = ""
     started: float = 0.0
     typical_prompt_tokens: int = 0  # the prompt's count while its provider has reported none
@@ -46,6 +51,12 @@ class Attempt(Transcript):
     handle: RunningJob | None = None
     number: int = 0  # which delivery of the job this attempt is (the claim's count)
     served_by: str = ""  # model@deployment of the call that answered
+
+    def may_fall_back_to(self, spec: ModelSpec) -> bool:
+        """Whether a fallback model is one the job's key may use, within what its budget holds."""
+        if self.key_models is not None and spec.id not in self.key_models:
+            return False
+        return self.affordable is None or self.affordable(spec)
 
     def serve(self, route) -> None:
         """The answer came from ``route`` (a ``worker.failover.Route``): its model is billed."""

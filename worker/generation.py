@@ -61,7 +61,7 @@ class Routes:
             assert self.failover is not None  # not loaded: there is a failover
             self.loaded = True
             fallbacks = [r for r in await self.failover.fallbacks(attempt.account_id, attempt.model_id)
-                         if self.fits(r)]
+                         if self.fits(r) and attempt.may_fall_back_to(r.spec)]
             self.items += fallbacks
             self.shared = self.shared or bool(fallbacks)
         if self.index + 1 < len(self.items):

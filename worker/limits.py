@@ -49,6 +49,8 @@ class Admission:
     released: list[str] = field(default_factory=list)
     # Over budget: the budget that has no room left (announced as crossed at 100 %).
     crossing: Crossing | None = None
+    # Whether a budget holds the job's worst case (a fallback model may then cost no more).
+    budgeted: bool = False
 
 
 def budget_periods(now: float) -> tuple[str, str]:
@@ -93,7 +95,7 @@ class Limiter:
     async def admit(
         self, *, job_id: str, account_id: str, model: str, deployment: str,
         deployment_rpm: int | None, deployment_tpm: int | None, tokens: int, submitted_at: float,
-        key_id: str = "", cost_nanousd: int = 0, priority: str = "default", queue: str = "",
+        key_id: str = "", cost_nanousd: int = 0, priority: str = "default", queue: str = "", attempt: int = 1,
     ) -> Admission:
         """Admit the job; ``cost_nanousd`` is its worst case (held against the budgets), ``queue``
         the broker list it came from (fair share: its account's place there is free now)."""
@@ -113,7 +115,8 @@ class Limiter:
                   keys.budget_due_of(account_id), keys.fair_queued(account_id, queue),
                   keys.fair_ready(account_id, queue), keys.fair_accounts_of(account_id)],
             args=[now_ms, self.window_ms, job_id, tokens, self.lease_ms, account_id, score, model, key_id,
-                  cost_nanousd, day, month, self.settings.fair_share_places(queue) if queue else 0, queue],
+                  cost_nanousd, day, month, self.settings.fair_share_places(queue) if queue else 0, queue,
+                  attempt],
         )
         released = [j for j in result[1].split(",") if j]
         if result[0] == "waiting":
@@ -123,7 +126,8 @@ class Limiter:
                              crossing=Crossing.parse(account_id, key_id, result[3]))
         if result[0] != "admitted":
             return Admission("too_large", reason=result[2], released=released)
-        admission = Admission("admitted", next_job=result[2], holds=result[3] == "1", released=released)
+        admission = Admission("admitted", next_job=result[2], holds=result[3] == "1", released=released,
+                              budgeted=result[5] == "1")
         if dep_rpm is not None or dep_tpm is not None:
             dep = await self.scripts.admit_deployment(
                 keys=keys.deployment_rate(deployment),

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+import orjson
 from redis.exceptions import RedisError
 
 from shared.catalog import Catalog
@@ -32,6 +33,12 @@ from worker.providers.base import Completion, Embeddings, Provider, ProviderErro
 from worker.publishing import JobCancelled, LostOwnership, Publisher, chunk_piece, dumps, unpublished
 
 log = logging.getLogger(__name__)
+
+
+def key_models(record: dict[str, str]) -> frozenset[str] | None:
+    """The models the job's API key may use (None: every model)."""
+    raw = record.get("key_models")
+    return frozenset(orjson.loads(raw)) if raw else None
 
 
 class StateStoreUnavailable(Exception):
@@ -95,14 +102,14 @@ class JobRunner:
                           account_id=account_id, model_id=record.get("model", ""),
                           started=float(record.get("started_at") or time.time()),  # refreshed at admission
                           submitted_at=float(record["created_at"]), batch_id=record.get("batch_id", ""),
-                          key_id=record.get("key_id", ""))
+                          key_id=record.get("key_id", ""), key_models=key_models(record))
         attempt.number = claim.attempts
         try:
             job = JobSpec.load(record["spec"], self.catalog, self.settings.default_completion_reservation)
         except UnreadableSpec as exc:  # every attempt would fail alike: end it now, with why
             log.error("%s", exc, extra=attempt.log_context())
             outcome = await self._finish_failed(attempt, "internal_error", "the job's request cannot be read")
-            await self._pass_turn(attempt)
+            await self._pass_turn(attempt, record.get("queue", ""))
             return outcome
         attempt.model_id, attempt.typical_prompt_tokens = job.model, job.typical_prompt_tokens
         context = {"job_id": job_id, "account_id": account_id, "model": job.model, "attempt": claim.attempts}
@@ -110,7 +117,7 @@ class JobRunner:
         if model is None:
             outcome = await self._finish_failed(attempt, "model_unavailable",
                                                 f"model {job.model!r} is no longer in the catalog")
-            await self._pass_turn(attempt)
+            await self._pass_turn(attempt, record.get("queue", ""))
             return outcome
         attempt.spec = model
         context["provider"] = model.family
@@ -147,6 +154,10 @@ class JobRunner:
                 return outcome
             return "lost"
         deployment = routes[0].deployment  # admitted under the first route's limits
+        if admission.budgeted:
+            # What the budgets hold for the job bounds what a fallback model may cost.
+            held = worst_cost_nanousd(model, job)
+            attempt.affordable = lambda spec: worst_cost_nanousd(spec, job) <= held
         if admission.holds:
             running.limits = (account_id, model.id, deployment, attempt.key_id)
         if not record.get("started_at"):
@@ -185,10 +196,13 @@ class JobRunner:
         except RedisError as exc:  # the sweeper releases them
             log.warning("could not hand out held-back jobs: %s", exc, extra=attempt.log_context())
 
-    async def _pass_turn(self, attempt: Attempt) -> None:
+    async def _pass_turn(self, attempt: Attempt, queue: str = "") -> None:
         """A job that ends before admission may be first in its account's line (it waited
-        earlier): the next one gets its turn now, not when the line's watchdog fires."""
+        earlier): the next one gets its turn now, not when the line's watchdog fires. Ended
+        before admission, it also gives back its place in its account's share of ``queue``."""
         try:
+            if queue:
+                await self.store.leave_queue(attempt.account_id, queue, attempt.job_id)
             await self.store.requeue_waiting(attempt.job_id, attempt.account_id)
         except RedisError as exc:  # the watchdog still wakes the line
             log.warning("could not pass the turn on: %s", exc, extra=attempt.log_context())
@@ -202,7 +216,7 @@ class JobRunner:
             tokens=job.reserved_tokens, submitted_at=attempt.submitted_at, key_id=attempt.key_id,
             cost_nanousd=worst_cost_nanousd(attempt.spec, job),
             priority=record.get("priority") or ("low" if attempt.batch_id else "default"),
-            queue=record.get("queue", ""),
+            queue=record.get("queue", ""), attempt=attempt.number,
         )
 
     async def _execute(self, attempt: Attempt, routes: list[Route], job: JobSpec, running: RunningJob) -> str:

@@ -17,7 +17,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.accounts import key_of
+from api.accounts import caller_of
 from api.completion import Answer, complete
 from api.deps import CurrentAccount, HubDep, ScopedCatalogDep, SettingsDep, StoreDep
 from api.jobs import submit
@@ -214,7 +214,7 @@ async def create_response(
     if not body.background:
         return await complete(completion, request, account, catalog, store, hub, settings,
                               ResponseAnswer(stored, body.store))
-    job = await submit(completion, account, catalog, store, key_of(request))
+    job = await submit(completion, account, catalog, store, caller_of(request))
     await _keep(store, job["id"], stored)
     if body.stream:
         return _replay(store, hub, job["id"], stored, -1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Response
@@ -139,7 +139,13 @@ def _check_models(models: list[str] | None, catalog) -> None:
 def _timestamp(value: datetime) -> float:
     if value.tzinfo is None:
         raise HTTPException(400, "expires_at: give a time zone (e.g. 2027-01-01T00:00:00Z)")
-    return value.timestamp()
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not 1970 <= utc.year <= 9998:
+        raise HTTPException(400, "expires_at: give a time between 1970 and 9998 (UTC)")
+    return utc.timestamp()
 
 
 def _limits(limits: Limits | None, unset_too: bool) -> dict | None:

@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import batches
-from api.deps import CurrentAccount, LineFormatsDep, RedisDep, ScopedCatalogDep, SettingsDep, caller_of
+from api.accounts import caller_of
+from api.deps import CurrentAccount, LineFormatsDep, RedisDep, ScopedCatalogDep, SettingsDep
 from api.openapi import JSONL, SSE, streamed
 from api.request import CompletionRequest
 from api.sgp.wire import ChatCompletionRequest
@@ -102,8 +103,11 @@ async def create_batch(request: Request, account: CurrentAccount, redis: RedisDe
     except batches.LineError as exc:
         raise HTTPException(400, str(exc)) from None
     caller = caller_of(request)
+    fields = {"key_id": caller.key_id} if caller and caller.key_id else {}
+    if caller and caller.models is not None:
+        fields["key_models"] = orjson.dumps(sorted(caller.models)).decode()
     batch_id = await batches.create(redis, account, lines, metadata, window, catalog, settings, formats,
-                                    {"key_id": caller.key_id} if caller and caller.key_id else None)
+                                    fields or None)
     return JSONResponse(batches.view(await redis.hgetall(keys.batch(batch_id))), status_code=201)
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from redis.exceptions import RedisError
 
-from api.accounts import key_of
+from api.accounts import caller_of
 from api.deps import CurrentAccount, HubDep, ScopedCatalogDep, StoreDep
 from api.jobs import public_view, submit
 from api.metrics import track_sse
@@ -33,7 +33,7 @@ def _not_found(job_id: str) -> HTTPException:
 @router.post("", status_code=202)
 async def create_job(body: ChatCompletionRequest, request: Request, account: CurrentAccount,
                      catalog: ScopedCatalogDep, store: StoreDep):
-    record = await submit(body.to_request(), account, catalog, store, key_of(request))
+    record = await submit(body.to_request(), account, catalog, store, caller_of(request))
     headers = {"Location": f"/v4/jobs/{record['id']}",
                **await ratelimit_headers(store.redis, request.app.state.settings, account)}
     return JSONResponse(public_view(record), status_code=202, headers=headers)

@@ -2,11 +2,12 @@
 -- the account's slot: the worst case the job held (admit.lua) is given back and its real cost
 -- spent, in the periods it was held in, exactly once (the hold is the proof it is still owed).
 -- b: {holds hash, due zset, account hash, key limits hash, account budget hash, key budget hash}
+-- A hold is "cost|account period|key id|key period|attempt" (admit.lua).
 -- Returns the thresholds newly crossed, each "scope|period id|percent|budget|spent" (nano-USD).
 local function settle_budget(b, job, account, actual)
   local hold = redis.call("HGET", b[1], job)
   if not hold then return {} end
-  local cost, apid, _, kpid = string.match(hold, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
+  local cost, apid, _, kpid = string.match(hold, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)")
   cost = tonumber(cost) or 0
   redis.call("HDEL", b[1], job)
   redis.call("ZREM", b[2], account .. "|" .. job)
@@ -23,7 +24,8 @@ local function settle_budget(b, job, account, actual)
       if spent >= budget then level = 100 elseif spent * 5 >= budget * 4 then level = 80 end
       if level > tonumber(redis.call("HGET", budget_key, "alerted:" .. pid) or "0") then
         redis.call("HSET", budget_key, "alerted:" .. pid, level)
-        alerts[#alerts + 1] = scope .. "|" .. pid .. "|" .. level .. "|" .. budget .. "|" .. spent
+        alerts[#alerts + 1] = scope .. "|" .. pid .. "|" .. level .. "|" .. string.format("%.0f", budget) .. "|"
+          .. string.format("%.0f", spent)
       end
     end
   end

@@ -26,10 +26,11 @@
 --       23 fair-share accounts zset
 -- ARGV: 1 now ms, 2 window ms, 3 job id, 4 estimated tokens, 5 lease ms, 6 account id,
 --       7 job line score, 8 model id, 9 key id ("" for none), 10 worst-case cost nano-USD,
---       11 day id, 12 month id, 13 fair-share places per account on the queue, 14 queue name
+--       11 day id, 12 month id, 13 fair-share places per account on the queue, 14 queue name,
+--       15 the attempt's number
 -- A scope without any limit is skipped (no commands). Returns
 -- {"admitted", released, next waiting job or "", "1" if the job holds anything to settle else
---  "0", "1" if admitted now, "0" if this was an admission made again}
+--  "0", "1" if admitted now, "0" if this was an admission made again, "1" if a budget holds it}
 --       | {"waiting", released, retry at ms, reason} | {"too_large", released, reason}
 --       | {"over_budget", released, reason, "scope|period id|100|budget|spent" (_budget.lua's form)}
 -- (released: the ids of the account's held-back jobs now handed out, comma-separated)
@@ -97,7 +98,12 @@ end
 if limit(key[4]) then
   budgets[#budgets + 1] = {key = KEYS[18], limit = limit(key[4]), pid = period_id(key[5]), name = "API key", scope = "key"}
 end
-local holds_budget = #budgets > 0 and redis.call("HEXISTS", KEYS[19], job) == 1
+-- The job's budget hold ("cost|account period|key id|key period|attempt"), if an attempt of it
+-- was admitted: this one (its reply lost) or an earlier one (its worker lost), which needs no
+-- second reservation.
+local hold = #budgets > 0 and redis.call("HGET", KEYS[19], job)
+local holds_budget = hold and true or false
+local same_attempt = holds_budget and string.match(hold, "|([^|]*)$") == ARGV[15]
 
 -- A request that could never be admitted must not wait forever.
 for _, s in ipairs(scopes) do
@@ -111,6 +117,7 @@ end
 
 -- Nor one its budget has no room left for: spent so far, and its own worst case.
 local function usd(nano) return string.format("%.6f", nano / 1e9) end
+local function int(n) return string.format("%.0f", n) end  -- not "1e+14": Lua 5.1 writes %.14g
 if not holds_budget then
   for _, b in ipairs(budgets) do
     b.spent = tonumber(redis.call("HGET", b.key, "spent:" .. b.pid) or "0")
@@ -118,7 +125,7 @@ if not holds_budget then
     if b.spent + cost > b.limit then
       return {"over_budget", released, b.name .. " budget of $" .. usd(b.limit) .. " (" .. b.pid .. ") has $"
               .. usd(math.max(b.limit - b.spent, 0)) .. " left; the request may cost up to $" .. usd(cost),
-              b.scope .. "|" .. b.pid .. "|100|" .. b.limit .. "|" .. b.spent}
+              b.scope .. "|" .. b.pid .. "|100|" .. int(b.limit) .. "|" .. int(b.spent)}
     end
   end
 end
@@ -127,7 +134,7 @@ end
 -- the window of each rate-limited one, with a live lease in each capped one, and its budget
 -- hold). The same answer, whatever joined the account's line meanwhile.
 if #scopes > 0 or #budgets > 0 then
-  local held = #budgets == 0 or holds_budget
+  local held = #budgets == 0 or same_attempt
   for _, s in ipairs(scopes) do
     if not held then break end
     if (s.rpm or s.tpm) and redis.call("ZSCORE", KEYS[s.k], job) == false then held = false; break end
@@ -135,7 +142,8 @@ if #scopes > 0 or #budgets > 0 then
     if s.conc and (not until_ms or tonumber(until_ms) <= now) then held = false; break end
   end
   if held then
-    return {"admitted", released, redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1", "0"}
+    return {"admitted", released, redis.call("ZRANGE", KEYS[2], 0, 0)[1] or "", "1", "0",
+            #budgets > 0 and "1" or "0"}
   end
 end
 
@@ -143,8 +151,10 @@ end
 -- the first in line (its delivery was slower than a later job's) takes that place, and with it
 -- the duty to set the account's wake-up time: the one there may be a requeue's watchdog.
 -- (Redis's own order decides, ties included: the job joins the line and looks at its rank.)
+-- A job that holds a budget hold was admitted in its turn already (its worker was lost since):
+-- it goes ahead, or a job waiting for that very hold to settle would wait forever.
 local head = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
-if head and head ~= job then
+if head and head ~= job and not holds_budget then
   redis.call("ZADD", KEYS[2], "NX", ARGV[7], job)
   local ahead = redis.call("ZRANK", KEYS[2], job)
   if ahead > 0 then
@@ -206,8 +216,11 @@ for _, s in ipairs(scopes) do
   if s.conc then redis.call("ZADD", conc, now + lease, job) end
   for i = 0, 3 do redis.call("PEXPIRE", KEYS[s.k + i], window + lease + 60000) end
 end
-if not holds_budget and #budgets > 0 then
-  local hold = {cost, "", ARGV[9], ""}
+if holds_budget then
+  -- This attempt's now (an earlier one's, whose worker was lost, reserved it).
+  redis.call("HSET", KEYS[19], job, string.match(hold, "^(.*|)[^|]*$") .. ARGV[15])
+elseif #budgets > 0 then
+  local hold = {ARGV[10], "", ARGV[9], "", ARGV[15]}
   for _, b in ipairs(budgets) do
     redis.call("HINCRBY", b.key, "reserved:" .. b.pid, cost)
     if b.key == KEYS[17] then hold[2] = b.pid else hold[4] = b.pid end
@@ -227,4 +240,5 @@ end
 redis.call("ZREM", KEYS[2], job)
 local next_job = redis.call("ZRANGE", KEYS[2], 0, 0)[1]
 if not next_job then redis.call("ZREM", KEYS[3], ARGV[6]) end
-return {"admitted", released, next_job or "", (#scopes > 0 or #budgets > 0) and "1" or "0", "1"}
+return {"admitted", released, next_job or "", (#scopes > 0 or #budgets > 0) and "1" or "0", "1",
+        #budgets > 0 and "1" or "0"}

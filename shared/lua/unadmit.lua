@@ -18,7 +18,7 @@ for s = 0, 2 do
 end
 local hold = redis.call("HGET", KEYS[15], ARGV[1])
 if hold then
-  local cost, apid, _, kpid = string.match(hold, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)$")
+  local cost, apid, _, kpid = string.match(hold, "^([^|]*)|([^|]*)|([^|]*)|([^|]*)")
   if apid ~= "" then redis.call("HINCRBY", KEYS[17], "reserved:" .. apid, -tonumber(cost)) end
   if kpid ~= "" then redis.call("HINCRBY", KEYS[18], "reserved:" .. kpid, -tonumber(cost)) end
   redis.call("HDEL", KEYS[15], ARGV[1])

@@ -13,7 +13,7 @@ import pytest
 
 from shared import keys
 from shared.connections import sync_redis
-from tests.helpers import FAST, new_account, poll_until_done, read_sse, wait_for
+from tests.helpers import FAMILY_MODELS, FAST, new_account, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -191,6 +191,9 @@ def test_a_key_is_scoped_to_its_models_limits_and_expiry(stack):
         assert (changed["models"], changed["limits"]["rpm"], changed["name"]) == (None, None, "frontend-2")
         assert admin.patch(f"/v4/admin/api-keys/{scoped['id']}", json={"models": ["no-such"]}).status_code == 400
         assert admin.patch("/v4/admin/api-keys/key_missing", json={"name": "x"}).status_code == 404
+        for far in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:30:00+01:00"):  # past year 9999 / before 1970
+            r = admin.patch(f"/v4/admin/api-keys/{scoped['id']}", json={"expires_at": far})
+            assert r.status_code == 400 and "expires_at" in r.text
         past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
         r = admin.post(f"/v4/admin/accounts/{account_id}/api-keys", json={"expires_at": past})
         assert r.status_code == 400 and "expires_at" in r.text
@@ -212,11 +215,13 @@ def test_an_accounts_own_work_runs_by_priority_and_openais_service_tier_maps_ont
     stack = own_stack(interactive=True, fake_url=own_stack.fake_url)
     fake = own_stack.fake
     account_id, key = new_account(stack, max_concurrency=1)
-    fake.config(tokens_per_s=2, tokens=10)  # ~5 s for the first job: the others wait meanwhile
+    # ~5 s for the first job, the others wait meanwhile: its own family, so that no other test's
+    # request takes the slow behaviour (the fake is shared).
+    fake.script([{"tokens_per_s": 2, "tokens": 10}], family="anthropic")
+    slow = {**FAST, "model": FAMILY_MODELS["anthropic"], "model_parameters": {"max_tokens": 10}}
     with stack.client(key) as client:
-        running = client.post("/v4/jobs", json={**FAST, "model_parameters": {"max_tokens": 10}}).json()["id"]
+        running = client.post("/v4/jobs", json=slow).json()["id"]
         wait_for(lambda: client.get(f"/v4/jobs/{running}").json()["status"] == "running", what="the first job")
-        fake.config(tokens_per_s=0)
         ids = {}
         for priority in ("low", "default", "high"):
             ids[priority] = client.post("/v4/jobs", json={**FAST, "priority": priority}).json()["id"]

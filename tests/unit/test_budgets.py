@@ -118,3 +118,65 @@ def test_the_sweeper_settles_a_hold_its_worker_left_once_from_the_record():
         await sweeper.sweep_hold(member)  # looked at again: nothing more
         assert await budget_state(redis, "acct") == (1234, 0)
     run(go())
+
+
+def test_a_job_admitted_again_after_its_worker_was_lost_goes_ahead_on_its_hold():
+    """Its hold was reserved in its turn: a job waiting for that hold to settle, first in the
+    account's line meanwhile, must not keep it out (each would wait for the other). And the new
+    attempt is a new provider call: counted as admitted."""
+    async def go():
+        store = fake_store()
+        lim = Limiter(store.redis, store.settings)
+        redis = store.redis
+        await redis.hset(keys.account("acct"), mapping={"budget_nanousd": 1000, "max_concurrency": 5})
+        holder = await new_job(store)
+        common = {**COMMON, "submitted_at": 2.0}
+        assert (await lim.admit(job_id=holder, account_id="acct", cost_nanousd=600, attempt=1, **common)).outcome \
+            == "admitted"
+        waiting = await lim.admit(job_id="j-early", account_id="acct", cost_nanousd=600, attempt=1,
+                                  **{**common, "submitted_at": 1.0})
+        assert waiting.outcome == "waiting" and await redis.zrange(keys.account_waiting("acct"), 0, 0) == ["j-early"]
+        # The holder's worker is lost (its concurrency lease lapses); its next attempt comes.
+        await redis.delete(keys.account_rate("acct")[3])
+        again = await lim.admit(job_id=holder, account_id="acct", cost_nanousd=600, attempt=2, **common)
+        assert again.outcome == "admitted"
+        assert await redis.hget(keys.job(holder), "admitted") == "2"
+        assert await budget_state(redis, "acct") == (0, 600)  # no second reservation
+        assert (await redis.hget(keys.budget_holds("acct"), holder)).endswith("|2")
+    run(go())
+
+
+def test_budgets_past_a_hundred_thousand_dollars_are_counted_exactly():
+    async def go():
+        lim, redis = limiter()
+        budget = 2 * 10**14  # $200,000 in nano-USD
+        await redis.hset(keys.account("a"), mapping={"budget_nanousd": budget})
+        assert (await lim.admit(job_id="j1", account_id="a", cost_nanousd=budget - 5, **COMMON)).outcome == "admitted"
+        settled = await lim.settle(job_id="j1", account_id="a", model="m", deployment="d", tokens=1,
+                                   deployment_holds=False, cost_nanousd=budget - 5)
+        assert [(c.percent, c.budget_nanousd, c.spent_nanousd) for c in settled.crossings] == [
+            (80, budget, budget - 5)]
+        over = await lim.admit(job_id="j2", account_id="a", cost_nanousd=10, **COMMON)
+        assert over.outcome == "over_budget" and over.crossing.spent_nanousd == budget - 5
+    run(go())
+
+
+def test_a_fallback_is_tried_only_if_the_key_may_use_it_within_what_the_budget_holds():
+    from shared.catalog import get_catalog
+    from shared.jobspec import JobSpec, Sampling, Turn
+    from worker.attempt import Attempt
+    from worker.limits import worst_cost_nanousd
+
+    catalog = get_catalog()
+    cheap, dear = catalog.get("gpt-4o-mini"), catalog.get("gpt-4o")
+    job = JobSpec(model=cheap.id, messages=(Turn("user", "hi" * 50),), params=Sampling(temperature=0.2, max_tokens=100),
+                  prompt_bytes=100)
+    assert worst_cost_nanousd(dear, job) > worst_cost_nanousd(cheap, job) > 0
+    attempt = Attempt("j", "t", 0)
+    assert attempt.may_fall_back_to(dear)  # no budget, no key scope: any fallback
+    held = worst_cost_nanousd(cheap, job)
+    attempt.affordable = lambda spec: worst_cost_nanousd(spec, job) <= held
+    assert attempt.may_fall_back_to(cheap) and not attempt.may_fall_back_to(dear)
+    attempt.affordable = None
+    attempt.key_models = frozenset({cheap.id})
+    assert not attempt.may_fall_back_to(dear)

@@ -108,9 +108,27 @@ def test_the_sweeper_hands_out_what_a_lost_worker_did_not():
 def test_places_a_lost_message_held_free_up_after_the_stale_time():
     async def go():
         store = store_with(1)
-        store.settings = store.settings.model_copy(update={"fair_share_stale_seconds": 0.05})
         first = await submit(store, "a")
-        time.sleep(0.1)  # its message lost: no worker ever takes it (the reaper queues it again)
         second = await submit(store, "a")
+        assert await on_queue(store) == [first]
+        # Its message lost: no worker ever takes it (the reaper queues it again). Past the stale
+        # time the sweeper frees its place, and the account's next job goes.
+        stale = time.time() * 1000 - store.settings.fair_share_stale_seconds * 1000 - 1
+        await store.redis.zadd(keys.fair_queued("a", QUEUE), {first: stale})
+        assert await AccountsSweeper(store, store.settings).fill(f"a|{QUEUE}") == 1
         assert await on_queue(store) == [first, second]
+        assert await store.redis.zrange(keys.fair_queued("a", QUEUE), 0, -1) == [second]
+    run(go())
+
+
+def test_an_account_with_nothing_left_is_no_longer_swept():
+    async def go():
+        store = store_with(2)
+        limiter = Limiter(store.redis, store.settings)
+        job = await submit(store, "a")
+        member = f"a|{QUEUE}"
+        assert await store.redis.zscore(keys.fair_accounts_of("a"), member) is not None
+        await limiter.admit(job_id=job, account_id="a", submitted_at=1.0, queue=QUEUE, **COMMON)
+        await AccountsSweeper(store, store.settings).fill(member)
+        assert await store.redis.zscore(keys.fair_accounts_of("a"), member) is None
     run(go())

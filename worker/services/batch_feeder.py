@@ -105,7 +105,8 @@ class BatchFeeder(Service):
             entries = await self.redis.lrange(keys.batch_pending(batch_id), 0, min(share, CHUNK) - 1)
             lines = within_local_budget([StagedLine.load(raw) for raw in entries], local_budget)
             if lines:
-                await self.feed(batch_id, record["account_id"], lines, record.get("key_id", ""))
+                scope = {k: record[k] for k in ("key_id", "key_models") if record.get(k)}
+                await self.feed(batch_id, record["account_id"], lines, scope)
                 local_budget -= sum(line.queue == keys.QUEUE_LOCAL for line in lines)
 
     async def local_cap(self) -> int:
@@ -125,7 +126,8 @@ class BatchFeeder(Service):
             self._local_cap = (now, max(slots - self.settings.batch_local_slots_kept, 1))
         return self._local_cap[1]
 
-    async def feed(self, batch_id: str, account_id: str, lines: list[StagedLine], key_id: str = "") -> list[str]:
+    async def feed(self, batch_id: str, account_id: str, lines: list[StagedLine],
+                   scope: dict[str, str] | None = None) -> list[str]:
         """Turn the first ``len(lines)`` staged lines of a batch into queued jobs, in one script
         with their removal from the staging list (``lua/feed_batch.lua``: never lost or doubled),
         then push their messages."""
@@ -140,9 +142,9 @@ class BatchFeeder(Service):
         for line in lines:
             job_id = new_job_id(shard)
             ids.append(job_id)
-            extra = {"key_id": key_id} if key_id else {}
+            # The batch's key: its limits, budget and models apply to each line.
             record = new_record(job_id, account_id, line.model, line.queue, bytes(line.spec), now,
-                                batch_id=batch_id, custom_id=line.custom_id, **extra)
+                                batch_id=batch_id, custom_id=line.custom_id, **(scope or {}))
             message = run_job_message(job_id, line.queue)
             messages.setdefault(line.queue, []).append(message)
             job_keys.append(keys.job(job_id))

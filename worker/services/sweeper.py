@@ -105,7 +105,8 @@ class AccountsSweeper(Service):
         job_ids = await self.store.scripts.fair_fill(
             keys=[keys.fair_queued(account_id, queue), keys.fair_ready(account_id, queue),
                   keys.fair_accounts_of(account_id)],
-            args=[int(time.time() * 1000), self.settings.fair_share_places(queue) or 1,
+            # Fair share turned off meanwhile: what was held back goes at once.
+            args=[int(time.time() * 1000), self.settings.fair_share_places(queue) or 10_000,
                   int(self.settings.fair_share_stale_seconds * 1000), member, LOOK_AGAIN_MS],
         )
         if not job_ids:

@@ -92,8 +92,15 @@ async def authenticate(redis, secret: str) -> Caller | None:
     """Who the key acts for, or None for an unknown, revoked or expired key."""
     if not secret:
         return None
+    return await authenticate_digest(redis, hash_key(secret))
+
+
+async def authenticate_digest(redis, digest: str) -> Caller | None:
+    """``authenticate`` for the key of this digest (a console session keeps only the digest)."""
+    if not digest:
+        return None
     account_id, key_id, models, expires_at = await redis.hmget(
-        keys.api_key(hash_key(secret)), "account_id", "key_id", "models", "expires_at")
+        keys.api_key(digest), "account_id", "key_id", "models", "expires_at")
     if account_id is None or (expires_at and float(expires_at) <= time.time()):
         return None
     return Caller(account_id, key_id or "", frozenset(orjson.loads(models)) if models else None)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
 
+from api import sessions
 from api.accounts import Caller, authenticate
 from api.batch_validation import Validations
 from api.batches import LineFormats
@@ -90,6 +91,14 @@ async def current_caller(
     """Who the request's key acts for (kept on ``request.state.caller`` for the routes that
     submit jobs)."""
     key = presented_key(x_api_key, authorization)
+    if not key and request.method in ("GET", "HEAD") and sessions.COOKIE in request.cookies:
+        # The console's own reads (a job's stream, a batch's progress and results) with its
+        # session's cookie; never a write, whose forms carry a CSRF token instead.
+        session = await sessions.current(request.app.state.redis, request.app.state.settings,
+                                         request.cookies.get(sessions.COOKIE))
+        if session is not None and session.caller is not None:
+            request.state.caller = session.caller
+            return session.caller
     if not key:
         raise HTTPException(401, "missing API key: send it in the x-api-key header or as Authorization: Bearer <key>")
     caller = await authenticate(request.app.state.redis, key)

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import openai, sgp
 from api.accounts import add_api_key, ensure_account
 from api.batch_validation import Validations
+from api.console import pages as console_pages
 from api.docs import add_docs
 from api.doors import Door, door_of
 from api.limits import BodyLimit
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app, doors)
     for router in (health.router, usage.router, admin.router, webhooks.router):  # the fleet's own routes
         app.include_router(router)
+    app.include_router(console_pages.router)
     for door in doors:
         for router in door.routers:
             app.include_router(router, prefix=door.mount)

@@ -434,7 +434,8 @@ def main() -> int:
             "\"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"
         )
         print(
-            f"chatfleet ready in {elapsed:.1f}s | API {base} | Flower http://127.0.0.1:{settings.flower_port} "
+            f"chatfleet ready in {elapsed:.1f}s | API {base} | console {base}/console (sign in with a key) "
+            f"| Flower http://127.0.0.1:{settings.flower_port} "
             f"({flower_auth}) | Redis {redis_note} | dev API key {settings.dev_api_key} | admin API key "
             f"{admin_key} | worker metrics {scraped} | logs {log_dir} "
             f"| try: {curl}",

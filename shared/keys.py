@@ -362,6 +362,12 @@ def watched_batches(shard: int) -> str:
 WEBHOOK_FANOUT_LOCK = f"{PREFIX}:lock:webhook-fanout"
 
 
+# --- the console ----------------------------------------------------------------------------------
+
+# Hash, with a TTL: a console session by the SHA-256 of its token (kind, the digest of the key it
+# was opened with, its CSRF token).
+console_session = _family("console:session:{}")
+
 # --- workers and their fleet-wide services -----------------------------------------------------------
 
 # Sorted set: worker hostnames scored by their last heartbeat (unix seconds).

@@ -1,0 +1,1 @@
+"""The web console (``/console``): pages rendered by the API itself."""

@@ -250,17 +250,24 @@ async def jobs_page_of(redis, account_id: str, status: str | None, model: str | 
         candidates = sorted((pair for listed in found for pair in listed), key=lambda p: -p[1])[:chunk]
         if not candidates:
             break
+        if status or model:  # what the filter reads first, then the whole row of those it keeps
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in candidates:
+                    pipe.hmget(keys.job(job_id), "status", "model")
+                found_pairs = await pipe.execute()
+            kept = [c for c, (st, mo) in zip(candidates, found_pairs)
+                    if (not status or st == status) and (not model or mo == model)][:PAGE + 1 - len(out)]
+        else:
+            kept = candidates
         async with redis.pipeline(transaction=False) as pipe:
-            for job_id, _ in candidates:
+            for job_id, _ in kept:
                 pipe.hmget(keys.job(job_id), *fields)
             records = await pipe.execute()
         scanned += len(candidates)
-        for (_, score), values in zip(candidates, records):
+        for (_, score), values in zip(kept, records):
             record = {k: v for k, v in zip(fields, values) if v is not None}
             if not record.get("id"):
                 continue  # expired meanwhile
-            if (status and record.get("status") != status) or (model and record.get("model") != model):
-                continue
             record["score"] = score
             out.append(record)
             if len(out) > PAGE:

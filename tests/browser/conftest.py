@@ -29,7 +29,9 @@ def pytest_runtest_makereport(item, call):
     setattr(item, f"report_{report.when}", report)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: playwright's sync API runs an event loop on this thread while it
+# is open, and the tests after these call asyncio.run().
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     from playwright.sync_api import sync_playwright
 

@@ -13,11 +13,12 @@ import pytest
 
 from shared import keys
 from shared.connections import sync_redis
-from tests.helpers import FAMILY_MODELS, FAST, new_account, poll_until_done, read_sse, wait_for
+from tests.helpers import FAST, new_account, poll_until_done, read_sse, wait_for
 
 pytestmark = pytest.mark.integration
 
 NANO = 1e9
+SLOW_MODEL = "gemini-1.5-pro-preview-0514"
 
 
 def nano(usd: float) -> int:
@@ -215,13 +216,14 @@ def test_an_accounts_own_work_runs_by_priority_and_openais_service_tier_maps_ont
     stack = own_stack(interactive=True, fake_url=own_stack.fake_url)
     fake = own_stack.fake
     account_id, key = new_account(stack, max_concurrency=1)
-    # ~5 s for the first job, the others wait meanwhile: its own family, so that no other test's
-    # request takes the slow behaviour (the fake is shared).
-    fake.script([{"tokens_per_s": 2, "tokens": 10}], family="anthropic")
-    slow = {**FAST, "model": FAMILY_MODELS["anthropic"], "model_parameters": {"max_tokens": 10}}
+    # ~5 s for the first job, the others wait meanwhile: a model no other test calls (its name is
+    # in the request's path), so that no other request takes the slow behaviour (the fake is shared).
+    fake.script([{"tokens_per_s": 2, "tokens": 10}], family="gemini", path=f"*{SLOW_MODEL}*")
+    slow = {**FAST, "model": SLOW_MODEL, "model_parameters": {"max_tokens": 10}}
     with stack.client(key) as client:
         running = client.post("/v4/jobs", json=slow).json()["id"]
-        wait_for(lambda: client.get(f"/v4/jobs/{running}").json()["status"] == "running", what="the first job")
+        # Admitted (its start recorded), not only claimed: it holds the account's one slot.
+        wait_for(lambda: client.get(f"/v4/jobs/{running}").json()["started_at"], what="the first job's admission")
         ids = {}
         for priority in ("low", "default", "high"):
             ids[priority] = client.post("/v4/jobs", json={**FAST, "priority": priority}).json()["id"]

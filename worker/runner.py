@@ -54,6 +54,7 @@ class JobRunner:
         self.providers = providers
         self.settings = settings
         self.failover = Failover(store.redis, store.scripts, catalog, providers, settings)
+        self._tasks: set[asyncio.Task] = set()  # work beside the attempts (fair share's hand-outs)
 
     async def run(self, job_id: str, token: str, running: RunningJob) -> str:
         """Run one attempt, timed (``chatfleet_job_attempt_duration_seconds``, by outcome)."""
@@ -132,8 +133,8 @@ class JobRunner:
             log.error("admission impossible, Redis unavailable: %s", exc, extra=context)
             return "redis_unavailable"
         metrics.record_admission(model.id, admission.outcome, admission.reason)
-        if admission.released:
-            await self._release(attempt, record.get("queue", ""), admission.released)
+        if admission.released:  # beside the attempt, which need not wait for it
+            self._background(self._release(attempt, record.get("queue", ""), admission.released))
         if admission.outcome in ("too_large", "over_budget"):
             if admission.crossing is not None:
                 await announce(self.store.redis, admission.crossing)
@@ -188,6 +189,11 @@ class JobRunner:
         except RedisError as exc:  # the leases lapse on their own, the sweeper settles the budget
             log.warning("could not settle rate limits: %s", exc, extra=context)
         return outcome
+
+    def _background(self, work) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _release(self, attempt: Attempt, queue: str, job_ids: list[str]) -> None:
         """Queue the account's jobs that fair share held back and this admission handed out."""

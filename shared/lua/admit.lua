@@ -43,11 +43,14 @@ local lease = tonumber(ARGV[5])
 local cost = tonumber(ARGV[10])
 
 -- Fair share, whatever the outcome: out of the queue, and the free places handed out.
+-- Handed out half the places at a time (one hand-out, and one push, for many jobs: a busy
+-- account's jobs are not each released alone).
 local released = ""
 do
   redis.call("ZREM", KEYS[21], job)
-  local places = tonumber(ARGV[13]) - redis.call("ZCARD", KEYS[21])
-  if places > 0 and redis.call("EXISTS", KEYS[22]) == 1 then
+  local share = tonumber(ARGV[13])
+  local places = share - redis.call("ZCARD", KEYS[21])
+  if places > 0 and places * 2 >= share and redis.call("EXISTS", KEYS[22]) == 1 then
     local out = redis.call("ZPOPMIN", KEYS[22], places)
     local ids = {}
     for i = 1, #out, 2 do

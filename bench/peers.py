@@ -8,13 +8,15 @@ OpenAI's wire format on all of them (the fleet through its OpenAI front door, `/
 - direct: the fake provider itself (the floor);
 - LiteLLM: its proxy (`litellm[proxy]`, installed in `var/bench-env`, an environment of its own),
   one process, routing `gpt-4o-mini` to the fake;
+- Portkey: the stateless gateway `@portkey-ai/gateway` (installed with npm in `var/bench-node`),
+  one Node process, told the provider and its host in each request's headers;
 - fleet: the API, one provider worker and Redis.
 
 For each of sync and streaming, at each concurrency, the sides take turns for ``--rounds``
 rounds of ``--requests`` requests (each caller on a connection of its own). Printed: requests/s,
 p50/p99 latency and what each side adds over direct, CPU per request of each side's processes
-(LiteLLM's process tree; the fleet's API, worker and Redis). The last line is the fleet/LiteLLM
-ratios.
+(LiteLLM's process tree; the fleet's API, worker and Redis). The last lines are the fleet/LiteLLM and
+fleet/Portkey ratios.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -92,6 +95,31 @@ def start_litellm(fleet: Fleet, fake_url: str, log_dir: Path) -> str:
     raise RuntimeError(f"LiteLLM did not start:\n{fleet.tail('litellm')}")
 
 
+PORTKEY = "@portkey-ai/gateway@1.15.2"
+BENCH_NODE = Path(__file__).resolve().parents[1] / "var" / "bench-node"
+
+
+def start_portkey(fleet: Fleet, log_dir: Path) -> str:
+    script = BENCH_NODE / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if not script.exists():
+        subprocess.run(["npm", "install", "--prefix", str(BENCH_NODE), "--no-audit", "--no-fund", "--silent", PORTKEY],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    fleet.spawn("portkey", ["node", str(script), f"--port={port}", "--headless"], dict(os.environ), log_dir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=2)
+            return url
+        except httpx.HTTPError:
+            pass
+        if fleet.procs["portkey"].poll() is not None:
+            raise RuntimeError(f"Portkey exited:\n{fleet.tail('portkey')}")
+        time.sleep(0.3)
+    raise RuntimeError(f"Portkey did not start:\n{fleet.tail('portkey')}")
+
+
 async def call(client: httpx.AsyncClient, stream: bool) -> None:
     body = {"model": MODEL, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0.2}
     if stream:
@@ -158,9 +186,12 @@ def main() -> None:
         stack.start_api()
         stack.wait_ready()
         litellm_url = start_litellm(stack.fleet, stack.fake.base_url, stack.log_dir)
+        portkey_url = start_portkey(stack.fleet, stack.log_dir)
         sides = {
             "direct": (stack.fake.base_url, {"authorization": "Bearer sk-bench"}, [stack.fake.proc.pid]),
             "LiteLLM": (litellm_url, {"authorization": f"Bearer {LITELLM_KEY}"}, [stack.pid("litellm")]),
+            "Portkey": (portkey_url, {"authorization": "Bearer sk-bench", "x-portkey-provider": "openai",
+                                      "x-portkey-custom-host": f"{stack.fake.base_url}/v1"}, [stack.pid("portkey")]),
             "fleet": (stack.base_url, {"authorization": f"Bearer {KEY}"},
                       [stack.pid("api"), stack.pid("worker-interactive"), stack.pid("redis")]),
         }
@@ -182,30 +213,36 @@ def main() -> None:
     finally:
         stack.close()
 
-    rows, ratios = [], []
+    rows: list[list[str]] = []
+    ratios: dict[str, list[str]] = {}
     for stream in (False, True):
         for callers in args.concurrency:
             d = results[(stream, callers, "direct")]
             dp50, dp99 = percentile(d["lat"], 50), percentile(d["lat"], 99)
             per_side = {}
-            for side in ("direct", "LiteLLM", "fleet"):
+            for side in ("direct", "LiteLLM", "Portkey", "fleet"):
                 r = results[(stream, callers, side)]
                 p50, p99 = percentile(r["lat"], 50), percentile(r["lat"], 99)
                 rps = r["n"] / r["wall"] if r["wall"] else 0
-                per_side[side] = (rps, p50 - dp50)
+                per_side[side] = (rps, p50 - dp50, r["cpu"] / max(r["n"], 1))
                 rows.append(["stream" if stream else "sync", str(callers), side, f"{rps:.0f}", f"{p50 * 1000:.2f}",
                              f"{p99 * 1000:.2f}", "" if side == "direct" else f"{(p50 - dp50) * 1000:.2f}",
                              "" if side == "direct" else f"{(p99 - dp99) * 1000:.2f}",
                              f"{r['cpu'] / max(r['n'], 1) * 1000:.2f}", str(r["err"])])
-            fleet_rps, fleet_added = per_side["fleet"]
-            peer_rps, peer_added = per_side["LiteLLM"]
-            ratios.append(f"{'stream' if stream else 'sync'} x{callers}: req/s {fleet_rps / peer_rps:.2f}, "
-                          f"added p50 {fleet_added / peer_added if peer_added > 0 else float('nan'):.2f}")
+            fleet_rps, fleet_added, fleet_cpu = per_side["fleet"]
+            for peer in ("LiteLLM", "Portkey"):
+                peer_rps, peer_added, peer_cpu = per_side[peer]
+                rps_ratio = fleet_rps / peer_rps if peer_rps else float("nan")
+                ratios.setdefault(peer, []).append(
+                    f"{'stream' if stream else 'sync'} x{callers}: req/s {rps_ratio:.2f}, "
+                    f"added p50 {fleet_added / peer_added if peer_added > 0 else float('nan'):.2f}, "
+                    f"CPU/request {fleet_cpu / peer_cpu if peer_cpu > 0 else float('nan'):.2f}")
     print(f"\nOpenAI chat completions, {MODEL}, {MAX_TOKENS} tokens, fake provider at zero latency, "
           f"{args.rounds} alternating rounds of {args.requests} requests per side, {os.cpu_count()} cores")
     print(table(["mode", "clients", "side", "req/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms",
                  "CPU ms/request", "errors"], rows))
-    print("fleet/LiteLLM: " + "; ".join(ratios))
+    for peer, line in ratios.items():
+        print(f"fleet/{peer}: " + "; ".join(line))
 
 
 if __name__ == "__main__":

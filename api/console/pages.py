@@ -489,9 +489,7 @@ async def admin_account(request: Request, account_id: str, redis: RedisDep):
     account = await accounts.get_account(redis, account_id) if len(account_id) <= 100 else None
     if account is None:
         return refused(request, session, 404, f"No account {account_id}.")
-    return render(request, "admin_account.html", session, account=account,
-                  keys=await accounts.list_api_keys(redis, account_id), budgets=await budgets(redis, account_id),
-                  created=None)
+    return await _account_page(request, session, redis, account)
 
 
 @router.post("/admin/accounts/{account_id}/limits")
@@ -523,9 +521,14 @@ async def admin_create_key(request: Request, account_id: str, redis: RedisDep,
     if account is None:
         return refused(request, session, 404, f"No account {account_id}.")
     key_id, secret = await accounts.add_api_key(redis, account_id, name=name.strip() or None)
-    return render(request, "admin_account.html", session, account=account,
-                  keys=await accounts.list_api_keys(redis, account_id), budgets=await budgets(redis, account_id),
-                  created={"id": key_id, "key": secret})
+    return await _account_page(request, session, redis, account, {"id": key_id, "key": secret})
+
+
+async def _account_page(request: Request, session: sessions.Session, redis, account: dict,
+                        created: dict | None = None):
+    """An account's admin page; ``created``: a key just made, its secret shown this once."""
+    return render(request, "admin_account.html", session, account=account, created=created,
+                  keys=await accounts.list_api_keys(redis, account["id"]), budgets=await budgets(redis, account["id"]))
 
 
 @router.post("/admin/keys/{key_id}/revoke")

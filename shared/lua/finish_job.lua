@@ -28,23 +28,18 @@ for i = 16 + 2 * n, #ARGV, 3 do
   redis.call("XADD", KEYS[4], "MAXLEN", "~", ARGV[5], "0-" .. ARGV[i], "t", ARGV[i + 1], "d", ARGV[i + 2])
   redis.call("PUBLISH", KEYS[5], ARGV[i] .. "\n" .. ARGV[i + 1] .. "\n" .. ARGV[i + 2])
 end
-local m = ARGV[7] .. "|"
-redis.call("HINCRBY", KEYS[6], m .. "requests", 1)
-redis.call("HINCRBY", KEYS[6], m .. ARGV[2], 1)
-redis.call("HINCRBY", KEYS[6], m .. "prompt_tokens", ARGV[10])
-redis.call("HINCRBY", KEYS[6], m .. "completion_tokens", ARGV[11])
-redis.call("HINCRBY", KEYS[6], m .. "cost_nanousd", ARGV[12])
-redis.call("HINCRBY", KEYS[6], m .. "latency_ms", ARGV[13])
-local key_id = redis.call("HGET", KEYS[1], "key_id")
-if key_id then  -- the same, by API key (fields k:{key}|{model}|{counter})
-  local k = "k:" .. key_id .. "|" .. m
-  redis.call("HINCRBY", KEYS[6], k .. "requests", 1)
-  redis.call("HINCRBY", KEYS[6], k .. ARGV[2], 1)
-  redis.call("HINCRBY", KEYS[6], k .. "prompt_tokens", ARGV[10])
-  redis.call("HINCRBY", KEYS[6], k .. "completion_tokens", ARGV[11])
-  redis.call("HINCRBY", KEYS[6], k .. "cost_nanousd", ARGV[12])
-  redis.call("HINCRBY", KEYS[6], k .. "latency_ms", ARGV[13])
+local function count(prefix)  -- the job's counters, fields {prefix}{counter}
+  redis.call("HINCRBY", KEYS[6], prefix .. "requests", 1)
+  redis.call("HINCRBY", KEYS[6], prefix .. ARGV[2], 1)
+  redis.call("HINCRBY", KEYS[6], prefix .. "prompt_tokens", ARGV[10])
+  redis.call("HINCRBY", KEYS[6], prefix .. "completion_tokens", ARGV[11])
+  redis.call("HINCRBY", KEYS[6], prefix .. "cost_nanousd", ARGV[12])
+  redis.call("HINCRBY", KEYS[6], prefix .. "latency_ms", ARGV[13])
 end
+local m = ARGV[7] .. "|"
+count(m)
+local key_id = redis.call("HGET", KEYS[1], "key_id")
+if key_id then count("k:" .. key_id .. "|" .. m) end  -- the same, by API key
 redis.call("EXPIRE", KEYS[6], ARGV[14])
 redis.call("ZADD", KEYS[7], ARGV[9], ARGV[8])
 redis.call("EXPIRE", KEYS[7], ARGV[14])

@@ -81,18 +81,23 @@ def start_litellm(fleet: Fleet, fake_url: str, log_dir: Path) -> str:
     env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
     fleet.spawn("litellm", [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
                             "--num_workers", "1"], env, log_dir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    return serving(fleet, "litellm", f"http://127.0.0.1:{port}", "/health/liveliness", 120)
+
+
+def serving(fleet: Fleet, name: str, url: str, path: str, timeout: float) -> str:
+    """``url`` once the peer process ``name`` answers 200 on ``path``; its log's tail if it exits
+    or stays silent ``timeout`` s."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health/liveliness", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return url
         except httpx.HTTPError:
             pass
-        if fleet.procs["litellm"].poll() is not None:
-            raise RuntimeError(f"LiteLLM exited:\n{fleet.tail('litellm')}")
-        time.sleep(0.5)
-    raise RuntimeError(f"LiteLLM did not start:\n{fleet.tail('litellm')}")
+        if fleet.procs[name].poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{fleet.tail(name)}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} did not start:\n{fleet.tail(name)}")
 
 
 PORTKEY = "@portkey-ai/gateway@1.15.2"
@@ -106,18 +111,7 @@ def start_portkey(fleet: Fleet, log_dir: Path) -> str:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port = free_port()
     fleet.spawn("portkey", ["node", str(script), f"--port={port}", "--headless"], dict(os.environ), log_dir)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=2)
-            return url
-        except httpx.HTTPError:
-            pass
-        if fleet.procs["portkey"].poll() is not None:
-            raise RuntimeError(f"Portkey exited:\n{fleet.tail('portkey')}")
-        time.sleep(0.3)
-    raise RuntimeError(f"Portkey did not start:\n{fleet.tail('portkey')}")
+    return serving(fleet, "portkey", f"http://127.0.0.1:{port}", "/", 60)
 
 
 async def call(client: httpx.AsyncClient, stream: bool) -> None:

@@ -51,32 +51,44 @@ def test_consecutive_calls_share_one_connection(fake, family):
     assert calls[0]["client"] and len({r["client"] for r in calls}) == 1, [r["client"] for r in calls]
 
 
-def test_concurrent_calls_spread_over_the_pools_and_give_their_slots_back(fake):
-    from worker.providers.transport import POOL_SHARDS, ShardedTransport, client_limits
+def test_concurrent_calls_each_hold_a_connection_then_leave_it_for_the_next(fake):
+    from worker.providers.h1 import H1Transport
+    from worker.providers.transport import client_limits
 
     fake.config(tokens_per_s=50)
     url = fake.base_url + "/v1/chat/completions"
     body = {"model": "gpt-4o", "messages": Q, "stream": True, "max_tokens": 3}
+    n = 12
 
-    async def go() -> tuple[list[int], list[int], int]:
-        transport = ShardedTransport(POOL_SHARDS, client_limits())
+    async def go() -> tuple[int, tuple[int, int], tuple[int, int], int]:
+        transport = H1Transport(client_limits())
         client = make_client(fake_provider_settings(fake), transport)
         try:
-            requests = [client.build_request("POST", url, json=body, headers={"authorization": "Bearer x"})
-                        for _ in range(2 * POOL_SHARDS)]
-            responses = await asyncio.gather(*(client.send(r, stream=True) for r in requests))
-            during = list(transport.busy)
+            async def call():
+                request = client.build_request("POST", url, json=body, headers={"authorization": "Bearer x"})
+                response = await client.send(request, stream=True)
+                return response
+            responses = await asyncio.gather(*(call() for _ in range(n)))
+            during = (transport.open, transport.idle)
             for response in responses:
                 await response.aread()
                 await response.aclose()
-            return during, list(transport.busy), sum(r.status_code == 200 for r in responses)
+            after = (transport.open, transport.idle)
+            again = await asyncio.gather(*(call() for _ in range(n)))
+            for response in again:
+                await response.aread()
+                await response.aclose()
+            return sum(r.status_code == 200 for r in responses + again), during, after, transport.open
         finally:
             await client.aclose()
 
-    during, after, ok = asyncio.run(go())
-    assert ok == 2 * POOL_SHARDS
-    assert during == [2] * POOL_SHARDS  # each call went to the least busy pool
-    assert after == [0] * POOL_SHARDS
+    ok, during, after, open_after_again = asyncio.run(go())
+    assert ok == 2 * n
+    assert during == (n, 0)  # one connection per call in flight
+    assert after == (n, n)  # each kept, idle, once its answer was read
+    assert open_after_again == n  # the second round reused them: no new connection
+    calls = [r for r in fake.requests() if r["path"] == "/v1/chat/completions"]
+    assert len({r["client"] for r in calls}) == n
 
 
 @pytest.mark.parametrize("family", list(FAMILY_MODELS))

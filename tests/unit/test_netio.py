@@ -1,7 +1,8 @@
-"""The worker's network backend for httpx (worker/providers/netio.py) against HTTP servers on
-loopback: TLS, connection reuse, a server closing an idle connection, flow control on a large
-body, a connection broken mid-answer, timeouts. Run under uvloop, as the worker runs it, and
-under asyncio's own loop."""
+"""The worker's HTTP/1.1 transport (worker/providers/h1.py) and its sockets
+(worker/providers/netio.py) against HTTP servers on loopback: TLS, connection reuse, a server
+closing an idle connection, flow control on a large body, a connection broken mid-answer,
+timeouts, the framings of an answer's body, and the pool's bounds. Run under uvloop, as the
+worker runs it, and under asyncio's own loop."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import uvloop
 
 from tests.helpers import DEADLINE, async_wait_for
 from tests.recording import FailingTransport, RecordingTransport
+from worker.providers.h1 import H1Transport
 from worker.providers.netio import HELD_MAX, HIGH_WATER, AsyncioBackend, AsyncioStream
-from worker.providers.transport import asyncio_transport
 
 LOOPS = {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
@@ -120,7 +121,7 @@ def test_tls_answers_stream_and_one_connection_serves_consecutive_calls(run):
 
     async def go():
         async with Server(sse_answer, server_context) as server:
-            transport = asyncio_transport(httpx.Limits(max_connections=4), ssl_context=client_context)
+            transport = H1Transport(httpx.Limits(max_connections=4), ssl_context=client_context)
             async with httpx.AsyncClient(transport=transport) as client:
                 bodies = []
                 for _ in range(3):
@@ -150,7 +151,7 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(run):
             return False  # closes the connection, without having said so
 
         async with Server(answer_then_hang_up) as server:
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits())) as client:
                 first = await client.get(server.url)
                 answered.set()
                 stream = first.extensions["network_stream"]
@@ -171,7 +172,7 @@ def test_a_large_body_read_slowly_arrives_whole(run):
 
     async def go():
         async with Server(big) as server:
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits())) as client:
                 async with client.stream("GET", server.url) as response:
                     stream = response.extensions["network_stream"]
                     # The server sends it all meanwhile; nobody reads it yet.
@@ -198,7 +199,7 @@ def test_a_connection_broken_mid_answer_raises_a_transport_error(run):
 
     async def go():
         async with Server(break_off) as server:
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits())) as client:
                 received = []
                 with pytest.raises(httpx.TransportError) as caught:
                     async with client.stream("POST", server.url, json={}) as response:
@@ -238,7 +239,7 @@ def test_a_tls_stream_closed_early_is_closed_at_once(run):
     thread.start()
 
     async def go():
-        transport = asyncio_transport(httpx.Limits(), ssl_context=client_context)
+        transport = H1Transport(httpx.Limits(), ssl_context=client_context)
         async with httpx.AsyncClient(transport=transport) as client:
             async with client.stream("POST", f"https://localhost:{port}/v1/chat", json={}) as response:
                 async for _ in response.aiter_raw():
@@ -289,14 +290,14 @@ def test_read_timeout_and_refused_connection_map_to_httpx_errors(run):
 
     async def go():
         async with Server(stall) as server:
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits()),
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits()),
                                          timeout=httpx.Timeout(5, read=0.2)) as client:
                 with pytest.raises(httpx.ReadTimeout):
                     await client.post(server.url, json={})
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]  # bound, not listening: connections are refused
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits())) as client:
                 with pytest.raises(httpx.ConnectError):
                     await client.get(f"http://127.0.0.1:{port}/")
 
@@ -315,7 +316,7 @@ def test_a_request_s_head_and_body_go_out_in_one_write(run, monkeypatch):
 
     async def go():
         async with Server(sse_answer) as server:
-            async with httpx.AsyncClient(transport=asyncio_transport(httpx.Limits())) as client:
+            async with httpx.AsyncClient(transport=H1Transport(httpx.Limits())) as client:
                 return await post(client, server.url)
 
     body, response = run(go())
@@ -378,3 +379,166 @@ def test_a_held_write_that_fails_fails_the_next_write(run):
             server.close()
 
     run(go())
+
+
+def canned(*answers: bytes):
+    """A handler that writes the next of ``answers`` to each request, as it is; None: hang up."""
+    queue = list(answers)
+
+    async def handler(reader, writer, line):
+        answer = queue.pop(0)
+        if answer is None:
+            return False
+        writer.write(answer)
+        await writer.drain()
+        return None
+
+    return handler
+
+
+async def direct_stream(transport: H1Transport, url: str, **headers: str) -> tuple[int, bytes]:
+    from worker.providers.transport import ProviderClient
+
+    client = ProviderClient(direct=transport, timeout=httpx.Timeout(5.0))  # closing it would close the transport
+    request = client.build_request("POST", url, content=b"{}", headers=headers)
+    response = await client.send(request, stream=True)
+    try:
+        return response.status_code, b"".join([part async for part in response.aiter_raw()])
+    finally:
+        await response.aclose()
+
+
+def test_chunked_answers_are_unframed_and_the_connection_kept(run):
+    answer = sse_head() + chunk(b"data: a\n\n") + chunk(b"data: b\n\n") + b"0\r\n\r\n"
+
+    async def go():
+        async with Server(canned(answer, answer)) as server:
+            transport = H1Transport(httpx.Limits())
+            first = await direct_stream(transport, server.url)
+            second = await direct_stream(transport, server.url)
+            idle = transport.idle
+            await transport.aclose()
+            return first, second, server.connections, idle
+
+    assert run(go()) == ((200, b"data: a\n\ndata: b\n\n"),) * 2 + (1, 1)
+
+
+def test_a_body_that_ends_with_the_connection_is_whole_and_the_connection_not_kept(run):
+    until_eof = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: x\n\n"
+
+    async def hang_up_after(reader, writer, line):
+        writer.write(until_eof)
+        await writer.drain()
+        return False
+
+    async def go():
+        async with Server(hang_up_after) as server:
+            transport = H1Transport(httpx.Limits())
+            answers = [await direct_stream(transport, server.url) for _ in range(2)]
+            return answers, server.connections, transport.open
+
+    assert run(go()) == ([(200, b"data: x\n\n")] * 2, 2, 0)
+
+
+def test_connection_close_an_interim_answer_and_bytes_after_the_answer(run):
+    close = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"
+    extra = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nyoHTTP/1.1 200 OK\r\n"
+
+    async def go():
+        results = []
+        for answer in (close, interim, extra):
+            async with Server(canned(answer, answer)) as server:
+                transport = H1Transport(httpx.Limits())
+                for _ in range(2):
+                    results.append(await direct_stream(transport, server.url))
+                results.append(server.connections)
+                await transport.aclose()
+        return results
+
+    assert run(go()) == [(200, b"ok"), (200, b"ok"), 2,  # "connection: close": a new one each time
+                         (200, b"hi"), (200, b"hi"), 1,  # the 100 is passed over, the connection kept
+                         (200, b"yo"), (200, b"yo"), 2]  # bytes nobody asked for: not reused
+
+
+def test_a_cut_chunked_body_and_an_answer_that_is_not_http_are_transport_errors(run):
+    cut = sse_head() + chunk(b"data: a\n\n")
+
+    async def cut_then_hang_up(reader, writer, line):
+        writer.write(cut)
+        await writer.drain()
+        return False
+
+    async def go():
+        errors = []
+        for handler in (cut_then_hang_up, canned(b"SPDY/9 700 What\r\n\r\n")):
+            async with Server(handler) as server:
+                transport = H1Transport(httpx.Limits())
+                try:
+                    await direct_stream(transport, server.url)
+                except httpx.TransportError as exc:
+                    errors.append(type(exc))
+                errors.append(transport.open)
+        return errors
+
+    assert run(go()) == [httpx.RemoteProtocolError, 0, httpx.RemoteProtocolError, 0]
+
+
+def test_a_header_that_is_not_http_is_refused_unsent_without_its_value(run):
+    async def go():
+        async with Server(canned(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")) as server:
+            transport = H1Transport(httpx.Limits())
+            try:
+                await direct_stream(transport, server.url, authorization="Bearer sk-secret\r\nx-evil: 1")
+            except httpx.LocalProtocolError as exc:
+                return str(exc), server.connections, transport.open
+        return None
+
+    message, connections, open_ = run(go())
+    assert "authorization" in message and "sk-secret" not in message
+    assert (connections, open_) == (0, 0)
+
+
+def test_the_pool_bounds_open_connections_and_idle_ones_expire(run):
+    async def slow(reader, writer, line):
+        await asyncio.sleep(0.3)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def go():
+        async with Server(slow) as server:
+            transport = H1Transport(httpx.Limits(max_connections=2, keepalive_expiry=0.2))
+            started = time.monotonic()
+            answers = await asyncio.gather(*(direct_stream(transport, server.url) for _ in range(4)))
+            took = time.monotonic() - started
+            peak_connections = server.connections
+            await asyncio.sleep(0.3)  # the two idle connections expire
+            await direct_stream(transport, server.url)
+            after_expiry = server.connections
+            transport_open = transport.open
+            await transport.aclose()
+
+            tight = H1Transport(httpx.Limits(max_connections=1))
+            async with provider_client(tight, pool=0.1) as client:
+                request = client.build_request("POST", server.url, content=b"{}")
+                held = await client.send(request, stream=True)
+                try:
+                    await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+                    timed_out = False
+                except httpx.PoolTimeout:
+                    timed_out = True
+                await held.aread()
+                await held.aclose()
+        return answers, took, peak_connections, after_expiry, transport_open, timed_out
+
+    answers, took, peak, after_expiry, open_, timed_out = run(go())
+    assert answers == [(200, b"ok")] * 4
+    assert peak == 2 and took >= 0.55  # two at a time: two rounds of 0.3 s
+    assert after_expiry == 3 and open_ == 1  # the expired ones were not reused
+    assert timed_out
+
+
+def provider_client(transport: H1Transport, pool: float):
+    from worker.providers.transport import ProviderClient
+
+    return ProviderClient(direct=transport, timeout=httpx.Timeout(5.0, pool=pool))

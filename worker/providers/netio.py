@@ -188,6 +188,10 @@ class AsyncioStream(AsyncNetworkStream):
             self._protocol.connection_lost(exc)
             self._transport.abort()
 
+    def abort(self) -> None:
+        """Close at once, from synchronous code (see ``aclose``)."""
+        self._transport.abort()
+
     async def aclose(self) -> None:
         # abort, not close: a TLS transport's close() waits (uvloop: up to 30 s) for the peer's
         # close_notify, and a plain one for its unsent data; a provider stream closed early

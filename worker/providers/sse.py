@@ -14,12 +14,17 @@ from collections.abc import AsyncIterator
 import httpx
 from httpx_sse import ServerSentEvent
 
+from worker.providers.h1 import Body
+
 
 def byte_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
     """The body as it arrives: raw when the provider did not compress it (the usual case for
-    event streams), decoded by httpx otherwise."""
+    event streams), decoded by httpx otherwise. A body of the worker's own transport is read
+    straight from its connection (``h1.Body``), without httpx's generator around it."""
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if encoding in ("", "identity"):
+        if isinstance(response.stream, Body):
+            return aiter(response.stream)
         return response.aiter_raw()
     return response.aiter_bytes()
 

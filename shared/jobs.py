@@ -137,6 +137,11 @@ class JobStore:
             args=[job_id, repr(now), self.settings.job_retention_seconds, run_job_message(job_id, queue),
                   *(item for pair in record.items() for item in pair)],
         )
+        if extra.get("held") and await self.redis.zscore(keys.fair_ready(account_id, queue), job_id) is None:
+            # Handed out between fair_enter and the record (an admission of the account's jobs
+            # meanwhile): the worker that handed it out found no record to release, so it goes
+            # now, not a sweeper's look-again later. Released twice, it is queued once.
+            await self.release(queue, [job_id])
         # Only once the record is there: a worker given the message claims the job at once.
         if message:
             try:

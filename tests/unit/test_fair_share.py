@@ -51,6 +51,30 @@ def test_an_accounts_backlog_waits_in_its_own_line_and_another_account_goes_ahea
     run(go())
 
 
+def test_a_job_handed_out_before_its_record_was_written_goes_to_its_queue_at_once():
+    async def go():
+        store = store_with(1)
+        limiter = Limiter(store.redis, store.settings)
+        first = await submit(store, "a")
+        create_job = store.scripts.create_job
+        handed_out = []
+
+        async def admitted_meanwhile(**kwargs):
+            # A worker admits the account's queued job between fair_enter and the record: its
+            # hand-out names the job being submitted, which it cannot release yet.
+            admission = await limiter.admit(job_id=first, account_id="a", submitted_at=1.0, queue=QUEUE, **COMMON)
+            handed_out.extend(admission.released)
+            assert await store.release(QUEUE, admission.released) == 0  # no record yet
+            return await create_job(**kwargs)
+
+        store.scripts.create_job = admitted_meanwhile
+        second = await submit(store, "a")
+        assert handed_out == [second]
+        assert await on_queue(store) == [first, second]  # on its queue, not left for the sweeper
+        assert await store.redis.hget(keys.job(second), "held") is None
+    run(go())
+
+
 def test_an_accounts_own_work_is_handed_out_by_priority_then_submission():
     async def go():
         store = store_with(1)

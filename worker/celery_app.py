@@ -1,9 +1,18 @@
 """The Celery application, configured for at-least-once delivery on Redis (or RabbitMQ).
 
-- acks late + prefetch 1: a message leaves the broker only when its job has ended;
+- acks late + prefetch 1: a worker takes no more messages than it has slots, and acknowledges
+  each once its job has ended (RabbitMQ then drops it; a dead worker's come back at once);
+- on Redis, no ack emulation: a worker holds the messages it took in memory only, as kombu
+  does with ``ack_emulation`` off, rather than in kombu's unacked hash and index (two
+  transactions per message, a fifth of a provider worker's CPU, bench/README.md). What
+  kombu's record did, the job's own record in the state store does: a job is queued, in a
+  shard's queued index, before its message is pushed, and claimed under a lease once a worker
+  starts it; the reaper queues again a job whose lease lapsed (its worker died running it) or
+  that stays queued with its message on no list (its worker died holding the message,
+  ``worker/queue/recovery.py``). A message is given back to its list when its job is handed
+  back (``Reject``) and at a warm shutdown, as before. kombu's visibility timeout, which
+  redelivered a still-running job's message after an hour, is gone with it;
 - reject on worker lost: a job whose pool process died goes back to the queue;
-- visibility timeout above the longest attempt: the broker never redelivers a job that is
-  still running (a dead worker's jobs come back sooner, through their lapsed leases);
 - the job id is the task id and the only argument: Flower shows ids, never content;
 - our own redelivery cap (``CHATFLEET_MAX_DELIVERIES``), since Celery has none;
 - kombu's Redis transport with one client per channel (``worker/queue/broker.py``);
@@ -49,9 +58,11 @@ if settings.broker_is_amqp:
     _transport = {"confirm_publish": True}
 else:
     app.conf.broker_transport = "worker.queue.broker:Transport"
-    # The unacknowledged-message keys, named where the reaper reads them (shared/keys.py).
-    _transport = {"visibility_timeout": settings.visibility_timeout, "unacked_key": keys.UNACKED,
-                  "unacked_index_key": keys.UNACKED_INDEX, "unacked_mutex_key": keys.UNACKED_MUTEX}
+    # The unacknowledged-message keys stay named (shared/keys.py): the reaper still reads what a
+    # worker of an earlier version may have left there.
+    _transport = {"ack_emulation": False, "visibility_timeout": settings.visibility_timeout,
+                  "unacked_key": keys.UNACKED, "unacked_index_key": keys.UNACKED_INDEX,
+                  "unacked_mutex_key": keys.UNACKED_MUTEX}
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

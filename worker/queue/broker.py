@@ -1,7 +1,7 @@
 """kombu's Redis transport, with one Redis client per channel instead of one per operation.
 
 kombu builds a new ``redis.Redis`` object for every operation it does outside its polling
-connection: each message received (the unacked index), each ack, each event published.
+connection: each message given back, each event published, each control reply.
 Building one costs more than the commands it then sends (redis-py fills a dict of response
 callbacks per client): without this transport, a provider worker spends 10-20 % more CPU per
 job and the fleet does 14-30 % fewer jobs per second (bench/README.md, "Private hooks").

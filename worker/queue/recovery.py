@@ -5,13 +5,15 @@ A job can be stranded three ways, each found here and handed back to its queue b
 and stages a new message, which is then pushed to the broker (``shared/brokers/``):
 
 - its worker died while running it: the attempt's lease lapsed unrenewed (``requeue_lapsed``);
-- its worker died holding its message, never started: kombu keeps the message unacknowledged
-  until the visibility timeout (``requeue_unclaimed``; on RabbitMQ, the broker redelivers it as
-  soon as the worker's connection is gone);
-- its message never reached a worker: lost between kombu's BRPOP and its unacknowledged record
-  (a worker killed in that instant), or never pushed (its job's writer died after recording it):
-  the job stays queued with its message nowhere (``requeue_lost``; on RabbitMQ, a message is
-  held once the broker confirmed it, so only those never confirmed are pushed again).
+- its message never reached a worker, or its worker died holding it, never started: the job
+  stays queued with its message on no list (``requeue_lost``). Workers hold the messages they
+  took in memory only (``worker/celery_app.py``: no ack emulation on Redis), so a message
+  taken by a worker that died is on no list either. On RabbitMQ, a message is held once the
+  broker confirmed it, and a dead worker's come back at once: only those never confirmed are
+  pushed again;
+- its worker, of an earlier version that kept kombu's unacked hash, died holding its message
+  (``requeue_unclaimed``: such a message would otherwise come back only after kombu's
+  visibility timeout).
 
 What the broker holds is read from the broker before the script runs: a message taken in
 between is delivered twice. A job queued twice runs once: each attempt must claim it.
@@ -60,7 +62,8 @@ class Recovery:
         return True
 
     async def requeue_unclaimed(self, older_than: float) -> list[str]:
-        """Jobs whose message a worker took but never started (it died holding them).
+        """Jobs whose message a worker of an earlier version (one that kept kombu's unacked hash)
+        took but never started (it died holding them).
 
         Celery prefetches at most as many messages as a worker has threads, so a live worker
         starts every message it takes at once, and the job's claim follows within moments. A
@@ -104,10 +107,11 @@ class Recovery:
         return requeued
 
     async def requeue_lost(self, older_than: float) -> list[str]:
-        """Jobs queued more than ``older_than`` seconds ago whose message is neither on their
-        queue nor held by a worker: lost between kombu's BRPOP and its unacked record (a
-        worker killed in that instant), or never pushed. Each gets a new message
-        (``lua/requeue_lost.lua``)."""
+        """Jobs queued more than ``older_than`` seconds ago whose message is on no list (nor in
+        the unacked hash of a worker of an earlier version): taken by a worker that died before
+        it claimed the job, or never pushed. Each gets a new message (``lua/requeue_lost.lua``).
+        A live worker claims a job within moments of taking its message; one that claims it
+        later than this finds it taken and does nothing."""
         now = time.time()
         cutoff = now - older_than
         candidates = await self._oldest(keys.queued_jobs, cutoff, 50)

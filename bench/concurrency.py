@@ -21,8 +21,9 @@ p50/p99, the worker's peak RSS, the peak number of calls open at once at the pro
 the worker took to start all the calls (first to last call received by the fake), the span from
 the first call to the last token received (ideally the length of one call) and the tokens
 relayed per second over it, the cores the worker used meanwhile and its CPU time per token
-relayed (all its work, the calls' starts and ends included, over the tokens received), errors;
-then the cores each process used. Each level's worker is stopped before the next.
+relayed (all its work, the calls' starts and ends included, over the tokens received), the
+API's CPU time per token it relayed to the subscribers (its SSE streams: the pub/sub reads,
+the replay, the writes), errors; then the cores each process used. Each level's worker is stopped before the next.
 
 By default (``--order jobs-first``) every job is submitted and every stream opened before the
 level's worker starts, so that the worker is offered all the calls at once and the API is not
@@ -263,6 +264,7 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
         cores = window.stop()
         window_seconds = time.monotonic() - window_started
         worker_cpu = cores.get("worker", 0.0) * window_seconds
+        api_cpu = cores.get("api", 0.0) * window_seconds
         if not subscribers:  # outside the measured window: how each job ended
             await asyncio.gather(*(job_status(submit_client, f, deadline) for f in follows))
     rss = peak_rss_mib(pid)
@@ -322,7 +324,7 @@ async def run_level(stack: BenchStack, level: int, tokens: int, rate: float, sub
             "peak": stats.get("peak_active", 0), "calls": len(calls), "retries": retries,
             "span": last_arrival - min(t0.values(), default=last_arrival),
             "ramp": max(t0.values(), default=0.0) - min(t0.values(), default=0.0), "cores": cores,
-            "worker_cpu": worker_cpu, "subscribers": subscribers, "window": window_seconds}
+            "worker_cpu": worker_cpu, "api_cpu": api_cpu, "subscribers": subscribers, "window": window_seconds}
 
 
 def main() -> None:
@@ -376,12 +378,14 @@ def main() -> None:
             f"{r['ramp']:.1f}", f"{r['span']:.1f}", f"{r['received'] / r['span']:.0f}" if r["span"] > 0 else "",
             f"{r['cores']['worker']:.2f}",
             f"{r['worker_cpu'] / r['received'] * 1000:.3f}" if r["received"] else "",
+            f"{r['api_cpu'] / r['received'] * 1000:.3f}" if r["received"] and timed else "-",
             f"{r['rss']:.0f}",
             str(errors) + (f" {r['errors']}" if errors else ""),
         ])
     print(table(["jobs", "peak calls", "completed", "tokens received", "lost", "dup", "relay p50 ms",
                  "relay p99 ms", "after ramp p50 ms", "after ramp p99 ms", "calls started over s", "span s",
-                 "tokens/s", "worker cores", "worker CPU ms/token", "worker peak RSS MiB", "errors"], rows))
+                 "tokens/s", "worker cores", "worker CPU ms/token", "API relay CPU ms/token", "worker peak RSS MiB",
+                 "errors"], rows))
     print("\nCores busy per process, from the first provider call until every stream ended "
           "(\"others\": processes outside the benchmark):")
     names = list(results[0]["cores"]) if results else []

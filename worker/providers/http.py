@@ -15,13 +15,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from httpx_sse import ServerSentEvent
 
 from shared.logs import register_secrets
 from shared.provider_config import ProviderSettings, key_hosts_variable
 from worker.providers.base import Provider, ProviderError
 from worker.providers.faults import classify, read_error_body, transport_error
-from worker.providers.sse import EventTooLarge, event_stream
+from worker.providers.sse import EventTooLarge, ServerSentEvent, event_stream
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
-from httpx_sse import ServerSentEvent
 
 from worker.providers.h1 import Body
 
@@ -39,6 +38,19 @@ class EventTooLarge(ValueError):
     """An event, or a line, longer than ``MAX_EVENT_BYTES``."""
 
 
+class ServerSentEvent:
+    """One event, with the fields of httpx_sse's (``event`` is "message" when unnamed) as plain
+    slots rather than properties: an adapter reads them once per token."""
+
+    __slots__ = ("data", "event", "id", "retry")
+
+    def __init__(self, event: str, data: str, id: str, retry: int | None):
+        self.event = event or "message"
+        self.data = data
+        self.id = id
+        self.retry = retry
+
+
 async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
     pending = b""
     event = ""
@@ -63,7 +75,7 @@ async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEve
         for line in lines:
             if not line:
                 if event or data or last_id or retry is not None:
-                    yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
+                    yield ServerSentEvent(event, data[0] if len(data) == 1 else "\n".join(data), last_id, retry)
                 event, data, retry, size = "", [], None, 0  # the last event id stays (the spec's rule)
                 continue
             if line[0] == 0x3A:  # ":" a comment (a keep-alive, say: not part of any event)
@@ -71,6 +83,9 @@ async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEve
             size += len(line)
             if size > MAX_EVENT_BYTES:
                 raise EventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
+            if line.startswith(b"data: "):  # nearly every line of a provider's stream
+                data.append(line[6:].decode("utf-8", "replace"))
+                continue
             name, _, raw = line.partition(b":")
             if raw[:1] == b" ":
                 raw = raw[1:]
@@ -89,7 +104,7 @@ async def parse_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEve
     # A CR held back at the very end ended a line after all: if that line was blank, it
     # dispatches (a field line there would be followed by nothing that dispatches it).
     if pending == b"\r" and (event or data or last_id or retry is not None):
-        yield ServerSentEvent(event=event, data="\n".join(data), id=last_id, retry=retry)
+        yield ServerSentEvent(event, "\n".join(data), last_id, retry)
 
 
 def event_stream(response: httpx.Response) -> AsyncIterator[ServerSentEvent]:

@@ -1,6 +1,6 @@
-"""The lease keeper: every 250 ms, which running jobs of the process were cancelled; every third
-of a lease, the renewal of their job leases and concurrency leases. One pipelined round trip for
-all jobs of the process. An attempt whose lease was lost, or whose job was cancelled, is
+"""The lease keeper: every 250 ms, which running jobs of the process were cancelled (one MGET of
+their flags); every third of a lease, the renewal of their job leases and concurrency leases
+(one pipelined round trip for all jobs of the process). An attempt whose lease was lost, or whose job was cancelled, is
 stopped (``RunningJob.stop``)."""
 
 from __future__ import annotations
@@ -41,6 +41,16 @@ class LeaseKeeper(Service):
     async def run_pass(self) -> None:
         jobs = [(entry.job_id, entry) for entry in self.running.values() if entry.owned]
         renew = time.monotonic() - self.last_renew >= self.renew_every
+        if not renew and not isinstance(self.store.redis, RedisCluster):
+            # The cancel flags of every running job in one command: a thousand streams' poll,
+            # four times a second, as one MGET rather than a thousand EXISTS in a pipeline.
+            cancel_keys = [keys.job_cancel(job_id) for job_id, _ in jobs]
+            if self.store.channel is not None:
+                flags = await self.store.channel.command("MGET", *cancel_keys)
+            else:
+                flags = await self.store.redis.mget(cancel_keys)
+            self._act(jobs, flags, range(len(jobs)), renew)
+            return
         if renew and isinstance(self.store.redis, RedisCluster):
             results = await self._renew_on_cluster(jobs)
             self.last_renew = time.monotonic()
@@ -60,7 +70,7 @@ class LeaseKeeper(Service):
                         account_id, model, deployment, key_id = entry.limits
                         self.limiter.renew_leases(pipe, job_id=job_id, account_id=account_id, model=model,
                                                   deployment=deployment, key_id=key_id)
-                else:
+                else:  # on a cluster: the flags live in many slots
                     pipe.exists(keys.job_cancel(job_id))
             results = await pipe.execute()
         if renew:

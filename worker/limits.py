@@ -145,10 +145,7 @@ class Limiter:
         if result[4] == "1":
             # Each admission is a provider call about to be made (not one made again): the job's
             # bill, should its workers all be lost, counts the prompts sent (shared/jobs.py).
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hsetnx(keys.job(job_id), "started_at", f"{now_ms / 1000:.3f}")
-                pipe.hincrby(keys.job(job_id), "admitted", 1)
-                await pipe.execute()
+            await self.scripts.count_admission(keys=[keys.job(job_id)], args=[f"{now_ms / 1000:.3f}"])
         return admission
 
     async def settle(self, *, job_id: str, account_id: str, model: str, deployment: str, tokens: int,

@@ -85,9 +85,13 @@ def test_each_admission_is_counted_on_the_job_once():
         await redis.hset(keys.account("a"), mapping={"rpm": 10})
         common = dict(account_id="a", model="m", deployment="d", deployment_rpm=None, deployment_tpm=None,
                       tokens=10, submitted_at=1.0)
+        await redis.hset(keys.job("j1"), "status", "running")  # its record, claimed
         assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"
         assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"  # made again: the same
         assert await redis.hget(keys.job("j1"), "admitted") == "1"
+        # A job whose record is gone (expired) is not written again, without an expiry.
+        assert (await limiter.admit(job_id="gone", **common)).outcome == "admitted"
+        assert await redis.exists(keys.job("gone")) == 0
         await limiter.settle(job_id="j1", account_id="a", model="m", deployment="d", tokens=10)
         await redis.delete(keys.account_rate("a")[0])  # a later attempt, admitted anew
         assert (await limiter.admit(job_id="j1", **common)).outcome == "admitted"

@@ -46,11 +46,14 @@ class Upstream:
     @contextlib.asynccontextmanager
     async def stream(self, url: str, body: Any, headers: dict[str, str], params=None) -> AsyncIterator[httpx.Response]:
         """Open a streaming POST; yields the response once its status is known to be good."""
-        request = self.client.build_request(
-            "POST", url, content=orjson.dumps(body), params=params,
-            # identity: a compressed stream could inflate far beyond what was received
-            headers={"content-type": "application/json", "accept-encoding": "identity", **headers},
-        )
+        # identity: a compressed stream could inflate far beyond what was received
+        headers = {"content-type": "application/json", "accept-encoding": "identity", **headers}
+        streamed_post = getattr(self.client, "streamed_post", None)  # transport.ProviderClient's
+        if params is None and streamed_post is not None:
+            request = streamed_post(url, orjson.dumps(body), headers)
+        else:
+            request = self.client.build_request("POST", url, content=orjson.dumps(body), params=params,
+                                                headers=headers)
         try:
             async with asyncio.timeout(self.settings.provider_first_token_timeout):
                 response = await self.client.send(request, stream=True)

@@ -9,6 +9,7 @@ no auth flow, no redirects, no cookies, none of which a provider call uses.
 
 from __future__ import annotations
 
+import functools
 import http.cookiejar
 import logging
 import urllib.request
@@ -26,6 +27,11 @@ MAX_CONNECTIONS = 2000
 MAX_KEEPALIVE = 512
 
 
+@functools.lru_cache(maxsize=1024)
+def _url(url: str) -> httpx.URL:
+    return httpx.URL(url)
+
+
 class ProviderClient(httpx.AsyncClient):
     """httpx's client; a streamed send on the worker's own transport goes straight to it.
 
@@ -40,6 +46,17 @@ class ProviderClient(httpx.AsyncClient):
             kwargs["transport"] = direct
         super().__init__(**kwargs)
         self.direct = direct
+        self._defaults = list(self.headers.multi_items())
+        self._timeouts = self.timeout.as_dict()
+
+    def streamed_post(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Request:
+        """The request ``build_request("POST", url, content=..., headers=...)`` builds, without its
+        URL and header merging (no base URL, params or cookies here): the URL parsed once per
+        endpoint, the client's default headers first, the call's own over them."""
+        merged = dict(self._defaults)  # httpx names them in lower case
+        merged.update((name.lower(), value) for name, value in headers.items())
+        return httpx.Request("POST", _url(url), headers=merged, content=content,
+                             extensions={"timeout": self._timeouts})
 
     async def send(self, request: httpx.Request, *, stream: bool = False, auth: Any = httpx.USE_CLIENT_DEFAULT,
                    follow_redirects: Any = httpx.USE_CLIENT_DEFAULT) -> httpx.Response:

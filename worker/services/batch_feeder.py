@@ -58,10 +58,8 @@ class BatchFeeder(Service):
         return FEED_SECONDS
 
     async def due(self) -> bool:
-        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip while idle
-            for shard in range(keys.SHARDS):
-                pipe.exists(keys.active_batches(shard))
-            return any(await pipe.execute())
+        # One command while idle (redis-py's cluster client splits it by slot).
+        return bool(await self.redis.exists(*(keys.active_batches(shard) for shard in range(keys.SHARDS))))
 
     async def run_pass(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -28,6 +28,11 @@ class ThrottleScheduler(Service):
     async def _due_accounts(self, limit: int) -> list[str]:
         """Accounts whose wake-up time has come, from every account shard's index."""
         now = int(time.time() * 1000)
+        channel = self.store.channel
+        if channel is not None:  # 40 times a second in every worker: the lighter way
+            found = await channel.commands(*(("ZRANGEBYSCORE", keys.throttled_accounts(shard), "-inf", now,
+                                              "LIMIT", 0, limit) for shard in range(keys.ACCOUNT_SHARDS)))
+            return [account for due in found for account in due]
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in range(keys.ACCOUNT_SHARDS):
                 pipe.zrangebyscore(keys.throttled_accounts(shard), "-inf", now, start=0, num=limit)

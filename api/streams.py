@@ -83,8 +83,10 @@ class PubSubHub:
         try:
             # Until the server confirms the subscription a message could slip past; the
             # follower reads the stream after this, and idles into a re-read, so it cannot.
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._confirmed[channel].wait(), 1.0)
+            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for makes a task per call)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._confirmed[channel].wait()
             yield queue
         finally:
             async with self._lock:

@@ -188,9 +188,10 @@ class Settings(BaseSettings):
 
     @property
     def visibility_timeout(self) -> int:
-        """Redis broker redelivery delay: above the longest one attempt may legitimately run,
-        so that the broker never hands a message to a second worker while the first still
-        runs it. A dead worker's jobs come back sooner, through their lapsed leases."""
+        """kombu's redelivery delay for a Redis broker's unacknowledged messages: above the
+        longest one attempt may legitimately run. The workers keep no such messages in Redis
+        (no ack emulation, ``worker/celery_app.py``); it still bounds what a worker of an
+        earlier version left there."""
         return int(self.job_time_limit_seconds) + 600
 
     def fair_share_places(self, queue: str) -> int:

@@ -19,6 +19,8 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 
+from shared.scriptchannel import TCP_OPTIONS
+
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 # redis-py's (blocking) ClusterNode is untyped: a node by its host and port.
 _sync_node = cast(Callable[[str, int], ClusterNode], ClusterNode)
@@ -63,6 +65,10 @@ def async_redis(url: str, **kwargs: Any) -> aioredis.Redis | AsyncRedisCluster:
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("health_check_interval", 30)
     kwargs.setdefault("socket_keepalive", True)
+    # A connection that goes quiet (the API's pub/sub one, between subscriptions: its reads block
+    # with no timeout, api/streams.py) is found dead within about a minute, not the kernel's two
+    # hours, and its subscriptions made again.
+    kwargs.setdefault("socket_keepalive_options", dict(TCP_OPTIONS))
     kwargs.setdefault("retry_on_timeout", True)
     if is_cluster_url(url):
         kwargs.pop("retry_on_timeout")

@@ -141,7 +141,14 @@ class JobStore:
             # Handed out between fair_enter and the record (an admission of the account's jobs
             # meanwhile): the worker that handed it out found no record to release, so it goes
             # now, not a sweeper's look-again later. Released twice, it is queued once.
-            await self.release(queue, [job_id])
+            try:
+                await self.release(queue, [job_id])
+            except RedisError:
+                if not self.broker.apart:
+                    raise  # the record's own Redis is failing: the client is told (503) and retries
+                # The broker apart is down: the job is recorded and its message staged, so it is
+                # accepted, and the reaper pushes it (as below).
+                log.warning("job %s recorded, its message left for the reaper", job_id, extra={"job_id": job_id})
         # Only once the record is there: a worker given the message claims the job at once.
         if message:
             try:

@@ -190,8 +190,8 @@ class Settings(BaseSettings):
     def visibility_timeout(self) -> int:
         """kombu's redelivery delay for a Redis broker's unacknowledged messages: above the
         longest one attempt may legitimately run. The workers keep no such messages in Redis
-        (no ack emulation, ``worker/celery_app.py``); it still bounds what a worker of an
-        earlier version left there."""
+        (no ack emulation, ``worker/celery_app.py``), and kombu then redelivers none; what a
+        worker of an earlier version left there, the reaper sweeps (``requeue_unclaimed``)."""
         return int(self.job_time_limit_seconds) + 600
 
     def fair_share_places(self, queue: str) -> int:

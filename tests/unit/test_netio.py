@@ -542,3 +542,60 @@ def provider_client(transport: H1Transport, pool: float):
     from worker.providers.transport import ProviderClient
 
     return ProviderClient(direct=transport, timeout=httpx.Timeout(5.0, pool=pool))
+
+
+def test_a_waiter_woken_then_cancelled_passes_its_place_on(run):
+    async def go():
+        async with Server(canned(*[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"] * 3)) as server:
+            transport = H1Transport(httpx.Limits(max_connections=1))
+            client = provider_client(transport, pool=5.0)
+            held = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            second = asyncio.ensure_future(client.send(client.build_request("POST", server.url, content=b"{}"),
+                                                       stream=True))
+            third = asyncio.ensure_future(client.send(client.build_request("POST", server.url, content=b"{}"),
+                                                      stream=True))
+            await asyncio.sleep(0.05)  # both wait for the one connection
+            await held.aread()
+            await held.aclose()  # wakes the second...
+            second.cancel()  # ...which is gone before it takes the place
+            response = await asyncio.wait_for(third, 2.0)
+            body = await response.aread()
+            await response.aclose()
+            return second.cancelled(), body, transport.open
+
+    assert run(go()) == (True, b"ok", 1)
+
+
+def test_bytes_after_a_whole_answer_in_the_same_read_leave_the_answer_whole(run):
+    answers = [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiXYZ",
+               b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi!"]
+
+    async def go():
+        results = []
+        for answer in answers:
+            async with Server(canned(answer)) as server:
+                transport = H1Transport(httpx.Limits())
+                results.append(await direct_stream(transport, server.url))
+                results.append(transport.open)  # not kept
+        return results
+
+    assert run(go()) == [(200, b"hi"), 0, (200, b"hi"), 0]
+
+
+def test_header_values_as_h11_has_them(run):
+    async def go():
+        async with Server(canned(b"HTTP/1.1 200 OK\r\nx-padded: a b  \r\ncontent-length: 0\r\n\r\n")) as server:
+            transport = H1Transport(httpx.Limits())
+            client = provider_client(transport, pool=1.0)
+            response = await client.send(client.build_request("POST", server.url, content=b"{}"), stream=True)
+            await response.aclose()
+            refused = []
+            for value in (" leading", "trailing ", "a\x01control"):
+                try:
+                    await client.send(client.build_request("POST", server.url, content=b"{}",
+                                                           headers={"x-api-key": value}), stream=True)
+                except httpx.LocalProtocolError:
+                    refused.append(value)
+            return response.headers["x-padded"], refused
+
+    assert run(go()) == ("a b", [" leading", "trailing ", "a\x01control"])

@@ -89,6 +89,32 @@ def test_a_message_held_by_a_dead_worker_is_queued_again_once(store, recovery):
     run(go())
 
 
+def test_stale_entries_an_earlier_worker_left_are_swept(store, recovery):
+    """No worker of this version sweeps kombu's unacked hash (no ack emulation): the reaper
+    drops the entries of jobs gone or ended, and of running ones past the visibility timeout,
+    so that they do not stay among the oldest it reads each pass."""
+    async def go():
+        ended, gone, running, young = [await new_job(store) for _ in range(4)]
+        raws = [await store.redis.rpop(keys.QUEUE_LOCAL) for _ in range(4)]
+        by_job = {stored_job_id(f"[{raw}]"): raw for raw in raws}
+        now = time.time()
+        for job_id, held_since in ((ended, now - 100), (gone, now - 100), (running, now - 7200), (young, now - 100)):
+            raw = by_job[job_id]
+            tag = json.loads(raw)["properties"]["delivery_tag"]
+            await store.redis.hset(keys.UNACKED, tag, json.dumps([json.loads(raw), "", keys.QUEUE_LOCAL]))
+            await store.redis.zadd(keys.UNACKED_INDEX, {tag: held_since})
+        await store.redis.hset(keys.job(ended), "status", "succeeded")
+        await store.redis.delete(keys.job(gone))
+        for job_id in (running, young):
+            assert (await store.claim(job_id, "w")).outcome == "claimed"
+        assert await recovery.requeue_unclaimed(older_than=10, visibility_timeout=3600) == []
+        held = [stored_job_id(m) for m in (await store.redis.hgetall(keys.UNACKED)).values()]
+        assert held == [young]  # a running job's entry stays while its worker may still ack it
+        assert await store.redis.zcard(keys.UNACKED_INDEX) == 1
+        assert await store.redis.llen(keys.QUEUE_LOCAL) == 0  # nothing queued again
+    run(go())
+
+
 def test_requeue_unclaimed_made_again_changes_nothing(store, recovery):
     async def go():
         job_id = await new_job(store)

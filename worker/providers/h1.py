@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import ssl
 from collections.abc import AsyncIterator
@@ -34,7 +35,8 @@ from worker.providers.netio import AsyncioBackend, AsyncioStream
 
 READ_SIZE = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"[^\x00\r\n]*")
+# h11's rule for a field value: visible characters (and obs-text), with blanks inside only.
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff](?:[ \t]*[\x21-\x7e\x80-\xff])*)?")
 _ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
     (httpcore.ConnectError, httpx.ConnectError),
@@ -122,7 +124,7 @@ class Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.complete:
-            self.headers.append((name, value))
+            self.headers.append((name, value.strip(b" \t")))  # llhttp keeps trailing blanks; h11 does not
 
     def on_headers_complete(self) -> None:
         if self.complete:
@@ -154,6 +156,13 @@ class Connection:
         except httptools.HttpParserUpgrade:
             self.broken = True
             raise httptools.HttpParserError("the server switched protocols") from None
+        except httptools.HttpParserError:
+            if not self.complete:
+                raise
+            # llhttp goes on after the answer's end, and refuses what follows it in the same
+            # read ("Data after Connection: close", garbage): the answer is whole all the same,
+            # as h11 would give it; only the connection is not reused.
+            self.broken = True
 
     def reusable(self, now: float, expiry: float) -> bool:
         return not self.broken and now - self.idle_since < expiry and not self.stream.get_extra_info("is_readable")
@@ -186,6 +195,9 @@ class H1Transport(httpx.AsyncBaseTransport):
             raise RuntimeError("the transport is closed")
         origin = (scheme, url.host, url.port or (443 if scheme == b"https" else 80))
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
+        if request.method == "HEAD":
+            raise httpx.UnsupportedProtocol("this transport makes no HEAD requests (a provider call never is one)",
+                                            request=request)
         head = request_head(request)
         try:
             connection = await self._connection(origin, timeouts)
@@ -235,6 +247,8 @@ class H1Transport(httpx.AsyncBaseTransport):
 
     async def _connection(self, origin: Origin, timeouts: dict[str, Any]) -> Connection:
         loop = asyncio.get_running_loop()
+        pool_timeout = timeouts.get("pool")
+        deadline = None if pool_timeout is None else loop.time() + pool_timeout  # one bound for all the waits
         while True:
             idle = self._idle.get(origin)
             while idle:
@@ -250,14 +264,20 @@ class H1Transport(httpx.AsyncBaseTransport):
             waiter = loop.create_future()
             self._waiting.append(waiter)
             try:
-                async with asyncio.timeout(timeouts.get("pool")):
+                async with asyncio.timeout_at(deadline):
                     await waiter
-            except TimeoutError:
-                raise httpx.PoolTimeout(f"no connection free within {timeouts.get('pool')} s") from None
-            finally:
-                if not waiter.done():  # timed out or cancelled: out of the line
+            except BaseException as exc:  # timed out or cancelled
+                if waiter.done() and not waiter.cancelled():
+                    # Woken, then gone before taking the place: the wake-up goes to the next in
+                    # line, or the place it was for would go to nobody.
+                    self._wake()
+                else:
                     waiter.cancel()
-                    self._waiting.remove(waiter)
+                    with contextlib.suppress(ValueError):
+                        self._waiting.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout(f"no connection free within {pool_timeout} s") from None
+                raise
         self.open += 1
         scheme, host, port = origin
         connect = timeouts.get("connect")

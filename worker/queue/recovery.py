@@ -28,6 +28,8 @@ from shared.brokers import Broker, RedisBroker
 from shared.queue import run_job_message, stored_job_id
 from shared.scripts import Scripts
 
+ENDED = ("succeeded", "failed", "cancelled")
+
 
 class Recovery:
     """``redis`` the state store, ``broker`` Celery's (the state store's Redis unless given)."""
@@ -61,7 +63,7 @@ class Recovery:
         await self.broker.push(queue, message)
         return True
 
-    async def requeue_unclaimed(self, older_than: float) -> list[str]:
+    async def requeue_unclaimed(self, older_than: float, visibility_timeout: float = 3600.0) -> list[str]:
         """Jobs whose message a worker of an earlier version (one that kept kombu's unacked hash)
         took but never started (it died holding them).
 
@@ -75,19 +77,31 @@ class Recovery:
         broker = self.broker.redis
         if broker is None:  # RabbitMQ: it gives a dead worker's messages back itself, at once
             return []
-        tags = await broker.zrangebyscore(keys.UNACKED_INDEX, "-inf", cutoff, start=0, num=1000)
-        if not tags:
+        scored = await broker.zrangebyscore(keys.UNACKED_INDEX, "-inf", cutoff, start=0, num=1000, withscores=True)
+        if not scored:
             return []
+        tags = [tag for tag, _ in scored]
         payloads = await broker.hmget(keys.UNACKED, tags)
         requeued = []
-        for tag, payload in zip(tags, payloads):
+        expired = time.time() - visibility_timeout
+        for (tag, held_since), payload in zip(scored, payloads):
             if payload is None:
                 await broker.zrem(keys.UNACKED_INDEX, tag)
                 continue
             job_id = stored_job_id(payload)
-            if job_id is None:
+            status, queue, updated = (await self.redis.hmget(keys.job(job_id), "status", "queue", "updated_at")
+                                      if job_id is not None else (None, None, None))
+            if job_id is None or status is None or status in ENDED or (status != "queued" and held_since < expired):
+                # Not a job's, its job gone or ended, or held past kombu's visibility timeout by
+                # a worker that runs it (its lease looks after it): no worker of this version
+                # sweeps kombu's hash, so the stale entry goes here; left, it would stay among
+                # the oldest read each pass. A running job's entry stays while its worker may
+                # still acknowledge it.
+                async with broker.pipeline(transaction=True) as pipe:
+                    pipe.hdel(keys.UNACKED, tag)
+                    pipe.zrem(keys.UNACKED_INDEX, tag)
+                    await pipe.execute()
                 continue
-            status, queue, updated = await self.redis.hmget(keys.job(job_id), "status", "queue", "updated_at")
             # Most held messages are those of running jobs: those are passed over here, and the
             # script checks again, atomically, the few that look stranded.
             if status != "queued" or queue is None or float(updated or 0) > cutoff:

@@ -35,7 +35,8 @@ class Reaper(Service):
             if await self.recovery.requeue_lapsed(job_id):
                 log.warning("requeued a job whose worker was lost", extra={"job_id": job_id})
         older_than = 2 * self.settings.lease_seconds
-        for job_id in await self.recovery.requeue_unclaimed(older_than=older_than):
+        for job_id in await self.recovery.requeue_unclaimed(older_than=older_than,
+                                                            visibility_timeout=self.settings.visibility_timeout):
             log.warning("requeued a job delivered to a worker that never started it", extra={"job_id": job_id})
         for job_id in await self.recovery.requeue_lost(older_than=older_than):
             log.warning("requeued a job whose queue message was lost on its way to a worker",

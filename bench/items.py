@@ -6,8 +6,8 @@ A stateless gateway (bench.peers' Portkey) answers an HTTP request by making one
 provider. The fleet makes the same two HTTP exchanges, and beside them keeps the request as a
 durable job, admits it under its account's limits, keeps its events for any later or
 reconnecting reader, and writes its usage. This benchmark makes each of those steps as the
-fleet makes it (the same ``JobStore``, ``Limiter`` and API stream code, through the script
-channel where the worker uses one), ``--requests`` times from ``--callers`` concurrent asyncio
+fleet makes it (the same ``JobStore``, ``Limiter`` and API stream code, their scripts through a
+script channel as the API's and the worker's go), ``--requests`` times from ``--callers`` concurrent asyncio
 callers on a fresh Redis, one step after the other, and prints per request: the client's CPU
 (this process: the Python side of the step), Redis's CPU, and the round trips.
 
@@ -85,9 +85,10 @@ async def drive(ids: list[str], callers: int, step) -> float:
 async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[dict]:
     settings = Settings(redis_url=redis_url)
     redis = async_redis(redis_url, max_connections=callers + 10)
-    api_store = JobStore(redis, settings)  # the API's: redis-py, as the API makes its calls
     channel = ScriptChannel(redis_url)
-    store = JobStore(redis, settings, channel)  # the worker's: scripts through its channel
+    # The API's store and the worker's alike: scripts (and the push) through a script channel,
+    # other reads through redis-py (api/main.py, worker/runtime.py).
+    store = JobStore(redis, settings, channel)
     limiter = Limiter(redis, settings, channel)
     hub = PubSubHub(redis)
     await hub.start()
@@ -99,7 +100,7 @@ async def measure(redis_url: str, redis_pid: int, n: int, callers: int) -> list[
     tokens: dict[str, str] = {}
 
     async def submit(job_id: str) -> None:
-        await api_store.create(account_id=ACCOUNT, model=MODEL, queue=keys.QUEUE_INTERACTIVE, spec=SPEC,
+        await store.create(account_id=ACCOUNT, model=MODEL, queue=keys.QUEUE_INTERACTIVE, spec=SPEC,
                                job_id=job_id)
 
     async def claim(job_id: str) -> None:

@@ -41,6 +41,7 @@ import orjson
 
 from api.streams import PubSubHub, follow
 from bench._stack import cpu_seconds, fresh_redis, run_async, table
+from bench.limiter import commandstats
 from shared import keys
 from shared.connections import async_redis
 from shared.events import END, TOKEN
@@ -61,10 +62,10 @@ SPEC = JobSpec(model=MODEL, messages=(Turn("user", PROMPT),), params=Sampling(te
 
 
 async def commands(redis) -> tuple[int, int]:
-    """(round trips, commands) Redis has served so far: its calls, and every command inside
-    scripts too (INFO commandstats); the INFO call itself counted out by the caller."""
-    stats = await redis.info("commandstats")
-    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items() if isinstance(v, dict)}
+    """(round trips, commands) Redis has served so far: its script calls, and every command
+    inside scripts too (``bench.limiter.commandstats``); the INFO call itself counted out by the
+    caller."""
+    calls = {name: stats["calls"] for name, stats in (await commandstats(redis)).items()}
     scripted = sum(v for k, v in calls.items() if k not in ("evalsha", "eval", "info"))
     trips = sum(v for k, v in calls.items() if k in ("evalsha", "eval"))
     return trips, scripted

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,27 +142,25 @@ class JobStore:
             # Handed out between fair_enter and the record (an admission of the account's jobs
             # meanwhile): the worker that handed it out found no record to release, so it goes
             # now, not a sweeper's look-again later. Released twice, it is queued once.
-            try:
-                await self.release(queue, [job_id])
-            except RedisError:
-                if not self.broker.apart:
-                    raise  # the record's own Redis is failing: the client is told (503) and retries
-                # The broker apart is down: the job is recorded and its message staged, so it is
-                # accepted, and the reaper pushes it (as below).
-                log.warning("job %s recorded, its message left for the reaper", job_id, extra={"job_id": job_id})
+            await self._push_new(job_id, self.release(queue, [job_id]))
         # Only once the record is there: a worker given the message claims the job at once.
         if message:
-            try:
-                await self.broker.push(queue, message)
-            except RedisError as exc:
-                if not self.broker.apart:
-                    raise  # the record's own Redis is failing: the client is told (503) and retries
-                # The broker apart is down, the state store is not: the job is recorded, so it is
-                # accepted, and the reaper pushes it once the broker answers (requeue_lost). A 503
-                # here would have the client submit it again, and both would run.
-                log.warning("job %s recorded, its message left for the reaper: %s", job_id, exc,
-                            extra={"job_id": job_id})
+            await self._push_new(job_id, self.broker.push(queue, message))
         return record
+
+    async def _push_new(self, job_id: str, push: Awaitable[Any]) -> None:
+        """A recorded job's message pushed to the broker (``push``). The broker apart down, the
+        state store not: the job is recorded and its message staged, so it is accepted, and the
+        reaper pushes it once the broker answers (requeue_lost); a 503 here would have the
+        client submit it again, and both would run. The record's own Redis failing: the client
+        is told (503) and retries."""
+        try:
+            await push
+        except RedisError as exc:
+            if not self.broker.apart:
+                raise
+            log.warning("job %s recorded, its message left for the reaper: %s", job_id, exc,
+                        extra={"job_id": job_id})
 
     async def get(self, job_id: str) -> dict[str, str] | None:
         record = await self.redis.hgetall(keys.job(job_id))
